@@ -1,0 +1,1 @@
+"""Actors: one process per device, their discovery and their supervision."""

@@ -1,0 +1,92 @@
+"""Which devices to run actors on: docker's ``--gpus`` grammar, CUDA_VISIBLE_DEVICES, cores."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import NoDeviceError, UsageError
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """One actor to start: its device, what CUDA_VISIBLE_DEVICES it gets, its threads."""
+
+    device: str                 # "cpu" or "cuda:0" (as the actor sees it)
+    visible: str | None         # CUDA_VISIBLE_DEVICES for the process ("" hides every GPU)
+    threads: int                # torch intra-op threads
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The actors to start, and a note for the user when we chose differently than asked."""
+
+    actors: tuple[ActorPlan, ...]
+    note: str | None = None
+
+
+def visible_gpus(env: dict[str, str], cuda_count: int) -> list[str]:
+    """Physical ids this process may use, honouring an existing CUDA_VISIBLE_DEVICES."""
+    raw = env.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return [str(i) for i in range(cuda_count)]
+    ids = [p.strip() for p in raw.split(",") if p.strip()]
+    return ids[:cuda_count]
+
+
+def _pick(gpus: str, visible: list[str]) -> list[str]:
+    spec = gpus.strip().lower()
+    if spec == "all":
+        return list(visible)
+    if spec == "none":
+        return []
+    if spec.isdigit():
+        n = int(spec)
+        if n > len(visible):
+            raise NoDeviceError(f"--gpus {n}: only {len(visible)} GPU(s) visible")
+        return visible[:n]
+    if spec.startswith("device="):
+        return [_index(part, visible) for part in spec[len("device="):].split(",")]
+    raise UsageError(f"--gpus must be all, N, device=I[,J...] or none; got {gpus!r}")
+
+
+def _index(part: str, visible: list[str]) -> str:
+    if not part.strip().isdigit():
+        raise UsageError(f"--gpus device= takes GPU indices like device=0,2; got {part!r}")
+    i = int(part)
+    if i >= len(visible):
+        raise NoDeviceError(f"--gpus device={i}: only {len(visible)} GPU(s) visible")
+    return visible[i]
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def select(gpus: str = "all", cpu_actors: int | None = None, *, env: dict[str, str] | None = None,
+           cuda_count: int | None = None, cores: int | None = None) -> Selection:
+    """Resolve the user's device request into actor plans (raises on impossible requests)."""
+    env = dict(os.environ) if env is None else env
+    if cuda_count is None:
+        import torch
+        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cores = cores or cpu_cores()
+    picked = _pick(gpus, visible_gpus(env, cuda_count))
+    note = None
+    if cpu_actors is not None and cpu_actors < 0:
+        raise UsageError(f"--cpu-actors must be 0 or more; got {cpu_actors}")
+    if cpu_actors is None:
+        cpu_actors = 0 if picked else 1
+        if not picked and gpus.strip().lower() == "all":
+            note = "no GPU found; training on 1 CPU actor (use --cpu-actors N for more)"
+    if not picked and cpu_actors == 0:
+        raise NoDeviceError("no devices selected: pass --gpus or --cpu-actors N")
+    spare = max(cores - len(picked), cpu_actors, 1)
+    cpu_threads = max(1, spare // cpu_actors) if cpu_actors else 1
+    plans = [ActorPlan("cuda:0", gid, 2) for gid in picked]
+    plans += [ActorPlan("cpu", "", cpu_threads) for _ in range(cpu_actors)]
+    return Selection(tuple(plans), note)

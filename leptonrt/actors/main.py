@@ -1,0 +1,277 @@
+"""An actor process: says hello, joins the gradient group, trains the steps it is granted.
+
+The control plane is never waited on per step: the broker grants a window of upcoming
+steps, and the actor only blocks on its socket when it has run out of granted work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+import warnings
+from datetime import timedelta
+
+import torch
+
+from ..broker.plan import batch_rows, epoch_permutation, piece
+from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
+                               Shutdown, StepStat, Stop, Welcome)
+from ..data.shm import SegmentReader
+from ..nn.model import build_mlp
+from ..nn.step import FusedStep, StepTimer, evaluate
+from .link import Link
+
+HELLO_TIMEOUT_S = 120.0      # the broker may still be loading the dataset
+IDLE_POLL_MS = 200           # how often an idle actor checks that its broker is alive
+FLUSH_EVERY_STEPS = 32       # batch step reports so the control plane stays cheap
+FLUSH_EVERY_S = 0.05
+COLLECTIVE_TIMEOUT = timedelta(seconds=60)
+
+
+class BrokerGone(Exception):
+    """The broker stopped talking to us, or told us to shut down."""
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to kill us when the broker dies, so no actor outlives it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(3)  # the broker died before we could ask
+
+
+class Actor:
+    """Runs one job's steps on one device."""
+
+    def __init__(self, link: Link, welcome: Welcome, device: torch.device, parent_pid: int) -> None:
+        self.link, self.w, self.device, self.parent_pid = link, welcome, device, parent_pid
+        self.job, self.rank = welcome.job, welcome.rank
+        self.grants: list[Grant] = []
+        self.stop: Stop | None = None
+        self.pending: list[tuple[int, int, float, float]] = []  # step, rows, compute_s, step_s
+        self.last_flush = time.perf_counter()
+        self.reader = SegmentReader()
+        self._load_data()
+        self.model = build_mlp(welcome.data.n_features, list(self.job.hidden), welcome.data.n_classes,
+                               self.job.seed).to(device)
+        self._join_group()
+        self.step = FusedStep(self.model, optimizer=self.job.optimizer, lr=self.job.lr,
+                              momentum=self.job.momentum, weight_decay=self.job.weight_decay,
+                              precision=self.job.precision, allreduce=self._allreduce_fn())
+        self.timer = StepTimer(device)
+
+    def _load_data(self) -> None:
+        d = self.w.data
+        arrays = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the mapping is read-only; we never write to it
+            for name in ("x_train", "y_train", "x_test", "y_test"):
+                ref = getattr(d, name)
+                arrays[name] = torch.from_numpy(self.reader.attach(ref.segment, ref.dtype, ref.shape))
+        self.x_train, self.y_train = arrays["x_train"], arrays["y_train"]
+        self.x_test, self.y_test = arrays["x_test"], arrays["y_test"]
+        self.n_train = self.x_train.shape[0]
+        if self.device.type == "cuda":
+            # one copy to device memory, then rows are gathered there
+            self.x_train, self.y_train = self.x_train.to(self.device), self.y_train.to(self.device)
+
+    def _join_group(self) -> None:
+        self.dist = None
+        if self.w.world_size == 1:
+            return
+        import torch.distributed as dist
+        host, port = self.w.rendezvous.removeprefix("tcp://").rsplit(":", 1)
+        store = dist.TCPStore(host, int(port), self.w.world_size, is_master=False, timeout=COLLECTIVE_TIMEOUT)
+        store = dist.PrefixStore(f"job{self.job.job_id}", store)
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.w.world_size,
+                                timeout=COLLECTIVE_TIMEOUT)
+        self.dist = dist
+
+    def _allreduce_fn(self):
+        if self.dist is None:
+            return None
+        dist = self.dist
+        return lambda flat: dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+
+    # -- control plane -------------------------------------------------------------
+
+    def _absorb(self, msg) -> None:
+        if isinstance(msg, Grant) and msg.job_id == self.job.job_id:
+            self.grants.append(msg)
+        elif isinstance(msg, Stop) and msg.job_id == self.job.job_id:
+            self.stop = msg
+        elif isinstance(msg, Shutdown):
+            raise BrokerGone(msg.reason or "shutdown")
+
+    def _poll(self, timeout_ms: int) -> None:
+        msg = self.link.recv(timeout_ms)
+        while msg is not None:
+            self._absorb(msg)
+            msg = self.link.recv(0)
+        if os.getppid() != self.parent_pid:
+            raise BrokerGone("broker process exited")
+
+    def _split_for(self, step: int) -> list[int] | None:
+        self.grants = [g for g in self.grants if g.end_step > step]
+        for grant in self.grants:
+            if grant.first_step <= step:
+                return grant.split
+        return None
+
+    def _wait_granted(self, step: int) -> list[int]:
+        split = self._split_for(step)
+        while split is None:
+            self._flush(force=True)
+            self._poll(IDLE_POLL_MS)
+            self.link.send(Heartbeat(rank=self.rank, step=max(step - 1, 0)))
+            split = self._split_for(step)
+        return split
+
+    def _flush(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        due = len(self.pending) >= FLUSH_EVERY_STEPS or now - self.last_flush >= FLUSH_EVERY_S
+        if not self.pending or not (due or force):
+            return
+        if self.timer.cuda:  # CUDA intervals are read once the device has finished them
+            self.pending = [(g, rows, secs, step_s) for (g, rows, _, step_s), secs in zip(self.pending, self.timer.resolve())]
+        stats = [StepStat(step=g, rows=rows, compute_s=c, step_s=s) for g, rows, c, s in self.pending]
+        self.link.send(Reports(job_id=self.job.job_id, rank=self.rank, steps=stats))
+        self.pending, self.last_flush = [], now
+        self._poll(0)
+
+    # -- training ------------------------------------------------------------------
+
+    def run(self) -> None:
+        spe, batch = self.w.steps_per_epoch, self.job.batch_size
+        rows_done, steady_t0, steady_rows = 0, None, 0
+        for epoch in range(self.job.epochs):
+            perm = epoch_permutation(self.n_train, self.job.seed, epoch).to(self.device)
+            if epoch == 1 or self.job.epochs == 1:
+                steady_t0, rows_done = time.perf_counter(), 0
+            epoch_t0 = time.perf_counter()
+            for t in range(spe):
+                g = epoch * spe + t
+                split = self._wait_granted(g)
+                rows_done += self._train_step(g, perm, t * batch, batch_rows(self.n_train, batch, t), split)
+            self._end_epoch(epoch, time.perf_counter() - epoch_t0)
+        steady_s = time.perf_counter() - steady_t0
+        self._flush(force=True)
+        self._finish(rows_done, steady_s)
+
+    def _train_step(self, g: int, perm: torch.Tensor, offset: int, rows: int, split: list[int]) -> int:
+        start, stop = piece(split, rows, self.rank)
+        idx = perm[offset + start: offset + stop]
+        x = self.x_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b, D)
+        y = self.y_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b,)
+        t0 = time.perf_counter()
+        mark = self.timer.start()
+        self.step.compute(x, y, rows)
+        compute_s = self.timer.stop(mark)
+        self.step.apply()
+        self.pending.append((g, stop - start, compute_s or 0.0, time.perf_counter() - t0))
+        self._flush()
+        return stop - start
+
+    def _end_epoch(self, epoch: int, seconds: float) -> None:
+        train_loss = self.step.take_loss_sum() / self.n_train
+        n_test, world = self.x_test.shape[0], self.w.world_size
+        lo, hi = n_test * self.rank // world, n_test * (self.rank + 1) // world   # this rank's shard
+        loss, correct = evaluate(self.model, self.x_test[lo:hi], self.y_test[lo:hi], self.step.precision)
+        totals = torch.tensor([loss, float(correct)], dtype=torch.float64)
+        if self.dist is not None:
+            self.dist.all_reduce(totals)
+        if self.rank == 0:
+            self.link.send(EpochResult(job_id=self.job.job_id, rank=0, epoch=epoch, train_loss=train_loss,
+                                       test_loss=float(totals[0]) / n_test, test_accuracy=float(totals[1]) / n_test,
+                                       seconds=seconds))
+
+    def _finish(self, rows: int, seconds: float) -> None:
+        while self.stop is None:
+            self._poll(IDLE_POLL_MS)
+        saved = False
+        if self.rank == 0 and self.stop.save_path:
+            save_weights(self.model, self.stop.save_path, self.job)
+            saved = True
+        self.link.send(Finished(job_id=self.job.job_id, rank=self.rank, samples=rows, seconds=seconds, saved=saved))
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline:  # exit only once the broker has counted us as done
+            self._poll(IDLE_POLL_MS)
+
+    def close(self) -> None:
+        if self.dist is not None and self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def save_weights(model: torch.nn.Module, path: str, job) -> None:
+    """Final weights as safetensors, written to a temp file and renamed into place."""
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = f"{path}.tmp-{os.getpid()}"
+    save_file(tensors, tmp, metadata={"hidden": ",".join(map(str, job.hidden)), "dataset": job.dataset})
+    os.replace(tmp, path)
+
+
+def _hello(link: Link, args: argparse.Namespace, device: torch.device) -> None:
+    name, memory, bf16 = "cpu", 0, False
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        name, memory, bf16 = props.name, props.total_memory, torch.cuda.is_bf16_supported()
+    link.send(Hello(actor_id=args.actor_id, pid=os.getpid(), device=str(device), device_name=name,
+                    threads=args.threads, memory_bytes=memory, bf16=bf16))
+
+
+def _await_welcome(link: Link, parent_pid: int) -> Welcome:
+    deadline = time.monotonic() + HELLO_TIMEOUT_S
+    while time.monotonic() < deadline:
+        msg = link.recv(IDLE_POLL_MS)
+        if isinstance(msg, Welcome):
+            return msg
+        if isinstance(msg, Shutdown) or os.getppid() != parent_pid:
+            raise BrokerGone("shut down before the job started")
+    raise BrokerGone(f"no welcome from the broker within {HELLO_TIMEOUT_S:.0f} s")
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m leptonrt.actors", description="a leptonrt actor (started by the broker)")
+    p.add_argument("--connect", required=True)
+    p.add_argument("--actor-id", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--parent-pid", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    _die_with_parent(args.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the broker decides when we stop
+    torch.set_num_threads(max(1, args.threads))
+    device = torch.device(args.device)
+    link, actor = Link(args.connect), None
+    try:
+        _hello(link, args, device)
+        welcome = _await_welcome(link, args.parent_pid)
+        actor = Actor(link, welcome, device, args.parent_pid)
+        actor.run()
+        return 0
+    except BrokerGone as exc:
+        print(f"actor {args.actor_id}: {exc}", file=sys.stderr)
+        return 0
+    except Exception as exc:  # report, then fail: the broker decides what happens next
+        traceback.print_exc()
+        job_id, rank = (actor.job.job_id, actor.rank) if actor else (0, 0)
+        link.send(Failure(job_id=job_id, rank=rank, message=f"{type(exc).__name__}: {exc}"[:60000]))
+        return 1
+    finally:
+        if actor is not None:
+            actor.close()
+        link.close()

@@ -1,0 +1,443 @@
+"""Every message the broker and the actors exchange, and its versioned msgpack encoding.
+
+A frame is ``msgpack([VERSION, kind, {field: value}])``; ``kind`` is the class name and
+nested records are maps too. No I/O here: socket loops call ``encode`` and ``decode``.
+
+Validation is generic, driven by each field's annotation and the metadata of its
+``dataclasses.field``: ``min``/``max`` (inclusive), ``choices``, ``min_len``/``max_len``
+(string or list length), ``item_min``/``item_max`` (list elements) and
+``allow_nonfinite`` (floats). A record may add ``check()`` for a cheap cross-field rule;
+it raises ``ProtocolError`` and runs after the field checks. A bad incoming frame is the
+peer's fault (``ProtocolError``); an invalid outgoing message is our bug
+(``InternalError``). The field limits keep every valid message far below the frame limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache, partial
+from typing import Any, NoReturn, Union
+
+import msgpack
+
+from leptonrt.errors import InternalError, ProtocolError
+
+VERSION = 1
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+_META_KEYS = {"min", "max", "choices", "min_len", "max_len", "item_min", "item_max"}
+_META_KEYS.add("allow_nonfinite")
+# msgpack carries integers in this range only; nothing outside it can be sent at all.
+_WIRE_INT_MIN, _WIRE_INT_MAX = -(2**63), 2**64 - 1
+# check(value, where, outgoing) -> the value converted for the other side of the wire
+_Check = Callable[[Any, str, bool], Any]
+
+
+def _field(**meta: Any) -> Any:
+    """A required field whose metadata holds its validation ranges."""
+    return field(metadata=meta)
+
+
+# --- records nested inside messages ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ArrayRef:
+    """One array in the shared-memory dataset cache."""
+    segment: str = _field(min_len=1, max_len=255)  # name of the shared-memory segment file
+    dtype: str = _field(choices=frozenset({"float32", "int64"}))  # element type
+    shape: list[int] = _field(min_len=1, max_len=4, item_min=0)  # size of each dimension
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetInfo:
+    """A dataset loaded into shared memory, as train and test arrays."""
+    spec: str = _field(min_len=1, max_len=4096)  # the dataset spec it was loaded from
+    n_features: int = _field(min=1)  # width of one input row
+    n_classes: int = _field(min=2)  # number of target classes
+    x_train: ArrayRef  # training inputs
+    y_train: ArrayRef  # training labels
+    x_test: ArrayRef  # test inputs
+    y_test: ArrayRef  # test labels
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What to train and how."""
+    job_id: int = _field(min=0)  # id the broker gave the job
+    dataset: str = _field(min_len=1, max_len=4096)  # dataset spec to train on
+    hidden: list[int] = _field(max_len=16, item_min=1, item_max=1_000_000)  # hidden widths
+    epochs: int = _field(min=1, max=1_000_000)  # passes over the training set
+    batch_size: int = _field(min=1, max=10_000_000)  # global batch, summed over all ranks
+    lr: float = _field(min=1e-12, max=10.0)  # learning rate; must be positive
+    optimizer: str = _field(choices=frozenset({"adam", "adamw", "sgd"}))  # optimizer name
+    momentum: float = _field(min=0.0, max=1.0)  # momentum for sgd
+    weight_decay: float = _field(min=0.0, max=10.0)  # weight decay coefficient
+    precision: str = _field(choices=frozenset({"auto", "fp32", "bf16", "fp16"}))  # compute dtype
+    seed: int = _field(min=0, max=2**63 - 1)  # seed for initialisation and shuffling
+
+
+@dataclass(frozen=True, slots=True)
+class StepStat:
+    """One step's measurement from one actor."""
+    step: int = _field(min=0)  # global step index
+    rows: int = _field(min=0)  # rows of the batch this actor processed
+    compute_s: float = _field(min=0.0)  # seconds of forward+backward before the all-reduce
+    step_s: float = _field(min=0.0)  # seconds of the whole step incl. all-reduce and optimizer
+
+
+# --- top-level messages --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Actor -> broker, the first message an actor sends."""
+    actor_id: str = _field(min_len=1, max_len=64)  # the actor's name for itself
+    pid: int = _field(min=1)  # OS process id of the actor
+    device: str = _field(min_len=1, max_len=32)  # device it runs on, e.g. "cpu", "cuda:0"
+    device_name: str = _field(max_len=256)  # human-readable device name; may be empty
+    threads: int = _field(min=1)  # CPU threads available to the actor
+    memory_bytes: int = _field(min=0)  # device memory in bytes
+    bf16: bool  # whether the device computes in bf16
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Broker -> actor: the actor's place in a job."""
+    rank: int = _field(min=0)  # this actor's rank, below world_size
+    world_size: int = _field(min=1, max=4096)  # number of ranks in the job
+    rendezvous: str = _field(min_len=1, max_len=256)  # address where the ranks meet
+    job: JobSpec  # what to train
+    data: DatasetInfo  # where the dataset lies in shared memory
+    steps_per_epoch: int = _field(min=1)  # global steps in one epoch
+    threads: int = _field(min=1)  # CPU threads the actor should use
+
+    def check(self) -> None:
+        """A rank must index into the world."""
+        if self.rank >= self.world_size:
+            raise ProtocolError(f"rank {self.rank} is not below world_size {self.world_size}")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Broker -> actors: steps [first_step, end_step) use this split of the global batch."""
+    job_id: int = _field(min=0)  # job the grant belongs to
+    first_step: int = _field(min=0)  # first global step covered
+    end_step: int = _field(min=1)  # one past the last global step covered
+    split: list[int] = _field(min_len=1, max_len=4096, item_min=0)  # rows per rank, by rank
+
+    def check(self) -> None:
+        """An empty or backwards step range is never meant."""
+        if self.end_step <= self.first_step:
+            raise ProtocolError(
+                f"end_step {self.end_step} is not above first_step {self.first_step}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Reports:
+    """Actor -> broker: measurements of the steps since the last report."""
+    job_id: int = _field(min=0)  # job the steps belong to
+    rank: int = _field(min=0)  # rank that measured them
+    steps: list[StepStat] = _field(max_len=100_000)  # one entry per step, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class EpochResult:
+    """Actor (rank 0) -> broker: the outcome of one epoch."""
+    job_id: int = _field(min=0)  # job the epoch belongs to
+    rank: int = _field(min=0)  # rank that reports it
+    epoch: int = _field(min=0)  # epoch index, from 0
+    train_loss: float = _field(allow_nonfinite=True)  # mean training loss; NaN if diverged
+    test_loss: float = _field(allow_nonfinite=True)  # mean test loss; NaN if diverged
+    test_accuracy: float = _field(min=0.0, max=1.0)  # fraction of test rows right
+    seconds: float = _field(min=0.0)  # wall time of the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Broker -> actors: finish the job now."""
+    job_id: int = _field(min=0)  # job to stop
+    save_path: str | None = _field(min_len=1, max_len=4096)  # where to save; None: don't
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Actor -> broker: the actor has stopped working on the job."""
+    job_id: int = _field(min=0)  # job that finished
+    rank: int = _field(min=0)  # rank that reports it
+    samples: int = _field(min=0)  # training rows this rank processed
+    seconds: float = _field(min=0.0)  # wall time this rank spent on the job
+    saved: bool  # whether this rank wrote the model to save_path
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Actor -> broker: the job failed on this actor."""
+    job_id: int = _field(min=0)  # job that failed
+    rank: int = _field(min=0)  # rank it failed on
+    message: str = _field(max_len=65536)  # what went wrong, for a person to read
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Actor -> broker: still alive and where it is."""
+    rank: int = _field(min=0)  # rank of the sender
+    step: int = _field(min=0)  # global step it is working on
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Broker -> actors: exit the process."""
+    reason: str = _field(max_len=1024)  # why, for the log
+
+
+Message = Union[
+    Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, Shutdown
+]
+_KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}
+
+
+# --- public API ----------------------------------------------------------------------
+
+
+def encode(msg: Message) -> bytes:
+    """Validate a message and return its frame; equal messages give equal bytes."""
+    fields = _outgoing_fields(msg)
+    return msgpack.packb([VERSION, type(msg).__name__, fields], use_bin_type=True)
+
+
+def validate(msg: Message) -> None:
+    """Run on a message of ours the checks ``decode`` runs; InternalError if one fails."""
+    _outgoing_fields(msg)
+
+
+def decode(frame: bytes) -> Message:
+    """Parse one frame from a peer and check every field; ProtocolError on any fault."""
+    if len(frame) > MAX_FRAME_BYTES:
+        # Checked first so a hostile peer cannot make us unpack a huge frame.
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {MAX_FRAME_BYTES}")
+    envelope = _unpack(frame)
+    if not isinstance(envelope, list) or len(envelope) != 3:
+        raise ProtocolError(f"a frame must be [version, kind, fields], got {_describe(envelope)}")
+    version, kind, fields = envelope
+    if type(version) is not int or version != VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {_describe(version)} (this side speaks {VERSION})"
+        )
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message kind {_describe(kind)}")
+    return _record_from_map(cls, fields, kind)
+
+
+# --- unpacking -----------------------------------------------------------------------
+
+
+def _unpack(frame: bytes) -> Any:
+    """msgpack-decode a frame, turning every failure into ProtocolError."""
+    try:
+        return msgpack.unpackb(
+            frame, raw=False, strict_map_key=True, timestamp=0,  # a Timestamp fits no field
+            ext_hook=_refuse_ext, object_pairs_hook=_map_without_repeats,
+        )
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        # The bytes came from outside, so whatever the unpacker trips over is the peer's fault.
+        detail = str(exc) or type(exc).__name__
+        raise ProtocolError(f"frame is not valid msgpack: {detail}") from exc
+
+
+def _refuse_ext(code: int, data: bytes) -> NoReturn:
+    """Extension types never appear in our protocol."""
+    raise ProtocolError(f"msgpack extension type {code} is not allowed")
+
+
+def _map_without_repeats(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """Build a map, refusing a repeated key: which copy should win would be a guess."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ProtocolError("a map repeats a key")
+    return result
+
+
+# --- generic validation --------------------------------------------------------------
+
+
+def _outgoing_fields(msg: Any) -> dict[str, Any]:
+    """Check a message of ours and return its field map for the wire."""
+    cls = type(msg)
+    if _KINDS.get(cls.__name__) is not cls:
+        raise InternalError(f"cannot send {_describe(msg)}: it is not a message kind")
+    try:
+        return _record_to_map(cls, msg, cls.__name__)
+    except ProtocolError as exc:
+        raise InternalError(f"refusing to send an invalid message: {exc}") from exc
+
+
+@cache
+def _rules(cls: type) -> tuple[tuple[str, _Check], ...]:
+    """(field name, check) for each field of a record, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if unknown := set(f.metadata) - _META_KEYS:
+            raise InternalError(f"{cls.__name__}.{f.name}: unknown metadata {sorted(unknown)}")
+    return tuple((f.name, _compile(hints[f.name], f.metadata)) for f in dataclasses.fields(cls))
+
+
+def _compile(hint: Any, meta: Mapping[str, Any]) -> _Check:
+    """Turn an annotation and its ranges into a check function."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = _compile(args[0] if args[1] is type(None) else args[1], meta)
+        return lambda value, where, out: None if value is None else inner(value, where, out)
+    if origin is list and len(args) == 1:
+        item_meta = {"min": meta.get("item_min"), "max": meta.get("item_max")}
+        return partial(_check_list, item=_compile(args[0], item_meta), meta=meta)
+    if dataclasses.is_dataclass(hint):
+        _rules(hint)  # compile now, so a schema mistake shows at import
+        return partial(_check_record, hint)
+    if hint in _SCALARS:
+        return partial(_SCALARS[hint], meta=meta)
+    raise InternalError(f"unsupported field type {hint!r}")
+
+
+def _record_from_map(cls: type, value: Any, where: str) -> Any:
+    """Build a record from its wire map."""
+    if not isinstance(value, dict):
+        _fail(where, f"expected a map of fields, got {_describe(value)}")
+    rules = _rules(cls)
+    for name, _ in rules:
+        if name not in value:
+            _fail(where, f"missing field {name!r}")
+    if len(value) != len(rules):
+        names = {name for name, _ in rules}
+        _fail(where, f"unknown field {_describe(next(k for k in value if k not in names))}")
+    record = cls(**{name: check(value[name], f"{where}.{name}", False) for name, check in rules})
+    _run_own_check(record, where)
+    return record
+
+
+def _record_to_map(cls: type, value: Any, where: str) -> dict[str, Any]:
+    """Check a record of ours and return its wire map."""
+    if type(value) is not cls:
+        _fail(where, f"expected {cls.__name__}, got {_describe(value)}")
+    rules = _rules(cls)
+    fields = {name: check(getattr(value, name), f"{where}.{name}", True) for name, check in rules}
+    _run_own_check(value, where)
+    return fields
+
+
+def _run_own_check(record: Any, where: str) -> None:
+    """Run a record's cross-field ``check()``, if it has one, naming where it failed."""
+    if (check := getattr(record, "check", None)) is not None:
+        try:
+            check()
+        except ProtocolError as exc:
+            raise ProtocolError(f"{where}: {exc}") from None
+
+
+def _check_record(cls: type, value: Any, where: str, out: bool) -> Any:
+    return _record_to_map(cls, value, where) if out else _record_from_map(cls, value, where)
+
+
+def _check_list(value: Any, where: str, out: bool, *, item: _Check, meta: Mapping) -> list:
+    if not isinstance(value, list):
+        _fail(where, f"expected a list, got {_describe(value)}")
+    _check_length(len(value), meta, where, "items")
+    return [item(element, f"{where}[{i}]", out) for i, element in enumerate(value)]
+
+
+def _check_int(value: Any, where: str, out: bool, *, meta: Mapping) -> int:
+    if not _is_wire_int(value):
+        _fail(where, f"expected a 64-bit integer, got {_describe(value)}")
+    _check_range(value, meta, where)
+    return int(value)
+
+
+def _check_float(value: Any, where: str, out: bool, *, meta: Mapping) -> float:
+    # A peer may write a whole number as an integer; it means the same float.
+    if not (isinstance(value, float) or _is_wire_int(value)):
+        _fail(where, f"expected a number, got {_describe(value)}")
+    number = float(value)
+    if not math.isfinite(number) and not meta.get("allow_nonfinite", False):
+        _fail(where, f"{number} is not a finite number")
+    _check_range(number, meta, where)
+    return number
+
+
+def _check_str(value: Any, where: str, out: bool, *, meta: Mapping) -> str:
+    if not isinstance(value, str):
+        _fail(where, f"expected a string, got {_describe(value)}")
+    _check_length(len(value), meta, where, "characters")
+    _check_range(value, meta, where)
+    if out:
+        try:
+            value.encode("utf-8")  # a lone surrogate would make msgpack fail mid-encode
+        except UnicodeEncodeError:
+            _fail(where, f"{_describe(value)} cannot be encoded as UTF-8")
+    return str(value)
+
+
+def _check_bool(value: Any, where: str, out: bool, *, meta: Mapping) -> bool:
+    if type(value) is not bool:
+        _fail(where, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+_SCALARS: dict[type, Callable[..., Any]] = {
+    int: _check_int, float: _check_float, str: _check_str, bool: _check_bool
+}
+
+
+def _is_wire_int(value: Any) -> bool:
+    """An integer msgpack can carry; ``type`` rather than isinstance, since bool is an int."""
+    return type(value) is int and _WIRE_INT_MIN <= value <= _WIRE_INT_MAX
+
+
+def _check_range(value: Any, meta: Mapping[str, Any], where: str) -> None:
+    """Enforce ``min``, ``max`` (inclusive) and ``choices``."""
+    low, high, choices = meta.get("min"), meta.get("max"), meta.get("choices")
+    if low is not None and value < low:
+        _fail(where, f"{_describe(value)} is below the minimum {low}")
+    if high is not None and value > high:
+        _fail(where, f"{_describe(value)} is above the maximum {high}")
+    if choices is not None and value not in choices:
+        _fail(where, f"{_describe(value)} is not one of {sorted(choices)}")
+
+
+def _check_length(length: int, meta: Mapping[str, Any], where: str, unit: str) -> None:
+    """Enforce ``min_len`` and ``max_len``."""
+    low, high = meta.get("min_len", 0), meta.get("max_len")
+    if length < low:
+        _fail(where, f"has {length} {unit}, fewer than the minimum {low}")
+    if high is not None and length > high:
+        _fail(where, f"has {length} {unit}, more than the maximum {high}")
+
+
+def _fail(where: str, problem: str) -> NoReturn:
+    raise ProtocolError(f"{where}: {problem}")
+
+
+def _describe(value: Any) -> str:
+    """A short, safe rendering of any value for an error message."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, (str, bytes)):
+        return repr(value) if len(value) <= 64 else f"{value[:64]!r}... ({len(value)} long)"
+    if isinstance(value, (list, dict)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
+
+
+for _kind in _KINDS.values():
+    _rules(_kind)  # compile every schema at import, so a mistake in one fails loudly here
+del _kind

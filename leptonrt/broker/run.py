@@ -1,0 +1,236 @@
+"""The broker's decisions for one training run, with no I/O: messages in, messages out.
+
+The asyncio shell feeds every decoded message (with the sender's ROUTER identity) and
+every observed process exit into a ``TrainingRun`` and sends whatever it returns. Time is
+a parameter, so tests drive it with plain numbers.
+
+Lifecycle::
+
+    gathering --all hellos--> running --last step committed--> stopping --all finished--> done
+        \\______________________ any failure or lost actor ____________________________> failed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import InternalError
+from .protocol import (DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
+                       Message, Reports, Stop, Welcome)
+
+
+@dataclass(frozen=True)
+class Out:
+    """One message to send to one actor."""
+
+    identity: bytes   # ROUTER identity of the receiver
+    message: Message  # what to send
+
+
+@dataclass(frozen=True)
+class EpochEvent:
+    """An epoch finished: its metrics, as rank 0 measured them."""
+
+    epoch: int               # 1-based
+    epochs: int              # total epochs of the job
+    train_loss: float        # mean loss over the epoch's training samples
+    test_loss: float         # mean loss on the test split
+    test_accuracy: float     # fraction correct on the test split
+    seconds: float           # wall time of the epoch's training steps
+    samples_per_s: float     # training samples per second in this epoch
+    shares: tuple[float, ...]  # fraction of the global batch each rank trained
+
+
+@dataclass
+class _Slot:
+    actor_id: str
+    rank: int
+    threads: int
+    identity: bytes | None = None
+    hello: Hello | None = None
+    last_step: int = -1
+    finished: Finished | None = None
+
+
+@dataclass
+class TrainingRun:
+    """State of one job across its actors; ``handle`` is the only way in."""
+
+    job: JobSpec
+    data: DatasetInfo
+    actor_ids: list[str]
+    threads: list[int]
+    rendezvous: str
+    split: list[int]
+    steps_per_epoch: int
+    n_train: int
+    window: int = 256
+    save_path: str | None = None
+    state: str = "gathering"
+    events: list = field(default_factory=list)
+    bad_messages: int = 0
+    failure: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.split) != len(self.actor_ids) or sum(self.split) != self.job.batch_size:
+            raise InternalError(f"split {self.split} does not fit {len(self.actor_ids)} actors and batch {self.job.batch_size}")
+        self.total_steps = self.job.epochs * self.steps_per_epoch
+        self._slots = {a: _Slot(a, r, t) for r, (a, t) in enumerate(zip(self.actor_ids, self.threads))}
+        self._by_identity: dict[bytes, _Slot] = {}
+        self._granted = 0
+        self._epochs: list[EpochResult] = []
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+
+    # -- input ---------------------------------------------------------------------
+
+    def handle(self, identity: bytes, msg: Message, now: float) -> list[Out]:
+        """React to one message from ``identity``; a message that does not fit is counted and dropped."""
+        if self.started_at is None:
+            self.started_at = now
+        handler = getattr(self, f"_on_{type(msg).__name__.lower()}", None)
+        if handler is None or self.state in ("done", "failed"):
+            return self._drop()
+        if not isinstance(msg, Hello) and not self._sender_matches(identity, msg):
+            return self._drop()
+        return handler(self._by_identity.get(identity), identity, msg, now)
+
+    def actor_exited(self, actor_id: str, how: str, now: float) -> list[Out]:
+        """A supervised process ended; before the job is done that fails the run."""
+        if self.state in ("done", "failed"):
+            return []
+        slot = self._slots.get(actor_id)
+        if slot is not None and slot.finished is not None:
+            return []
+        return self._fail(f"actor {actor_id} (rank {slot.rank if slot else '?'}) exited: {how}", now)
+
+    def _sender_matches(self, identity: bytes, msg: Message) -> bool:
+        slot = self._by_identity.get(identity)
+        if slot is None:
+            return False
+        rank = getattr(msg, "rank", slot.rank)
+        job_id = getattr(msg, "job_id", self.job.job_id)
+        return rank == slot.rank and job_id == self.job.job_id
+
+    def _drop(self) -> list[Out]:
+        self.bad_messages += 1
+        return []
+
+    # -- handlers --------------------------------------------------------------------
+
+    def _on_hello(self, _slot, identity: bytes, msg: Hello, now: float) -> list[Out]:
+        slot = self._slots.get(msg.actor_id)
+        if self.state != "gathering" or slot is None or slot.hello is not None or identity in self._by_identity:
+            return self._drop()
+        slot.identity, slot.hello = identity, msg
+        self._by_identity[identity] = slot
+        if any(s.hello is None for s in self._slots.values()):
+            return []
+        self.state = "running"
+        return [Out(s.identity, self._welcome(s)) for s in self._ranked()] + self._grant_more()
+
+    def _welcome(self, slot: _Slot) -> Welcome:
+        return Welcome(rank=slot.rank, world_size=len(self._slots), rendezvous=self.rendezvous,
+                       job=self.job, data=self.data, steps_per_epoch=self.steps_per_epoch,
+                       threads=slot.threads)
+
+    def _on_reports(self, slot: _Slot, _identity, msg: Reports, now: float) -> list[Out]:
+        if msg.steps:
+            slot.last_step = max(slot.last_step, max(s.step for s in msg.steps))
+        return self._grant_more() + self._maybe_stop()
+
+    def _on_epochresult(self, slot: _Slot, _identity, msg: EpochResult, now: float) -> list[Out]:
+        if slot.rank != 0 or msg.epoch != len(self._epochs):
+            return self._drop()
+        self._epochs.append(msg)
+        shares = tuple(b / self.job.batch_size for b in self.split)
+        rate = self.n_train / msg.seconds if msg.seconds > 0 else 0.0
+        self.events.append(EpochEvent(msg.epoch + 1, self.job.epochs, msg.train_loss, msg.test_loss,
+                                      msg.test_accuracy, msg.seconds, rate, shares))
+        return self._maybe_done(now)
+
+    def _on_finished(self, slot: _Slot, _identity, msg: Finished, now: float) -> list[Out]:
+        if self.state != "stopping" or slot.finished is not None:
+            return self._drop()
+        slot.finished = msg
+        return self._maybe_done(now)
+
+    def _on_failure(self, slot: _Slot, _identity, msg: Failure, now: float) -> list[Out]:
+        return self._fail(f"rank {slot.rank} failed: {msg.message}", now)
+
+    def _on_heartbeat(self, slot: _Slot, _identity, msg, now: float) -> list[Out]:
+        return []
+
+    # -- decisions -------------------------------------------------------------------
+
+    def committed(self) -> int:
+        """The last step every actor has reported (-1 before the first)."""
+        return min(s.last_step for s in self._slots.values())
+
+    def _grant_more(self) -> list[Out]:
+        if self.state != "running" or self._granted >= self.total_steps:
+            return []
+        if self._granted - (self.committed() + 1) > self.window // 2:
+            return []  # actors still hold more than half a window of work
+        first, end = self._granted, min(self.total_steps, self.committed() + 1 + self.window)
+        self._granted = end
+        grant = Grant(job_id=self.job.job_id, first_step=first, end_step=end, split=list(self.split))
+        return [Out(s.identity, grant) for s in self._ranked()]
+
+    def _maybe_stop(self) -> list[Out]:
+        if self.state != "running" or self.committed() < self.total_steps - 1:
+            return []
+        self.state = "stopping"
+        stop = Stop(job_id=self.job.job_id, save_path=self.save_path)
+        return [Out(s.identity, stop) for s in self._ranked()]
+
+    def _maybe_done(self, now: float) -> list[Out]:
+        finished = all(s.finished is not None for s in self._slots.values())
+        if self.state == "stopping" and finished and len(self._epochs) == self.job.epochs:
+            self.state, self.ended_at = "done", now
+        return []
+
+    def fail(self, reason: str, now: float) -> None:
+        """End the run as failed for a reason seen outside the messages (a timeout)."""
+        if self.state not in ("done", "failed"):
+            self._fail(reason, now)
+
+    def _fail(self, reason: str, now: float) -> list[Out]:
+        self.state, self.failure, self.ended_at = "failed", reason, now
+        return []
+
+    def identities(self) -> list[bytes]:
+        """ROUTER identities of every actor that said hello."""
+        return list(self._by_identity)
+
+    def _ranked(self) -> list[_Slot]:
+        return sorted(self._slots.values(), key=lambda s: s.rank)
+
+    # -- output ----------------------------------------------------------------------
+
+    def result(self) -> dict:
+        """The job's final figures (meaningful once ``state == 'done'``)."""
+        last = self._epochs[-1] if self._epochs else None
+        steady = self._epochs[1:] or self._epochs  # the first epoch pays for warm-up
+        seconds = sum(e.seconds for e in steady)
+        return {
+            "test_accuracy": last.test_accuracy if last else None,
+            "test_loss": last.test_loss if last else None,
+            "train_loss": last.train_loss if last else None,
+            "epochs": len(self._epochs),
+            "steps": self.committed() + 1,
+            "wall_s": (self.ended_at or 0.0) - (self.started_at or 0.0),
+            "samples_per_s": self.n_train * len(steady) / seconds if seconds > 0 else None,
+            "actors": [self._actor_result(s) for s in self._ranked()],
+        }
+
+    def _actor_result(self, slot: _Slot) -> dict:
+        fin, hello = slot.finished, slot.hello
+        return {
+            "rank": slot.rank,
+            "device": hello.device if hello else None,
+            "device_name": hello.device_name if hello else None,
+            "pid": hello.pid if hello else None,
+            "share": self.split[slot.rank] / self.job.batch_size,
+            "samples_per_s": fin.samples / fin.seconds if fin and fin.seconds > 0 else None,
+        }

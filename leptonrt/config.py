@@ -1,0 +1,63 @@
+"""The settings of one training job, validated once, before anything starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One training job: what to train, on what data, for how long."""
+
+    dataset: str = "digits"                 # dataset spec: digits, mnist:DIR, npz:PATH, synthetic:N,D,C
+    hidden: tuple[int, ...] = (128,)        # hidden layer widths; input/output widths come from the data
+    epochs: int = 10                        # passes over the training split
+    batch_size: int = 64                    # global batch, split across actors
+    lr: float = 1e-3                        # learning rate
+    optimizer: str = "adam"                 # adam | adamw | sgd
+    momentum: float = 0.9                   # SGD momentum (ignored by adam/adamw)
+    weight_decay: float = 0.0               # L2 / decoupled decay
+    precision: str = "auto"                 # auto | fp32 | bf16 | fp16
+    seed: int = 0                           # seeds init, permutations and the data split
+    test_fraction: float = 0.2              # held-out share when the data has no test split
+    split: tuple[float, ...] | None = None  # fixed shares per actor (e.g. 0.7,0.3); None = even
+    save: str | None = None                 # write final weights here (safetensors)
+    tags: dict = field(default_factory=dict, compare=False)  # free-form labels for the caller
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if self.split is not None:
+            object.__setattr__(self, "split", tuple(float(s) for s in self.split))
+        for problem in self._problems():
+            raise ConfigError(problem)
+
+    def _problems(self):
+        if not self.dataset:
+            yield "dataset must not be empty"
+        if any(int(h) < 1 for h in self.hidden) or len(self.hidden) > 16:
+            yield f"hidden widths must be 1 or more (at most 16 layers), got {list(self.hidden)}"
+        if self.epochs < 1:
+            yield f"epochs must be at least 1, got {self.epochs}"
+        if self.batch_size < 1:
+            yield f"batch size must be at least 1, got {self.batch_size}"
+        if not 0 < self.lr <= 10:
+            yield f"learning rate must be in (0, 10], got {self.lr}"
+        if self.optimizer not in OPTIMIZERS:
+            yield f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+        if not 0 <= self.momentum <= 1:
+            yield f"momentum must be in [0, 1], got {self.momentum}"
+        if not 0 <= self.weight_decay <= 10:
+            yield f"weight decay must be in [0, 10], got {self.weight_decay}"
+        if self.precision not in PRECISIONS:
+            yield f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+        if not 0 <= self.seed < 2**63:
+            yield f"seed must be in [0, 2**63), got {self.seed}"
+        if not 0 < self.test_fraction < 1:
+            yield f"test fraction must be in (0, 1), got {self.test_fraction}"
+        if self.split is not None and (any(s < 0 for s in self.split) or sum(self.split) <= 0):
+            yield f"split shares must be non-negative with a positive sum, got {list(self.split)}"

@@ -1,0 +1,1 @@
+"""The model, the fused mixed-precision training step, and gradient synchronisation."""

@@ -1,0 +1,171 @@
+"""One fused mixed-precision data-parallel training step, written out plainly.
+
+Every actor computes the gradient of ``sum(per-sample loss on its piece) / B`` where B
+is the *global* batch, so a SUM all-reduce of the gradients yields exactly the gradient
+of the mean loss over the whole batch. The gradients live in one flat buffer (each
+parameter's ``.grad`` is a view into it), so backward writes straight into the buffer
+and the whole sync is a single collective. Two extra slots ride along in that buffer:
+the loss sum (for reporting, no extra collective) and the fp16 overflow flag (so every
+actor skips the same steps).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+AllReduce = Callable[[torch.Tensor], None]
+_LOSS, _FLAG = -2, -1  # slots after the gradients in the flat buffer
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``auto`` means bf16 on a GPU that has it, fp16 on one that doesn't, fp32 on CPU.
+
+    CPU autocast works but only pays off on CPUs with bf16 matrix units, and it costs
+    accuracy for nothing elsewhere, so ``auto`` keeps CPUs in fp32; ask for bf16 explicitly.
+    """
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def make_optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """The fused implementation where this torch/device has one, else the foreach one."""
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+    kwargs: dict = {"lr": lr, "weight_decay": weight_decay}
+    if name == "sgd":
+        kwargs["momentum"] = momentum
+    try:
+        return kinds[name](params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return kinds[name](params, foreach=True, **kwargs)
+
+
+class FusedStep:
+    """Owns the flat gradient buffer, the optimizer and the fp16 loss scale of one model."""
+
+    def __init__(self, model: nn.Module, *, optimizer: str, lr: float, momentum: float = 0.9,
+                 weight_decay: float = 0.0, precision: str = "fp32", allreduce: AllReduce | None = None) -> None:
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.device = self.params[0].device
+        self.precision = resolve_precision(precision, self.device)
+        self.allreduce = allreduce
+        self.n_grads = sum(p.numel() for p in self.params)
+        self.flat = torch.zeros(self.n_grads + 2, device=self.device, dtype=torch.float32)
+        self._bind_grad_views()
+        self.optimizer = make_optimizer(self.params, optimizer, lr, momentum, weight_decay)
+        self.loss_sum = torch.zeros((), device=self.device)  # global loss sum since last take
+        self.scale = 2.0 ** 16 if self.precision == "fp16" else 1.0
+        self._clean_steps = 0
+        self.skipped = 0
+
+    def _bind_grad_views(self) -> None:
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad = self.flat[offset:offset + n].view_as(p)
+            offset += n
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def compute(self, x: torch.Tensor, y: torch.Tensor, global_rows: int) -> None:
+        """Forward + backward of this actor's piece into the flat buffer (no sync)."""
+        self.flat.zero_()
+        if x.shape[0] == 0:
+            return  # an empty piece still joins the all-reduce, with zeros
+        with self._autocast():
+            logits = self.model(x)                                            # (b, C)
+        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")        # fp32 scalar
+        (loss_sum * (self.scale / global_rows)).backward()
+        self.flat[_LOSS] = loss_sum.detach()
+        if self.precision == "fp16":
+            self.flat[_FLAG] = (~torch.isfinite(self.flat[:self.n_grads])).any().float()
+
+    def apply(self) -> bool:
+        """All-reduce the buffer and take the optimizer step; False if fp16 overflow skipped it."""
+        if self.allreduce is not None:
+            self.allreduce(self.flat)
+        self.loss_sum += self.flat[_LOSS]
+        if self.precision == "fp16":
+            return self._apply_scaled()
+        self.optimizer.step()
+        return True
+
+    def _apply_scaled(self) -> bool:
+        # host sync: every actor reads the same all-reduced flag, so all skip together
+        if self.flat[_FLAG].item() > 0:
+            self.scale = max(self.scale / 2.0, 1.0)
+            self._clean_steps = 0
+            self.skipped += 1
+            return False
+        self.flat[:self.n_grads].div_(self.scale)
+        self.optimizer.step()
+        self._clean_steps += 1
+        if self._clean_steps >= 2000:
+            self.scale *= 2.0
+            self._clean_steps = 0
+        return True
+
+    def take_loss_sum(self) -> float:
+        """The global loss sum accumulated since the last call (host sync)."""
+        value = float(self.loss_sum.item())
+        self.loss_sum.zero_()
+        return value
+
+
+class StepTimer:
+    """Measures compute time per step without forcing a device sync on the hot path."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self._pending: list = []
+
+    def start(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def stop(self, started) -> float | None:
+        """Seconds for CPU; None on CUDA, where the pair is resolved later by ``resolve``."""
+        if not self.cuda:
+            return time.perf_counter() - started
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self._pending.append((started, end))
+        return None
+
+    def resolve(self) -> list[float]:
+        """Seconds of every CUDA interval recorded since the last call (waits for them)."""
+        out = []
+        for start, end in self._pending:
+            end.synchronize()
+            out.append(start.elapsed_time(end) / 1000.0)
+        self._pending.clear()
+        return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str, chunk: int = 8192) -> tuple[float, int]:
+    """(sum of per-sample losses, number correct) over ``x``; the caller averages globally."""
+    device = next(model.parameters()).device
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for i in range(0, x.shape[0], chunk):
+        xb, yb = x[i:i + chunk].to(device, non_blocking=True), y[i:i + chunk].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(xb)
+        loss += F.cross_entropy(logits.float(), yb, reduction="sum")
+        correct += (logits.argmax(dim=1) == yb).sum()
+    return float(loss.item()), int(correct.item())  # host sync, once per evaluation
