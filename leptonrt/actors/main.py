@@ -23,6 +23,7 @@ from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Hea
 from ..data.shm import SegmentReader
 from ..nn.model import build_mlp
 from ..nn.step import FusedStep, StepTimer, evaluate
+from .faults import Injector
 from .link import Link
 
 HELLO_TIMEOUT_S = 120.0      # the broker may still be loading the dataset
@@ -67,6 +68,8 @@ class Actor:
                               momentum=self.job.momentum, weight_decay=self.job.weight_decay,
                               precision=self.job.precision, allreduce=self._allreduce_fn())
         self.timer = StepTimer(device)
+        self.faults = Injector(self.rank)
+        self.faults.at_start()
 
     def _load_data(self) -> None:
         d = self.w.data
@@ -168,6 +171,7 @@ class Actor:
         self._finish(rows_done, steady_s)
 
     def _train_step(self, g: int, perm: torch.Tensor, offset: int, rows: int, split: list[int]) -> int:
+        self.faults.before_step(g)
         start, stop = piece(split, rows, self.rank)
         idx = perm[offset + start: offset + stop]
         x = self.x_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b, D)

@@ -30,8 +30,9 @@ from leptonrt.errors import InternalError, ProtocolError
 VERSION = 1
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
-_META_KEYS = {"min", "max", "choices", "min_len", "max_len", "item_min", "item_max"}
-_META_KEYS.add("allow_nonfinite")
+_META_KEYS = frozenset(
+    {"min", "max", "choices", "min_len", "max_len", "item_min", "item_max", "allow_nonfinite"}
+)
 # msgpack carries integers in this range only; nothing outside it can be sent at all.
 _WIRE_INT_MIN, _WIRE_INT_MAX = -(2**63), 2**64 - 1
 # check(value, where, outgoing) -> the value converted for the other side of the wire
@@ -358,7 +359,7 @@ def _check_int(value: Any, where: str, out: bool, *, meta: Mapping) -> int:
     if not _is_wire_int(value):
         _fail(where, f"expected a 64-bit integer, got {_describe(value)}")
     _check_range(value, meta, where)
-    return int(value)
+    return value
 
 
 def _check_float(value: Any, where: str, out: bool, *, meta: Mapping) -> float:

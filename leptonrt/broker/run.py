@@ -69,7 +69,8 @@ class TrainingRun:
     state: str = "gathering"
     events: list = field(default_factory=list)
     bad_messages: int = 0
-    failure: str | None = None
+    problems: list = field(default_factory=list)   # every failure seen, in order
+    lost: dict = field(default_factory=dict)       # rank -> how its process ended, if it did early
 
     def __post_init__(self) -> None:
         if len(self.split) != len(self.actor_ids) or sum(self.split) != self.job.batch_size:
@@ -89,20 +90,29 @@ class TrainingRun:
         if self.started_at is None:
             self.started_at = now
         handler = getattr(self, f"_on_{type(msg).__name__.lower()}", None)
-        if handler is None or self.state in ("done", "failed"):
+        if handler is None:
             return self._drop()
+        if self.state in ("done", "failed") and not isinstance(msg, Failure):
+            return []  # late traffic of a finished run is expected, not bad
         if not isinstance(msg, Hello) and not self._sender_matches(identity, msg):
             return self._drop()
         return handler(self._by_identity.get(identity), identity, msg, now)
 
     def actor_exited(self, actor_id: str, how: str, now: float) -> list[Out]:
         """A supervised process ended; before the job is done that fails the run."""
-        if self.state in ("done", "failed"):
-            return []
         slot = self._slots.get(actor_id)
-        if slot is not None and slot.finished is not None:
+        if self.state == "done" or slot is None or slot.finished is not None:
             return []
-        return self._fail(f"actor {actor_id} (rank {slot.rank if slot else '?'}) exited: {how}", now)
+        self.lost[slot.rank] = how
+        return self._fail(f"rank {slot.rank} (actor {actor_id}) exited: {how}", now)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the run failed, root causes (lost processes) first."""
+        if not self.problems:
+            return None
+        lost = [p for p in self.problems if " exited: " in p]
+        return "; ".join(lost + [p for p in self.problems if p not in lost])
 
     def _sender_matches(self, identity: bytes, msg: Message) -> bool:
         slot = self._by_identity.get(identity)
@@ -196,7 +206,9 @@ class TrainingRun:
             self._fail(reason, now)
 
     def _fail(self, reason: str, now: float) -> list[Out]:
-        self.state, self.failure, self.ended_at = "failed", reason, now
+        self.problems.append(reason)
+        if self.state != "failed":
+            self.state, self.ended_at = "failed", now
         return []
 
     def identities(self) -> list[bytes]:

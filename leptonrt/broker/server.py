@@ -30,6 +30,7 @@ from .protocol import JobSpec, Shutdown
 from .run import Out, TrainingRun
 
 GATHER_TIMEOUT_S = 120.0   # every actor must have said hello by then
+SETTLE_S = 1.0            # after a failure, how long to wait for its root cause to show
 TICK_S = 0.1               # how often process exits are checked while the socket is quiet
 
 
@@ -127,7 +128,20 @@ class JobRunner:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", time.monotonic())
             self._emit(core)
         if core.state == "failed":
+            await self._settle(router, core, supervisor)
             raise JobFailed(self._failure_report(core, supervisor))
+
+    async def _settle(self, router, core: TrainingRun, supervisor: Supervisor) -> None:
+        """Give a root cause a moment to surface: a crash elsewhere often shows first as a
+        peer's collective error, and the process exit follows a few milliseconds later."""
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline and not core.lost:
+            if await router.poll(20):
+                identity, payload = await self._recv(router)
+                if payload is not None:
+                    core.handle(identity, payload, time.monotonic())
+            for actor_id, how in supervisor.exited():
+                core.actor_exited(actor_id, how, time.monotonic())
 
     async def _recv(self, router: zmq.asyncio.Socket):
         frames = await router.recv_multipart()
@@ -158,9 +172,8 @@ class JobRunner:
     def _failure_report(self, core: TrainingRun, supervisor: Supervisor) -> str:
         lines = [core.failure or "job failed"]
         pids = supervisor.pids()
-        for rank, actor_id in enumerate(core.actor_ids):
-            tail = supervisor.log_tail(actor_id, 6)
-            if tail:
-                lines.append(f"  rank {rank} (pid {pids.get(actor_id)}) last output:")
-                lines.extend(f"    {line}" for line in tail)
+        for rank, (actor_id, plan) in enumerate(zip(core.actor_ids, self.selection.actors)):
+            how = core.lost.get(rank, "running")
+            lines.append(f"  rank {rank}  {plan.device}  pid {pids.get(actor_id)}  {how}")
+            lines.extend(f"    | {line[:200]}" for line in supervisor.log_tail(actor_id, 4))
         return "\n".join(lines)

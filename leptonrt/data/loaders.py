@@ -35,12 +35,11 @@ MAX_CLASSES = 65_536
 # Synthetic tasks: size of the teacher's hidden layer and share of flipped labels.
 _TEACHER_HIDDEN = 64
 _LABEL_NOISE = 0.05
+_CHUNK_ROWS = 65_536
 _MAX_SYNTHETIC_VALUES = 2_000_000_000
-_IDX_UBYTE = 0x08
-_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
+_MNIST_TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+_MNIST_TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IDX_KIND = {1: "labels", 3: "images"}
 _NPZ_SPLIT = ("x_train", "y_train", "x_test", "y_test")
 _NPZ_WHOLE = ("x", "y")
 # What np.load / zipfile / gzip raise on a corrupt file; all mean "unusable data".
@@ -135,20 +134,28 @@ def _n_classes(path: str, *labels: np.ndarray) -> int:
     return top + 1
 
 
+def _test_count(where: str, n: int, test_fraction: float) -> int:
+    """Test rows: ``round(n * test_fraction)``, at least 1, leaving at least 1 to train on."""
+    n_test = max(1, round(n * test_fraction))
+    if n_test >= n:
+        problem = f"{n} samples are too few to split with test_fraction={test_fraction}"
+        raise DataError(f"{where}: {problem}")
+    return n_test
+
+
 def _split(
     where: str, x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded random split; test gets ``round(n * test_fraction)`` rows, at least 1."""
-    n = len(x)
-    n_test = max(1, round(n * test_fraction))
-    if n_test >= n:
-        raise DataError(f"{where}: {n} samples are too few to split with test_fraction={test_fraction}")
-    perm = np.random.default_rng(seed).permutation(n)
+    """Seeded random split of ``x, y`` into train and test rows."""
+    n_test = _test_count(where, len(x), test_fraction)
+    perm = np.random.default_rng(seed).permutation(len(x))
     test, train = perm[:n_test], perm[n_test:]
     return x[train], y[train], x[test], y[test]
 
 
-def _make(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, n_classes: int) -> Dataset:
+def _make(
+    x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, n_classes: int
+) -> Dataset:
     """Build a Dataset, guaranteeing the dtypes and layout the caller relies on."""
     return Dataset(
         x_train=np.ascontiguousarray(x_tr, dtype=np.float32),
@@ -204,7 +211,10 @@ def _digits_via_sklearn() -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits
     except ImportError as exc:
         raise DataError("dataset 'digits' needs scikit-learn: pip install scikit-learn") from exc
-    bunch = load_digits()
+    try:
+        bunch = load_digits()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"dataset 'digits': sklearn.datasets.load_digits failed ({exc})") from exc
     return np.asarray(bunch.data, dtype=np.float32), np.asarray(bunch.target, dtype=np.int64)
 
 
@@ -215,22 +225,24 @@ def _load_mnist(directory: str) -> Dataset:
     """MNIST-layout IDX files; train on ``train-*``, test on ``t10k-*``."""
     if not os.path.isdir(directory):
         raise DataError(f"bad dataset directory {directory}: not found or not a directory")
-    x_tr, y_tr = _read_idx_pair(directory, *_MNIST_FILES["train"])
-    x_te, y_te = _read_idx_pair(directory, *_MNIST_FILES["test"])
+    x_tr, y_tr = _read_idx_pair(directory, _MNIST_TRAIN)
+    x_te, y_te = _read_idx_pair(directory, _MNIST_TEST)
     if x_tr.shape[1] != x_te.shape[1]:
-        test_path = os.path.join(directory, _MNIST_FILES["test"][0])
-        raise _file_error(test_path, f"images have {x_te.shape[1]} pixels, train images have {x_tr.shape[1]}")
-    return _make(x_tr, y_tr, x_te, y_te, _n_classes(os.path.join(directory, "*-labels-*"), y_tr, y_te))
+        test_path = os.path.join(directory, _MNIST_TEST[0])
+        problem = f"images have {x_te.shape[1]} pixels, train images have {x_tr.shape[1]}"
+        raise _file_error(test_path, problem)
+    n_classes = _n_classes(os.path.join(directory, "*-labels-idx1-ubyte"), y_tr, y_te)
+    return _make(x_tr, y_tr, x_te, y_te, n_classes)
 
 
-def _read_idx_pair(directory: str, images_name: str, labels_name: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_idx_pair(directory: str, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """One split's images, flattened and scaled to [0, 1], and its labels."""
-    images_path = _find_idx(directory, images_name)
-    labels_path = _find_idx(directory, labels_name)
+    images_path, labels_path = (_find_idx(directory, name) for name in names)
     images = _parse_idx(images_path, _read_bytes(images_path), ndims=3)
     labels = _parse_idx(labels_path, _read_bytes(labels_path), ndims=1)
     if len(images) != len(labels):
-        raise _file_error(labels_path, f"has {len(labels)} labels but {images_path} has {len(images)} images")
+        problem = f"has {len(labels)} labels but {images_path} has {len(images)} images"
+        raise _file_error(labels_path, problem)
     if len(images) == 0 or images.shape[1] * images.shape[2] == 0:
         raise _file_error(images_path, f"no data (shape {images.shape})")
     x = images.reshape(len(images), -1).astype(np.float32)
@@ -249,12 +261,14 @@ def _find_idx(directory: str, name: str) -> str:
 
 def _parse_idx(path: str, data: bytes, ndims: int) -> np.ndarray:
     """Decode an unsigned-byte IDX file: 0x00 0x00 0x08 ndims, big-endian sizes, payload."""
-    kind = "images" if ndims == 3 else "labels"
     if len(data) < 4:
         raise _file_error(path, f"truncated: {len(data)} bytes, too short for an IDX header")
-    magic, expected = int.from_bytes(data[:4], "big"), (_IDX_UBYTE << 8) | ndims
+    # Two zero bytes, type 0x08 (unsigned byte, the only one MNIST uses), number of dims.
+    magic, expected = int.from_bytes(data[:4], "big"), 0x0800 | ndims
     if magic != expected:
-        raise _file_error(path, f"bad magic number 0x{magic:08X} (expected 0x{expected:08X} for {kind})")
+        want = f"0x{expected:08X} for {_IDX_KIND[ndims]}"
+        problem = f"bad magic number 0x{magic:08X} (expected {want})"
+        raise _file_error(path, problem)
     header = 4 + 4 * ndims
     if len(data) < header:
         raise _file_error(path, f"truncated: header needs {header} bytes, file has {len(data)}")
@@ -272,15 +286,12 @@ def _parse_idx(path: str, data: bytes, ndims: int) -> np.ndarray:
 def _load_npz(path: str, seed: int, test_fraction: float) -> Dataset:
     """An .npz holding a train/test split, or ``x, y`` to split here."""
     arrays = _read_npz(path)
-    if all(k in arrays for k in _NPZ_SPLIT):
-        x_tr, x_te = (_features(path, k, arrays[k]) for k in ("x_train", "x_test"))
-        y_tr, y_te = (_labels(path, k, arrays[k]) for k in ("y_train", "y_test"))
-        _same_length(path, ("x_train", x_tr), ("y_train", y_tr))
-        _same_length(path, ("x_test", x_te), ("y_test", y_te))
-    else:
-        x, y = _features(path, "x", arrays["x"]), _labels(path, "y", arrays["y"])
-        _same_length(path, ("x", x), ("y", y))
+    if "x" in arrays:
+        x, y = _pair(path, arrays, "x", "y")
         x_tr, y_tr, x_te, y_te = _split(f"bad dataset file {path}", x, y, seed, test_fraction)
+    else:
+        x_tr, y_tr = _pair(path, arrays, "x_train", "y_train")
+        x_te, y_te = _pair(path, arrays, "x_test", "y_test")
     _check_split_shapes(path, x_tr, x_te)
     x_tr, x_te = _normalise(path, x_tr, x_te)
     return _make(x_tr, y_tr, x_te, y_te, _n_classes(path, y_tr, y_te))
@@ -288,7 +299,10 @@ def _load_npz(path: str, seed: int, test_fraction: float) -> Dataset:
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     """The arrays we need from the archive; pickled objects are refused."""
-    if _read_head(path, 4)[:2] != b"PK":
+    # Check for a zip ourselves: given anything else, np.load would try .npy, then pickle.
+    with _reading(path, "cannot read"), open(path, "rb") as f:
+        is_zip = f.read(2) == b"PK"
+    if not is_zip:
         raise _file_error(path, "not an .npz archive (not a zip file)")
     with _reading(path, "not a readable .npz archive"), np.load(path, allow_pickle=False) as npz:
         names = set(npz.files)
@@ -300,10 +314,14 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         return {name: npz[name] for name in wanted}
 
 
-def _read_head(path: str, n: int) -> bytes:
-    """The first ``n`` bytes, to tell a zip from anything else before numpy guesses."""
-    with _reading(path, "cannot read"), open(path, "rb") as f:
-        return f.read(n)
+def _pair(
+    path: str, arrays: dict[str, np.ndarray], x_name: str, y_name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validated features and labels, one label per row."""
+    x, y = _features(path, x_name, arrays[x_name]), _labels(path, y_name, arrays[y_name])
+    if len(x) != len(y):
+        raise _file_error(path, f"{x_name} has {len(x)} rows but {y_name} has {len(y)}")
+    return x, y
 
 
 def _features(path: str, name: str, x: np.ndarray) -> np.ndarray:
@@ -323,18 +341,14 @@ def _features(path: str, name: str, x: np.ndarray) -> np.ndarray:
 def _labels(path: str, name: str, y: np.ndarray) -> np.ndarray:
     """1-D integer labels (integral floats accepted) in [0, MAX_CLASSES)."""
     if y.ndim != 1 or y.dtype.kind not in "biuf":
-        raise _file_error(path, f"{name} has shape {y.shape} and dtype {y.dtype}; expected 1-D integers")
+        problem = f"{name} has shape {y.shape} and dtype {y.dtype}; expected 1-D integers"
+        raise _file_error(path, problem)
     if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.floor(y)).all()):
         raise _file_error(path, f"{name} holds non-integral float labels")
     if y.size and (y.min() < 0 or y.max() >= MAX_CLASSES):
-        raise _file_error(path, f"{name} labels span [{y.min()}, {y.max()}]; expected 0..{MAX_CLASSES - 1}")
+        problem = f"{name} labels span [{y.min()}, {y.max()}]; expected 0..{MAX_CLASSES - 1}"
+        raise _file_error(path, problem)
     return y.astype(np.int64)
-
-
-def _same_length(path: str, x: tuple[str, np.ndarray], y: tuple[str, np.ndarray]) -> None:
-    """Every sample needs exactly one label."""
-    if len(x[1]) != len(y[1]):
-        raise _file_error(path, f"{x[0]} has {len(x[1])} rows but {y[0]} has {len(y[1])}")
 
 
 def _check_split_shapes(path: str, x_tr: np.ndarray, x_te: np.ndarray) -> None:
@@ -342,25 +356,23 @@ def _check_split_shapes(path: str, x_tr: np.ndarray, x_te: np.ndarray) -> None:
     if len(x_tr) == 0 or len(x_te) == 0:
         raise _file_error(path, f"empty split: {len(x_tr)} train rows, {len(x_te)} test rows")
     if x_tr.shape[1] != x_te.shape[1]:
-        raise _file_error(path, f"x_train has {x_tr.shape[1]} features but x_test has {x_te.shape[1]}")
+        problem = f"x_train has {x_tr.shape[1]} features but x_test has {x_te.shape[1]}"
+        raise _file_error(path, problem)
 
 
-def _normalise(path: str, x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _normalise(path: str, x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, ...]:
     """uint8 pixels are scaled by 1/255; anything else is standardised with train stats."""
     if x_tr.dtype == np.uint8 and x_te.dtype == np.uint8:
-        return x_tr.astype(np.float32) / np.float32(255), x_te.astype(np.float32) / np.float32(255)
-    mean = x_tr.mean(axis=0, dtype=np.float64)
-    std = x_tr.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0  # constant features carry no signal; leave them at 0
-    out = []
-    for x in (x_tr, x_te):
-        z = x.astype(np.float32)  # always a copy, so the in-place ops below are safe
-        z -= mean.astype(np.float32)
-        z /= std.astype(np.float32)
-        out.append(z)
-    if not (np.isfinite(out[0]).all() and np.isfinite(out[1]).all()):
-        raise _file_error(path, "x values overflow float32 after standardising")
-    return out[0], out[1]
+        shift, scale = np.float32(0), np.float32(255)
+    else:
+        shift = x_tr.mean(axis=0, dtype=np.float64).astype(np.float32)
+        std = x_tr.std(axis=0, dtype=np.float64)
+        # A constant feature carries no signal; dividing by 1 leaves it at 0 instead of NaN.
+        scale = np.where(std == 0, 1.0, std).astype(np.float32)
+    out = tuple((x.astype(np.float32) - shift) / scale for x in (x_tr, x_te))
+    if not all(np.isfinite(z).all() for z in out):
+        raise _file_error(path, "x values overflow float32 after normalising")
+    return out
 
 
 # --- synthetic --------------------------------------------------------------------
@@ -370,25 +382,21 @@ def _load_synthetic(spec: str, arg: str, seed: int, test_fraction: float) -> Dat
     """A seeded task whose labels come from a random teacher network."""
     n, d, c = _parse_synthetic(spec, arg)
     x, y = _synthetic_task(n, d, c, seed)
-    n_test = max(1, round(n * test_fraction))
-    if n_test >= n:
-        raise DataError(f"bad dataset spec {spec!r}: {n} samples are too few for test_fraction={test_fraction}")
     # Rows are i.i.d. draws already, so slicing is as good as a permutation and copies nothing.
-    n_train = n - n_test
+    n_train = n - _test_count(f"bad dataset spec {spec!r}", n, test_fraction)
     return _make(x[:n_train], y[:n_train], x[n_train:], y[n_train:], c)
 
 
 def _parse_synthetic(spec: str, arg: str) -> tuple[int, int, int]:
     """``N,D,C`` with N >= C >= 2, D >= 1 and N * D within reason."""
-    parts = arg.split(",")
     try:
-        n, d, c = (int(p.strip()) for p in parts)
+        n, d, c = (int(part) for part in arg.split(","))
     except ValueError as exc:
-        raise DataError(f"bad dataset spec {spec!r}: expected synthetic:N,D,C; valid forms are {VALID_FORMS}") from exc
+        problem = f"expected synthetic:N,D,C with integers; valid forms are {VALID_FORMS}"
+        raise DataError(f"bad dataset spec {spec!r}: {problem}") from exc
     if c < 2 or d < 1 or n < c or n * d > _MAX_SYNTHETIC_VALUES:
-        raise DataError(
-            f"bad dataset spec {spec!r}: need C >= 2, D >= 1, N >= C and N*D <= {_MAX_SYNTHETIC_VALUES:,}"
-        )
+        limits = f"need C >= 2, D >= 1, N >= C and N*D <= {_MAX_SYNTHETIC_VALUES:,}"
+        raise DataError(f"bad dataset spec {spec!r}: {limits}")
     return n, d, c
 
 
@@ -402,12 +410,16 @@ def _synthetic_task(n: int, d: int, c: int, seed: int) -> tuple[np.ndarray, np.n
     linear = rng.standard_normal((d, c), dtype=np.float32)
     # Equal column norms give each class logit the same spread, so classes stay balanced.
     linear /= np.linalg.norm(linear, axis=0, keepdims=True)
-    hidden = rng.standard_normal((d, _TEACHER_HIDDEN), dtype=np.float32) * np.float32(2 / math.sqrt(d))
-    out = rng.standard_normal((_TEACHER_HIDDEN, c), dtype=np.float32) * np.float32(0.5 / math.sqrt(_TEACHER_HIDDEN))
-    x = rng.standard_normal((n, d), dtype=np.float32)
+    # A tanh layer on top bends the class boundaries, so an MLP can beat a linear model;
+    # its pre-activations have std 2 (saturating) and its share of the logits stays small.
+    hidden = rng.standard_normal((d, _TEACHER_HIDDEN), dtype=np.float32)
+    hidden *= np.float32(2 / math.sqrt(d))
+    out = rng.standard_normal((_TEACHER_HIDDEN, c), dtype=np.float32)
+    out *= np.float32(0.5 / math.sqrt(_TEACHER_HIDDEN))
+    x = rng.standard_normal((n, d), dtype=np.float32)  # (n, d)
     logits = x @ linear  # (n, c)
-    for start in range(0, n, 65_536):  # chunked so the (n, hidden) activations stay small
-        rows = slice(start, start + 65_536)
+    for start in range(0, n, _CHUNK_ROWS):  # chunked so the (n, hidden) activations stay small
+        rows = slice(start, start + _CHUNK_ROWS)
         logits[rows] += np.tanh(x[rows] @ hidden) @ out
     y = logits.argmax(axis=1).astype(np.int64)
     flip = rng.random(n) < _LABEL_NOISE

@@ -1,0 +1,54 @@
+"""Device selection: docker's --gpus grammar, CUDA_VISIBLE_DEVICES, and the CPU fallback."""
+
+import pytest
+
+from leptonrt.actors.devices import select
+from leptonrt.errors import NoDeviceError, UsageError
+
+
+def pick(gpus, cpu=None, count=4, env=None, cores=8):
+    return select(gpus, cpu, env=env or {}, cuda_count=count, cores=cores)
+
+
+def test_all_takes_every_visible_gpu_each_seeing_only_itself():
+    sel = pick("all")
+    assert [a.visible for a in sel.actors] == ["0", "1", "2", "3"]
+    assert all(a.device == "cuda:0" for a in sel.actors) and sel.note is None
+
+
+def test_a_count_takes_the_first_n_and_device_ids_take_those_indices():
+    assert [a.visible for a in pick("2").actors] == ["0", "1"]
+    assert [a.visible for a in pick("device=0,2").actors] == ["0", "2"]
+
+
+def test_an_existing_cuda_visible_devices_is_respected():
+    sel = pick("device=1", env={"CUDA_VISIBLE_DEVICES": "5,7"}, count=2)
+    assert [a.visible for a in sel.actors] == ["7"]
+
+
+def test_no_gpu_falls_back_to_one_cpu_actor_and_says_so():
+    sel = pick("all", count=0, cores=2)
+    assert [(a.device, a.threads) for a in sel.actors] == [("cpu", 2)]
+    assert "no GPU" in sel.note
+
+
+def test_cpu_actors_share_the_cores():
+    sel = pick("none", 2, cores=2)
+    assert [(a.device, a.visible, a.threads) for a in sel.actors] == [("cpu", "", 1), ("cpu", "", 1)]
+
+
+@pytest.mark.parametrize("gpus", ["5", "device=4"])
+def test_asking_for_more_gpus_than_exist_is_no_device(gpus):
+    with pytest.raises(NoDeviceError):
+        pick(gpus)
+
+
+@pytest.mark.parametrize("gpus", ["some", "device=a", "-1"])
+def test_a_malformed_gpus_value_is_a_usage_error(gpus):
+    with pytest.raises(UsageError):
+        pick(gpus)
+
+
+def test_no_devices_at_all_is_no_device():
+    with pytest.raises(NoDeviceError):
+        pick("none", 0)

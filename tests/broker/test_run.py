@@ -1,0 +1,125 @@
+"""TrainingRun: the broker's decisions for one job, driven with plain messages and numbers."""
+
+import pytest
+
+from leptonrt.broker.protocol import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello,
+                                      JobSpec, Reports, StepStat, Stop, Welcome)
+from leptonrt.broker.run import EpochEvent, TrainingRun
+from leptonrt.errors import InternalError
+
+
+def _ref(name, dtype="float32", shape=(10, 4)):
+    return ArrayRef(segment=f"leptonrt-1x0-{name}", dtype=dtype, shape=list(shape))
+
+
+DATA = DatasetInfo(spec="synthetic:12,4,3", n_features=4, n_classes=3, x_train=_ref("xt"),
+                   y_train=_ref("yt", "int64", (10,)), x_test=_ref("xs", shape=(2, 4)),
+                   y_test=_ref("ys", "int64", (2,)))
+
+
+def make_run(world=2, epochs=2, steps=5, window=4, split=None):
+    job = JobSpec(job_id=7, dataset=DATA.spec, hidden=[8], epochs=epochs, batch_size=2 * world, lr=0.1,
+                  optimizer="sgd", momentum=0.0, weight_decay=0.0, precision="fp32", seed=1)
+    return TrainingRun(job=job, data=DATA, actor_ids=[f"a{i}" for i in range(world)], threads=[1] * world,
+                       rendezvous="tcp://127.0.0.1:1", split=split or [2] * world, steps_per_epoch=steps,
+                       n_train=10, window=window, save_path="/tmp/w.safetensors")
+
+
+def hello(i):
+    return Hello(actor_id=f"a{i}", pid=100 + i, device="cpu", device_name="cpu", threads=1, memory_bytes=0, bf16=False)
+
+
+def report(rank, *steps):
+    return Reports(job_id=7, rank=rank, steps=[StepStat(step=s, rows=2, compute_s=0.001, step_s=0.002) for s in steps])
+
+
+def started(world=2, **kw):
+    run = make_run(world, **kw)
+    outs = []
+    for i in range(world):
+        outs += run.handle(f"id{i}".encode(), hello(i), now=0.0)
+    return run, outs
+
+
+def test_nothing_is_sent_until_every_actor_has_said_hello():
+    run = make_run()
+    assert run.handle(b"id0", hello(0), now=0.0) == []
+    assert run.state == "gathering"
+
+
+def test_all_hellos_bring_welcomes_with_ranks_in_spawn_order_and_a_first_grant():
+    run, outs = started()
+    welcomes = [o for o in outs if isinstance(o.message, Welcome)]
+    assert [(o.identity, o.message.rank, o.message.world_size) for o in welcomes] == [(b"id0", 0, 2), (b"id1", 1, 2)]
+    grants = [o.message for o in outs if isinstance(o.message, Grant)]
+    assert len(grants) == 2 and grants[0] == Grant(job_id=7, first_step=0, end_step=4, split=[2, 2])
+    assert run.state == "running"
+
+
+def test_grants_extend_the_window_as_steps_are_committed_by_every_actor():
+    run, _ = started()
+    assert run.handle(b"id0", report(0, 0, 1, 2), now=1.0) == []   # rank 1 has committed nothing yet
+    outs = run.handle(b"id1", report(1, 0, 1), now=1.0)
+    assert [o.message for o in outs] == [Grant(job_id=7, first_step=4, end_step=6, split=[2, 2])] * 2
+    assert run.committed() == 1
+
+
+def test_a_duplicate_hello_or_an_unknown_actor_is_dropped_and_counted():
+    run = make_run()
+    run.handle(b"id0", hello(0), now=0.0)
+    assert run.handle(b"id9", hello(0), now=0.0) == []
+    assert run.handle(b"id9", Hello(actor_id="zz", pid=1, device="cpu", device_name="", threads=1,
+                                    memory_bytes=0, bf16=False), now=0.0) == []
+    assert run.bad_messages == 2 and run.state == "gathering"
+
+
+def test_a_report_claiming_another_actors_rank_is_dropped():
+    run, _ = started()
+    assert run.handle(b"id0", report(1, 0, 1, 2, 3), now=1.0) == []
+    assert run.bad_messages == 1 and run.committed() == -1
+
+
+def test_a_message_from_an_unknown_identity_is_dropped():
+    run, _ = started()
+    assert run.handle(b"stranger", report(0, 0), now=1.0) == []
+    assert run.bad_messages == 1
+
+
+def test_the_job_stops_after_the_last_step_and_is_done_when_everyone_finished():
+    run, _ = started(epochs=1, steps=3, window=8)
+    run.handle(b"id0", report(0, 0, 1, 2), now=1.0)
+    outs = run.handle(b"id1", report(1, 0, 1, 2), now=1.0)
+    assert [o.message for o in outs] == [Stop(job_id=7, save_path="/tmp/w.safetensors")] * 2
+    run.handle(b"id0", EpochResult(job_id=7, rank=0, epoch=0, train_loss=1.0, test_loss=0.9,
+                                   test_accuracy=0.5, seconds=0.5), now=1.5)
+    for i in range(2):
+        run.handle(f"id{i}".encode(), Finished(job_id=7, rank=i, samples=6, seconds=0.5, saved=i == 0), now=2.0)
+    assert run.state == "done"
+    result = run.result()
+    assert result["test_accuracy"] == 0.5 and result["steps"] == 3 and result["wall_s"] == 2.0
+    assert [a["share"] for a in result["actors"]] == [0.5, 0.5]
+    assert isinstance(run.events[0], EpochEvent) and run.events[0].epoch == 1
+
+
+def test_an_epoch_result_from_a_rank_other_than_zero_is_ignored():
+    run, _ = started()
+    run.handle(b"id1", EpochResult(job_id=7, rank=1, epoch=0, train_loss=1.0, test_loss=1.0,
+                                   test_accuracy=0.1, seconds=1.0), now=1.0)
+    assert run.events == [] and run.bad_messages == 1
+
+
+def test_an_actor_failure_fails_the_run_with_its_message():
+    run, _ = started()
+    run.handle(b"id1", Failure(job_id=7, rank=1, message="boom"), now=1.0)
+    assert run.state == "failed" and "boom" in run.failure
+
+
+def test_an_actor_exit_before_the_end_fails_the_run():
+    run, _ = started()
+    run.actor_exited("a0", "killed by SIGKILL", now=1.0)
+    assert run.state == "failed" and "SIGKILL" in run.failure and "rank 0" in run.failure
+
+
+def test_a_split_that_does_not_sum_to_the_batch_is_our_bug():
+    with pytest.raises(InternalError):
+        make_run(split=[3, 2])

@@ -1,0 +1,45 @@
+"""Shared fixtures: every process test checks that nothing outlives it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from leptonrt.data.shm import list_segments
+
+
+def actor_processes() -> list[int]:
+    """Pids of live leptonrt actor processes on this machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if b"leptonrt.actors" in cmd and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def no_leftovers():
+    """Fails the test if it leaves a segment or an actor process behind."""
+    segments_before, actors_before = set(list_segments()), set(actor_processes())
+    yield
+    assert set(list_segments()) - segments_before == set()
+    assert set(actor_processes()) - actors_before == set()
+
+
+@pytest.fixture
+def leptonrt_cli():
+    """Run ``python -m leptonrt ARGS`` to completion; returns the CompletedProcess."""
+    def run(*args, env=None, timeout=240):
+        full_env = dict(os.environ, **(env or {}))
+        return subprocess.run([sys.executable, "-m", "leptonrt", *map(str, args)], capture_output=True,
+                              text=True, timeout=timeout, env=full_env)
+    return run

@@ -1,0 +1,87 @@
+"""`leptonrt train` end to end, with real actor processes (the process tier)."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.process
+
+
+def test_two_cpu_actors_reach_95_percent_on_digits(leptonrt_cli, tmp_path, no_leftovers):
+    out = tmp_path / "result.json"
+    proc = leptonrt_cli("train", "--dataset", "digits", "--gpus", "none", "--cpu-actors", "2", "--epochs", "30",
+                        "--batch-size", "64", "--json-out", out)
+    assert proc.returncode == 0, proc.stderr
+    epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch")]
+    assert len(epoch_lines) == 30 and "samples/s" in epoch_lines[0] and "test_acc" in epoch_lines[0]
+    result = json.loads(out.read_text())
+    assert result["test_accuracy"] >= 0.95
+    assert result["epochs"] == 30 and result["steps"] == 30 * 23
+    assert result["samples_per_s"] > 0 and result["wall_s"] > 0
+    assert [(a["rank"], a["device"], a["share"]) for a in result["actors"]] == [(0, "cpu", 0.5), (1, "cpu", 0.5)]
+    assert all(a["samples_per_s"] > 0 for a in result["actors"])
+
+
+def _weights(leptonrt_cli, tmp_path, name, *args):
+    path = tmp_path / f"{name}.safetensors"
+    proc = leptonrt_cli("train", "--dataset", "digits", "--gpus", "none", "--epochs", "4", "--batch-size", "64",
+                        "--precision", "fp32", "--quiet", "--save", path, *args)
+    assert proc.returncode == 0, proc.stderr
+    return load_file(path)
+
+
+def test_uneven_splits_train_the_same_weights_as_one_actor(leptonrt_cli, tmp_path, no_leftovers):
+    single = _weights(leptonrt_cli, tmp_path, "one", "--cpu-actors", "1")
+    uneven = _weights(leptonrt_cli, tmp_path, "two", "--cpu-actors", "2", "--split", "0.7,0.3")
+    with_idle = _weights(leptonrt_cli, tmp_path, "three", "--cpu-actors", "3", "--split", "0.6,0,0.4")
+    assert sorted(single) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    for other in (uneven, with_idle):
+        for key, ref in single.items():
+            rel = float((other[key] - ref).abs().max() / ref.abs().max())
+            assert rel < 1e-5, (key, rel)
+
+
+def test_a_crashed_actor_fails_the_job_with_a_report_and_leaves_nothing(leptonrt_cli, no_leftovers):
+    proc = leptonrt_cli("train", "--dataset", "digits", "--gpus", "none", "--cpu-actors", "2", "--epochs", "3",
+                        env={"LEPTONRT_FAULT": "crash@10:1"})
+    assert proc.returncode == 1
+    assert "rank 1" in proc.stderr and "exit code 17" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_missing_dataset_file_is_one_line_and_exit_66(leptonrt_cli, tmp_path, no_leftovers):
+    proc = leptonrt_cli("train", "--dataset", f"mnist:{tmp_path}", "--gpus", "none")
+    assert proc.returncode == 66
+    assert proc.stderr.count("\n") == 1 and "train-images-idx3-ubyte" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--lr", "-1"], 78),
+    (["--cpu-actors", "2", "--split", "1,1,1"], 78),
+    (["--gpus", "lots"], 2),
+    (["--epochs", "many"], 2),
+    (["--json-out", "/nonexistent/dir/r.json"], 78),
+])
+def test_bad_settings_give_their_exit_code_without_a_traceback(leptonrt_cli, args, code, no_leftovers):
+    proc = leptonrt_cli("train", "--dataset", "synthetic:100,4,3", "--gpus", "none", *args)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip()
+
+
+def test_ctrl_c_stops_training_with_130_and_leaves_nothing(tmp_path, no_leftovers):
+    proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", "--dataset", "synthetic:20000,64,10",
+                             "--gpus", "none", "--cpu-actors", "2", "--epochs", "1000", "--batch-size", "32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("epoch")   # training is under way
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "Traceback" not in proc.stderr.read()
