@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import OPTIMIZERS, PRECISIONS, TrainJob
+from .config import OPTIMIZERS, PRECISIONS, TrainJob, parse_slowdown
 from .errors import ConfigError, LeptonError, UsageError
 
 
@@ -43,7 +43,11 @@ def _add_train(sub) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share when the data has no test split")
     p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
     p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
-    p.add_argument("--split", type=_float_list, default=None, help="fixed batch shares per actor, e.g. 0.7,0.3")
+    p.add_argument("--split", type=_float_list, default=None, help="fixed batch shares per actor, e.g. 0.7,0.3 (disables rebalancing)")
+    p.add_argument("--rebalance", choices=("on", "off"), default="on", help="let the planner resize shares as it measures actors")
+    p.add_argument("--align", type=int, default=8, help="shares move in units of this many rows")
+    p.add_argument("--simulate-slowdown", action="append", default=[], metavar="RANK=FACTOR[@FROM-TO]",
+                   help="SIMULATE a straggler: that rank waits (FACTOR-1) x its compute time each step (tests, benchmarks)")
     p.add_argument("--save", default=None, help="write the final weights here (safetensors)")
     p.add_argument("--json-out", default=None, help="write the final result here (JSON)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -70,16 +74,27 @@ def _job_from(args: argparse.Namespace) -> TrainJob:
     return TrainJob(dataset=args.dataset, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
                     precision=args.precision, seed=args.seed, test_fraction=args.test_fraction,
-                    split=args.split, save=os.path.abspath(args.save) if args.save else None)
+                    split=args.split, rebalance=args.rebalance == "on", align=args.align,
+                    slowdowns=tuple(parse_slowdown(t) for t in args.simulate_slowdown),
+                    save=os.path.abspath(args.save) if args.save else None)
 
 
-def format_epoch(event) -> str:
-    """One progress line per epoch."""
+def format_epoch(event, simulated: str = "") -> str:
+    """One progress line per epoch (``simulated`` labels an injected slowdown)."""
     shares = "/".join(f"{s:.2f}" for s in event.shares)
     width = len(str(event.epochs))
     return (f"epoch {event.epoch:>{width}}/{event.epochs}  train_loss {event.train_loss:.4f}  "
             f"test_loss {event.test_loss:.4f}  test_acc {event.test_accuracy:.4f}  "
-            f"samples/s {event.samples_per_s:,.0f}  shares {shares}")
+            f"samples/s {event.samples_per_s:,.0f}  shares {shares}{simulated}")
+
+
+def describe_slowdowns(job: TrainJob) -> str:
+    """`` [SIMULATED slowdown: rank 1 x2.0 from step 100]`` or empty."""
+    if not job.slowdowns:
+        return ""
+    parts = [f"rank {r} x{f:g}" + (f" steps {a}-{b}" if b else f" from step {a}" if a else "")
+             for r, f, a, b in job.slowdowns]
+    return f"  [SIMULATED slowdown: {', '.join(parts)}]"
 
 
 def _write_json(path: str, result: dict) -> None:
@@ -91,19 +106,23 @@ def _write_json(path: str, result: dict) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .broker.run import EpochEvent
     from .broker.server import JobRunner
     if args.cpu_actors is not None and args.cpu_actors < 0:
         raise UsageError(f"--cpu-actors must be 0 or more, got {args.cpu_actors}")
     job = _job_from(args)
-    on_event = (lambda e: print(format_epoch(e), flush=True)) if not args.quiet else None
+    label = describe_slowdowns(job)
+    on_event = (lambda e: print(format_epoch(e, label), flush=True) if isinstance(e, EpochEvent) else None)
+    if args.quiet:
+        on_event = None
     runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=on_event)
     for note in runner.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
     result = run_async(runner.run())
     if args.json_out:
         _write_json(args.json_out, result)
-    print(f"done: test_acc {result['test_accuracy']:.4f}  steps {result['steps']}  "
-          f"wall {result['wall_s']:.1f}s  samples/s {result['samples_per_s'] or 0:,.0f}")
+    print(f"done: test_acc {result['test_accuracy']:.4f}  steps {result['steps']}  rebalances {result['rebalances']}  "
+          f"wall {result['wall_s']:.1f}s  samples/s {result['samples_per_s'] or 0:,.0f}{label}")
     return 0
 
 

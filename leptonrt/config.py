@@ -26,11 +26,20 @@ class TrainJob:
     seed: int = 0                           # seeds init, permutations and the data split
     test_fraction: float = 0.2              # held-out share when the data has no test split
     split: tuple[float, ...] | None = None  # fixed shares per actor (e.g. 0.7,0.3); None = even
+    rebalance: bool = True                  # let the planner resize shares (off when split is fixed)
+    align: int = 8                          # shares move in units of this many rows
+    slowdowns: tuple[tuple[int, float, int, int | None], ...] = ()  # SIMULATED stragglers: (rank, factor, from, to)
     save: str | None = None                 # write final weights here (safetensors)
     tags: dict = field(default_factory=dict, compare=False)  # free-form labels for the caller
 
+    @property
+    def planned(self) -> bool:
+        """Whether the planner may resize shares during this job."""
+        return self.rebalance and self.split is None
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "slowdowns", tuple(tuple(s) for s in self.slowdowns))
         if self.split is not None:
             object.__setattr__(self, "split", tuple(float(s) for s in self.split))
         for problem in self._problems():
@@ -61,3 +70,19 @@ class TrainJob:
             yield f"test fraction must be in (0, 1), got {self.test_fraction}"
         if self.split is not None and (any(s < 0 for s in self.split) or sum(self.split) <= 0):
             yield f"split shares must be non-negative with a positive sum, got {list(self.split)}"
+        if not 1 <= self.align <= max(self.batch_size, 1):
+            yield f"alignment must be between 1 and the batch size, got {self.align}"
+        for rank, factor, first, end in self.slowdowns:
+            if rank < 0 or not 1 <= factor <= 1000 or first < 0 or (end is not None and end <= first):
+                yield f"bad simulated slowdown {rank}={factor}@{first}-{end}"
+
+
+def parse_slowdown(text: str) -> tuple[int, float, int, int | None]:
+    """``RANK=FACTOR`` or ``RANK=FACTOR@FROM-TO`` (global steps, TO exclusive, either may be empty)."""
+    try:
+        rank, _, rest = text.partition("=")
+        factor, _, steps = rest.partition("@")
+        first, _, end = steps.partition("-")
+        return int(rank), float(factor), int(first or 0), int(end) if end else None
+    except ValueError:
+        raise ConfigError(f"--simulate-slowdown takes RANK=FACTOR[@FROM-TO], got {text!r}") from None

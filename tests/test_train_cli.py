@@ -22,7 +22,9 @@ def test_two_cpu_actors_reach_95_percent_on_digits(leptonrt_cli, tmp_path, no_le
     assert result["test_accuracy"] >= 0.95
     assert result["epochs"] == 30 and result["steps"] == 30 * 23
     assert result["samples_per_s"] > 0 and result["wall_s"] > 0
-    assert [(a["rank"], a["device"], a["share"]) for a in result["actors"]] == [(0, "cpu", 0.5), (1, "cpu", 0.5)]
+    assert [(a["rank"], a["device"]) for a in result["actors"]] == [(0, "cpu"), (1, "cpu")]
+    assert sum(a["share"] for a in result["actors"]) == 1.0 and all(a["share"] > 0 for a in result["actors"])
+    assert result["rebalances"] == len(result["split_changes"])
     assert all(a["samples_per_s"] > 0 for a in result["actors"])
 
 
@@ -43,6 +45,29 @@ def test_uneven_splits_train_the_same_weights_as_one_actor(leptonrt_cli, tmp_pat
         for key, ref in single.items():
             rel = float((other[key] - ref).abs().max() / ref.abs().max())
             assert rel < 1e-5, (key, rel)
+
+
+def test_splits_that_change_during_the_run_train_the_same_weights_as_one_actor(leptonrt_cli, tmp_path,
+                                                                              no_leftovers):
+    single = _weights(leptonrt_cli, tmp_path, "one", "--cpu-actors", "1")
+    out = tmp_path / "r.json"
+    # a SIMULATED straggler that comes and goes makes the planner move rows both ways
+    moving = _weights(leptonrt_cli, tmp_path, "moving", "--cpu-actors", "2", "--json-out", out,
+                      "--simulate-slowdown", "1=4@5-60")
+    assert json.loads(out.read_text())["rebalances"] >= 1
+    for key, ref in single.items():
+        rel = float((moving[key] - ref).abs().max() / ref.abs().max())
+        assert rel < 1e-5, (key, rel)
+
+
+def test_a_simulated_slowdown_is_labelled_as_simulated(leptonrt_cli, tmp_path, no_leftovers):
+    out = tmp_path / "r.json"
+    proc = leptonrt_cli("train", "--dataset", "synthetic:2000,16,4", "--gpus", "none", "--cpu-actors", "2",
+                        "--epochs", "2", "--simulate-slowdown", "1=2", "--json-out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert all("SIMULATED" in line for line in proc.stdout.splitlines())
+    assert json.loads(out.read_text())["simulated_slowdowns"] == [{"rank": 1, "factor": 2.0, "from_step": 0,
+                                                                  "to_step": None}]
 
 
 def test_a_crashed_actor_fails_the_job_with_a_report_and_leaves_nothing(leptonrt_cli, no_leftovers):

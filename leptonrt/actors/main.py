@@ -28,8 +28,8 @@ from .link import Link
 
 HELLO_TIMEOUT_S = 120.0      # the broker may still be loading the dataset
 IDLE_POLL_MS = 200           # how often an idle actor checks that its broker is alive
-FLUSH_EVERY_STEPS = 32       # batch step reports so the control plane stays cheap
-FLUSH_EVERY_S = 0.05
+FLUSH_EVERY_STEPS = 64       # batch step reports so the control plane stays cheap...
+FLUSH_EVERY_S = 0.004       # ...yet fresh enough for the broker to plan and grant ahead
 COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 
 
@@ -57,7 +57,7 @@ class Actor:
         self.job, self.rank = welcome.job, welcome.rank
         self.grants: list[Grant] = []
         self.stop: Stop | None = None
-        self.pending: list[tuple[int, int, float, float]] = []  # step, rows, compute_s, step_s
+        self.pending: list[tuple] = []  # (step, rows, compute_s, step_s, simulated_s) since the last report
         self.last_flush = time.perf_counter()
         self.reader = SegmentReader()
         self._load_data()
@@ -94,8 +94,7 @@ class Actor:
         host, port = self.w.rendezvous.removeprefix("tcp://").rsplit(":", 1)
         store = dist.TCPStore(host, int(port), self.w.world_size, is_master=False, timeout=COLLECTIVE_TIMEOUT)
         store = dist.PrefixStore(f"job{self.job.job_id}", store)
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.w.world_size,
+        dist.init_process_group(self.w.backend, store=store, rank=self.rank, world_size=self.w.world_size,
                                 timeout=COLLECTIVE_TIMEOUT)
         self.dist = dist
 
@@ -144,10 +143,13 @@ class Actor:
         due = len(self.pending) >= FLUSH_EVERY_STEPS or now - self.last_flush >= FLUSH_EVERY_S
         if not self.pending or not (due or force):
             return
-        if self.timer.cuda:  # CUDA intervals are read once the device has finished them
-            self.pending = [(g, rows, secs, step_s) for (g, rows, _, step_s), secs in zip(self.pending, self.timer.resolve())]
-        stats = [StepStat(step=g, rows=rows, compute_s=c, step_s=s) for g, rows, c, s in self.pending]
-        self.link.send(Reports(job_id=self.job.job_id, rank=self.rank, steps=stats))
+        resolved = iter(self.timer.resolve())  # CUDA intervals, read once the device is done with them
+        stats = [StepStat(step=g, rows=rows, compute_s=(next(resolved) if c is None else c) + sim, step_s=s,
+                          simulated_s=sim) for g, rows, c, s, sim in self.pending]
+        queued = max((g.end_step for g in self.grants), default=0) - (self.pending[-1][0] + 1)
+        memory = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+        self.link.send(Reports(job_id=self.job.job_id, rank=self.rank, steps=stats,
+                               memory_bytes=memory, queued=max(queued, 0)))
         self.pending, self.last_flush = [], now
         self._poll(0)
 
@@ -176,14 +178,22 @@ class Actor:
         idx = perm[offset + start: offset + stop]
         x = self.x_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b, D)
         y = self.y_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b,)
+        factor = self._slowdown(g)
         t0 = time.perf_counter()
         mark = self.timer.start()
         self.step.compute(x, y, rows)
-        compute_s = self.timer.stop(mark)
+        compute_s = self.timer.stop(mark, sync=factor > 1.0)
+        simulated = (factor - 1.0) * compute_s if factor > 1.0 else 0.0
+        time.sleep(simulated)   # SIMULATED straggler: before the all-reduce, so it looks like slow compute
         self.step.apply()
-        self.pending.append((g, stop - start, compute_s or 0.0, time.perf_counter() - t0))
+        self.pending.append((g, stop - start, compute_s, time.perf_counter() - t0, simulated))
         self._flush()
         return stop - start
+
+    def _slowdown(self, g: int) -> float:
+        """The SIMULATED slowdown factor of this rank at step ``g`` (1.0: none)."""
+        return next((s.factor for s in self.job.slowdowns if s.rank == self.rank and s.from_step <= g
+                     and (s.to_step is None or g < s.to_step)), 1.0)
 
     def _end_epoch(self, epoch: int, seconds: float) -> None:
         train_loss = self.step.take_loss_sum() / self.n_train

@@ -68,6 +68,15 @@ class DatasetInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Slowdown:
+    """A simulated straggler (for tests and benchmarks), always labelled as simulated."""
+    rank: int = _field(min=0)  # rank that is slowed
+    factor: float = _field(min=1.0, max=1000.0)  # its steps take this many times their compute time
+    from_step: int = _field(min=0)  # first global step slowed
+    to_step: int | None = _field(min=1)  # one past the last slowed step; None: to the end
+
+
+@dataclass(frozen=True, slots=True)
 class JobSpec:
     """What to train and how."""
     job_id: int = _field(min=0)  # id the broker gave the job
@@ -81,6 +90,7 @@ class JobSpec:
     weight_decay: float = _field(min=0.0, max=10.0)  # weight decay coefficient
     precision: str = _field(choices=frozenset({"auto", "fp32", "bf16", "fp16"}))  # compute dtype
     seed: int = _field(min=0, max=2**63 - 1)  # seed for initialisation and shuffling
+    slowdowns: list[Slowdown] = _field(max_len=4096)  # simulated stragglers (empty normally)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,7 @@ class StepStat:
     rows: int = _field(min=0)  # rows of the batch this actor processed
     compute_s: float = _field(min=0.0)  # seconds of forward+backward before the all-reduce
     step_s: float = _field(min=0.0)  # seconds of the whole step incl. all-reduce and optimizer
+    simulated_s: float = _field(min=0.0)  # part of compute_s that was an injected (simulated) wait
 
 
 # --- top-level messages --------------------------------------------------------------
@@ -117,6 +128,7 @@ class Welcome:
     data: DatasetInfo  # where the dataset lies in shared memory
     steps_per_epoch: int = _field(min=1)  # global steps in one epoch
     threads: int = _field(min=1)  # CPU threads the actor should use
+    backend: str = _field(choices=frozenset({"gloo", "nccl"}))  # torch.distributed backend of the group
 
     def check(self) -> None:
         """A rank must index into the world."""
@@ -146,6 +158,8 @@ class Reports:
     job_id: int = _field(min=0)  # job the steps belong to
     rank: int = _field(min=0)  # rank that measured them
     steps: list[StepStat] = _field(max_len=100_000)  # one entry per step, oldest first
+    memory_bytes: int = _field(min=0)  # device memory in use now (0 on CPU: not tracked)
+    queued: int = _field(min=0)  # granted steps not yet run
 
 
 @dataclass(frozen=True, slots=True)

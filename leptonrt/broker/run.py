@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import math
+
 from ..errors import InternalError
+from .planner import Planner, rows_that_fit
 from .protocol import (DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
                        Message, Reports, Stop, Welcome)
 
@@ -41,6 +44,15 @@ class EpochEvent:
     shares: tuple[float, ...]  # fraction of the global batch each rank trained
 
 
+@dataclass(frozen=True)
+class SplitChanged:
+    """The planner moved rows between actors; the new split applies from ``step`` on."""
+
+    step: int                  # first global step that uses the new split
+    split: tuple[int, ...]     # rows per rank
+    predicted_gain: float      # fraction of step time the planner expects to save
+
+
 @dataclass
 class _Slot:
     actor_id: str
@@ -64,7 +76,10 @@ class TrainingRun:
     split: list[int]
     steps_per_epoch: int
     n_train: int
-    window: int = 256
+    planner: Planner | None = None  # None: the split stays as given
+    window_s: float = 0.05          # grant roughly this much time of work ahead of the slowest actor
+    max_window: int = 256           # ...but never more steps than this, nor fewer than min_window
+    min_window: int = 4
     save_path: str | None = None
     state: str = "gathering"
     events: list = field(default_factory=list)
@@ -79,6 +94,9 @@ class TrainingRun:
         self._slots = {a: _Slot(a, r, t) for r, (a, t) in enumerate(zip(self.actor_ids, self.threads))}
         self._by_identity: dict[bytes, _Slot] = {}
         self._granted = 0
+        self.split_history: list[tuple[int, list[int]]] = [(0, list(self.split))]
+        self.rebalances = 0
+        self._step_s: float | None = None   # smoothed wall time of one step, for the window
         self._epochs: list[EpochResult] = []
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -137,23 +155,35 @@ class TrainingRun:
         if any(s.hello is None for s in self._slots.values()):
             return []
         self.state = "running"
+        if self.planner is not None:
+            self.planner.caps = [rows_that_fit(s.hello.memory_bytes, self.data.n_features, self.job.hidden,
+                                               self.data.n_classes) for s in self._ranked()]
         return [Out(s.identity, self._welcome(s)) for s in self._ranked()] + self._grant_more()
 
     def _welcome(self, slot: _Slot) -> Welcome:
         return Welcome(rank=slot.rank, world_size=len(self._slots), rendezvous=self.rendezvous,
                        job=self.job, data=self.data, steps_per_epoch=self.steps_per_epoch,
-                       threads=slot.threads)
+                       threads=slot.threads, backend=self._backend())
+
+    def _backend(self) -> str:
+        """NCCL when every actor is a GPU; gloo (which also takes CUDA tensors) for mixed groups."""
+        devices = [s.hello.device for s in self._slots.values() if s.hello is not None]
+        return "nccl" if devices and all(d.startswith("cuda") for d in devices) else "gloo"
 
     def _on_reports(self, slot: _Slot, _identity, msg: Reports, now: float) -> list[Out]:
-        if msg.steps:
-            slot.last_step = max(slot.last_step, max(s.step for s in msg.steps))
-        return self._grant_more() + self._maybe_stop()
+        for stat in msg.steps:
+            slot.last_step = max(slot.last_step, stat.step)
+            self._step_s = stat.step_s if self._step_s is None else 0.8 * self._step_s + 0.2 * stat.step_s
+            if self.planner is not None:
+                self.planner.observe(slot.rank, stat.rows, stat.compute_s, now)
+        return self._rebalance(now) + self._grant_more() + self._maybe_stop()
 
     def _on_epochresult(self, slot: _Slot, _identity, msg: EpochResult, now: float) -> list[Out]:
         if slot.rank != 0 or msg.epoch != len(self._epochs):
             return self._drop()
         self._epochs.append(msg)
-        shares = tuple(b / self.job.batch_size for b in self.split)
+        last_step = (msg.epoch + 1) * self.steps_per_epoch - 1
+        shares = tuple(b / self.job.batch_size for b in self.split_at(last_step))
         rate = self.n_train / msg.seconds if msg.seconds > 0 else 0.0
         self.events.append(EpochEvent(msg.epoch + 1, self.job.epochs, msg.train_loss, msg.test_loss,
                                       msg.test_accuracy, msg.seconds, rate, shares))
@@ -177,12 +207,38 @@ class TrainingRun:
         """The last step every actor has reported (-1 before the first)."""
         return min(s.last_step for s in self._slots.values())
 
-    def _grant_more(self) -> list[Out]:
+    def window(self) -> int:
+        """Steps to grant ahead: enough to never starve an actor, few enough that a new split
+        takes effect soon (it applies from the end of what was already granted)."""
+        if self._step_s is None or self._step_s <= 0:
+            return self.min_window
+        return max(self.min_window, min(self.max_window, math.ceil(self.window_s / self._step_s)))
+
+    def _rebalance(self, now: float) -> list[Out]:
+        if self.planner is None or self.state != "running" or self._granted >= self.total_steps:
+            return []
+        proposal = self.planner.propose(self.split, now)
+        if proposal is None:
+            return []
+        before, after = max(self.planner.predict(self.split)), max(self.planner.predict(proposal))
+        self.split = proposal
+        self.rebalances += 1
+        self.split_history.append((self._granted, list(proposal)))
+        self.events.append(SplitChanged(self._granted, tuple(proposal), 1.0 - after / before if before else 0.0))
+        return self._grant_more(force=True)
+
+    def split_at(self, step: int) -> list[int]:
+        """The split in effect at global ``step``."""
+        return next(split for first, split in reversed(self.split_history) if first <= step)
+
+    def _grant_more(self, force: bool = False) -> list[Out]:
         if self.state != "running" or self._granted >= self.total_steps:
             return []
-        if self._granted - (self.committed() + 1) > self.window // 2:
+        window = self.window()
+        if not force and self._granted - (self.committed() + 1) > window // 2:
             return []  # actors still hold more than half a window of work
-        first, end = self._granted, min(self.total_steps, self.committed() + 1 + self.window)
+        first = self._granted
+        end = min(self.total_steps, max(first + 1, self.committed() + 1 + window))
         self._granted = end
         grant = Grant(job_id=self.job.job_id, first_step=first, end_step=end, split=list(self.split))
         return [Out(s.identity, grant) for s in self._ranked()]
@@ -233,6 +289,8 @@ class TrainingRun:
             "steps": self.committed() + 1,
             "wall_s": (self.ended_at or 0.0) - (self.started_at or 0.0),
             "samples_per_s": self.n_train * len(steady) / seconds if seconds > 0 else None,
+            "rebalances": self.rebalances,
+            "split_changes": [{"step": step, "split": split} for step, split in self.split_history[1:]],
             "actors": [self._actor_result(s) for s in self._ranked()],
         }
 

@@ -26,7 +26,8 @@ from ..data.shm import clean_stale, new_run_id
 from ..errors import JobFailed, NoDeviceError, ProtocolError
 from . import protocol
 from .plan import even_split, split_from_fractions, steps_per_epoch
-from .protocol import JobSpec, Shutdown
+from .planner import Planner, PlannerConfig
+from .protocol import JobSpec, Shutdown, Slowdown
 from .run import Out, TrainingRun
 
 GATHER_TIMEOUT_S = 120.0   # every actor must have said hello by then
@@ -38,13 +39,14 @@ def job_spec(job: TrainJob, job_id: int) -> JobSpec:
     """The wire form of a job."""
     return JobSpec(job_id=job_id, dataset=job.dataset, hidden=list(job.hidden), epochs=job.epochs,
                    batch_size=job.batch_size, lr=job.lr, optimizer=job.optimizer, momentum=job.momentum,
-                   weight_decay=job.weight_decay, precision=job.precision, seed=job.seed)
+                   weight_decay=job.weight_decay, precision=job.precision, seed=job.seed,
+                   slowdowns=[Slowdown(rank=r, factor=f, from_step=a, to_step=b) for r, f, a, b in job.slowdowns])
 
 
 def initial_split(job: TrainJob, world: int) -> list[int]:
     """The user's fixed shares, or an even split."""
     if job.split is None:
-        return even_split(job.batch_size, world)
+        return even_split(job.batch_size, world, job.align if job.planned else 1)
     if len(job.split) != world:
         from ..errors import ConfigError
         raise ConfigError(f"--split gives {len(job.split)} shares but there are {world} actors")
@@ -86,7 +88,11 @@ class JobRunner:
             router.bind(supervisor.connect)
             core = await self._start(cache, supervisor)
             await self._serve(router, core, supervisor)
-            return core.result()
+            result = core.result()
+            if self.job.slowdowns:
+                result["simulated_slowdowns"] = [{"rank": r, "factor": f, "from_step": a, "to_step": b}
+                                                 for r, f, a, b in self.job.slowdowns]
+            return result
         finally:
             if core is not None:
                 await self._shutdown(router, core)
@@ -110,7 +116,8 @@ class JobRunner:
                            threads=[p.threads for p in self.selection.actors],
                            rendezvous=self._rendezvous.address if self._rendezvous else "tcp://127.0.0.1:0",
                            split=split, steps_per_epoch=steps_per_epoch(n_train, job.batch_size),
-                           n_train=n_train, save_path=job.save)
+                           n_train=n_train, save_path=job.save,
+                           planner=Planner(world, job.batch_size, PlannerConfig(align=job.align)) if job.planned and world > 1 else None)
         for actor_id, plan in zip(ids, self.selection.actors):
             supervisor.spawn(actor_id, plan, self.actor_env)
         return core

@@ -136,12 +136,16 @@ class StepTimer:
             return event
         return time.perf_counter()
 
-    def stop(self, started) -> float | None:
-        """Seconds for CPU; None on CUDA, where the pair is resolved later by ``resolve``."""
+    def stop(self, started, sync: bool = False) -> float | None:
+        """Seconds for CPU (or with ``sync``, which waits for the device); otherwise None on
+        CUDA, where the interval is resolved later by ``resolve`` without stalling the step."""
         if not self.cuda:
             return time.perf_counter() - started
         end = torch.cuda.Event(enable_timing=True)
         end.record()
+        if sync:
+            end.synchronize()
+            return started.elapsed_time(end) / 1000.0
         self._pending.append((started, end))
         return None
 

@@ -22,6 +22,7 @@ from leptonrt.broker.protocol import (
     Failure,
     Finished,
     Grant,
+    Slowdown,
     Heartbeat,
     Hello,
     JobSpec,
@@ -106,6 +107,7 @@ def job(**changes):
     base = JobSpec(
         job_id=3, dataset="blobs:1000x4", hidden=[64, 64], epochs=2, batch_size=256, lr=1e-3,
         optimizer="adamw", momentum=0.9, weight_decay=0.01, precision="auto", seed=7,
+        slowdowns=[Slowdown(rank=1, factor=2.0, from_step=5, to_step=None)],
     )
     return dataclasses.replace(base, **changes)
 
@@ -117,7 +119,7 @@ def welcome(**changes):
     )
     base = Welcome(
         rank=1, world_size=2, rendezvous="tcp://127.0.0.1:5555", job=job(), data=data,
-        steps_per_epoch=4, threads=2,
+        steps_per_epoch=4, threads=2, backend="gloo",
     )
     return dataclasses.replace(base, **changes)
 
@@ -135,7 +137,7 @@ HELLO = Hello("a1", 42, "cpu", "", 8, 0, bf16=False)
 FINISHED = Finished(job_id=1, rank=0, samples=10, seconds=1.0, saved=True)
 EPOCH = EpochResult(1, 0, 4, 0.5, 0.6, 0.9, 2.0)
 GRANT = Grant(job_id=1, first_step=0, end_step=1, split=[1])
-REPORTS = Reports(job_id=1, rank=0, steps=[])
+REPORTS = Reports(job_id=1, rank=0, steps=[], memory_bytes=0, queued=3)
 
 
 def heartbeat_fields(**changes):
@@ -213,8 +215,8 @@ def test_stop_carries_an_optional_save_path(save_path):
 
 def test_the_largest_valid_reports_message_fits_in_one_frame():
     def size(n_steps):
-        steps = [StepStat(2**64 - 1, 2**64 - 1, 1e300, 1e300)] * n_steps
-        return len(encode(Reports(job_id=2**64 - 1, rank=2**64 - 1, steps=steps)))
+        steps = [StepStat(2**64 - 1, 2**64 - 1, 1e300, 1e300, 1e300)] * n_steps
+        return len(encode(Reports(job_id=2**64 - 1, rank=2**64 - 1, steps=steps, memory_bytes=2**64 - 1, queued=2**64 - 1)))
 
     # Every step costs the same; an array of 100_000 items needs 4 more header bytes.
     per_step = size(2) - size(1)
@@ -498,7 +500,7 @@ def test_decoding_arbitrary_field_values_raises_only_protocol_error(kind, data):
         welcome(data="not a DatasetInfo"),
         Shutdown(reason="\ud800"),
         Stop(job_id=1, save_path=b"/tmp/x"),
-        Reports(job_id=1, rank=0, steps=[Heartbeat(rank=0, step=0)]),
+        Reports(job_id=1, rank=0, steps=[Heartbeat(rank=0, step=0)], memory_bytes=0, queued=0),
     ],
     ids=lambda msg: type(msg).__name__,
 )
@@ -509,7 +511,7 @@ def test_encoding_an_invalid_message_raises_internal_error(msg):
         validate(msg)
 
 
-@pytest.mark.parametrize("obj", [job(), array(), StepStat(0, 0, 0.0, 0.0), {"rank": 0}, None])
+@pytest.mark.parametrize("obj", [job(), array(), StepStat(0, 0, 0.0, 0.0, 0.0), {"rank": 0}, None])
 def test_encoding_something_that_is_not_a_message_kind_raises_internal_error(obj):
     with pytest.raises(InternalError, match="not a message kind"):
         encode(obj)

@@ -4,7 +4,8 @@ import pytest
 
 from leptonrt.broker.protocol import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello,
                                       JobSpec, Reports, StepStat, Stop, Welcome)
-from leptonrt.broker.run import EpochEvent, TrainingRun
+from leptonrt.broker.planner import Planner
+from leptonrt.broker.run import EpochEvent, SplitChanged, TrainingRun
 from leptonrt.errors import InternalError
 
 
@@ -17,20 +18,23 @@ DATA = DatasetInfo(spec="synthetic:12,4,3", n_features=4, n_classes=3, x_train=_
                    y_test=_ref("ys", "int64", (2,)))
 
 
-def make_run(world=2, epochs=2, steps=5, window=4, split=None):
-    job = JobSpec(job_id=7, dataset=DATA.spec, hidden=[8], epochs=epochs, batch_size=2 * world, lr=0.1,
-                  optimizer="sgd", momentum=0.0, weight_decay=0.0, precision="fp32", seed=1)
+def make_run(world=2, epochs=2, steps=5, window=4, split=None, batch=None, planner=None):
+    batch = batch or 2 * world
+    job = JobSpec(job_id=7, dataset=DATA.spec, hidden=[8], epochs=epochs, batch_size=batch, lr=0.1,
+                  optimizer="sgd", momentum=0.0, weight_decay=0.0, precision="fp32", seed=1, slowdowns=[])
     return TrainingRun(job=job, data=DATA, actor_ids=[f"a{i}" for i in range(world)], threads=[1] * world,
-                       rendezvous="tcp://127.0.0.1:1", split=split or [2] * world, steps_per_epoch=steps,
-                       n_train=10, window=window, save_path="/tmp/w.safetensors")
+                       rendezvous="tcp://127.0.0.1:1", split=split or [batch // world] * world,
+                       steps_per_epoch=steps, n_train=10, min_window=window, max_window=window,
+                       save_path="/tmp/w.safetensors", planner=planner)
 
 
 def hello(i):
     return Hello(actor_id=f"a{i}", pid=100 + i, device="cpu", device_name="cpu", threads=1, memory_bytes=0, bf16=False)
 
 
-def report(rank, *steps):
-    return Reports(job_id=7, rank=rank, steps=[StepStat(step=s, rows=2, compute_s=0.001, step_s=0.002) for s in steps])
+def report(rank, *steps, rows=2, compute_s=0.001):
+    return Reports(job_id=7, rank=rank, memory_bytes=0, queued=0,
+                   steps=[StepStat(step=s, rows=rows, compute_s=compute_s, step_s=0.002, simulated_s=0.0) for s in steps])
 
 
 def started(world=2, **kw):
@@ -123,3 +127,28 @@ def test_an_actor_exit_before_the_end_fails_the_run():
 def test_a_split_that_does_not_sum_to_the_batch_is_our_bug():
     with pytest.raises(InternalError):
         make_run(split=[3, 2])
+
+
+def test_a_slow_actor_gets_a_smaller_share_from_the_end_of_what_was_already_granted():
+    run, _ = started(epochs=1, steps=100, window=8, batch=64, planner=Planner(2, 64))
+    for step in range(20):
+        run.handle(b"id0", report(0, step, rows=32, compute_s=0.001), now=0.01 * step)
+        granted_before = run._granted
+        outs = run.handle(b"id1", report(1, step, rows=32, compute_s=0.002), now=0.01 * step)
+        if run.rebalances:
+            break
+    changed = [e for e in run.events if isinstance(e, SplitChanged)]
+    assert len(changed) == 1 and changed[0].split[0] > changed[0].split[1]
+    assert changed[0].step == granted_before > step     # steps already granted keep their split
+    grants = [o.message for o in outs if isinstance(o.message, Grant)]
+    assert grants and grants[0].first_step == granted_before and grants[0].split == list(changed[0].split)
+    assert run.split_at(granted_before - 1) == [32, 32] and run.split_at(granted_before) == list(changed[0].split)
+    assert run.result()["rebalances"] == 1
+
+
+def test_without_a_planner_the_split_never_changes():
+    run, _ = started(epochs=1, steps=100, window=8, batch=64)
+    for step in range(10):
+        run.handle(b"id0", report(0, step, rows=32, compute_s=0.001), now=0.01 * step)
+        run.handle(b"id1", report(1, step, rows=32, compute_s=0.010), now=0.01 * step)
+    assert run.rebalances == 0 and run.split == [32, 32]

@@ -1,0 +1,173 @@
+"""The rebalancer: predicts each actor's step time and splits the batch to equalise it.
+
+Pure: no sockets, no clock reads — time arrives as a parameter, so tests step a fake
+clock. Each actor's compute time is modelled as ``a + c * rows`` (a fixed overhead plus a
+cost per row), fitted robustly over a short sliding window so that a device that slows
+down or recovers is followed within a few steps while scheduling hiccups are ignored. The proposed split equalises predicted
+finish times (not rows), is rounded to an alignment unit, respects each actor's memory
+cap, and is only adopted when it beats the current split by a margin (no thrashing).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from statistics import median
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """How eagerly the planner moves rows between actors."""
+
+    align: int = 8               # shares are multiples of this many rows (B % align goes to one rank)
+    window: int = 16             # observations per actor the fit looks at
+    min_gain: float = 0.10       # adopt a split only if predicted step time drops by this fraction
+    stale_after_s: float = 2.0   # an actor silent this long gets no larger share
+    warmup: int = 5              # observations per actor before it is planned for (skips start-up)
+    min_rows_spread: float = 0.2   # rows must vary this much (relative) before `a` is re-fitted
+    change: float = 0.3          # a step this far (relative) off the prediction is an outlier...
+    persist: int = 4             # ...and this many in a row, all on one side, mean the device changed speed
+
+
+class _Fit:
+    """Robust fit of one actor's step time against its rows over a sliding window.
+
+    Timings on shared machines are spiky, so everything is a median: the per-row cost is
+    the median of ``(t - a) / rows``, and the fixed cost ``a`` comes from the median of
+    pairwise slopes (Theil-Sen) whenever the window's rows vary enough to show it.
+    """
+
+    def __init__(self, cfg: PlannerConfig) -> None:
+        self.cfg = cfg
+        self.obs: deque[tuple[int, float]] = deque(maxlen=cfg.window)
+        self.a = 0.0          # fixed seconds per step; kept while rows do not vary enough to refit
+        self.last_seen: float | None = None
+        self._outliers: list[tuple[int, float]] = []
+        self._cached: tuple[float, float] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.obs)
+
+    def add(self, rows: int, seconds: float, now: float) -> None:
+        """Take one observation; a lone outlier (a scheduling hiccup) is set aside, a run of
+        them on one side (the device changed speed) replaces the window."""
+        self.last_seen = now
+        if self.count >= self.cfg.warmup:
+            a, c = self.coefficients()
+            predicted = a + c * rows
+            if abs(seconds - predicted) > self.cfg.change * predicted:
+                if self._outliers and (self._outliers[-1][1] > predicted) != (seconds > predicted):
+                    self._outliers.clear()
+                self._outliers.append((rows, seconds))
+                if len(self._outliers) >= self.cfg.persist:
+                    self.obs.clear()   # fitting across both regimes would mislead
+                    self.obs.extend(self._outliers)
+                    self._outliers, self._cached = [], None
+                return
+            self._outliers.clear()
+        self.obs.append((rows, seconds))
+        self._cached = None
+
+    def coefficients(self) -> tuple[float, float]:
+        """(a, c): seconds per step and seconds per row."""
+        if self._cached is None:
+            rows = [r for r, _ in self.obs]
+            if max(rows) - min(rows) > self.cfg.min_rows_spread * (sum(rows) / len(rows)):
+                slopes = [(t2 - t1) / (r2 - r1) for i, (r1, t1) in enumerate(self.obs)
+                          for r2, t2 in list(self.obs)[i + 1:] if r2 != r1]
+                slope = median(slopes)
+                if slope > 0:
+                    a = median(t - slope * r for r, t in self.obs)
+                    self.a = min(max(a, 0.0), 0.5 * median(t for _, t in self.obs))
+            c = median((t - self.a) / r for r, t in self.obs)
+            self._cached = (self.a, max(c, 1e-12))
+        return self._cached
+
+
+class Planner:
+    """Fits per-actor costs from step reports and proposes splits of a global batch."""
+
+    def __init__(self, world: int, batch: int, config: PlannerConfig = PlannerConfig(),
+                 caps: list[int | None] | None = None) -> None:
+        self.world, self.batch, self.cfg = world, batch, config
+        self.caps = list(caps) if caps is not None else [None] * world
+        self._fits = [_Fit(config) for _ in range(world)]
+
+    def observe(self, rank: int, rows: int, seconds: float, now: float) -> None:
+        """One step's compute time of one actor (steps with no rows carry no cost information)."""
+        if rows > 0:
+            self._fits[rank].add(rows, seconds, now)
+
+    def predict(self, split: list[int]) -> list[float]:
+        """Predicted compute seconds of each actor for ``split``."""
+        out = []
+        for fit, rows in zip(self._fits, split):
+            a, c = fit.coefficients()
+            out.append(a + c * rows if rows > 0 else 0.0)
+        return out
+
+    def propose(self, current: list[int], now: float) -> list[int] | None:
+        """A better split than ``current``, or None to keep it."""
+        if any(f.count < self.cfg.warmup for f in self._fits):
+            return None
+        caps = [self._cap(rank, current, now) for rank in range(self.world)]
+        coeffs = [f.coefficients() for f in self._fits]
+        proposal = _round(_equalise(coeffs, caps, self.batch), coeffs, caps, self.batch, self.cfg.align)
+        if proposal == list(current):
+            return None
+        before, after = max(self.predict(current)), max(self.predict(proposal))
+        return proposal if after < before * (1.0 - self.cfg.min_gain) else None
+
+    def _cap(self, rank: int, current: list[int], now: float) -> int:
+        cap = self.batch if self.caps[rank] is None else self.caps[rank]
+        # in synchronous SGD every actor reports the same steps; one whose reports lag the
+        # newest by long is silent, and its old figures must not earn it a larger share
+        newest = max(f.last_seen for f in self._fits if f.last_seen is not None)
+        seen = self._fits[rank].last_seen
+        if seen is None or newest - seen > self.cfg.stale_after_s:
+            cap = min(cap, current[rank])
+        return cap
+
+
+def _equalise(coeffs: list[tuple[float, float]], caps: list[int], batch: int) -> list[float]:
+    """Continuous rows per actor so that every busy actor finishes at the same time."""
+    def rows_at(t: float) -> list[float]:
+        return [min(max((t - a) / c, 0.0), cap) for (a, c), cap in zip(coeffs, caps)]
+
+    lo, hi = 0.0, max(a + c * batch for a, c in coeffs)
+    for _ in range(100):  # bisection on the common finish time
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if sum(rows_at(mid)) < batch else (lo, mid)
+    return rows_at(hi)
+
+
+def _round(rows: list[float], coeffs: list[tuple[float, float]], caps: list[int], batch: int, align: int) -> list[int]:
+    """Whole alignment units summing to ``batch``; every actor keeps at least one unit so it
+    stays measured, and leftover rows go where they delay the finish least."""
+    units = [min(max(int(r // align), 1 if cap >= align else 0), cap // align) for r, cap in zip(rows, caps)]
+    out = [u * align for u in units]
+    while sum(out) > batch:                      # the one-unit floors overshot: take from the slowest
+        above = [i for i in range(len(out)) if out[i] > align] or [i for i in range(len(out)) if out[i] > 0]
+        i = max(above, key=lambda i: _finish(coeffs[i], out[i]))
+        out[i] -= min(align, sum(out) - batch)
+    while sum(out) < batch:                      # hand out what is left, unit by unit
+        step = min(align, batch - sum(out))
+        room = [i for i in range(len(out)) if out[i] + step <= caps[i]] or list(range(len(out)))
+        i = min(room, key=lambda i: (_finish(coeffs[i], out[i] + step), i))
+        out[i] += step
+    return out
+
+
+def _finish(coeff: tuple[float, float], rows: int) -> float:
+    a, c = coeff
+    return a + c * rows if rows > 0 else 0.0
+
+
+def rows_that_fit(memory_bytes: int, n_features: int, hidden: list[int], n_classes: int) -> int | None:
+    """Largest share whose activations fit in half of a device's memory (None: not tracked)."""
+    if memory_bytes <= 0:
+        return None
+    # forward activations, their gradients and autocast copies: ~3 floats per unit per row
+    per_row = 4 * (n_features + 3 * (sum(hidden) + n_classes))
+    return max(memory_bytes // 2 // per_row, 1)

@@ -1,0 +1,121 @@
+"""The planner on a fake clock: convergence, affine costs, noise, stale data, changes."""
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from leptonrt.broker.planner import Planner, PlannerConfig, _round, rows_that_fit
+
+
+class FakeCluster:
+    """Actors whose compute time is a + c*rows (times a noise factor); the clock moves by the slowest."""
+
+    def __init__(self, costs, batch=1024, noise=0.0, seed=0, config=PlannerConfig(), caps=None):
+        self.costs, self.batch, self.noise = list(costs), batch, noise
+        self.rng = random.Random(seed)
+        self.planner = Planner(len(costs), batch, config, caps)
+        self.split = [batch // len(costs)] * len(costs)
+        self.split[0] += batch - sum(self.split)
+        self.now, self.step, self.changes, self.history = 0.0, 0, 0, []
+        self.silent: set[int] = set()
+
+    def run(self, steps):
+        for _ in range(steps):
+            times = []
+            for rank, ((a, c), rows) in enumerate(zip(self.costs, self.split)):
+                t = (a + c * rows) * (1 + self.rng.uniform(-self.noise, self.noise))
+                times.append(t)
+                if rank not in self.silent:
+                    self.planner.observe(rank, rows, t, self.now)
+            self.now += max(times)
+            proposal = self.planner.propose(self.split, self.now)
+            if proposal is not None:
+                self.split, self.changes = proposal, self.changes + 1
+            self.history.append(list(self.split))
+            self.step += 1
+        return self.split
+
+
+def test_two_actors_one_twice_as_fast_converge_to_about_two_to_one_within_20_steps():
+    cluster = FakeCluster([(0.0, 1e-5), (0.0, 2e-5)])
+    cluster.run(20)
+    fast, slow = cluster.split
+    assert abs(fast / cluster.batch - 2 / 3) < 0.02 and fast + slow == 1024
+    assert all(s % 8 == 0 for s in cluster.split)
+
+
+def test_affine_costs_equalise_finish_times_not_rows():
+    # actor 0 pays 2 ms per step whatever its share; the per-row cost is the same
+    cluster = FakeCluster([(0.002, 1e-5), (0.0, 1e-5)])
+    cluster.run(200)
+    b0, b1 = cluster.split
+    finish = [0.002 + 1e-5 * b0, 1e-5 * b1]
+    # equal within the hysteresis margin (the exact optimum is (412, 612))
+    assert abs(finish[0] - finish[1]) <= PlannerConfig().min_gain * max(finish)
+    assert b0 < 450 and b1 > 570          # rows are far from equal
+
+
+def test_noise_of_ten_percent_changes_the_split_rarely():
+    # bound: identical actors with +/-10% uniform noise per step change the split at most
+    # twice in 2000 steps (the min_gain margin of 5% is about 2.5 standard errors of the fit)
+    for seed in range(3):
+        cluster = FakeCluster([(0.0005, 1e-5), (0.0005, 1e-5)], noise=0.10, seed=seed)
+        cluster.run(2000)
+        assert cluster.changes <= 2, (seed, cluster.changes)
+        assert abs(cluster.split[0] - 512) <= 64
+
+
+def test_an_actor_whose_reports_stop_gets_no_larger_share_on_stale_data():
+    cluster = FakeCluster([(0.0, 1e-5), (0.0, 1e-5)])
+    cluster.run(30)
+    share_before = cluster.split[1]
+    cluster.silent = {1}
+    cluster.costs[0] = (0.0, 4e-5)       # rank 0 slows down; rank 1 looks fast only on old data
+    cluster.now += 5.0                   # rank 1's last report is now long past
+    cluster.run(50)
+    assert max(s[1] for s in cluster.history[30:]) <= share_before
+
+
+def test_a_straggler_that_appears_and_disappears_is_followed_both_ways():
+    cluster = FakeCluster([(0.0, 1e-5), (0.0, 1e-5)])
+    cluster.run(50)
+    assert cluster.split == [512, 512]
+    cluster.costs[1] = (0.0, 2e-5)
+    cluster.run(20)
+    assert abs(cluster.split[0] - 683) <= 16
+    cluster.costs[1] = (0.0, 1e-5)
+    cluster.run(20)
+    assert abs(cluster.split[0] - 512) <= 16
+
+
+def test_shares_stay_within_each_actors_memory_cap():
+    cluster = FakeCluster([(0.0, 1e-5), (0.0, 4e-5)], caps=[600, None])
+    cluster.run(50)
+    assert cluster.split == [600, 424]
+
+
+def test_a_very_slow_actor_keeps_one_unit_so_it_stays_measured():
+    cluster = FakeCluster([(0.0, 1e-5), (0.0, 1e-2)])
+    cluster.run(30)
+    assert cluster.split[1] == 8
+
+
+def test_no_proposal_before_every_actor_has_been_observed_enough():
+    planner = Planner(2, 64)
+    planner.observe(0, 32, 0.001, 0.0)
+    assert planner.propose([32, 32], 0.0) is None
+
+
+@given(st.lists(st.tuples(st.floats(0, 0.01), st.floats(1e-7, 1e-3)), min_size=1, max_size=6),
+       st.integers(1, 5000), st.sampled_from([1, 8, 32]))
+def test_rounding_always_sums_to_the_batch_in_alignment_units(coeffs, batch, align):
+    rows = [batch / len(coeffs)] * len(coeffs)
+    out = _round(rows, coeffs, [batch] * len(coeffs), batch, align)
+    assert sum(out) == batch and all(r >= 0 for r in out)
+    assert sum(1 for r in out if r % align) <= 1
+
+
+def test_memory_caps_come_from_device_memory_and_model_widths():
+    assert rows_that_fit(0, 784, [128], 10) is None
+    assert rows_that_fit(8 * 2**30, 784, [128], 10) > 100_000
