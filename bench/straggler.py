@@ -9,14 +9,14 @@ Runs, all with 2 CPU processes, the same MLP, batch, precision, optimizer and th
 5. leptonrt, rebalancing on, with the slowdown starting mid-run: the step at which the
    split settled.
 
-The slowdown is simulated the same way on both sides: after its forward+backward, rank 1
-sleeps (FACTOR-1) x the compute time it just measured. In DDP the gradient all-reduce
-overlaps backward, so DDP's measured compute includes some communication and its
-injected wait is slightly larger; each JSON line reports the mean injected wait per step
-so that difference is visible. Throughput is samples/s over epochs 2..E (epoch 1 is
+The slowdown is simulated the same way on both sides: once its gradients are computed and
+before they are all-reduced, rank 1 sleeps (FACTOR-1) x the pure compute time of that
+step. In DDP the wait sits in a communication hook, which runs when the (single, for this
+model) gradient bucket is ready, so the measured compute contains no communication; the
+DDP lines report the mean injected wait per step. Throughput is samples/s over epochs 2..E (epoch 1 is
 warm-up), evaluation excluded, and every line says `"simulated": true` when slowed.
 
-    python bench/straggler.py [--epochs 8] [--batch-size 1024] [--factor 2]
+    python bench/straggler.py [--epochs 8] [--batch-size 1024] [--factor 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import statistics
 import time
 
 import torch
@@ -41,6 +42,7 @@ from leptonrt.nn.step import make_optimizer
 
 def _ddp_worker(rank: int, port: int, args: argparse.Namespace, factor: float, out) -> None:
     import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -50,9 +52,20 @@ def _ddp_worker(rank: int, port: int, args: argparse.Namespace, factor: float, o
     store = dist.TCPStore("127.0.0.1", port, 2, is_master=rank == 0)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
     model = DDP(build_mlp(x.shape[1], [args.hidden], data.n_classes, 0))
+    clock = {"t0": 0.0, "waited": 0.0, "steps": 0}
+
+    def slow_then_allreduce(state, bucket):
+        if rank == 1 and factor > 1:   # SIMULATED straggler, before the all-reduce like leptonrt's
+            wait = (factor - 1) * (time.perf_counter() - clock["t0"])
+            time.sleep(wait)
+            clock["waited"] += wait
+            clock["steps"] += 1
+        return default_hooks.allreduce_hook(None, bucket)
+
+    model.register_comm_hook(None, slow_then_allreduce)
     opt = make_optimizer(list(model.parameters()), "adam", 1e-3, 0.9, 0.0)
     n, b = x.shape[0], args.batch_size
-    split, seconds, waited, steps = even_split(b, 2), 0.0, 0.0, 0
+    split, seconds = even_split(b, 2), 0.0
     for epoch in range(args.epochs):
         perm = epoch_permutation(n, 0, epoch)
         t_epoch = time.perf_counter()
@@ -60,21 +73,17 @@ def _ddp_worker(rank: int, port: int, args: argparse.Namespace, factor: float, o
             rows = batch_rows(n, b, t)
             lo, hi = piece(split, rows, rank)
             idx = perm[t * b + lo: t * b + hi]
-            t0 = time.perf_counter()
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+            clock["t0"] = time.perf_counter()
             opt.zero_grad(set_to_none=False)
-            F.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx)).backward()
-            if rank == 1 and factor > 1:
-                wait = (factor - 1) * (time.perf_counter() - t0)
-                time.sleep(wait)
-                waited += wait
-                steps += 1
+            F.cross_entropy(model(xb), yb).backward()
             opt.step()
         if epoch > 0:
             seconds += time.perf_counter() - t_epoch
     if rank == 0:
         out.put(n * (args.epochs - 1) / seconds)
     else:
-        out.put(waited / max(steps, 1))
+        out.put(clock["waited"] / max(clock["steps"], 1))
     dist.destroy_process_group()
 
 
@@ -100,8 +109,9 @@ def leptonrt(args: argparse.Namespace, slowdown: tuple | None, split=None) -> di
     return asyncio.run(JobRunner(job, gpus="none", cpu_actors=2).run())
 
 
-def settled_step(result: dict, start: int, tolerance: int = 16) -> int | None:
-    """First step >= start from which the split stays within ``tolerance`` rows of its final value."""
+def settled_step(result: dict, start: int, tolerance: float = 0.05) -> int | None:
+    """First step >= start from which the split stays within ``tolerance`` x batch rows of its final value."""
+    tolerance = tolerance * sum(result["split_changes"][-1]["split"]) if result["split_changes"] else 0
     changes = [c for c in result["split_changes"] if c["step"] >= start]
     if not changes:
         return None
@@ -126,28 +136,41 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--factor", type=float, default=2.0)
     p.add_argument("--mid-run-step", type=int, default=150)
+    p.add_argument("--repeats", type=int, default=3, help="rounds; each round runs every configuration once")
     args = p.parse_args()
     slow = (1, args.factor, 0, None)
-    ddp_slow = ddp(args, args.factor)
-    emit("ddp_slowed", simulated=True, factor=args.factor, **ddp_slow)
-    fixed = leptonrt(args, slow, split=(0.5, 0.5))
-    emit("leptonrt_fixed_split_slowed", simulated=True, factor=args.factor, samples_per_s=fixed["samples_per_s"])
-    rebal = leptonrt(args, slow)
-    emit("leptonrt_rebalanced_slowed", simulated=True, factor=args.factor, samples_per_s=rebal["samples_per_s"],
-         rebalances=rebal["rebalances"], final_shares=[a["share"] for a in rebal["actors"]])
-    ddp_fast = ddp(args, 1.0)
-    emit("ddp_no_slowdown", simulated=False, samples_per_s=ddp_fast["samples_per_s"])
-    ours_fast = leptonrt(args, None)
-    emit("leptonrt_no_slowdown", simulated=False, samples_per_s=ours_fast["samples_per_s"],
-         rebalances=ours_fast["rebalances"])
-    mid = leptonrt(args, (1, args.factor, args.mid_run_step, None))
-    settled = settled_step(mid, args.mid_run_step)
-    emit("leptonrt_mid_run_slowdown", simulated=True, factor=args.factor, slowdown_from_step=args.mid_run_step,
-         settled_at_step=settled, steps_to_settle=None if settled is None else settled - args.mid_run_step,
-         samples_per_s=mid["samples_per_s"], split_changes=mid["split_changes"])
-    emit("summary", rebalanced_over_ddp_slowed=round(rebal["samples_per_s"] / ddp_slow["samples_per_s"], 3),
-         fixed_over_ddp_slowed=round(fixed["samples_per_s"] / ddp_slow["samples_per_s"], 3),
-         leptonrt_over_ddp_no_slowdown=round(ours_fast["samples_per_s"] / ddp_fast["samples_per_s"], 3),
+    configs = {   # name: (simulated?, run)
+        "ddp_slowed": (True, lambda: ddp(args, args.factor)),
+        "leptonrt_fixed_split_slowed": (True, lambda: leptonrt(args, slow, split=(0.5, 0.5))),
+        "leptonrt_rebalanced_slowed": (True, lambda: leptonrt(args, slow)),
+        "ddp_no_slowdown": (False, lambda: ddp(args, 1.0)),
+        "leptonrt_no_slowdown": (False, lambda: leptonrt(args, None)),
+        "leptonrt_mid_run_slowdown": (True, lambda: leptonrt(args, (1, args.factor, args.mid_run_step, None))),
+    }
+    rounds = []
+    for r in range(args.repeats):   # interleaved, so a noisy stretch of time hits every configuration
+        results = {}
+        for name, (simulated, fn) in configs.items():
+            results[name] = fn()
+            extra = {"mean_injected_wait_ms": results[name]["mean_injected_wait_ms"]} if name.startswith("ddp") else {}
+            if name.startswith("leptonrt"):
+                extra = {"rebalances": results[name]["rebalances"],
+                         "final_shares": [a["share"] for a in results[name]["actors"]]}
+            if name == "leptonrt_mid_run_slowdown":
+                settled = settled_step(results[name], args.mid_run_step)
+                extra.update(slowdown_from_step=args.mid_run_step, settled_at_step=settled,
+                             steps_to_settle=None if settled is None else settled - args.mid_run_step)
+            emit(name, round=r, simulated=simulated, factor=args.factor if simulated else 1.0,
+                 samples_per_s=round(results[name]["samples_per_s"]), **extra)
+        rounds.append(results)
+
+    def ratio(a: str, b: str) -> float:
+        return round(statistics.median(x[a]["samples_per_s"] / x[b]["samples_per_s"] for x in rounds), 3)
+
+    emit("summary", rounds=args.repeats, statistic="median over rounds of the per-round ratio",
+         rebalanced_over_ddp_slowed=ratio("leptonrt_rebalanced_slowed", "ddp_slowed"),
+         fixed_over_ddp_slowed=ratio("leptonrt_fixed_split_slowed", "ddp_slowed"),
+         leptonrt_over_ddp_no_slowdown=ratio("leptonrt_no_slowdown", "ddp_no_slowdown"),
          ideal_rebalanced_over_ddp_slowed=round((args.factor + 1) / 2, 3))
 
 

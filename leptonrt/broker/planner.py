@@ -26,7 +26,8 @@ class PlannerConfig:
     warmup: int = 5              # observations per actor before it is planned for (skips start-up)
     min_rows_spread: float = 0.2   # rows must vary this much (relative) before `a` is re-fitted
     change: float = 0.3          # a step this far (relative) off the prediction is an outlier...
-    persist: int = 4             # ...and this many in a row, all on one side, mean the device changed speed
+    persist: int = 5             # ...and this many in a row, all on one side, mean the device changed speed
+    settle: int = 3              # after a change, measure this many steps of the new split before the next
 
 
 class _Fit:
@@ -68,6 +69,11 @@ class _Fit:
             self._outliers.clear()
         self.obs.append((rows, seconds))
         self._cached = None
+
+    def measured(self, rows: int, steps: int) -> bool:
+        """Whether the last ``steps`` observations (outliers included) were at ``rows`` rows."""
+        recent = (list(self.obs) + self._outliers)[-steps:]
+        return len(recent) == steps and all(r == rows for r, _ in recent)
 
     def coefficients(self) -> tuple[float, float]:
         """(a, c): seconds per step and seconds per row."""
@@ -111,6 +117,8 @@ class Planner:
         """A better split than ``current``, or None to keep it."""
         if any(f.count < self.cfg.warmup for f in self._fits):
             return None
+        if not all(f.measured(rows, self.cfg.settle) for f, rows in zip(self._fits, current) if rows > 0):
+            return None  # judge the current split by measurements, not by extrapolation
         caps = [self._cap(rank, current, now) for rank in range(self.world)]
         coeffs = [f.coefficients() for f in self._fits]
         proposal = _round(_equalise(coeffs, caps, self.batch), coeffs, caps, self.batch, self.cfg.align)

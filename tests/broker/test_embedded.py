@@ -1,0 +1,109 @@
+"""The embeddable Broker on the caller's loop: asyncio and uvloop, cancellation, queueing."""
+
+import asyncio
+
+import pytest
+import uvloop
+
+import leptonrt
+from leptonrt import Broker, BrokerClosed, EpochEvent, TrainJob
+from leptonrt.errors import DataError
+
+pytestmark = pytest.mark.process
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+SMALL = TrainJob(dataset="synthetic:600,8,3", hidden=(16,), epochs=2, batch_size=64)
+
+
+def run(loop_name, coro_fn):
+    with asyncio.Runner(loop_factory=LOOPS[loop_name]) as runner:
+        return runner.run(coro_fn())
+
+
+def _tasks():
+    return {t.get_name() for t in asyncio.all_tasks()}
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_job_streams_its_epochs_and_leaves_no_task_behind(loop_name, no_leftovers):
+    async def main():
+        before = _tasks()
+        async with Broker(gpus="none", cpu_actors=2) as broker:
+            job = await broker.submit(SMALL)
+            events = [e async for e in job.events()]
+            result = await job.result()
+        return before, _tasks(), events, result, job.state
+
+    before, after, events, result, state = run(loop_name, main)
+    assert before == after
+    assert [e.epoch for e in events if isinstance(e, EpochEvent)] == [1, 2]
+    assert result["epochs"] == 2 and len(result["actors"]) == 2 and state == "done"
+
+
+def test_jobs_submitted_together_are_queued_and_finish_in_order(no_leftovers):
+    async def main():
+        async with Broker(gpus="none", cpu_actors=1) as broker:
+            first, second = await broker.submit(SMALL), await broker.submit(SMALL)
+            assert second.state == "queued"
+            await second.result()
+            return first, second
+
+    first, second = run("asyncio", main)
+    assert first.state == second.state == "done"
+    assert first.id < second.id
+
+
+def test_a_failing_job_raises_from_result_and_the_next_one_still_runs(no_leftovers):
+    async def main():
+        async with Broker(gpus="none", cpu_actors=1) as broker:
+            bad = await broker.submit(TrainJob(dataset="npz:/nonexistent.npz", epochs=1))
+            good = await broker.submit(SMALL)
+            with pytest.raises(DataError):
+                await bad.result()
+            return (await good.result())["epochs"]
+
+    assert run("asyncio", main) == 2
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_cancelling_the_host_mid_job_cleans_up_and_answers_every_job(loop_name, no_leftovers):
+    async def host(jobs):
+        async with Broker(gpus="none", cpu_actors=2) as broker:
+            long = TrainJob(dataset="synthetic:20000,32,4", epochs=500, batch_size=32)
+            jobs += [await broker.submit(long), await broker.submit(long)]
+            async for event in jobs[0].events():
+                if isinstance(event, EpochEvent):
+                    break   # training is under way
+            await asyncio.sleep(3600)
+
+    async def main():
+        before, jobs = _tasks(), []
+        task = asyncio.get_running_loop().create_task(host(jobs))
+        while not jobs or jobs[0].state != "running":
+            await asyncio.sleep(0.05)
+        while jobs[0]._events.empty():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return before, _tasks(), jobs
+
+    before, after, jobs = run(loop_name, main)
+    assert before == after
+    assert [j.state for j in jobs] == ["cancelled", "cancelled"]
+    for job in jobs:
+        with pytest.raises(BrokerClosed):
+            job._result.result()
+
+
+def test_submitting_outside_the_block_is_a_clear_error():
+    async def main():
+        broker = Broker(gpus="none", cpu_actors=1)
+        with pytest.raises(BrokerClosed):
+            await broker.submit(SMALL)
+    run("asyncio", main)
+
+
+def test_public_names_are_exported_sorted():
+    assert leptonrt.__all__ == sorted(leptonrt.__all__)
+    assert all(hasattr(leptonrt, name) for name in leptonrt.__all__)
