@@ -72,6 +72,7 @@ class JobRunner:
         self.actor_env = actor_env or {}
         self.run_id = new_run_id()
         self.notes: list[str] = [self.selection.note] if self.selection.note else []
+        self.bad_frames = 0   # malformed frames received and dropped
 
     async def run(self) -> dict:
         """Train; return the result dict, or raise JobFailed / DataError / ConfigError."""
@@ -151,12 +152,14 @@ class JobRunner:
                 core.actor_exited(actor_id, how, time.monotonic())
 
     async def _recv(self, router: zmq.asyncio.Socket):
+        """(identity, message); the message is None for a malformed frame, which is counted."""
         frames = await router.recv_multipart()
-        if len(frames) != 2:
-            return frames[0], None
         try:
+            if len(frames) != 2:
+                raise ProtocolError(f"expected 2 frames (identity, payload), got {len(frames)}")
             return frames[0], protocol.decode(frames[1])
         except ProtocolError:
+            self.bad_frames += 1
             return frames[0], None
 
     async def _send(self, router: zmq.asyncio.Socket, outs: list[Out]) -> None:
