@@ -50,6 +50,8 @@ def _add_train(sub) -> None:
                    help="SIMULATE a straggler: that rank waits (FACTOR-1) x its compute time each step (tests, benchmarks)")
     p.add_argument("--save", default=None, help="write the final weights here (safetensors)")
     p.add_argument("--json-out", default=None, help="write the final result here (JSON)")
+    p.add_argument("--hang-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="fail the job when a running actor sends nothing for this long")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
 
 
@@ -115,7 +117,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     on_event = (lambda e: print(format_epoch(e, label), flush=True) if isinstance(e, EpochEvent) else None)
     if args.quiet:
         on_event = None
-    runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=on_event)
+    if not args.hang_timeout > 0:
+        raise ConfigError(f"--hang-timeout must be positive, got {args.hang_timeout}")
+    runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=on_event,
+                       hang_timeout_s=args.hang_timeout)
     for note in runner.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
     result = run_async(runner.run())

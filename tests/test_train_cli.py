@@ -78,6 +78,14 @@ def test_a_crashed_actor_fails_the_job_with_a_report_and_leaves_nothing(leptonrt
     assert "Traceback" not in proc.stderr
 
 
+def test_a_hung_actor_fails_the_job_after_the_hang_timeout_and_leaves_nothing(leptonrt_cli, no_leftovers):
+    proc = leptonrt_cli("train", "--dataset", "digits", "--gpus", "none", "--cpu-actors", "2", "--epochs", "3",
+                        "--hang-timeout", "2", env={"LEPTONRT_FAULT": "hang@10:1"}, timeout=60)
+    assert proc.returncode == 1
+    assert "taken for hung" in proc.stderr and "rank(s)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_missing_dataset_file_is_one_line_and_exit_66(leptonrt_cli, tmp_path, no_leftovers):
     proc = leptonrt_cli("train", "--dataset", f"mnist:{tmp_path}", "--gpus", "none")
     assert proc.returncode == 66

@@ -157,7 +157,7 @@ class Actor:
 
     def run(self) -> None:
         spe, batch = self.w.steps_per_epoch, self.job.batch_size
-        rows_done, steady_t0, steady_rows = 0, None, 0
+        rows_done, steady_t0 = 0, None
         for epoch in range(self.job.epochs):
             perm = epoch_permutation(self.n_train, self.job.seed, epoch).to(self.device)
             if epoch == 1 or self.job.epochs == 1:
@@ -200,7 +200,8 @@ class Actor:
         n_test, world = self.x_test.shape[0], self.w.world_size
         lo, hi = n_test * self.rank // world, n_test * (self.rank + 1) // world   # this rank's shard
         loss, correct = evaluate(self.model, self.x_test[lo:hi], self.y_test[lo:hi], self.step.precision)
-        totals = torch.tensor([loss, float(correct)], dtype=torch.float64)
+        # on the actor's device: NCCL reduces device tensors only
+        totals = torch.tensor([loss, float(correct)], dtype=torch.float64, device=self.device)
         if self.dist is not None:
             self.dist.all_reduce(totals)
         if self.rank == 0:

@@ -62,6 +62,7 @@ class _Slot:
     hello: Hello | None = None
     last_step: int = -1
     finished: Finished | None = None
+    last_heard: float = 0.0    # when this actor last sent anything
 
 
 @dataclass
@@ -80,6 +81,7 @@ class TrainingRun:
     window_s: float = 0.05          # grant roughly this much time of work ahead of the slowest actor
     max_window: int = 256           # ...but never more steps than this, nor fewer than min_window
     min_window: int = 4
+    hang_timeout_s: float = 30.0    # an actor silent this long while running is taken for hung
     save_path: str | None = None
     state: str = "gathering"
     events: list = field(default_factory=list)
@@ -114,7 +116,20 @@ class TrainingRun:
             return []  # late traffic of a finished run is expected, not bad
         if not isinstance(msg, Hello) and not self._sender_matches(identity, msg):
             return self._drop()
+        if identity in self._by_identity:
+            self._by_identity[identity].last_heard = now
         return handler(self._by_identity.get(identity), identity, msg, now)
+
+    def check_liveness(self, now: float) -> None:
+        """Fail the run if a running actor has gone silent (hung, stopped, or stuck)."""
+        if self.state not in ("running", "stopping"):
+            return
+        silent = [s for s in self._ranked() if s.finished is None and now - s.last_heard > self.hang_timeout_s]
+        if silent:
+            # one hung actor silences the others too (they wait for it in the all-reduce),
+            # so name every silent rank rather than guess which one started it
+            names = ", ".join(f"{s.rank} ({now - s.last_heard:.1f} s)" for s in silent)
+            self._fail(f"rank(s) {names} sent nothing for over {self.hang_timeout_s:g} s: taken for hung", now)
 
     def actor_exited(self, actor_id: str, how: str, now: float) -> list[Out]:
         """A supervised process ended; before the job is done that fails the run."""
@@ -150,11 +165,13 @@ class TrainingRun:
         slot = self._slots.get(msg.actor_id)
         if self.state != "gathering" or slot is None or slot.hello is not None or identity in self._by_identity:
             return self._drop()
-        slot.identity, slot.hello = identity, msg
+        slot.identity, slot.hello, slot.last_heard = identity, msg, now
         self._by_identity[identity] = slot
         if any(s.hello is None for s in self._slots.values()):
             return []
         self.state = "running"
+        for other in self._slots.values():   # the clock of silence starts for everyone now
+            other.last_heard = now
         if self.planner is not None:
             self.planner.caps = [rows_that_fit(s.hello.memory_bytes, self.data.n_features, self.job.hidden,
                                                self.data.n_classes) for s in self._ranked()]

@@ -66,10 +66,12 @@ class JobRunner:
     """Runs one job end to end on freshly started local actors, then removes every trace."""
 
     def __init__(self, job: TrainJob, *, gpus: str = "all", cpu_actors: int | None = None,
-                 on_event: Callable[[object], None] | None = None, actor_env: dict[str, str] | None = None) -> None:
+                 on_event: Callable[[object], None] | None = None, actor_env: dict[str, str] | None = None,
+                 hang_timeout_s: float = 30.0) -> None:
         self.job, self.on_event = job, on_event or (lambda _e: None)
         self.selection: Selection = select(gpus, cpu_actors)
         self.actor_env = actor_env or {}
+        self.hang_timeout_s = hang_timeout_s
         self.run_id = new_run_id()
         self.notes: list[str] = [self.selection.note] if self.selection.note else []
         self.bad_frames = 0   # malformed frames received and dropped
@@ -117,7 +119,7 @@ class JobRunner:
                            threads=[p.threads for p in self.selection.actors],
                            rendezvous=self._rendezvous.address if self._rendezvous else "tcp://127.0.0.1:0",
                            split=split, steps_per_epoch=steps_per_epoch(n_train, job.batch_size),
-                           n_train=n_train, save_path=job.save,
+                           n_train=n_train, save_path=job.save, hang_timeout_s=self.hang_timeout_s,
                            planner=Planner(world, job.batch_size, PlannerConfig(align=job.align)) if job.planned and world > 1 else None)
         for actor_id, plan in zip(ids, self.selection.actors):
             supervisor.spawn(actor_id, plan, self.actor_env)
@@ -132,6 +134,7 @@ class JobRunner:
                     await self._send(router, core.handle(identity, payload, time.monotonic()))
             for actor_id, how in supervisor.exited():
                 await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
+            core.check_liveness(time.monotonic())
             if core.state == "gathering" and time.monotonic() - started > GATHER_TIMEOUT_S:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", time.monotonic())
             self._emit(core)

@@ -152,3 +152,13 @@ def test_without_a_planner_the_split_never_changes():
         run.handle(b"id0", report(0, step, rows=32, compute_s=0.001), now=0.01 * step)
         run.handle(b"id1", report(1, step, rows=32, compute_s=0.010), now=0.01 * step)
     assert run.rebalances == 0 and run.split == [32, 32]
+
+
+def test_an_actor_silent_past_the_hang_timeout_fails_the_run():
+    run, _ = started()
+    run.hang_timeout_s = 3.0
+    run.handle(b"id0", report(0, 0), now=2.5)
+    run.check_liveness(now=2.9)
+    assert run.state == "running"
+    run.check_liveness(now=3.5)
+    assert run.state == "failed" and "rank(s) 1 " in run.failure and "hung" in run.failure
