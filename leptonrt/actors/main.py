@@ -29,7 +29,8 @@ from .link import Link
 HELLO_TIMEOUT_S = 120.0      # the broker may still be loading the dataset
 IDLE_POLL_MS = 200           # how often an idle actor checks that its broker is alive
 FLUSH_EVERY_STEPS = 64       # batch step reports so the control plane stays cheap...
-FLUSH_EVERY_S = 0.004       # ...yet fresh enough for the broker to plan and grant ahead
+FLUSH_EVERY_S = 0.01        # ...yet fresh enough for the broker to plan and grant ahead
+FLUSH_ALONE_S = 0.05        # a lone actor has nothing to rebalance: report less often
 COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 
 
@@ -140,7 +141,8 @@ class Actor:
 
     def _flush(self, force: bool = False) -> None:
         now = time.perf_counter()
-        due = len(self.pending) >= FLUSH_EVERY_STEPS or now - self.last_flush >= FLUSH_EVERY_S
+        period = FLUSH_EVERY_S if self.w.world_size > 1 else FLUSH_ALONE_S
+        due = len(self.pending) >= FLUSH_EVERY_STEPS or now - self.last_flush >= period
         if not self.pending or not (due or force):
             return
         resolved = iter(self.timer.resolve())  # CUDA intervals, read once the device is done with them

@@ -227,6 +227,8 @@ class TrainingRun:
     def window(self) -> int:
         """Steps to grant ahead: enough to never starve an actor, few enough that a new split
         takes effect soon (it applies from the end of what was already granted)."""
+        if self.planner is None:
+            return self.max_window   # the split never changes: grant far ahead
         if self._step_s is None or self._step_s <= 0:
             return self.min_window
         return max(self.min_window, min(self.max_window, math.ceil(self.window_s / self._step_s)))
