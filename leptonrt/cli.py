@@ -114,9 +114,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--cpu-actors must be 0 or more, got {args.cpu_actors}")
     job = _job_from(args)
     label = describe_slowdowns(job)
-    on_event = (lambda e: print(format_epoch(e, label), flush=True) if isinstance(e, EpochEvent) else None)
-    if args.quiet:
-        on_event = None
+
+    def on_event(event) -> None:
+        if isinstance(event, EpochEvent) and not args.quiet:
+            print(format_epoch(event, label), flush=True)
+
     if not args.hang_timeout > 0:
         raise ConfigError(f"--hang-timeout must be positive, got {args.hang_timeout}")
     runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=on_event,

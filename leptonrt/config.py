@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ConfigError
 
@@ -30,7 +30,6 @@ class TrainJob:
     align: int = 8                          # shares move in units of this many rows
     slowdowns: tuple[tuple[int, float, int, int | None], ...] = ()  # SIMULATED stragglers: (rank, factor, from, to)
     save: str | None = None                 # write final weights here (safetensors)
-    tags: dict = field(default_factory=dict, compare=False)  # free-form labels for the caller
 
     @property
     def planned(self) -> bool:

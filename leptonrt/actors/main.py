@@ -124,10 +124,11 @@ class Actor:
             raise BrokerGone("broker process exited")
 
     def _split_for(self, step: int) -> list[int] | None:
-        self.grants = [g for g in self.grants if g.end_step > step]
-        for grant in self.grants:
-            if grant.first_step <= step:
-                return grant.split
+        # grants arrive in step order, each starting where the previous one ended
+        while self.grants and self.grants[0].end_step <= step:
+            self.grants.pop(0)
+        if self.grants and self.grants[0].first_step <= step:
+            return self.grants[0].split
         return None
 
     def _wait_granted(self, step: int) -> list[int]:
@@ -148,7 +149,7 @@ class Actor:
         resolved = iter(self.timer.resolve())  # CUDA intervals, read once the device is done with them
         stats = [StepStat(step=g, rows=rows, compute_s=(next(resolved) if c is None else c) + sim, step_s=s,
                           simulated_s=sim) for g, rows, c, s, sim in self.pending]
-        queued = max((g.end_step for g in self.grants), default=0) - (self.pending[-1][0] + 1)
+        queued = (self.grants[-1].end_step if self.grants else 0) - (self.pending[-1][0] + 1)
         memory = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
         self.link.send(Reports(job_id=self.job.job_id, rank=self.rank, steps=stats,
                                memory_bytes=memory, queued=max(queued, 0)))

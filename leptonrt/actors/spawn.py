@@ -79,15 +79,6 @@ class Supervisor:
         except (KeyError, OSError):
             return []
 
-    def wait_all(self, timeout: float) -> bool:
-        """Block until every process has exited (True) or ``timeout`` passes (False)."""
-        for proc in self._procs.values():
-            try:
-                proc.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                return False
-        return True
-
     def close(self, grace: float = 3.0) -> None:
         """Terminate every actor, kill what does not exit within ``grace`` seconds, reap all."""
         live = [p for p in self._procs.values() if p.popen.poll() is None]

@@ -12,9 +12,8 @@ Lifecycle::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import math
+from dataclasses import dataclass, field
 
 from ..errors import InternalError
 from .planner import Planner, rows_that_fit
@@ -86,7 +85,7 @@ class TrainingRun:
     state: str = "gathering"
     events: list = field(default_factory=list)
     bad_messages: int = 0
-    problems: list = field(default_factory=list)   # every failure seen, in order
+    problems: list = field(default_factory=list)   # every failure seen: lost processes first, then in order
     lost: dict = field(default_factory=dict)       # rank -> how its process ended, if it did early
 
     def __post_init__(self) -> None:
@@ -97,7 +96,6 @@ class TrainingRun:
         self._by_identity: dict[bytes, _Slot] = {}
         self._granted = 0
         self.split_history: list[tuple[int, list[int]]] = [(0, list(self.split))]
-        self.rebalances = 0
         self._step_s: float | None = None   # smoothed wall time of one step, for the window
         self._epochs: list[EpochResult] = []
         self.started_at: float | None = None
@@ -136,16 +134,20 @@ class TrainingRun:
         slot = self._slots.get(actor_id)
         if self.state == "done" or slot is None or slot.finished is not None:
             return []
+        # a lost process is a root cause: it goes before the collective errors it provoked
+        self.problems.insert(len(self.lost), f"rank {slot.rank} (actor {actor_id}) exited: {how}")
         self.lost[slot.rank] = how
-        return self._fail(f"rank {slot.rank} (actor {actor_id}) exited: {how}", now)
+        return self._fail(None, now)
 
     @property
     def failure(self) -> str | None:
         """Why the run failed, root causes (lost processes) first."""
-        if not self.problems:
-            return None
-        lost = [p for p in self.problems if " exited: " in p]
-        return "; ".join(lost + [p for p in self.problems if p not in lost])
+        return "; ".join(self.problems) or None
+
+    @property
+    def rebalances(self) -> int:
+        """How many times the planner changed the split."""
+        return len(self.split_history) - 1
 
     def _sender_matches(self, identity: bytes, msg: Message) -> bool:
         slot = self._by_identity.get(identity)
@@ -241,7 +243,6 @@ class TrainingRun:
             return []
         before, after = max(self.planner.predict(self.split)), max(self.planner.predict(proposal))
         self.split = proposal
-        self.rebalances += 1
         self.split_history.append((self._granted, list(proposal)))
         self.events.append(SplitChanged(self._granted, tuple(proposal), 1.0 - after / before if before else 0.0))
         return self._grant_more(force=True)
@@ -280,8 +281,9 @@ class TrainingRun:
         if self.state not in ("done", "failed"):
             self._fail(reason, now)
 
-    def _fail(self, reason: str, now: float) -> list[Out]:
-        self.problems.append(reason)
+    def _fail(self, reason: str | None, now: float) -> list[Out]:
+        if reason is not None:
+            self.problems.append(reason)
         if self.state != "failed":
             self.state, self.ended_at = "failed", now
         return []

@@ -23,7 +23,7 @@ from ..actors.spawn import Supervisor
 from ..config import TrainJob
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
-from ..errors import JobFailed, NoDeviceError, ProtocolError
+from ..errors import ConfigError, JobFailed, ProtocolError
 from . import protocol
 from .plan import even_split, split_from_fractions, steps_per_epoch
 from .planner import Planner, PlannerConfig
@@ -48,7 +48,6 @@ def initial_split(job: TrainJob, world: int) -> list[int]:
     if job.split is None:
         return even_split(job.batch_size, world, job.align if job.planned else 1)
     if len(job.split) != world:
-        from ..errors import ConfigError
         raise ConfigError(f"--split gives {len(job.split)} shares but there are {world} actors")
     return split_from_fractions(job.batch_size, list(job.split))
 
@@ -74,7 +73,6 @@ class JobRunner:
         self.hang_timeout_s = hang_timeout_s
         self.run_id = new_run_id()
         self.notes: list[str] = [self.selection.note] if self.selection.note else []
-        self.bad_frames = 0   # malformed frames received and dropped
 
     async def run(self) -> dict:
         """Train; return the result dict, or raise JobFailed / DataError / ConfigError."""
@@ -111,16 +109,14 @@ class JobRunner:
         world = len(self.selection.actors)
         split = initial_split(job, world)
         self._rendezvous = _Rendezvous() if world > 1 else None
-        n_train = data.x_train.shape[0]
-        if n_train == 0:
-            raise NoDeviceError("the training split is empty")
+        n_train = data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
+        planner = Planner(world, job.batch_size, PlannerConfig(align=job.align)) if job.planned and world > 1 else None
         ids = [f"a{rank}" for rank in range(world)]
         core = TrainingRun(job=job_spec(job, 0), data=data, actor_ids=ids,
                            threads=[p.threads for p in self.selection.actors],
                            rendezvous=self._rendezvous.address if self._rendezvous else "tcp://127.0.0.1:0",
                            split=split, steps_per_epoch=steps_per_epoch(n_train, job.batch_size),
-                           n_train=n_train, save_path=job.save, hang_timeout_s=self.hang_timeout_s,
-                           planner=Planner(world, job.batch_size, PlannerConfig(align=job.align)) if job.planned and world > 1 else None)
+                           n_train=n_train, save_path=job.save, hang_timeout_s=self.hang_timeout_s, planner=planner)
         for actor_id, plan in zip(ids, self.selection.actors):
             supervisor.spawn(actor_id, plan, self.actor_env)
         return core
@@ -128,12 +124,7 @@ class JobRunner:
     async def _serve(self, router: zmq.asyncio.Socket, core: TrainingRun, supervisor: Supervisor) -> None:
         started = time.monotonic()
         while core.state not in ("done", "failed"):
-            if await router.poll(int(TICK_S * 1000)):
-                identity, payload = await self._recv(router)
-                if payload is not None:
-                    await self._send(router, core.handle(identity, payload, time.monotonic()))
-            for actor_id, how in supervisor.exited():
-                await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
+            await self._pump(router, core, supervisor, int(TICK_S * 1000))
             core.check_liveness(time.monotonic())
             if core.state == "gathering" and time.monotonic() - started > GATHER_TIMEOUT_S:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", time.monotonic())
@@ -147,23 +138,23 @@ class JobRunner:
         peer's collective error, and the process exit follows a few milliseconds later."""
         deadline = time.monotonic() + SETTLE_S
         while time.monotonic() < deadline and not core.lost:
-            if await router.poll(20):
-                identity, payload = await self._recv(router)
-                if payload is not None:
-                    core.handle(identity, payload, time.monotonic())
-            for actor_id, how in supervisor.exited():
-                core.actor_exited(actor_id, how, time.monotonic())
+            await self._pump(router, core, supervisor, 20)
 
-    async def _recv(self, router: zmq.asyncio.Socket):
-        """(identity, message); the message is None for a malformed frame, which is counted."""
-        frames = await router.recv_multipart()
-        try:
-            if len(frames) != 2:
-                raise ProtocolError(f"expected 2 frames (identity, payload), got {len(frames)}")
-            return frames[0], protocol.decode(frames[1])
-        except ProtocolError:
-            self.bad_frames += 1
-            return frames[0], None
+    async def _pump(self, router: zmq.asyncio.Socket, core: TrainingRun, supervisor: Supervisor,
+                    wait_ms: int) -> None:
+        """Feed the core at most one message (waiting up to ``wait_ms``) and every process exit."""
+        if await router.poll(wait_ms):
+            frames = await router.recv_multipart()
+            try:
+                if len(frames) != 2:
+                    raise ProtocolError(f"expected 2 frames (identity, payload), got {len(frames)}")
+                message = protocol.decode(frames[1])
+            except ProtocolError:
+                core.bad_messages += 1   # dropped; it changes nothing
+            else:
+                await self._send(router, core.handle(frames[0], message, time.monotonic()))
+        for actor_id, how in supervisor.exited():
+            await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
 
     async def _send(self, router: zmq.asyncio.Socket, outs: list[Out]) -> None:
         for out in outs:
