@@ -5,7 +5,8 @@ Runs, all with 2 CPU processes, the same MLP, batch, precision, optimizer and th
 1. PyTorch DistributedDataParallel (gloo), rank 1 slowed 2x by an injected wait;
 2. leptonrt, the same slowdown, fixed `--split 0.5,0.5`;
 3. leptonrt, the same slowdown, rebalancing on;
-4. leptonrt and DDP with no slowdown;
+4. leptonrt and DDP with no slowdown (and leptonrt with a fixed even split, to tell the
+   planner's cost from the runtime's);
 5. leptonrt, rebalancing on, with the slowdown starting mid-run: the step at which the
    split settled.
 
@@ -144,6 +145,7 @@ def main() -> None:
         "leptonrt_fixed_split_slowed": (True, lambda: leptonrt(args, slow, split=(0.5, 0.5))),
         "leptonrt_rebalanced_slowed": (True, lambda: leptonrt(args, slow)),
         "ddp_no_slowdown": (False, lambda: ddp(args, 1.0)),
+        "leptonrt_fixed_split_no_slowdown": (False, lambda: leptonrt(args, None, split=(0.5, 0.5))),
         "leptonrt_no_slowdown": (False, lambda: leptonrt(args, None)),
         "leptonrt_mid_run_slowdown": (True, lambda: leptonrt(args, (1, args.factor, args.mid_run_step, None))),
     }
@@ -171,6 +173,7 @@ def main() -> None:
          rebalanced_over_ddp_slowed=ratio("leptonrt_rebalanced_slowed", "ddp_slowed"),
          fixed_over_ddp_slowed=ratio("leptonrt_fixed_split_slowed", "ddp_slowed"),
          leptonrt_over_ddp_no_slowdown=ratio("leptonrt_no_slowdown", "ddp_no_slowdown"),
+         fixed_over_ddp_no_slowdown=ratio("leptonrt_fixed_split_no_slowdown", "ddp_no_slowdown"),
          ideal_rebalanced_over_ddp_slowed=round((args.factor + 1) / 2, 3))
 
 

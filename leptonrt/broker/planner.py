@@ -20,12 +20,12 @@ class PlannerConfig:
     """How eagerly the planner moves rows between actors."""
 
     align: int = 8               # shares are multiples of this many rows (B % align goes to one rank)
-    window: int = 16             # observations per actor the fit looks at
+    window: int = 48             # observations per actor the fit looks at (long: contention comes and goes)
     min_gain: float = 0.10       # adopt a split only if predicted step time drops by this fraction
     stale_after_s: float = 2.0   # an actor silent this long gets no larger share
     warmup: int = 5              # observations per actor before it is planned for (skips start-up)
     min_rows_spread: float = 0.2   # rows must vary this much (relative) before `a` is re-fitted
-    change: float = 0.3          # a step this far (relative) off the prediction is an outlier...
+    change: float = 1.8          # a step this many times slower or faster than predicted is an outlier...
     persist: int = 5             # ...and this many in a row, all on one side, mean the device changed speed
     settle: int = 3              # after a change, measure this many steps of the new split before the next
 
@@ -57,7 +57,7 @@ class _Fit:
         if self.count >= self.cfg.warmup:
             a, c = self.coefficients()
             predicted = a + c * rows
-            if abs(seconds - predicted) > self.cfg.change * predicted:
+            if not predicted / self.cfg.change <= seconds <= predicted * self.cfg.change:
                 if self._outliers and (self._outliers[-1][1] > predicted) != (seconds > predicted):
                     self._outliers.clear()
                 self._outliers.append((rows, seconds))
