@@ -23,7 +23,7 @@ class PlannerConfig:
     window: int = 48             # observations per actor the fit looks at (long: contention comes and goes)
     min_gain: float = 0.10       # adopt a split only if predicted step time drops by this fraction
     stale_after_s: float = 2.0   # an actor silent this long gets no larger share
-    warmup: int = 5              # observations per actor before it is planned for (skips start-up)
+    warmup: int = 16             # observations per actor before it is planned for (start-up is noisy)
     min_rows_spread: float = 0.2   # rows must vary this much (relative) before `a` is re-fitted
     change: float = 1.8          # a step this many times slower or faster than predicted is an outlier...
     persist: int = 5             # ...and this many in a row, all on one side, mean the device changed speed
@@ -45,6 +45,7 @@ class _Fit:
         self.last_seen: float | None = None
         self._outliers: list[tuple[int, float]] = []
         self._cached: tuple[float, float] | None = None
+        self.ready = False    # enough evidence to plan with: a full warm-up, or a detected change
 
     @property
     def count(self) -> int:
@@ -54,7 +55,8 @@ class _Fit:
         """Take one observation; a lone outlier (a scheduling hiccup) is set aside, a run of
         them on one side (the device changed speed) replaces the window."""
         self.last_seen = now
-        if self.count >= self.cfg.warmup:
+        self.ready = self.ready or self.count >= self.cfg.warmup
+        if self.ready:
             a, c = self.coefficients()
             predicted = a + c * rows
             if not predicted / self.cfg.change <= seconds <= predicted * self.cfg.change:
@@ -115,7 +117,7 @@ class Planner:
 
     def propose(self, current: list[int], now: float) -> list[int] | None:
         """A better split than ``current``, or None to keep it."""
-        if any(f.count < self.cfg.warmup for f in self._fits):
+        if not all(f.ready for f in self._fits):
             return None
         if not all(f.measured(rows, self.cfg.settle) for f, rows in zip(self._fits, current) if rows > 0):
             return None  # judge the current split by measurements, not by extrapolation

@@ -255,8 +255,8 @@ class TrainingRun:
         if self.state != "running" or self._granted >= self.total_steps:
             return []
         window = self.window()
-        if not force and self._granted - (self.committed() + 1) > window // 2:
-            return []  # actors still hold more than half a window of work
+        if not force and self._granted - (self.committed() + 1) > window - max(1, window // 4):
+            return []  # actors still hold most of a window of work; top it up, never let it drain
         first = self._granted
         end = min(self.total_steps, max(first + 1, self.committed() + 1 + window))
         self._granted = end
