@@ -255,8 +255,11 @@ class TrainingRun:
         if self.state != "running" or self._granted >= self.total_steps:
             return []
         window = self.window()
-        if not force and self._granted - (self.committed() + 1) > window - max(1, window // 4):
-            return []  # actors still hold most of a window of work; top it up, never let it drain
+        # with a planner the window is short (a new split waits behind it), so keep it topped
+        # up; without one it is long, and half of it is plenty of slack
+        slack = window - max(1, window // 4) if self.planner is not None else window // 2
+        if not force and self._granted - (self.committed() + 1) > slack:
+            return []
         first = self._granted
         end = min(self.total_steps, max(first + 1, self.committed() + 1 + window))
         self._granted = end
