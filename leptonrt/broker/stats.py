@@ -1,0 +1,112 @@
+"""The broker's statistics snapshot: one immutable value that the live view, ``leptonrt
+status --json`` and remote clients all read.
+
+The broker builds a fresh ``Snapshot`` at most a few times a second; readers never see it
+change under them. ``to_dict`` gives plain JSON/msgpack-safe data and ``from_dict``
+rebuilds (and validates) it on the other side of a socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import ProtocolError
+
+
+@dataclass(frozen=True)
+class ActorStats:
+    """One actor as the broker last saw it."""
+
+    rank: int
+    device: str                      # "cpu" or "cuda:0" (the index on the host)
+    device_name: str | None          # e.g. "NVIDIA H100 80GB HBM3"; None until the actor said hello
+    pid: int | None
+    state: str                       # starting | idle | training | lost | restarting | stopped
+    share: float                     # fraction of the global batch (0.0 when idle)
+    compute_ms: float | None         # median pure compute per step, recent window
+    samples_per_s: float | None      # rows this actor trained per second, recent window
+    memory_bytes: int | None         # device memory in use (None on CPU)
+    restarts: int = 0
+
+
+@dataclass(frozen=True)
+class JobStats:
+    """The running job."""
+
+    id: int
+    dataset: str
+    model: str                       # layer widths, e.g. "784-128-10"
+    epoch: int                       # epochs finished
+    epochs: int
+    step: int                        # committed global steps
+    total_steps: int
+    samples_per_s: float | None
+    train_loss: float | None         # last finished epoch
+    test_accuracy: float | None      # last finished epoch
+    eta_s: float | None
+    started_at: float                # unix time
+    simulated: str = ""              # non-empty when a slowdown is SIMULATED, e.g. "rank 1 x2"
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    id: int
+    dataset: str
+    submitted_at: float              # unix time
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float                        # unix time
+    text: str                        # "actor 1 joined (cuda:1)", "split 0.66/0.34 at step 120", ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything the live view shows, at one instant."""
+
+    address: str
+    started_at: float                # unix time the broker came up
+    now: float                       # unix time of this snapshot
+    state: str                       # serving | stopping
+    job: JobStats | None
+    queued: tuple[QueuedJob, ...] = ()
+    actors: tuple[ActorStats, ...] = ()
+    throughput: tuple[tuple[float, float], ...] = ()   # (unix time, samples/s), oldest first, last minute
+    events: tuple[Event, ...] = ()                      # newest last
+    jobs_done: int = 0
+    jobs_failed: int = 0
+
+    @property
+    def uptime_s(self) -> float:
+        return max(self.now - self.started_at, 0.0)
+
+    def to_dict(self) -> dict:
+        """Plain dicts, lists, numbers and strings (JSON and msgpack safe)."""
+        out = asdict(self)
+        out["throughput"] = [list(p) for p in self.throughput]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object) -> "Snapshot":
+        """Rebuild a snapshot received from a broker; a malformed one is a ProtocolError."""
+        try:
+            if not isinstance(data, dict):
+                raise TypeError("not a map")
+            d = dict(data)
+            job = d.pop("job", None)
+            return cls(
+                job=JobStats(**job) if job is not None else None,
+                queued=tuple(QueuedJob(**q) for q in d.pop("queued", ())),
+                actors=tuple(ActorStats(**a) for a in d.pop("actors", ())),
+                throughput=tuple((float(t), float(v)) for t, v in d.pop("throughput", ())),
+                events=tuple(Event(**e) for e in d.pop("events", ())),
+                **{k: v for k, v in d.items() if k in _SCALARS},
+            )
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed status snapshot: {exc}") from None
+
+
+_SCALARS = {f.name for f in fields(Snapshot)} - {"job", "queued", "actors", "throughput", "events"}
+
+__all__ = ["ActorStats", "Event", "JobStats", "QueuedJob", "Snapshot"]
