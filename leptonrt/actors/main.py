@@ -13,6 +13,7 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -32,6 +33,16 @@ FLUSH_EVERY_STEPS = 64       # batch step reports so the control plane stays che
 FLUSH_EVERY_S = 0.01        # ...yet fresh enough for the broker to plan and grant ahead
 FLUSH_ALONE_S = 0.05        # a lone actor has nothing to rebalance: report less often
 COLLECTIVE_TIMEOUT = timedelta(seconds=60)
+
+
+@dataclass
+class _Piece:
+    """One step's rows for this actor, gathered (possibly ahead of time, during the previous all-reduce)."""
+
+    step: int
+    x: torch.Tensor
+    y: torch.Tensor
+    gather_s: float
 
 
 class BrokerGone(Exception):
@@ -60,6 +71,7 @@ class Actor:
         self.stop: Stop | None = None
         self.pending: list[tuple] = []  # (step, rows, compute_s, step_s, simulated_s) since the last report
         self.last_flush = time.perf_counter()
+        self.next_piece: _Piece | None = None
         self.reader = SegmentReader()
         self._load_data()
         self.model = build_mlp(welcome.data.n_features, list(self.job.hidden), welcome.data.n_classes,
@@ -103,7 +115,7 @@ class Actor:
         if self.dist is None:
             return None
         dist = self.dist
-        return lambda flat: dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        return lambda flat: dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
 
     # -- control plane -------------------------------------------------------------
 
@@ -169,29 +181,48 @@ class Actor:
             for t in range(spe):
                 g = epoch * spe + t
                 split = self._wait_granted(g)
-                rows_done += self._train_step(g, perm, t * batch, batch_rows(self.n_train, batch, t), split)
+                rows_done += self._train_step(g, perm, t, split, last=t + 1 == spe)
             self._end_epoch(epoch, time.perf_counter() - epoch_t0)
         steady_s = time.perf_counter() - steady_t0
         self._flush(force=True)
         self._finish(rows_done, steady_s)
 
-    def _train_step(self, g: int, perm: torch.Tensor, offset: int, rows: int, split: list[int]) -> int:
-        self.faults.before_step(g)
-        start, stop = piece(split, rows, self.rank)
-        idx = perm[offset + start: offset + stop]
+    def _gather(self, g: int, perm: torch.Tensor, t: int, split: list[int]) -> _Piece:
+        """This actor's rows of step ``g`` (epoch-local step ``t``), gathered from the shared cache."""
+        started = time.perf_counter()
+        batch = self.job.batch_size
+        start, stop = piece(split, batch_rows(self.n_train, batch, t), self.rank)
+        idx = perm[t * batch + start: t * batch + stop]
         x = self.x_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b, D)
         y = self.y_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b,)
+        return _Piece(g, x, y, time.perf_counter() - started)
+
+    def _train_step(self, g: int, perm: torch.Tensor, t: int, split: list[int], last: bool) -> int:
+        self.faults.before_step(g)
+        batch, self.next_piece = self.next_piece, None
+        if batch is None or batch.step != g:
+            batch = self._gather(g, perm, t, split)
+        rows = batch_rows(self.n_train, self.job.batch_size, t)
         factor = self._slowdown(g)
         t0 = time.perf_counter()
         mark = self.timer.start()
-        self.step.compute(x, y, rows)
+        self.step.compute(batch.x, batch.y, rows)
         compute_s = self.timer.stop(mark, sync=factor > 1.0)
         simulated = (factor - 1.0) * compute_s if factor > 1.0 else 0.0
         time.sleep(simulated)   # SIMULATED straggler: before the all-reduce, so it looks like slow compute
-        self.step.apply()
-        self.pending.append((g, stop - start, compute_s, time.perf_counter() - t0, simulated))
+
+        def prefetch() -> None:   # gather the next step's rows while the gradients are in flight
+            following = None if last else self._split_for(g + 1)
+            if following is not None:
+                self.next_piece = self._gather(g + 1, perm, t + 1, following)
+
+        self.step.apply(meanwhile=prefetch)
+        # the gather is the actor's own per-row work before the collective, so it counts as compute
+        if compute_s is not None:
+            compute_s += batch.gather_s
+        self.pending.append((g, batch.x.shape[0], compute_s, time.perf_counter() - t0, simulated))
         self._flush()
-        return stop - start
+        return batch.x.shape[0]
 
     def _slowdown(self, g: int) -> float:
         """The SIMULATED slowdown factor of this rank at step ``g`` (1.0: none)."""

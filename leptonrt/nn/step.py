@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-AllReduce = Callable[[torch.Tensor], None]
+AllReduce = Callable[[torch.Tensor], object]   # may return a handle with .wait() (an async collective)
 _LOSS, _FLAG = -2, -1  # slots after the gradients in the flat buffer
 
 
@@ -90,10 +90,17 @@ class FusedStep:
         if self.precision == "fp16":
             self.flat[_FLAG] = (~torch.isfinite(self.flat[:self.n_grads])).any().float()
 
-    def apply(self) -> bool:
-        """All-reduce the buffer and take the optimizer step; False if fp16 overflow skipped it."""
-        if self.allreduce is not None:
-            self.allreduce(self.flat)
+    def apply(self, meanwhile: Callable[[], None] | None = None) -> bool:
+        """All-reduce the buffer and take the optimizer step; False if fp16 overflow skipped it.
+
+        ``meanwhile`` runs while the collective is in flight (the actor gathers its next
+        batch there), so host work overlaps the communication instead of following it.
+        """
+        pending = self.allreduce(self.flat) if self.allreduce is not None else None
+        if meanwhile is not None:
+            meanwhile()
+        if pending is not None and hasattr(pending, "wait"):
+            pending.wait()
         self.loss_sum += self.flat[_LOSS]
         if self.precision == "fp16":
             return self._apply_scaled()
