@@ -28,6 +28,7 @@ class PlannerConfig:
     change: float = 1.8          # a step this many times slower or faster than predicted is an outlier...
     persist: int = 5             # ...and this many in a row, all on one side, mean the device changed speed
     settle: int = 3              # after a change, measure this many steps of the new split before the next
+    overhead_window: int = 64    # steps over which the per-step cost outside compute (the all-reduce) is estimated
 
 
 class _Fit:
@@ -101,11 +102,24 @@ class Planner:
         self.world, self.batch, self.cfg = world, batch, config
         self.caps = list(caps) if caps is not None else [None] * world
         self._fits = [_Fit(config) for _ in range(world)]
+        self._outside: list[deque[float]] = [deque(maxlen=config.overhead_window) for _ in range(world)]
 
-    def observe(self, rank: int, rows: int, seconds: float, now: float) -> None:
-        """One step's compute time of one actor (steps with no rows carry no cost information)."""
+    def observe(self, rank: int, rows: int, seconds: float, now: float, step_seconds: float | None = None) -> None:
+        """One step's compute time of one actor (steps with no rows carry no cost information).
+
+        ``step_seconds`` is the whole step as the actor saw it, collective and optimizer
+        included; what it adds to the compute is the time no split can save.
+        """
         if rows > 0:
             self._fits[rank].add(rows, seconds, now)
+        if step_seconds is not None and step_seconds >= seconds:
+            self._outside[rank].append(step_seconds - seconds)
+
+    def overhead(self) -> float:
+        """Seconds per step spent outside compute by the actor that waits least (the last to
+        arrive at the all-reduce): the floor under every split's step time."""
+        medians = [median(d) for d in self._outside if d]
+        return min(medians) if medians else 0.0
 
     def predict(self, split: list[int]) -> list[float]:
         """Predicted compute seconds of each actor for ``split``."""
@@ -126,7 +140,10 @@ class Planner:
         proposal = _round(_equalise(coeffs, caps, self.batch), coeffs, caps, self.batch, self.cfg.align)
         if proposal == list(current):
             return None
-        before, after = max(self.predict(current)), max(self.predict(proposal))
+        # the gain is judged on whole steps: when the collective dominates, a compute
+        # imbalance is not worth chasing
+        fixed = self.overhead()
+        before, after = max(self.predict(current)) + fixed, max(self.predict(proposal)) + fixed
         return proposal if after < before * (1.0 - self.cfg.min_gain) else None
 
     def _cap(self, rank: int, current: list[int], now: float) -> int:

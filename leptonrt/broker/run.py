@@ -194,7 +194,7 @@ class TrainingRun:
             slot.last_step = max(slot.last_step, stat.step)
             self._step_s = stat.step_s if self._step_s is None else 0.8 * self._step_s + 0.2 * stat.step_s
             if self.planner is not None:
-                self.planner.observe(slot.rank, stat.rows, stat.compute_s, now)
+                self.planner.observe(slot.rank, stat.rows, stat.compute_s, now, stat.step_s)
         return self._rebalance(now) + self._grant_more() + self._maybe_stop()
 
     def _on_epochresult(self, slot: _Slot, _identity, msg: EpochResult, now: float) -> list[Out]:
@@ -241,7 +241,8 @@ class TrainingRun:
         proposal = self.planner.propose(self.split, now)
         if proposal is None:
             return []
-        before, after = max(self.planner.predict(self.split)), max(self.planner.predict(proposal))
+        fixed = self.planner.overhead()
+        before, after = max(self.planner.predict(self.split)) + fixed, max(self.planner.predict(proposal)) + fixed
         self.split = proposal
         self.split_history.append((self._granted, list(proposal)))
         self.events.append(SplitChanged(self._granted, tuple(proposal), 1.0 - after / before if before else 0.0))
