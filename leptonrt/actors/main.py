@@ -20,14 +20,13 @@ import torch
 
 from ..broker.plan import batch_rows, epoch_permutation, piece
 from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
-                               Shutdown, StepStat, Stop, Welcome)
+                               Release, Shutdown, StepStat, Stop, Welcome)
 from ..data.shm import SegmentReader
 from ..nn.model import build_mlp
 from ..nn.step import FusedStep, StepTimer, evaluate
 from .faults import Injector
 from .link import Link
 
-HELLO_TIMEOUT_S = 120.0      # the broker may still be loading the dataset
 IDLE_POLL_MS = 200           # how often an idle actor checks that its broker is alive
 FLUSH_EVERY_STEPS = 64       # batch step reports so the control plane stays cheap...
 FLUSH_EVERY_S = 0.01        # ...yet fresh enough for the broker to plan and grant ahead
@@ -69,6 +68,7 @@ class Actor:
         self.job, self.rank = welcome.job, welcome.rank
         self.grants: list[Grant] = []
         self.stop: Stop | None = None
+        self.released = False
         self.pending: list[tuple] = []  # (step, rows, compute_s, step_s, simulated_s) since the last report
         self.last_flush = time.perf_counter()
         self.next_piece: _Piece | None = None
@@ -124,6 +124,8 @@ class Actor:
             self.grants.append(msg)
         elif isinstance(msg, Stop) and msg.job_id == self.job.job_id:
             self.stop = msg
+        elif isinstance(msg, Release) and msg.job_id == self.job.job_id:
+            self.released = True
         elif isinstance(msg, Shutdown):
             raise BrokerGone(msg.reason or "shutdown")
 
@@ -251,13 +253,14 @@ class Actor:
             save_weights(self.model, self.stop.save_path, self.job)
             saved = True
         self.link.send(Finished(job_id=self.job.job_id, rank=self.rank, samples=rows, seconds=seconds, saved=saved))
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline:  # exit only once the broker has counted us as done
+        while not self.released:   # back to the pool only once the broker has counted us as done
             self._poll(IDLE_POLL_MS)
 
     def close(self) -> None:
+        """Leave the gradient group and unmap the dataset, ready for the next job."""
         if self.dist is not None and self.dist.is_initialized():
             self.dist.destroy_process_group()
+        self.reader.close()
 
 
 def save_weights(model: torch.nn.Module, path: str, job) -> None:
@@ -279,14 +282,13 @@ def _hello(link: Link, args: argparse.Namespace, device: torch.device) -> None:
 
 
 def _await_welcome(link: Link, parent_pid: int) -> Welcome:
-    deadline = time.monotonic() + HELLO_TIMEOUT_S
-    while time.monotonic() < deadline:
+    """Wait, idle, for the next job, for as long as the broker lives."""
+    while True:
         msg = link.recv(IDLE_POLL_MS)
         if isinstance(msg, Welcome):
             return msg
         if isinstance(msg, Shutdown) or os.getppid() != parent_pid:
-            raise BrokerGone("shut down before the job started")
-    raise BrokerGone(f"no welcome from the broker within {HELLO_TIMEOUT_S:.0f} s")
+            raise BrokerGone("shut down while idle")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -307,11 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     link, actor = Link(args.connect), None
     try:
-        _hello(link, args, device)
-        welcome = _await_welcome(link, args.parent_pid)
-        actor = Actor(link, welcome, device, args.parent_pid)
-        actor.run()
-        return 0
+        while True:   # one job after another, until the broker says goodbye
+            _hello(link, args, device)
+            welcome = _await_welcome(link, args.parent_pid)
+            actor = Actor(link, welcome, device, args.parent_pid)
+            actor.run()
+            actor.close()
+            actor = None
     except BrokerGone as exc:
         print(f"actor {args.actor_id}: {exc}", file=sys.stderr)
         return 0

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
+from collections import deque
 from typing import AsyncIterator
 
 from ..config import TrainJob
 from ..errors import LeptonError
-from .server import JobRunner
+from .run import SplitChanged
+from .server import ActorPool, JobRunner
+from .stats import ActorStats, Event, JobStats, QueuedJob, Snapshot
 
 _DONE = object()  # ends a job's event stream
 
@@ -37,6 +41,7 @@ class Job:
     def __init__(self, job_id: int, spec: TrainJob, loop: asyncio.AbstractEventLoop) -> None:
         self.id, self.spec = job_id, spec
         self.state = "queued"            # queued -> running -> done | failed | cancelled
+        self.submitted_at, self.started_at = time.time(), 0.0
         self._events: asyncio.Queue = asyncio.Queue()
         self._result: asyncio.Future = loop.create_future()
 
@@ -66,16 +71,35 @@ class Job:
 
 
 class Broker:
-    """Runs training jobs on local actors, inside the caller's event loop."""
+    """Runs training jobs on local actors, inside the caller's event loop.
+
+    Entering the block starts one actor per selected device; they stay up, idle between
+    jobs, until the block exits.
+    """
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
-                 actor_env: dict[str, str] | None = None) -> None:
-        self.gpus, self.cpu_actors, self.actor_env = gpus, cpu_actors, actor_env
+                 actor_env: dict[str, str] | None = None, hang_timeout_s: float = 30.0,
+                 address: str = "embedded") -> None:
+        self.pool = ActorPool(gpus, cpu_actors, actor_env)   # device selection errors surface here
+        self.hang_timeout_s, self.address = hang_timeout_s, address
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._ids = itertools.count(1)
         self._worker: asyncio.Task | None = None
         self._jobs: list[Job] = []
+        self._runner: JobRunner | None = None
+        self._running: Job | None = None
         self.closed = False
+        self.accepting = True
+        self.started_at = time.time()
+        self.log: deque[Event] = deque(maxlen=50)
+        self._rate: deque[tuple[float, float]] = deque(maxlen=240)   # (unix time, samples/s)
+        self._last_sample: tuple[float, int] | None = None
+        self._snapshot: Snapshot | None = None
+
+    @property
+    def notes(self) -> list[str]:
+        """Remarks about the device selection, for the user."""
+        return [self.pool.selection.note] if self.pool.selection.note else []
 
     async def __aenter__(self) -> "Broker":
         self._worker = asyncio.get_running_loop().create_task(self._serve(), name="leptonrt-broker")
@@ -86,32 +110,137 @@ class Broker:
 
     async def submit(self, spec: TrainJob) -> Job:
         """Queue a job; it starts when the jobs before it have ended."""
-        if self.closed or self._worker is None:
-            raise BrokerClosed("the broker is not running (use `async with Broker(...)`)")
+        if self.closed or self._worker is None or not self.accepting:
+            raise BrokerClosed("the broker is not taking jobs" if self._worker is not None and not self.closed
+                               else "the broker is not running (use `async with Broker(...)`)")
         job = Job(next(self._ids), spec, asyncio.get_running_loop())
         self._jobs.append(job)
         self._queue.put_nowait(job)
+        self._log(f"job {job.id} queued ({spec.dataset})")
         return job
 
     def jobs(self) -> list[Job]:
         """Every job submitted so far, oldest first."""
         return list(self._jobs)
 
+    def _log(self, text: str) -> None:
+        self.log.append(Event(at=time.time(), text=text))
+
     async def _serve(self) -> None:
-        while True:
-            job = await self._queue.get()
-            if job.done():
-                continue
-            job.state = "running"
-            try:
-                runner = JobRunner(job.spec, gpus=self.gpus, cpu_actors=self.cpu_actors,
-                                   on_event=job._emit, actor_env=self.actor_env)
-                job._finish("done", await runner.run())
-            except asyncio.CancelledError:
-                job._finish("cancelled", error=BrokerClosed(f"job {job.id} was cancelled: the broker closed"))
-                raise
-            except LeptonError as exc:
-                job._finish("failed", error=exc)
+        try:
+            await self.pool.start()
+            self._log(f"{self.pool.world} actor(s) starting: "
+                      + ", ".join(p.device for p in self.pool.selection.actors))
+            while True:
+                while self._queue.empty():
+                    await self.pool.idle(100)
+                    self._log_exits()
+                job = self._queue.get_nowait()
+                if job.done():
+                    continue
+                await self._run(job)
+        finally:
+            await self.pool.close()
+
+    def _log_exits(self) -> None:
+        for actor_id, how in self.pool.exits:
+            self._log(f"actor {actor_id} exited while idle ({how}); restarted")
+        self.pool.exits.clear()
+
+    async def _run(self, job: Job) -> None:
+        job.state = "running"
+        job.started_at = time.time()
+        self._running = job
+        self._log(f"job {job.id} started")
+
+        def on_event(event: object) -> None:
+            if isinstance(event, SplitChanged):
+                shares = "/".join(f"{b / job.spec.batch_size:.2f}" for b in event.split)
+                self._log(f"job {job.id}: split {shares} from step {event.step}")
+            job._emit(event)
+
+        try:
+            self._runner = JobRunner(job.spec, pool=self.pool, on_event=on_event, hang_timeout_s=self.hang_timeout_s)
+            result = await self._runner.run()
+            job._finish("done", result)
+            self._log(f"job {job.id} finished: test_acc {result['test_accuracy']:.4f}")
+        except asyncio.CancelledError:
+            job._finish("cancelled", error=BrokerClosed(f"job {job.id} was cancelled: the broker closed"))
+            raise
+        except LeptonError as exc:
+            job._finish("failed", error=exc)
+            self._log(f"job {job.id} failed: {str(exc).splitlines()[0][:120]}")
+        finally:
+            self._running, self._runner = None, None
+
+    def snapshot(self) -> Snapshot:
+        """One immutable picture of the broker now (what the live view and `status` show)."""
+        now = time.time()
+        runner, job = self._runner, self._running
+        core = runner.core if runner is not None else None
+        job_stats, rate = None, None
+        if core is not None and job is not None and core.state != "gathering":
+            done = core.samples_done()
+            if self._last_sample is not None and now - self._last_sample[0] >= 0.5:
+                t0, s0 = self._last_sample
+                rate = max(done - s0, 0) / (now - t0)
+                self._rate.append((now, rate))
+                self._last_sample = (now, done)
+            elif self._last_sample is None:
+                self._last_sample = (now, done)
+            rate = self._rate[-1][1] if self._rate else None
+            last = core.last_epoch
+            total = core.total_steps
+            step = core.committed() + 1
+            elapsed = now - job.started_at
+            eta = elapsed / step * (total - step) if step > 0 else None
+            spec = job.spec
+            job_stats = JobStats(
+                id=job.id, dataset=spec.dataset,
+                model="-".join(map(str, [core.data.n_features, *spec.hidden, core.data.n_classes])),
+                epoch=core.epochs_done, epochs=spec.epochs, step=step, total_steps=total, samples_per_s=rate,
+                train_loss=last.train_loss if last else None, test_accuracy=last.test_accuracy if last else None,
+                eta_s=eta, started_at=job.started_at,
+                simulated=", ".join(f"rank {r} x{f:g}" for r, f, _a, _b in spec.slowdowns))
+        else:
+            self._last_sample = None
+        actors = self._actor_stats(core, rate)
+        queued = tuple(QueuedJob(id=j.id, dataset=j.spec.dataset, submitted_at=j.submitted_at)
+                       for j in self._jobs if j.state == "queued")
+        snap = Snapshot(address=self.address, started_at=self.started_at, now=now,
+                        state="serving" if self.accepting and not self.closed else "stopping",
+                        job=job_stats, queued=queued, actors=actors,
+                        throughput=tuple(p for p in self._rate if now - p[0] <= 60.0), events=tuple(self.log)[-20:],
+                        jobs_done=sum(j.state == "done" for j in self._jobs),
+                        jobs_failed=sum(j.state == "failed" for j in self._jobs))
+        self._snapshot = snap
+        return snap
+
+    def _actor_stats(self, core, rate: float | None) -> tuple[ActorStats, ...]:
+        pool = self.pool
+        pids = pool.supervisor.pids() if pool.started else {}
+        view = {a["actor_id"]: a for a in core.actor_view()} if core is not None else {}
+        out = []
+        for rank, (actor_id, plan) in enumerate(zip(pool.ids, pool.selection.actors)):
+            hello = pool.known.get(actor_id)
+            v = view.get(actor_id)
+            if v is not None:
+                state = "lost" if v["lost"] else "training"
+            else:
+                state = "idle" if actor_id in pool.hellos else "starting"
+            share = v["share"] if v else 0.0
+            out.append(ActorStats(
+                rank=rank, device=plan.device, device_name=hello.device_name if hello and hello.device != "cpu" else None,
+                pid=pids.get(actor_id), state=state, share=share, compute_ms=v["compute_ms"] if v else None,
+                samples_per_s=rate * share if rate is not None and v else None,
+                memory_bytes=None if plan.device == "cpu" else (hello.memory_bytes if hello else None),
+                restarts=max(pool.restarts.get(actor_id, 0) - 1, 0)))
+        return tuple(out)
+
+    def stop_accepting(self) -> None:
+        """Refuse new jobs from now on (the first Ctrl-C of `up`)."""
+        self.accepting = False
+        self._log("stopping: no new jobs")
 
     async def aclose(self) -> None:
         """Stop: the running job is cancelled (its actors stopped, its memory freed), queued

@@ -207,13 +207,19 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """Broker -> actor: the job is over; leave its group, say hello again and wait for the next."""
+    job_id: int = _field(min=0)  # the job that ended
+
+
+@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Broker -> actors: exit the process."""
     reason: str = _field(max_len=1024)  # why, for the log
 
 
 Message = Union[
-    Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, Shutdown
+    Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, Release, Shutdown
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}
 

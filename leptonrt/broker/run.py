@@ -13,7 +13,9 @@ Lifecycle::
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
+from statistics import median
 
 from ..errors import InternalError
 from .planner import Planner, rows_that_fit
@@ -62,6 +64,7 @@ class _Slot:
     last_step: int = -1
     finished: Finished | None = None
     last_heard: float = 0.0    # when this actor last sent anything
+    compute: deque = field(default_factory=lambda: deque(maxlen=64))   # recent compute seconds per step
 
 
 @dataclass
@@ -192,6 +195,7 @@ class TrainingRun:
     def _on_reports(self, slot: _Slot, _identity, msg: Reports, now: float) -> list[Out]:
         for stat in msg.steps:
             slot.last_step = max(slot.last_step, stat.step)
+            slot.compute.append(stat.compute_s)
             self._step_s = stat.step_s if self._step_s is None else 0.8 * self._step_s + 0.2 * stat.step_s
             if self.planner is not None:
                 self.planner.observe(slot.rank, stat.rows, stat.compute_s, now, stat.step_s)
@@ -291,6 +295,28 @@ class TrainingRun:
         if self.state != "failed":
             self.state, self.ended_at = "failed", now
         return []
+
+    def samples_done(self) -> int:
+        """Training samples in the committed steps."""
+        epochs, steps = divmod(self.committed() + 1, self.steps_per_epoch)
+        return epochs * self.n_train + min(steps * self.job.batch_size, self.n_train)
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self._epochs)
+
+    @property
+    def last_epoch(self) -> EpochResult | None:
+        return self._epochs[-1] if self._epochs else None
+
+    def actor_view(self) -> list[dict]:
+        """Per rank: pid, device, share and median recent compute (for the live view)."""
+        out = []
+        for slot in self._ranked():
+            out.append({"rank": slot.rank, "actor_id": slot.actor_id, "share": self.split[slot.rank] / self.job.batch_size,
+                        "compute_ms": median(slot.compute) * 1000 if slot.compute else None,
+                        "lost": slot.rank in self.lost, "finished": slot.finished is not None})
+        return out
 
     def identities(self) -> list[bytes]:
         """ROUTER identities of every actor that said hello."""

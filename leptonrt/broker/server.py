@@ -8,6 +8,7 @@ asyncio (or uvloop) application.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from ..errors import ConfigError, JobFailed, ProtocolError
 from . import protocol
 from .plan import even_split, split_from_fractions, steps_per_epoch
 from .planner import Planner, PlannerConfig
-from .protocol import JobSpec, Shutdown, Slowdown
+from .protocol import JobSpec, Release, Shutdown, Slowdown
 from .run import Out, TrainingRun
 
 GATHER_TIMEOUT_S = 120.0   # every actor must have said hello by then
@@ -61,88 +62,192 @@ class _Rendezvous:
         self.address = f"tcp://127.0.0.1:{self.store.port}"
 
 
+class ActorPool:
+    """The broker's long-lived half: one actor process per device, the socket they talk to,
+    the store where they form gradient groups and the shared-memory dataset cache.
+
+    Actors outlive jobs: after each job they say hello again and wait for the next one.
+    An idle actor that dies is started again; after a failed job every actor is replaced
+    (a survivor may still sit in a broken collective).
+    """
+
+    def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
+                 actor_env: dict[str, str] | None = None) -> None:
+        self.selection: Selection = select(gpus, cpu_actors)
+        self.actor_env = actor_env or {}
+        self.ids = [f"a{rank}" for rank in range(len(self.selection.actors))]
+        self.hellos: dict[str, tuple[bytes, protocol.Hello]] = {}   # idle actors: identity and hello
+        self.known: dict[str, protocol.Hello] = {}                   # the last hello of every actor
+        self.restarts = dict.fromkeys(self.ids, 0)
+        self.exits: list[tuple[str, str]] = []                      # exits seen while idle, for the log
+        self._job_ids = itertools.count(1)
+        self.started = False
+
+    @property
+    def world(self) -> int:
+        return len(self.ids)
+
+    def next_job_id(self) -> int:
+        return next(self._job_ids)
+
+    async def start(self) -> None:
+        """Create the socket, the store and the cache, and start every actor."""
+        clean_stale()
+        self.run_id = new_run_id()
+        self.run_dir = Path(tempfile.mkdtemp(prefix="leptonrt-run-"))
+        os.chmod(self.run_dir, 0o700)
+        self.cache, self.ctx = DatasetCache(self.run_id), zmq.asyncio.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        self.supervisor = Supervisor(self.run_dir, f"ipc://{self.run_dir}/broker.sock")
+        self.started = True
+        self.router.bind(self.supervisor.connect)
+        self.rendezvous = _Rendezvous() if self.world > 1 else None
+        for actor_id, plan in zip(self.ids, self.selection.actors):
+            self.supervisor.spawn(actor_id, plan, self.actor_env)
+
+    async def idle(self, wait_ms: int) -> None:
+        """Between jobs: take hellos, drop late traffic of past jobs, restart dead actors."""
+        if await self.router.poll(wait_ms):
+            while True:
+                try:
+                    frames = await self.router.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._note(frames)
+        for actor_id, how in self.supervisor.exited():
+            self.exits.append((actor_id, how))
+            self.respawn(actor_id)
+
+    def _note(self, frames: list[bytes]) -> None:
+        try:
+            message = protocol.decode(frames[1]) if len(frames) == 2 else None
+        except ProtocolError:
+            return
+        if isinstance(message, protocol.Hello) and message.actor_id in self.restarts:
+            self.hellos[message.actor_id] = (frames[0], message)
+            self.known[message.actor_id] = message
+
+    def respawn(self, actor_id: str) -> None:
+        plan = self.selection.actors[self.ids.index(actor_id)]
+        self.hellos.pop(actor_id, None)
+        self.restarts[actor_id] += 1
+        self.supervisor.spawn(actor_id, plan, self.actor_env)
+
+    def replace_all(self) -> None:
+        """Stop every actor and start a fresh one in its place (after a failed job)."""
+        self.supervisor.close()
+        self.supervisor.exited()   # the exits we caused are not news
+        self.hellos.clear()
+        for actor_id in self.ids:
+            self.respawn(actor_id)
+
+    def take_hellos(self) -> list[tuple[bytes, protocol.Hello]]:
+        """The idle actors' hellos, for a starting job; they are its actors now."""
+        out, self.hellos = list(self.hellos.values()), {}
+        return out
+
+    async def close(self) -> None:
+        """Tell every actor to exit, then make sure of it; unlink every segment and file."""
+        if not self.started:
+            return
+        self.started = False
+        bye = protocol.encode(Shutdown(reason="broker closing"))
+        try:
+            for identity, _hello in self.hellos.values():   # idle actors; busy ones get SIGTERM
+                try:
+                    await self.router.send_multipart([identity, bye], flags=zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+        finally:
+            self.supervisor.close()
+            self.router.close(linger=0)
+            self.ctx.term()
+            self.cache.close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
 class JobRunner:
-    """Runs one job end to end on freshly started local actors, then removes every trace."""
+    """Runs one job on a pool's actors. Without a pool it brings up its own for the job,
+    and removes every trace of it afterwards."""
 
     def __init__(self, job: TrainJob, *, gpus: str = "all", cpu_actors: int | None = None,
                  on_event: Callable[[object], None] | None = None, actor_env: dict[str, str] | None = None,
-                 hang_timeout_s: float = 30.0) -> None:
+                 hang_timeout_s: float = 30.0, pool: ActorPool | None = None) -> None:
         self.job, self.on_event = job, on_event or (lambda _e: None)
-        self.selection: Selection = select(gpus, cpu_actors)
-        self.actor_env = actor_env or {}
+        self.pool = pool
+        self._own_pool = pool is None
+        if pool is None:
+            self.pool = ActorPool(gpus, cpu_actors, actor_env)
+        self.selection = self.pool.selection
         self.hang_timeout_s = hang_timeout_s
-        self.run_id = new_run_id()
         self.notes: list[str] = [self.selection.note] if self.selection.note else []
+        self.core: TrainingRun | None = None
 
     async def run(self) -> dict:
         """Train; return the result dict, or raise JobFailed / DataError / ConfigError."""
-        clean_stale()
-        run_dir = Path(tempfile.mkdtemp(prefix="leptonrt-run-"))
-        os.chmod(run_dir, 0o700)
-        cache, ctx = DatasetCache(self.run_id), zmq.asyncio.Context()
-        router = ctx.socket(zmq.ROUTER)
-        router.setsockopt(zmq.LINGER, 0)
-        router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
-        supervisor = Supervisor(run_dir, f"ipc://{run_dir}/broker.sock")
-        core: TrainingRun | None = None
+        pool = self.pool
+        failed = True
         try:
-            router.bind(supervisor.connect)
-            core = await self._start(cache, supervisor)
-            await self._serve(router, core, supervisor)
-            result = core.result()
+            if self._own_pool:
+                await pool.start()
+            self.core = await self._start()
+            await self._serve(self.core)
+            failed = False
+            result = self.core.result()
             if self.job.slowdowns:
                 result["simulated_slowdowns"] = [{"rank": r, "factor": f, "from_step": a, "to_step": b}
                                                  for r, f, a, b in self.job.slowdowns]
             return result
         finally:
-            if core is not None:
-                await self._shutdown(router, core)
-            supervisor.close()
-            router.close(linger=0)
-            ctx.term()
-            cache.close()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            if self._own_pool:
+                await pool.close()
+            elif self.core is not None:
+                if failed or self.core.state != "done":
+                    pool.replace_all()
+                else:
+                    await self._release(self.core)
 
-    async def _start(self, cache: DatasetCache, supervisor: Supervisor) -> TrainingRun:
-        job = self.job
-        data = await asyncio.to_thread(cache.get, job.dataset, seed=job.seed, test_fraction=job.test_fraction)
-        world = len(self.selection.actors)
+    async def _start(self) -> TrainingRun:
+        job, pool = self.job, self.pool
+        data = await asyncio.to_thread(pool.cache.get, job.dataset, seed=job.seed, test_fraction=job.test_fraction)
+        world = pool.world
         split = initial_split(job, world)
-        self._rendezvous = _Rendezvous() if world > 1 else None
         n_train = data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
         planner = Planner(world, job.batch_size, PlannerConfig(align=job.align)) if job.planned and world > 1 else None
-        ids = [f"a{rank}" for rank in range(world)]
-        core = TrainingRun(job=job_spec(job, 0), data=data, actor_ids=ids,
+        core = TrainingRun(job=job_spec(job, pool.next_job_id()), data=data, actor_ids=list(pool.ids),
                            threads=[p.threads for p in self.selection.actors],
-                           rendezvous=self._rendezvous.address if self._rendezvous else "tcp://127.0.0.1:0",
+                           rendezvous=pool.rendezvous.address if pool.rendezvous else "tcp://127.0.0.1:0",
                            split=split, steps_per_epoch=steps_per_epoch(n_train, job.batch_size),
                            n_train=n_train, save_path=job.save, hang_timeout_s=self.hang_timeout_s, planner=planner)
-        for actor_id, plan in zip(ids, self.selection.actors):
-            supervisor.spawn(actor_id, plan, self.actor_env)
+        now = time.monotonic()
+        for identity, hello in pool.take_hellos():
+            await self._send(pool.router, core.handle(identity, hello, now))
         return core
 
-    async def _serve(self, router: zmq.asyncio.Socket, core: TrainingRun, supervisor: Supervisor) -> None:
+    async def _serve(self, core: TrainingRun) -> None:
         started = time.monotonic()
         while core.state not in ("done", "failed"):
-            await self._pump(router, core, supervisor, int(TICK_S * 1000))
+            await self._pump(core, int(TICK_S * 1000))
             core.check_liveness(time.monotonic())
             if core.state == "gathering" and time.monotonic() - started > GATHER_TIMEOUT_S:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", time.monotonic())
             self._emit(core)
         if core.state == "failed":
-            await self._settle(router, core, supervisor)
-            raise JobFailed(self._failure_report(core, supervisor))
+            await self._settle(core)
+            raise JobFailed(self._failure_report(core))
 
-    async def _settle(self, router, core: TrainingRun, supervisor: Supervisor) -> None:
+    async def _settle(self, core: TrainingRun) -> None:
         """Give a root cause a moment to surface: a crash elsewhere often shows first as a
         peer's collective error, and the process exit follows a few milliseconds later."""
         deadline = time.monotonic() + SETTLE_S
         while time.monotonic() < deadline and not core.lost:
-            await self._pump(router, core, supervisor, 20)
+            await self._pump(core, 20)
 
-    async def _pump(self, router: zmq.asyncio.Socket, core: TrainingRun, supervisor: Supervisor,
-                    wait_ms: int) -> None:
+    async def _pump(self, core: TrainingRun, wait_ms: int) -> None:
         """Feed the core at most one message (waiting up to ``wait_ms``) and every process exit."""
+        router, supervisor = self.pool.router, self.pool.supervisor
         if await router.poll(wait_ms):
             frames = await router.recv_multipart()
             try:
@@ -165,19 +270,20 @@ class JobRunner:
         for event in events:
             self.on_event(event)
 
-    async def _shutdown(self, router: zmq.asyncio.Socket, core: TrainingRun) -> None:
-        bye = protocol.encode(Shutdown(reason="job over"))
+    async def _release(self, core: TrainingRun) -> None:
+        """The job is over: its actors go back to the pool, and say hello when they are ready."""
+        bye = protocol.encode(Release(job_id=core.job.job_id))
         for identity in core.identities():
             try:
-                await router.send_multipart([identity, bye], flags=zmq.NOBLOCK)
+                await self.pool.router.send_multipart([identity, bye], flags=zmq.NOBLOCK)
             except zmq.ZMQError:
-                pass  # the actor is gone already; the supervisor reaps it
+                pass  # the actor is gone already; the pool restarts it
 
-    def _failure_report(self, core: TrainingRun, supervisor: Supervisor) -> str:
+    def _failure_report(self, core: TrainingRun) -> str:
         lines = [core.failure or "job failed"]
-        pids = supervisor.pids()
+        pids = self.pool.supervisor.pids()
         for rank, (actor_id, plan) in enumerate(zip(core.actor_ids, self.selection.actors)):
             how = core.lost.get(rank, "running")
             lines.append(f"  rank {rank}  {plan.device}  pid {pids.get(actor_id)}  {how}")
-            lines.extend(f"    | {line[:200]}" for line in supervisor.log_tail(actor_id, 4))
+            lines.extend(f"    | {line[:200]}" for line in self.pool.supervisor.log_tail(actor_id, 4))
         return "\n".join(lines)

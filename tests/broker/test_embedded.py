@@ -107,3 +107,22 @@ def test_submitting_outside_the_block_is_a_clear_error():
 def test_public_names_are_exported_sorted():
     assert leptonrt.__all__ == sorted(leptonrt.__all__)
     assert all(hasattr(leptonrt, name) for name in leptonrt.__all__)
+
+
+def test_actors_stay_up_between_jobs_and_the_snapshot_shows_them(no_leftovers):
+    async def main():
+        async with Broker(gpus="none", cpu_actors=2) as broker:
+            first = await broker.submit(SMALL)
+            one = await first.result()
+            second = await broker.submit(SMALL)
+            two = await second.result()
+            while any(a.state != "idle" for a in broker.snapshot().actors):   # they say hello again
+                await asyncio.sleep(0.05)
+            return one, two, broker.snapshot()
+
+    one, two, snap = run("asyncio", main)
+    assert [a["pid"] for a in one["actors"]] == [a["pid"] for a in two["actors"]]   # the same processes
+    assert [a.pid for a in snap.actors] == [a["pid"] for a in two["actors"]]
+    assert [a.state for a in snap.actors] == ["idle", "idle"] and snap.job is None
+    assert snap.jobs_done == 2 and any("job 2 finished" in e.text for e in snap.events)
+    assert one["test_accuracy"] == two["test_accuracy"]   # same job, same seed, same answer
