@@ -2,8 +2,10 @@
 
 from .broker.embedded import Broker, BrokerClosed, Job
 from .broker.run import EpochEvent, SplitChanged
+from .broker.stats import Snapshot
+from .client import RemoteBroker, RemoteJob, RemoteJobFailed, connect
 from .config import TrainJob
-from .errors import (ConfigError, DataError, InternalError, JobFailed, LeptonError, NoDeviceError,
+from .errors import (ConfigError, DataError, InternalError, Interrupted, JobFailed, LeptonError, NoDeviceError,
                      ProtocolError, UsageError)
 
 __all__ = [
@@ -13,13 +15,19 @@ __all__ = [
     "DataError",
     "EpochEvent",
     "InternalError",
+    "Interrupted",
     "Job",
     "JobFailed",
     "LeptonError",
     "NoDeviceError",
     "ProtocolError",
+    "RemoteBroker",
+    "RemoteJob",
+    "RemoteJobFailed",
+    "Snapshot",
     "SplitChanged",
     "TrainJob",
     "UsageError",
+    "connect",
 ]
 __version__ = "0.1.0"

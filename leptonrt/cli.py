@@ -53,12 +53,32 @@ def _add_train(sub) -> None:
     p.add_argument("--hang-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="fail the job when a running actor sends nothing for this long")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--connect", default=None, metavar="ADDR",
+                   help="submit to the broker at ADDR (default: the one `leptonrt up` serves, if any; else run here)")
+
+
+def _add_service(sub) -> None:
+    p = sub.add_parser("up", help="start the broker and one actor per device, and serve jobs until stopped")
+    p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
+    p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
+    p.add_argument("--listen", default=None, metavar="ADDR",
+                   help="ipc://PATH or tcp://HOST:PORT (default: ipc:// in your private runtime directory)")
+    p.add_argument("--no-tui", action="store_true", help="print a plain status line every few seconds instead")
+    p.add_argument("--hang-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="fail a job when a running actor sends nothing for this long")
+    p = sub.add_parser("top", help="show the live view of a running broker")
+    p.add_argument("--connect", default=None, metavar="ADDR")
+    p.add_argument("--no-tui", action="store_true", help="plain status lines instead of the live view")
+    p = sub.add_parser("status", help="print one snapshot of a running broker and exit")
+    p.add_argument("--connect", default=None, metavar="ADDR")
+    p.add_argument("--json", action="store_true", help="the snapshot as JSON")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leptonrt", description="exact synchronous data-parallel training across every device you have")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_service(sub)
     return parser
 
 
@@ -108,28 +128,159 @@ def _write_json(path: str, result: dict) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .broker.run import EpochEvent
-    from .broker.server import JobRunner
+    from .broker.address import check_address, default_address, ipc_path, token
+    from .broker.service import probe
     if args.cpu_actors is not None and args.cpu_actors < 0:
         raise UsageError(f"--cpu-actors must be 0 or more, got {args.cpu_actors}")
+    if not args.hang_timeout > 0:
+        raise ConfigError(f"--hang-timeout must be positive, got {args.hang_timeout}")
     job = _job_from(args)
-    label = describe_slowdowns(job)
+    address = args.connect
+    if address is not None:
+        check_address(address)
+    else:   # a running `leptonrt up` takes the job; otherwise it runs here
+        default = default_address()
+        if ipc_path(default).exists() and run_async(probe(default, token())) is not None:
+            address = default
+    if address is not None:
+        return _train_remote(args, job, address)
+    return _train_here(args, job)
+
+
+def _on_epoch(args: argparse.Namespace, label: str):
+    from .broker.run import EpochEvent
 
     def on_event(event) -> None:
         if isinstance(event, EpochEvent) and not args.quiet:
             print(format_epoch(event, label), flush=True)
+    return on_event
 
-    if not args.hang_timeout > 0:
-        raise ConfigError(f"--hang-timeout must be positive, got {args.hang_timeout}")
-    runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=on_event,
-                       hang_timeout_s=args.hang_timeout)
-    for note in runner.notes:
-        print(f"leptonrt: {note}", file=sys.stderr)
-    result = run_async(runner.run())
+
+def _report(args: argparse.Namespace, result: dict, label: str) -> int:
     if args.json_out:
         _write_json(args.json_out, result)
     print(f"done: test_acc {result['test_accuracy']:.4f}  steps {result['steps']}  rebalances {result['rebalances']}  "
           f"wall {result['wall_s']:.1f}s  samples/s {result['samples_per_s'] or 0:,.0f}{label}")
+    return 0
+
+
+def _train_here(args: argparse.Namespace, job: TrainJob) -> int:
+    from .broker.server import JobRunner
+    label = describe_slowdowns(job)
+    runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=_on_epoch(args, label),
+                       hang_timeout_s=args.hang_timeout)
+    for note in runner.notes:
+        print(f"leptonrt: {note}", file=sys.stderr)
+    return _report(args, run_async(runner.run()), label)
+
+
+def _train_remote(args: argparse.Namespace, job: TrainJob, address: str) -> int:
+    from .client import connect
+    label = describe_slowdowns(job)
+    on_event = _on_epoch(args, label)
+
+    async def submit_and_follow() -> dict:
+        async with connect(address) as broker:
+            remote = await broker.submit(job)
+            print(f"leptonrt: job {remote.id} submitted to {address}"
+                  + (f" ({remote.ahead} ahead of it)" if remote.ahead else ""), file=sys.stderr)
+            try:
+                async for event in remote.events():
+                    on_event(event)
+                return await remote.result()
+            except asyncio.CancelledError:
+                print(f"leptonrt: detached; job {remote.id} goes on at {address}", file=sys.stderr)
+                raise
+    return _report(args, run_async(submit_and_follow()), label)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from .broker.address import check_listen, default_address, token
+    if args.cpu_actors is not None and args.cpu_actors < 0:
+        raise UsageError(f"--cpu-actors must be 0 or more, got {args.cpu_actors}")
+    if not args.hang_timeout > 0:
+        raise ConfigError(f"--hang-timeout must be positive, got {args.hang_timeout}")
+    address, secret = args.listen or default_address(), token()
+    check_listen(address, secret)
+    return run_async(_up(args, address, secret))
+
+
+async def _up(args: argparse.Namespace, address: str, secret: str) -> int:
+    import signal
+
+    from .broker.embedded import Broker
+    from .broker.service import Service
+    from .view import watch
+    loop, main_task = asyncio.get_running_loop(), asyncio.current_task()
+    stop, seen = asyncio.Event(), []
+    broker = Broker(args.gpus, args.cpu_actors, hang_timeout_s=args.hang_timeout, address=address)
+    for note in broker.notes:
+        print(f"leptonrt: {note}", file=sys.stderr)
+
+    def on_signal(code: int) -> None:
+        seen.append(code)
+        if len(seen) == 1:   # the first: take no more jobs, end the running one at a step boundary
+            broker.stop_accepting()
+            stop.set()
+        else:                # the second: now
+            main_task.cancel()
+
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        loop.add_signal_handler(signum, on_signal, code)
+    try:
+        async with broker, Service(broker, address, secret):
+            print(f"leptonrt: serving at {address} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            view = asyncio.create_task(watch(broker.snapshot, stop=stop, plain=True if args.no_tui else None))
+            try:
+                await stop.wait()
+                print("leptonrt: stopping (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+                await broker.drain()
+            finally:
+                stop.set()
+                await asyncio.wait({view})
+    except asyncio.CancelledError:
+        pass
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return seen[0] if seen else 0
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    return run_async(_top(args))
+
+
+async def _top(args: argparse.Namespace) -> int:
+    import signal
+
+    from .client import connect
+    from .view import watch
+    loop, stop, seen = asyncio.get_running_loop(), asyncio.Event(), []
+    for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        loop.add_signal_handler(signum, lambda c=code: (seen.append(c), stop.set()))
+    try:
+        async with connect(args.connect) as broker:
+            await watch(broker.status, stop=stop, plain=True if args.no_tui else None)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return seen[0] if seen else 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .client import connect
+
+    async def once():
+        async with connect(args.connect) as broker:
+            return await broker.status()
+    snapshot = run_async(once())
+    if args.json:
+        print(json.dumps(snapshot.to_dict(), indent=2))
+    else:
+        from rich.console import Console
+
+        from .view import render
+        Console().print(render(snapshot))
     return 0
 
 
@@ -147,7 +298,8 @@ def run_async(coro):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"train": _cmd_train}[args.command](args)
+        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status}
+        return commands[args.command](args)
     except LeptonError as exc:
         print(f"leptonrt: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -36,6 +36,42 @@ class TrainJob:
         """Whether the planner may resize shares during this job."""
         return self.rebalance and self.split is None
 
+    def to_dict(self) -> dict:
+        """The fields as plain JSON data (what a client sends to a running broker)."""
+        from dataclasses import asdict
+        out = asdict(self)
+        out["hidden"] = list(self.hidden)
+        out["split"] = list(self.split) if self.split is not None else None
+        out["slowdowns"] = [list(s) for s in self.slowdowns]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object) -> "TrainJob":
+        """A job from JSON data sent by a client; anything malformed is a ConfigError."""
+        if not isinstance(data, dict):
+            raise ConfigError("a job must be a JSON object")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown job setting(s): {', '.join(map(str, unknown))}")
+        kinds = {"dataset": str, "epochs": int, "batch_size": int, "lr": (int, float), "optimizer": str,
+                 "momentum": (int, float), "weight_decay": (int, float), "precision": str, "seed": int,
+                 "test_fraction": (int, float), "rebalance": bool, "align": int, "save": (str, type(None))}
+        for name, kind in kinds.items():
+            if name in data and (not isinstance(data[name], kind) or (kind is int and isinstance(data[name], bool))):
+                raise ConfigError(f"job setting {name} has the wrong type: {data[name]!r}")
+        try:
+            fields = dict(data)
+            if "hidden" in fields:
+                fields["hidden"] = tuple(int(h) for h in fields["hidden"])
+            if fields.get("split") is not None:
+                fields["split"] = tuple(float(v) for v in fields["split"])
+            if "slowdowns" in fields:
+                fields["slowdowns"] = tuple((int(r), float(f), int(a), None if b is None else int(b))
+                                            for r, f, a, b in fields["slowdowns"])
+            return cls(**fields)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed job: {exc}") from None
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
         object.__setattr__(self, "slowdowns", tuple(tuple(s) for s in self.slowdowns))

@@ -9,6 +9,7 @@
     ├── NoDeviceError     (69)   nothing to connect to, or no device to run on
     ├── ProtocolError     (70)   a peer sent a message that is not valid (its fault)
     ├── JobFailed         (1)    training started but could not finish
+    ├── Interrupted       (130)  stopped on request at a step boundary
     └── InternalError     (70)   a bug of ours, or a dependency broke
 
 A ``ProtocolError`` is about bytes that came from outside; an ``InternalError`` means
@@ -65,3 +66,9 @@ class InternalError(LeptonError):
     """A bug of ours: a state transition we never meant to allow."""
 
     exit_code = 70
+
+
+class Interrupted(LeptonError):
+    """Stopped on request (Ctrl-C, SIGTERM, a closing broker) at a step boundary."""
+
+    exit_code = 130

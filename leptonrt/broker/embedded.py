@@ -162,6 +162,7 @@ class Broker:
         try:
             self._runner = JobRunner(job.spec, pool=self.pool, on_event=on_event, hang_timeout_s=self.hang_timeout_s)
             result = await self._runner.run()
+            result.update(job_id=job.id, started_at=job.started_at, finished_at=time.time())
             job._finish("done", result)
             self._log(f"job {job.id} finished: test_acc {result['test_accuracy']:.4f}")
         except asyncio.CancelledError:
@@ -241,6 +242,19 @@ class Broker:
         """Refuse new jobs from now on (the first Ctrl-C of `up`)."""
         self.accepting = False
         self._log("stopping: no new jobs")
+
+    async def drain(self, timeout_s: float = 15.0) -> None:
+        """End the running job at a step boundary (it fails with ``Interrupted``) and wait
+        for it, at most ``timeout_s``; queued jobs stay queued until ``aclose``."""
+        job, runner = self._running, self._runner
+        if job is None or runner is None:
+            return
+        runner.interrupt()
+        self._log(f"job {job.id}: stopping at a step boundary")
+        try:
+            await asyncio.wait_for(asyncio.shield(job._result), timeout_s)
+        except (asyncio.TimeoutError, LeptonError):
+            pass
 
     async def aclose(self) -> None:
         """Stop: the running job is cancelled (its actors stopped, its memory freed), queued

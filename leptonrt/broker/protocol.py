@@ -218,8 +218,55 @@ class Shutdown:
     reason: str = _field(max_len=1024)  # why, for the log
 
 
+# --- clients (``leptonrt train``, ``top``, ``status``, ``leptonrt.connect``) -> the service ---
+
+_JSON_MAX = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Client -> service: queue a job; its updates come back on this connection."""
+    token: str = _field(max_len=256)  # the shared secret when the service requires one; may be empty
+    job_json: str = _field(min_len=2, max_len=65536)  # the TrainJob's fields as a JSON object
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Service -> client: the job is queued."""
+    job_id: int = _field(min=1)  # the broker's id for the job
+    ahead: int = _field(min=0)  # jobs queued or running before it
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Service -> client: the request was refused."""
+    message: str = _field(max_len=4096)  # why, for the user
+    exit_code: int = _field(min=1, max=255)  # the exit code the client should end with
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """Service -> client: something happened to a submitted job."""
+    job_id: int = _field(min=1)
+    kind: str = _field(choices=frozenset({"epoch", "split", "finished", "failed"}))
+    data_json: str = _field(max_len=_JSON_MAX)  # the event's fields, or the result, as a JSON object
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """Client -> service: send me a statistics snapshot."""
+    token: str = _field(max_len=256)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    """Service -> client: the broker's latest statistics snapshot."""
+    snapshot_json: str = _field(max_len=_JSON_MAX)
+
+
 Message = Union[
-    Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, Release, Shutdown
+    Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, Release, Shutdown,
+    Submit, Accepted, Rejected, JobUpdate, StatusRequest, StatusReply,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}
 

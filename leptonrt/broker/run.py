@@ -88,6 +88,7 @@ class TrainingRun:
     state: str = "gathering"
     events: list = field(default_factory=list)
     bad_messages: int = 0
+    interrupted: bool = False       # grant nothing more: the run is being stopped at a step boundary
     problems: list = field(default_factory=list)   # every failure seen: lost processes first, then in order
     lost: dict = field(default_factory=dict)       # rank -> how its process ended, if it did early
 
@@ -256,8 +257,16 @@ class TrainingRun:
         """The split in effect at global ``step``."""
         return next(split for first, split in reversed(self.split_history) if first <= step)
 
+    def interrupt(self) -> None:
+        """Grant no further steps; the actors stop at the end of what they hold."""
+        self.interrupted = True
+
+    def drained(self) -> bool:
+        """Every actor has trained every step it was granted (only meaningful once interrupted)."""
+        return self.state == "running" and self.committed() + 1 >= self._granted
+
     def _grant_more(self, force: bool = False) -> list[Out]:
-        if self.state != "running" or self._granted >= self.total_steps:
+        if self.state != "running" or self.interrupted or self._granted >= self.total_steps:
             return []
         window = self.window()
         # with a planner the window is short (a new split waits behind it), so keep it topped

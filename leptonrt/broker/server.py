@@ -24,7 +24,7 @@ from ..actors.spawn import Supervisor
 from ..config import TrainJob
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
-from ..errors import ConfigError, JobFailed, ProtocolError
+from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError
 from . import protocol
 from .plan import even_split, split_from_fractions, steps_per_epoch
 from .planner import Planner, PlannerConfig
@@ -209,6 +209,11 @@ class JobRunner:
                 else:
                     await self._release(self.core)
 
+    def interrupt(self) -> None:
+        """Stop the job at the next step boundary every actor reaches (run() then raises Interrupted)."""
+        if self.core is not None:
+            self.core.interrupt()
+
     async def _start(self) -> TrainingRun:
         job, pool = self.job, self.pool
         data = await asyncio.to_thread(pool.cache.get, job.dataset, seed=job.seed, test_fraction=job.test_fraction)
@@ -234,6 +239,9 @@ class JobRunner:
             if core.state == "gathering" and time.monotonic() - started > GATHER_TIMEOUT_S:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", time.monotonic())
             self._emit(core)
+            if core.interrupted and core.drained():
+                raise Interrupted(f"interrupted: stopped after step {core.committed()} "
+                                  f"of {core.total_steps} (at a step boundary)")
         if core.state == "failed":
             await self._settle(core)
             raise JobFailed(self._failure_report(core))

@@ -1,0 +1,215 @@
+"""``leptonrt.connect``: the embedded Broker's interface, against a running ``leptonrt up``.
+
+    async with leptonrt.connect() as broker:          # the default address, or connect(ADDR)
+        job = await broker.submit(leptonrt.TrainJob(dataset="digits", epochs=5))
+        async for event in job.events():
+            ...
+        result = await job.result()
+
+One DEALER socket carries everything; a reader task sorts replies and job updates. A
+broker that stops answering is noticed by a status probe within a few seconds, and every
+waiting call then raises ``NoDeviceError`` instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import AsyncIterator
+
+import zmq
+import zmq.asyncio
+
+from .broker import protocol
+from .broker.address import check_address, default_address, token
+from .broker.protocol import Accepted, JobUpdate, Rejected, StatusReply, StatusRequest, Submit
+from .broker.run import EpochEvent, SplitChanged
+from .broker.stats import Snapshot
+from .config import TrainJob
+from .errors import LeptonError, NoDeviceError, ProtocolError
+
+SILENCE_S = 2.0   # probe a quiet broker this often...
+DEAD_S = 6.0      # ...and give up on it after this long without a word
+_DONE = object()
+
+
+class RemoteJobFailed(LeptonError):
+    """A job submitted to a running broker failed there; carries the broker's exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class RemoteJob:
+    """A job on a running broker: follow its events, await its result."""
+
+    def __init__(self, job_id: int, ahead: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.id, self.ahead = job_id, ahead
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._result: asyncio.Future = loop.create_future()
+
+    def _update(self, msg: JobUpdate) -> None:
+        data = json.loads(msg.data_json)
+        if msg.kind == "epoch":
+            data["shares"] = tuple(data["shares"])
+            self._events.put_nowait(EpochEvent(**data))
+        elif msg.kind == "split":
+            data["split"] = tuple(data["split"])
+            self._events.put_nowait(SplitChanged(**data))
+        elif msg.kind == "finished":
+            self._end(result=data)
+        else:
+            self._end(error=RemoteJobFailed(data.get("message", "job failed"), int(data.get("exit_code", 1))))
+
+    def _end(self, result: dict | None = None, error: BaseException | None = None) -> None:
+        if not self._result.done():
+            self._result.set_exception(error) if error is not None else self._result.set_result(result)
+            self._events.put_nowait(_DONE)
+
+    async def events(self) -> AsyncIterator[object]:
+        while (event := await self._events.get()) is not _DONE:
+            yield event
+
+    async def result(self) -> dict:
+        return await asyncio.shield(self._result)
+
+
+class RemoteBroker:
+    """A connection to a running broker's service socket."""
+
+    def __init__(self, address: str | None = None, secret: str | None = None) -> None:
+        self.address = address or default_address()
+        check_address(self.address)
+        self.secret = token() if secret is None else secret
+        self._jobs: dict[int, RemoteJob] = {}
+        self._replies: asyncio.Queue = asyncio.Queue()   # Accepted / Rejected, in request order
+        self._status: list[asyncio.Future] = []
+        self._reader: asyncio.Task | None = None
+        self._heard = time.monotonic()
+        self._dead: LeptonError | None = None
+        self._submitting = 0
+        self._early: dict[int, list[JobUpdate]] = {}   # updates that beat their Accepted to us
+
+    async def __aenter__(self) -> "RemoteBroker":
+        self.ctx = zmq.asyncio.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        self.sock.connect(self.address)
+        self._reader = asyncio.get_running_loop().create_task(self._read(), name="leptonrt-client")
+        try:
+            await self.status()   # fail now, clearly, if nobody is there
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.wait({self._reader})
+            self._reader = None
+            self.sock.close(linger=0)
+            self.ctx.term()
+
+    async def status(self) -> Snapshot:
+        """The broker's current statistics snapshot."""
+        self._check()
+        future = asyncio.get_running_loop().create_future()
+        self._status.append(future)
+        await self.sock.send(protocol.encode(StatusRequest(token=self.secret)))
+        return Snapshot.from_dict(await future)
+
+    async def submit(self, spec: TrainJob) -> RemoteJob:
+        """Queue a job on the broker."""
+        self._check()
+        self._submitting += 1
+        try:
+            await self.sock.send(protocol.encode(Submit(token=self.secret, job_json=json.dumps(spec.to_dict()))))
+            reply = await self._replies.get()
+        finally:
+            self._submitting -= 1
+        if isinstance(reply, LeptonError):
+            raise reply
+        if isinstance(reply, Rejected):
+            raise RemoteJobFailed(reply.message, reply.exit_code)
+        job = RemoteJob(reply.job_id, reply.ahead, asyncio.get_running_loop())
+        self._jobs[job.id] = job
+        for update in self._early.pop(job.id, []):
+            job._update(update)
+        return job
+
+    def _check(self) -> None:
+        if self._dead is not None:
+            raise self._dead
+
+    async def _read(self) -> None:
+        probe_sent = 0.0
+        try:
+            while True:
+                if await self.sock.poll(int(SILENCE_S * 1000 / 2)):
+                    frame = await self.sock.recv()
+                    self._heard = time.monotonic()
+                    try:
+                        msg = protocol.decode(frame)
+                    except ProtocolError:
+                        continue
+                    self._dispatch(msg)
+                    continue
+                now = time.monotonic()
+                if not (self._status or self._submitting or any(not j._result.done() for j in self._jobs.values())):
+                    self._heard = now   # nothing is waiting on the broker: silence means nothing
+                    continue
+                quiet = now - self._heard
+                if quiet > DEAD_S:
+                    break
+                if quiet > SILENCE_S and now - probe_sent > SILENCE_S:
+                    probe_sent = now
+                    await self.sock.send(protocol.encode(StatusRequest(token=self.secret)))
+                    self._status.append(asyncio.get_running_loop().create_future())   # a probe nobody awaits
+        finally:
+            self._fail_all(NoDeviceError(f"no leptonrt broker is answering at {self.address}"))
+
+    def _dispatch(self, msg: protocol.Message) -> None:
+        if isinstance(msg, StatusReply):
+            while self._status:
+                future = self._status.pop(0)
+                if not future.done():
+                    future.set_result(json.loads(msg.snapshot_json))
+                    break
+        elif isinstance(msg, Accepted):
+            self._replies.put_nowait(msg)
+        elif isinstance(msg, Rejected):
+            if self._status and not self._submitting:   # a refused status request
+                future = self._status.pop(0)
+                if not future.done():
+                    future.set_exception(RemoteJobFailed(msg.message, msg.exit_code))
+            else:
+                self._replies.put_nowait(msg)
+        elif isinstance(msg, JobUpdate):
+            job = self._jobs.get(msg.job_id)
+            if job is None:
+                self._early.setdefault(msg.job_id, []).append(msg)
+            else:
+                job._update(msg)
+
+    def _fail_all(self, error: LeptonError) -> None:
+        self._dead = error
+        for future in self._status:
+            if not future.done():
+                future.set_exception(error)
+                future.exception()   # probes nobody awaits must not warn
+        self._status.clear()
+        for job in self._jobs.values():
+            job._end(error=error)
+        self._replies.put_nowait(error)
+
+
+def connect(address: str | None = None, secret: str | None = None) -> RemoteBroker:
+    """``async with leptonrt.connect(ADDR) as broker``: submit/events/result on a running `up`."""
+    return RemoteBroker(address, secret)

@@ -1,0 +1,134 @@
+"""`leptonrt up` as a service: the live view under a terminal, signals, job submission."""
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import actor_processes
+
+pytestmark = pytest.mark.process
+
+
+def _env(runtime, **extra):
+    env = dict(os.environ, LEPTONRT_RUNTIME_DIR=str(runtime), **extra)
+    env.pop("LEPTONRT_TOKEN", None)
+    env.pop("NO_COLOR", None)
+    return env
+
+
+def _status(runtime, timeout=60):
+    """The running broker's snapshot, once it answers and every actor is idle."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-m", "leptonrt", "status", "--json"], capture_output=True,
+                             text=True, env=_env(runtime), timeout=60)
+        if out.returncode == 0:
+            snap = json.loads(out.stdout)
+            if snap["actors"] and all(a["state"] == "idle" for a in snap["actors"]):
+                return snap
+    raise AssertionError(f"the broker never answered with idle actors: {out.stderr}")
+
+
+def _read_until(fd, needles, timeout=60):
+    """Terminal output until every needle has shown up."""
+    seen, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline and not all(n.encode() in seen for n in needles):
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:
+                break
+    return seen.decode(errors="replace")
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_up_in_a_terminal_shows_the_actors_and_leaves_nothing_on_a_signal(tmp_path, no_leftovers, signum, code):
+    runtime = tmp_path / "rt"
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "up", "--gpus", "none", "--cpu-actors", "2"],
+                            stdin=secondary, stdout=secondary, stderr=secondary, env=_env(runtime, COLUMNS="120"),
+                            start_new_session=True)
+    os.close(secondary)
+    try:
+        snap = _status(runtime)
+        pids = [str(a["pid"]) for a in snap["actors"]]
+        screen = _read_until(primary, ["rank", "idle", *pids])
+        assert all(pid in screen for pid in pids) and "cpu" in screen, screen[-2000:]
+        assert (runtime / "broker.sock").exists()
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(primary)
+    assert not (runtime / "broker.sock").exists()
+    assert not [p for p in actor_processes() if str(p) in pids]
+
+
+@pytest.fixture
+def running_up(tmp_path):
+    runtime = tmp_path / "rt"
+    proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "up", "--gpus", "none", "--cpu-actors", "2", "--no-tui"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(runtime))
+    try:
+        _status(runtime)
+        yield runtime
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 130, proc.stderr.read().decode()
+
+
+def test_two_jobs_submitted_at_once_to_a_running_up_both_finish_in_order(no_leftovers, running_up, tmp_path):
+    env = _env(running_up)
+    args = ["--dataset", "synthetic:2000,16,3", "--hidden", "16", "--batch-size", "64", "--quiet"]
+    outs = [tmp_path / "one.json", tmp_path / "two.json"]
+    first = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", *args, "--epochs", "3", "--json-out", outs[0]],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(0.5)   # only to fix which of the two is submitted first
+    second = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", *args, "--epochs", "2", "--json-out", outs[1]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for proc in (first, second):
+        _out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        assert "submitted to ipc://" in err   # it went to the broker, not to an embedded one
+    one, two = (json.loads(p.read_text()) for p in outs)
+    assert one["job_id"] < two["job_id"]
+    assert one["finished_at"] <= two["started_at"]   # queued behind the first, not run alongside
+    assert one["epochs"] == 3 and two["epochs"] == 2
+    # the same actor processes ran both
+    assert [a["pid"] for a in one["actors"]] == [a["pid"] for a in two["actors"]]
+
+
+def test_a_bad_job_is_refused_with_its_exit_code_and_the_broker_goes_on(no_leftovers, running_up, leptonrt_cli):
+    bad = leptonrt_cli("train", "--dataset", "npz:/nonexistent.npz", "--epochs", "1", env=_env(running_up))
+    assert bad.returncode == 66 and "nonexistent" in bad.stderr and "Traceback" not in bad.stderr
+    good = leptonrt_cli("train", "--dataset", "synthetic:500,8,3", "--epochs", "1", "--quiet", env=_env(running_up))
+    assert good.returncode == 0, good.stderr
+
+
+def test_nothing_listening_is_a_clear_error(tmp_path, leptonrt_cli):
+    env = _env(tmp_path / "rt")
+    for command in (["status"], ["status", "--json"], ["train", "--connect", f"ipc://{tmp_path}/none.sock"]):
+        out = leptonrt_cli(*command, env=env)
+        assert out.returncode == 69, out.stderr
+        assert "no leptonrt broker is answering" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_listening_beyond_loopback_needs_a_token(tmp_path, leptonrt_cli):
+    out = leptonrt_cli("up", "--gpus", "none", "--cpu-actors", "1", "--listen", "tcp://0.0.0.0:5999",
+                       env=_env(tmp_path / "rt"))
+    assert out.returncode == 78 and "LEPTONRT_TOKEN" in out.stderr
