@@ -50,8 +50,9 @@ def _add_train(sub) -> None:
                    help="SIMULATE a straggler: that rank waits (FACTOR-1) x its compute time each step (tests, benchmarks)")
     p.add_argument("--save", default=None, help="write the final weights here (safetensors)")
     p.add_argument("--json-out", default=None, help="write the final result here (JSON)")
-    p.add_argument("--hang-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="fail the job when a running actor sends nothing for this long")
+    p.add_argument("--hang-timeout", type=float, default=3.0, metavar="SECONDS",
+                   help="take a running actor that sends nothing for this long for hung (default 3; "
+                        "stretched to 3 steps when a step takes longer)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.add_argument("--connect", default=None, metavar="ADDR",
                    help="submit to the broker at ADDR (default: the one `leptonrt up` serves, if any; else run here)")
@@ -64,8 +65,8 @@ def _add_service(sub) -> None:
     p.add_argument("--listen", default=None, metavar="ADDR",
                    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// in your private runtime directory)")
     p.add_argument("--no-tui", action="store_true", help="print a plain status line every few seconds instead")
-    p.add_argument("--hang-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="fail a job when a running actor sends nothing for this long")
+    p.add_argument("--hang-timeout", type=float, default=3.0, metavar="SECONDS",
+                   help="take a running actor that sends nothing for this long for hung (default 3)")
     p = sub.add_parser("top", help="show the live view of a running broker")
     p.add_argument("--connect", default=None, metavar="ADDR")
     p.add_argument("--no-tui", action="store_true", help="plain status lines instead of the live view")

@@ -21,7 +21,7 @@ import torch
 from ..broker.plan import batch_rows, epoch_permutation, piece
 from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
                                Release, Shutdown, StepStat, Stop, Welcome)
-from ..data.shm import SegmentReader
+from ..data.shm import SegmentReader, remove_segments_of
 from ..nn.model import build_mlp
 from ..nn.step import FusedStep, StepTimer, evaluate
 from .faults import Injector
@@ -31,7 +31,6 @@ IDLE_POLL_MS = 200           # how often an idle actor checks that its broker is
 FLUSH_EVERY_STEPS = 64       # batch step reports so the control plane stays cheap...
 FLUSH_EVERY_S = 0.01        # ...yet fresh enough for the broker to plan and grant ahead
 FLUSH_ALONE_S = 0.05        # a lone actor has nothing to rebalance: report less often
-COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 
 
 @dataclass
@@ -49,14 +48,23 @@ class BrokerGone(Exception):
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to kill us when the broker dies, so no actor outlives it."""
+    """Ask Linux for SIGTERM when the broker dies, so no actor outlives it; the handler
+    also removes the dead broker's shared memory, which it could not remove itself."""
+
+    def on_term(_signum, _frame) -> None:
+        if parent_pid and os.getppid() != parent_pid:
+            remove_segments_of(parent_pid)   # the broker that just died could not
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
     if sys.platform.startswith("linux"):
         import ctypes
         try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except OSError:
             pass
     if parent_pid and os.getppid() != parent_pid:
+        remove_segments_of(parent_pid)
         os._exit(3)  # the broker died before we could ask
 
 
@@ -105,10 +113,13 @@ class Actor:
             return
         import torch.distributed as dist
         host, port = self.w.rendezvous.removeprefix("tcp://").rsplit(":", 1)
-        store = dist.TCPStore(host, int(port), self.w.world_size, is_master=False, timeout=COLLECTIVE_TIMEOUT)
+        # leptonrt's bound, never torch's defaults (up to 30 minutes): a dead peer must not
+        # keep the survivors waiting longer than the broker takes to notice it
+        timeout = timedelta(seconds=self.w.collective_timeout_s)
+        store = dist.TCPStore(host, int(port), self.w.world_size, is_master=False, timeout=timeout)
         store = dist.PrefixStore(f"job{self.job.job_id}", store)
         dist.init_process_group(self.w.backend, store=store, rank=self.rank, world_size=self.w.world_size,
-                                timeout=COLLECTIVE_TIMEOUT)
+                                timeout=timeout)
         self.dist = dist
 
     def _allreduce_fn(self):
@@ -231,11 +242,16 @@ class Actor:
         return next((s.factor for s in self.job.slowdowns if s.rank == self.rank and s.from_step <= g
                      and (s.to_step is None or g < s.to_step)), 1.0)
 
+    def _heartbeat(self) -> None:
+        """Proof of life from the step loop while it does long work that sends nothing else."""
+        self.link.send(Heartbeat(rank=self.rank, step=max(self.pending[-1][0] if self.pending else 0, 0)))
+
     def _end_epoch(self, epoch: int, seconds: float) -> None:
         train_loss = self.step.take_loss_sum() / self.n_train
         n_test, world = self.x_test.shape[0], self.w.world_size
         lo, hi = n_test * self.rank // world, n_test * (self.rank + 1) // world   # this rank's shard
-        loss, correct = evaluate(self.model, self.x_test[lo:hi], self.y_test[lo:hi], self.step.precision)
+        loss, correct = evaluate(self.model, self.x_test[lo:hi], self.y_test[lo:hi], self.step.precision,
+                                 between=self._heartbeat)
         # on the actor's device: NCCL reduces device tensors only
         totals = torch.tensor([loss, float(correct)], dtype=torch.float64, device=self.device)
         if self.dist is not None:

@@ -78,7 +78,7 @@ class Broker:
     """
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
-                 actor_env: dict[str, str] | None = None, hang_timeout_s: float = 30.0,
+                 actor_env: dict[str, str] | None = None, hang_timeout_s: float = 3.0,
                  address: str = "embedded") -> None:
         self.pool = ActorPool(gpus, cpu_actors, actor_env)   # device selection errors surface here
         self.hang_timeout_s, self.address = hang_timeout_s, address

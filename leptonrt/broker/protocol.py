@@ -129,6 +129,7 @@ class Welcome:
     steps_per_epoch: int = _field(min=1)  # global steps in one epoch
     threads: int = _field(min=1)  # CPU threads the actor should use
     backend: str = _field(choices=frozenset({"gloo", "nccl"}))  # torch.distributed backend of the group
+    collective_timeout_s: float = _field(min=0.1, max=3600.0)  # a collective waiting this long fails
 
     def check(self) -> None:
         """A rank must index into the world."""

@@ -83,7 +83,8 @@ class TrainingRun:
     window_s: float = 0.05          # grant roughly this much time of work ahead of the slowest actor
     max_window: int = 256           # ...but never more steps than this, nor fewer than min_window
     min_window: int = 4
-    hang_timeout_s: float = 30.0    # an actor silent this long while running is taken for hung
+    hang_timeout_s: float = 3.0     # an actor silent this long while running is taken for hung...
+    hang_steps: float = 3.0         # ...or this many times its longest recent step, if that is longer
     save_path: str | None = None
     state: str = "gathering"
     events: list = field(default_factory=list)
@@ -101,6 +102,7 @@ class TrainingRun:
         self._granted = 0
         self.split_history: list[tuple[int, list[int]]] = [(0, list(self.split))]
         self._step_s: float | None = None   # smoothed wall time of one step, for the window
+        self._longest_s = 0.0               # a decaying maximum of step times, for the hang bound
         self._epochs: list[EpochResult] = []
         self.started_at: float | None = None
         self.ended_at: float | None = None
@@ -126,12 +128,18 @@ class TrainingRun:
         """Fail the run if a running actor has gone silent (hung, stopped, or stuck)."""
         if self.state not in ("running", "stopping"):
             return
-        silent = [s for s in self._ranked() if s.finished is None and now - s.last_heard > self.hang_timeout_s]
+        bound = self.hang_bound()
+        silent = [s for s in self._ranked() if s.finished is None and now - s.last_heard > bound]
         if silent:
             # one hung actor silences the others too (they wait for it in the all-reduce),
             # so name every silent rank rather than guess which one started it
             names = ", ".join(f"{s.rank} ({now - s.last_heard:.1f} s)" for s in silent)
-            self._fail(f"rank(s) {names} sent nothing for over {self.hang_timeout_s:g} s: taken for hung", now)
+            self._fail(f"rank(s) {names} sent nothing for over {bound:.3g} s: taken for hung", now)
+
+    def hang_bound(self) -> float:
+        """Seconds of silence after which a running actor is taken for hung: the configured
+        bound, stretched only for steps that really take longer (a big model on a CPU)."""
+        return max(self.hang_timeout_s, self.hang_steps * self._longest_s)
 
     def actor_exited(self, actor_id: str, how: str, now: float) -> list[Out]:
         """A supervised process ended; before the job is done that fails the run."""
@@ -186,7 +194,8 @@ class TrainingRun:
     def _welcome(self, slot: _Slot) -> Welcome:
         return Welcome(rank=slot.rank, world_size=len(self._slots), rendezvous=self.rendezvous,
                        job=self.job, data=self.data, steps_per_epoch=self.steps_per_epoch,
-                       threads=slot.threads, backend=self._backend())
+                       threads=slot.threads, backend=self._backend(),
+                       collective_timeout_s=max(self.hang_timeout_s + 2.0, 5.0))
 
     def _backend(self) -> str:
         """NCCL when every actor is a GPU; gloo (which also takes CUDA tensors) for mixed groups."""
@@ -198,6 +207,7 @@ class TrainingRun:
             slot.last_step = max(slot.last_step, stat.step)
             slot.compute.append(stat.compute_s)
             self._step_s = stat.step_s if self._step_s is None else 0.8 * self._step_s + 0.2 * stat.step_s
+            self._longest_s = max(0.99 * self._longest_s, stat.step_s)
             if self.planner is not None:
                 self.planner.observe(slot.rank, stat.rows, stat.compute_s, now, stat.step_s)
         return self._rebalance(now) + self._grant_more() + self._maybe_stop()

@@ -174,7 +174,7 @@ class JobRunner:
 
     def __init__(self, job: TrainJob, *, gpus: str = "all", cpu_actors: int | None = None,
                  on_event: Callable[[object], None] | None = None, actor_env: dict[str, str] | None = None,
-                 hang_timeout_s: float = 30.0, pool: ActorPool | None = None) -> None:
+                 hang_timeout_s: float = 3.0, pool: ActorPool | None = None) -> None:
         self.job, self.on_event = job, on_event or (lambda _e: None)
         self.pool = pool
         self._own_pool = pool is None

@@ -58,6 +58,18 @@ def clean_stale() -> list[str]:
     return removed
 
 
+def remove_segments_of(pid: int) -> list[str]:
+    """Unlink every segment created by process ``pid`` (which the caller knows is dead,
+    even if it is still an unreaped zombie that ``clean_stale`` would take for alive)."""
+    removed = []
+    for path in shm_dir().glob(f"{PREFIX}{pid}x*"):
+        match = _NAME.match(path.name)
+        if match and int(match.group(1)) == pid:
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
 def list_segments(run_id: str | None = None) -> list[str]:
     """Names of leptonrt segments present now (of one run, or of all runs)."""
     stem = PREFIX + (f"{run_id}-" if run_id else "")

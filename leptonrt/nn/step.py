@@ -167,8 +167,10 @@ class StepTimer:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str, chunk: int = 8192) -> tuple[float, int]:
-    """(sum of per-sample losses, number correct) over ``x``; the caller averages globally."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str, chunk: int = 8192,
+             between: Callable[[], None] | None = None) -> tuple[float, int]:
+    """(sum of per-sample losses, number correct) over ``x``; the caller averages globally.
+    ``between`` runs after each chunk (the actor's heartbeat)."""
     device = next(model.parameters()).device
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     loss = torch.zeros((), device=device)
@@ -179,4 +181,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str,
             logits = model(xb)
         loss += F.cross_entropy(logits.float(), yb, reduction="sum")
         correct += (logits.argmax(dim=1) == yb).sum()
+        if between is not None:
+            between()
     return float(loss.item()), int(correct.item())  # host sync, once per evaluation

@@ -132,3 +132,23 @@ def test_listening_beyond_loopback_needs_a_token(tmp_path, leptonrt_cli):
     out = leptonrt_cli("up", "--gpus", "none", "--cpu-actors", "1", "--listen", "tcp://0.0.0.0:5999",
                        env=_env(tmp_path / "rt"))
     assert out.returncode == 78 and "LEPTONRT_TOKEN" in out.stderr
+
+
+def test_killing_the_broker_takes_its_actors_and_shared_memory_with_it(tmp_path, leptonrt_cli, no_leftovers):
+    from leptonrt.data.shm import list_segments
+    runtime = tmp_path / "rt"
+    proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "up", "--gpus", "none", "--cpu-actors", "2", "--no-tui"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(runtime))
+    try:
+        pids = [a["pid"] for a in _status(runtime)["actors"]]
+        done = leptonrt_cli("train", "--dataset", "synthetic:500,8,3", "--epochs", "1", "--quiet", env=_env(runtime))
+        assert done.returncode == 0, done.stderr
+        assert [s for s in list_segments() if s.startswith(f"leptonrt-{proc.pid}x")]   # the dataset is cached
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10   # the actors notice through the kernel (parent-death signal)
+    while time.monotonic() < deadline and (set(pids) & set(actor_processes())):
+        time.sleep(0.05)
+    assert not set(pids) & set(actor_processes())
+    assert not [s for s in list_segments() if s.startswith(f"leptonrt-{proc.pid}x")]
