@@ -54,6 +54,12 @@ def _add_train(sub) -> None:
                    help="take a running actor that sends nothing for this long for hung (default 3; "
                         "stretched to 3 steps when a step takes longer)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--max-restarts", type=int, default=3,
+                   help="replace a lost actor at most this many times within --restart-window (then exit 70)")
+    p.add_argument("--restart-window", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument("--checkpoint-dir", default=None, help="write checkpoints here (safetensors, atomic)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --checkpoint-dir")
     p.add_argument("--connect", default=None, metavar="ADDR",
                    help="submit to the broker at ADDR (default: the one `leptonrt up` serves, if any; else run here)")
 
@@ -99,7 +105,10 @@ def _job_from(args: argparse.Namespace) -> TrainJob:
                     precision=args.precision, seed=args.seed, test_fraction=args.test_fraction,
                     split=args.split, rebalance=args.rebalance == "on", align=args.align,
                     slowdowns=tuple(parse_slowdown(t) for t in args.simulate_slowdown),
-                    save=os.path.abspath(args.save) if args.save else None)
+                    save=os.path.abspath(args.save) if args.save else None,
+                    checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else None,
+                    checkpoint_every=args.checkpoint_every, resume=args.resume,
+                    max_restarts=args.max_restarts, restart_window_s=args.restart_window)
 
 
 def format_epoch(event, simulated: str = "") -> str:
@@ -172,7 +181,13 @@ def _train_here(args: argparse.Namespace, job: TrainJob) -> int:
                        hang_timeout_s=args.hang_timeout)
     for note in runner.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
-    return _report(args, run_async(runner.run()), label)
+    shown = len(runner.notes)
+    try:
+        result = run_async(runner.run())
+    finally:
+        for note in runner.notes[shown:]:   # learnt while starting, e.g. which checkpoint was resumed
+            print(f"leptonrt: {note}", file=sys.stderr)
+    return _report(args, result, label)
 
 
 def _train_remote(args: argparse.Namespace, job: TrainJob, address: str) -> int:

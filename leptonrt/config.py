@@ -30,6 +30,19 @@ class TrainJob:
     align: int = 8                          # shares move in units of this many rows
     slowdowns: tuple[tuple[int, float, int, int | None], ...] = ()  # SIMULATED stragglers: (rank, factor, from, to)
     save: str | None = None                 # write final weights here (safetensors)
+    checkpoint_dir: str | None = None       # rank 0 writes checkpoints here...
+    checkpoint_every: int = 0               # ...every this many steps (0: never)
+    resume: bool = False                    # start from the newest complete checkpoint in checkpoint_dir
+    max_restarts: int = 3                   # replacements per actor within restart_window_s
+    restart_window_s: float = 60.0
+
+    def fingerprint(self) -> str:
+        """What fixes the mathematics of the run: a checkpoint only resumes a job with the same."""
+        from .nn.checkpoint import job_fingerprint
+        return job_fingerprint({"dataset": self.dataset, "hidden": list(self.hidden), "batch_size": self.batch_size,
+                                "lr": self.lr, "optimizer": self.optimizer, "momentum": self.momentum,
+                                "weight_decay": self.weight_decay, "precision": self.precision, "seed": self.seed,
+                                "test_fraction": self.test_fraction})
 
     @property
     def planned(self) -> bool:
@@ -55,7 +68,9 @@ class TrainJob:
             raise ConfigError(f"unknown job setting(s): {', '.join(map(str, unknown))}")
         kinds = {"dataset": str, "epochs": int, "batch_size": int, "lr": (int, float), "optimizer": str,
                  "momentum": (int, float), "weight_decay": (int, float), "precision": str, "seed": int,
-                 "test_fraction": (int, float), "rebalance": bool, "align": int, "save": (str, type(None))}
+                 "test_fraction": (int, float), "rebalance": bool, "align": int, "save": (str, type(None)),
+                 "checkpoint_dir": (str, type(None)), "checkpoint_every": int, "resume": bool, "max_restarts": int,
+                 "restart_window_s": (int, float)}
         for name, kind in kinds.items():
             if name in data and (not isinstance(data[name], kind) or (kind is int and isinstance(data[name], bool))):
                 raise ConfigError(f"job setting {name} has the wrong type: {data[name]!r}")
@@ -107,6 +122,12 @@ class TrainJob:
             yield f"split shares must be non-negative with a positive sum, got {list(self.split)}"
         if not 1 <= self.align <= max(self.batch_size, 1):
             yield f"alignment must be between 1 and the batch size, got {self.align}"
+        if self.checkpoint_every < 0 or (self.checkpoint_every and not self.checkpoint_dir):
+            yield f"checkpoints need a directory and a non-negative interval, got {self.checkpoint_dir!r} every {self.checkpoint_every}"
+        if self.resume and not self.checkpoint_dir:
+            yield "--resume needs --checkpoint-dir"
+        if not 0 <= self.max_restarts <= 1000 or not self.restart_window_s > 0:
+            yield f"restart budget must be 0..1000 restarts in a positive window, got {self.max_restarts} in {self.restart_window_s}"
         for rank, factor, first, end in self.slowdowns:
             if rank < 0 or not 1 <= factor <= 1000 or first < 0 or (end is not None and end <= first):
                 yield f"bad simulated slowdown {rank}={factor}@{first}-{end}"

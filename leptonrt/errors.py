@@ -9,6 +9,7 @@
     ├── NoDeviceError     (69)   nothing to connect to, or no device to run on
     ├── ProtocolError     (70)   a peer sent a message that is not valid (its fault)
     ├── JobFailed         (1)    training started but could not finish
+    │   └── RestartBudgetExceeded (70)  actors were lost more often than --max-restarts allows
     ├── Interrupted       (130)  stopped on request at a step boundary
     └── InternalError     (70)   a bug of ours, or a dependency broke
 
@@ -60,6 +61,12 @@ class JobFailed(LeptonError):
     """A job started but could not finish (an actor failed, a peer was lost)."""
 
     exit_code = 1
+
+
+class RestartBudgetExceeded(JobFailed):
+    """Actors were lost more often than the restart budget allows; the report names each."""
+
+    exit_code = 70
 
 
 class InternalError(LeptonError):

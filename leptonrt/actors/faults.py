@@ -3,11 +3,17 @@
 Format: ``KIND@STEP`` or ``KIND@STEP:RANK`` (RANK defaults to every rank), several
 separated by commas. Kinds:
 
-- ``crash``  the process exits abruptly (``os._exit(17)``) before running step STEP
-- ``hang``   the process stops making progress before step STEP (sleeps forever)
-- ``start``  the process exits with code 17 right after the broker welcomes it (STEP ignored)
+- ``crash``      the process exits abruptly (``os._exit(17)``) before running step STEP
+- ``hang``       the process stops making progress before step STEP (sleeps forever)
+- ``allreduce``  the process exits abruptly while step STEP's all-reduce is in flight
+- ``checkpoint`` the process exits abruptly while writing the checkpoint of step STEP,
+                 after its data files and before its manifest
+- ``start``      the process exits with code 17 right after the broker welcomes it
+                 (STEP ignored), every time it is started
 
-Never set this outside tests: it exists so failure handling can be proven with real processes.
+All but ``start`` fire in an actor's first process only: a replacement started after a
+crash runs clean, so a test sees one fault and its recovery. Never set this outside
+tests: it exists so failure handling can be proven with real processes.
 """
 
 from __future__ import annotations
@@ -15,10 +21,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from ..errors import ConfigError
 
-KINDS = ("crash", "hang", "start")
+KINDS = ("crash", "hang", "allreduce", "checkpoint", "start")
 
 
 @dataclass(frozen=True)
@@ -47,18 +54,36 @@ def parse(text: str | None) -> list[Fault]:
 class Injector:
     """Fires the configured faults of one actor at the points the actor reports."""
 
-    def __init__(self, rank: int, text: str | None = None) -> None:
+    def __init__(self, rank: int, text: str | None = None, incarnation: int | None = None) -> None:
         text = os.environ.get("LEPTONRT_FAULT") if text is None else text
-        self.faults = [f for f in parse(text) if f.rank in (None, rank)]
+        if incarnation is None:
+            incarnation = int(os.environ.get("LEPTONRT_INCARNATION", "0") or 0)
+        self.faults = [f for f in parse(text) if f.rank in (None, rank) and (f.kind == "start" or incarnation == 0)]
+
+    def _fires(self, kind: str, step: int) -> bool:
+        return any(f.kind == kind and f.step == step for f in self.faults)
 
     def at_start(self) -> None:
         if any(f.kind == "start" for f in self.faults):
             os._exit(17)
 
     def before_step(self, step: int) -> None:
-        for fault in self.faults:
-            if fault.step == step and fault.kind == "crash":
+        if self._fires("crash", step):
+            os._exit(17)
+        if self._fires("hang", step):
+            while True:
+                time.sleep(3600)
+
+    def inside_allreduce(self, step: int) -> None:
+        if self._fires("allreduce", step):
+            os._exit(17)
+
+    def in_checkpoint(self, step: int) -> Callable[[str], None] | None:
+        """A hook for the checkpoint writer that dies just before the manifest of ``step``."""
+        if not self._fires("checkpoint", step):
+            return None
+
+        def hook(stage: str) -> None:
+            if stage == "manifest":
                 os._exit(17)
-            if fault.step == step and fault.kind == "hang":
-                while True:
-                    time.sleep(3600)
+        return hook

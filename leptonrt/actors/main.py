@@ -7,6 +7,7 @@ steps, and the actor only blocks on its socket when it has run out of granted wo
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import signal
 import sys
@@ -20,7 +21,7 @@ import torch
 
 from ..broker.plan import batch_rows, epoch_permutation, piece
 from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
-                               Release, Shutdown, StepStat, Stop, Welcome)
+                               Abort, GroupFailed, Regroup, Release, Shutdown, StepStat, Stop, Welcome)
 from ..data.shm import SegmentReader, remove_segments_of
 from ..nn.model import build_mlp
 from ..nn.step import FusedStep, StepTimer, evaluate
@@ -68,29 +69,55 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(3)  # the broker died before we could ask
 
 
+def _log(text: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} {text}", file=sys.stderr, flush=True)
+
+
+class GroupBroken(Exception):
+    """The gradient group failed (a peer died or hung) or the broker called a regroup."""
+
+
+@dataclass
+class _Snapshot:
+    """Everything a step changes, kept in memory so lost steps can be replayed exactly."""
+
+    step: int                     # the next step to train from this state
+    params: list[torch.Tensor]
+    optimizer: dict
+    loss_sum: torch.Tensor
+    scaler: tuple[float, int, int]   # fp16 loss scale, clean steps, skipped steps
+
+
 class Actor:
-    """Runs one job's steps on one device."""
+    """Runs one job's steps on one device; survives the loss of a peer by regrouping."""
 
     def __init__(self, link: Link, welcome: Welcome, device: torch.device, parent_pid: int) -> None:
         self.link, self.w, self.device, self.parent_pid = link, welcome, device, parent_pid
-        self.job, self.rank = welcome.job, welcome.rank
+        self.job, self.rank, self.world = welcome.job, welcome.rank, welcome.world_size
+        self.generation, self.group_start = welcome.generation, welcome.start_step
+        self.source: int | None = welcome.source_rank
         self.grants: list[Grant] = []
         self.stop: Stop | None = None
         self.released = False
+        self.regroup: Regroup | None = None
         self.pending: list[tuple] = []  # (step, rows, compute_s, step_s, simulated_s) since the last report
         self.last_flush = time.perf_counter()
         self.next_piece: _Piece | None = None
+        self.snapshots: dict[int, _Snapshot] = {}
+        self.epoch_results: list[dict] = []   # rank 0 keeps them for checkpoint manifests
+        self.dist = None
         self.reader = SegmentReader()
         self._load_data()
         self.model = build_mlp(welcome.data.n_features, list(self.job.hidden), welcome.data.n_classes,
                                self.job.seed).to(device)
-        self._join_group()
         self.step = FusedStep(self.model, optimizer=self.job.optimizer, lr=self.job.lr,
                               momentum=self.job.momentum, weight_decay=self.job.weight_decay,
-                              precision=self.job.precision, allreduce=self._allreduce_fn())
+                              precision=self.job.precision, allreduce=self._allreduce)
         self.timer = StepTimer(device)
         self.faults = Injector(self.rank)
         self.faults.at_start()
+        if welcome.resume_from:
+            self._resume(welcome.resume_from)
 
     def _load_data(self) -> None:
         d = self.w.data
@@ -107,36 +134,143 @@ class Actor:
             # one copy to device memory, then rows are gathered there
             self.x_train, self.y_train = self.x_train.to(self.device), self.y_train.to(self.device)
 
+    # -- the gradient group --------------------------------------------------------
+
     def _join_group(self) -> None:
-        self.dist = None
-        if self.w.world_size == 1:
+        if self.world == 1:
             return
         import torch.distributed as dist
         host, port = self.w.rendezvous.removeprefix("tcp://").rsplit(":", 1)
         # leptonrt's bound, never torch's defaults (up to 30 minutes): a dead peer must not
         # keep the survivors waiting longer than the broker takes to notice it
-        timeout = timedelta(seconds=self.w.collective_timeout_s)
-        store = dist.TCPStore(host, int(port), self.w.world_size, is_master=False, timeout=timeout)
-        store = dist.PrefixStore(f"job{self.job.job_id}", store)
-        dist.init_process_group(self.w.backend, store=store, rank=self.rank, world_size=self.w.world_size,
-                                timeout=timeout)
+        # forming the group may wait for a replacement that is still starting: twice as long
+        forming = timedelta(seconds=2 * self.w.collective_timeout_s)
+        store = dist.TCPStore(host, int(port), self.world, is_master=False, timeout=forming)
+        store = dist.PrefixStore(f"job{self.job.job_id}/gen{self.generation}", store)
+        dist.init_process_group(self.w.backend, store=store, rank=self.rank, world_size=self.world, timeout=forming)
+        # every collective after that gets the short bound (the group's default timeout)
+        from torch.distributed import distributed_c10d
+        distributed_c10d._set_pg_timeout(timedelta(seconds=self.w.collective_timeout_s))
         self.dist = dist
 
-    def _allreduce_fn(self):
+    def _leave_group(self) -> None:
+        if self.dist is not None:
+            try:
+                if self.dist.is_initialized():
+                    self.dist.destroy_process_group()
+            except Exception:   # a broken group may not tear down cleanly; it is gone either way
+                pass
+            self.dist = None
+
+    def _allreduce(self, flat: torch.Tensor):
         if self.dist is None:
             return None
-        dist = self.dist
-        return lambda flat: dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True)
+        return self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM, async_op=True)
+
+    def _collective(self, fn) -> None:
+        """Run a collective; a failure of the group becomes GroupBroken (recoverable)."""
+        try:
+            fn()
+        except RuntimeError as exc:
+            raise GroupBroken(str(exc).splitlines()[0][:200]) from None
+
+    def _sync_state(self, source: int) -> None:
+        """Everybody takes ``source``'s weights, optimizer state, loss sum and loss scale."""
+        if self.dist is None:
+            return
+        dist, opt = self.dist, self.step.optimizer
+        has_state = torch.tensor([float(len(opt.state) > 0)], device=self.device)
+        dist.broadcast(has_state, src=source)
+        if has_state.item() == 0:
+            opt.state.clear()
+        elif not opt.state:   # a fresh actor: create the state's tensors, then overwrite them
+            self.step.flat.zero_()
+            opt.step()
+        tensors = [p.data for p in self.step.params]
+        if has_state.item():
+            for p in self.step.params:
+                tensors += [v for _k, v in sorted(opt.state[p].items()) if torch.is_tensor(v)]
+        tensors.append(self.step.loss_sum)
+        scaler = torch.tensor([self.step.scale, self.step._clean_steps, self.step.skipped],
+                              dtype=torch.float64, device=self.device)
+        tensors.append(scaler)
+        for tensor in tensors:
+            staged = tensor if tensor.device == self.device else tensor.to(self.device)
+            dist.broadcast(staged, src=source)
+            if staged is not tensor:
+                tensor.copy_(staged)
+        self.step.scale, self.step._clean_steps, self.step.skipped = float(scaler[0]), int(scaler[1]), int(scaler[2])
+
+    # -- snapshots and checkpoints ---------------------------------------------------
+
+    def _snapshot(self, step: int) -> None:
+        s = self.step
+        self.snapshots[step] = _Snapshot(step, [p.detach().clone() for p in s.params],
+                                         copy.deepcopy(s.optimizer.state_dict()), s.loss_sum.clone(),
+                                         (s.scale, s._clean_steps, s.skipped))
+
+    def _restore(self, step: int) -> None:
+        snap = self.snapshots.get(step)
+        if snap is None:
+            raise RuntimeError(f"no in-memory snapshot at step {step} (have {sorted(self.snapshots)})")
+        s = self.step
+        with torch.no_grad():
+            for p, saved in zip(s.params, snap.params):
+                p.copy_(saved)
+        s.optimizer.load_state_dict(copy.deepcopy(snap.optimizer))
+        s.loss_sum.copy_(snap.loss_sum)
+        s.scale, s._clean_steps, s.skipped = snap.scaler
+        for later in [k for k in self.snapshots if k > step]:
+            del self.snapshots[later]
+
+    def _prune_snapshots(self, committed: int) -> None:
+        """Keep what a rewind may still need: the newest snapshot at or before committed+1."""
+        every = self.w.snapshot_every
+        floor = max((committed + 1) // every * every, self.group_start)
+        for old in [k for k in self.snapshots if k < floor]:
+            del self.snapshots[old]
+
+    def _after_step(self, g: int) -> None:
+        """``g`` steps are done: snapshot and checkpoint on schedule."""
+        if g % self.w.snapshot_every == 0:
+            self._snapshot(g)
+        job = self.job
+        if self.rank == 0 and job.checkpoint_dir and job.checkpoint_every and g % job.checkpoint_every == 0:
+            from ..nn import checkpoint
+            s = self.step
+            meta = {"loss_sum": float(s.loss_sum.item()), "scaler": [s.scale, s._clean_steps, s.skipped],
+                    "epochs": self.epoch_results}
+            checkpoint.save(job.checkpoint_dir, step=g, epoch=g // self.w.steps_per_epoch, fingerprint=job.fingerprint,
+                            model=self.model, optimizer=s.optimizer, meta=meta, fault=self.faults.in_checkpoint(g))
+
+    def _resume(self, directory: str) -> None:
+        from ..nn import checkpoint
+        found = checkpoint.latest(directory)
+        if found is None or found.step != self.w.start_step:
+            raise RuntimeError(f"checkpoint for step {self.w.start_step} not found in {directory}")
+        checkpoint.check_fingerprint(found, self.job.fingerprint)
+        checkpoint.load(found, self.model, self.step.optimizer)
+        self.step.loss_sum.fill_(found.meta["loss_sum"])
+        scale, clean, skipped = found.meta["scaler"]
+        self.step.scale, self.step._clean_steps, self.step.skipped = float(scale), int(clean), int(skipped)
+        self.epoch_results = list(found.meta.get("epochs", []))
 
     # -- control plane -------------------------------------------------------------
 
     def _absorb(self, msg) -> None:
         if isinstance(msg, Grant) and msg.job_id == self.job.job_id:
             self.grants.append(msg)
+            self._prune_snapshots(msg.committed)
         elif isinstance(msg, Stop) and msg.job_id == self.job.job_id:
             self.stop = msg
         elif isinstance(msg, Release) and msg.job_id == self.job.job_id:
             self.released = True
+        elif isinstance(msg, Regroup) and msg.job_id == self.job.job_id and msg.generation > self.generation:
+            self.regroup = msg
+            self.grants.clear()   # grants of the broken group; the new ones follow this message
+            raise GroupBroken(f"the broker re-forms the group (generation {msg.generation})")
+        elif isinstance(msg, Abort) and msg.job_id == self.job.job_id and msg.generation > self.generation:
+            raise GroupBroken(f"a peer was lost (generation {msg.generation} is forming)")
         elif isinstance(msg, Shutdown):
             raise BrokerGone(msg.reason or "shutdown")
 
@@ -167,7 +301,7 @@ class Actor:
 
     def _flush(self, force: bool = False) -> None:
         now = time.perf_counter()
-        period = FLUSH_EVERY_S if self.w.world_size > 1 else FLUSH_ALONE_S
+        period = FLUSH_EVERY_S if self.world > 1 else FLUSH_ALONE_S
         due = len(self.pending) >= FLUSH_EVERY_STEPS or now - self.last_flush >= period
         if not self.pending or not (due or force):
             return
@@ -176,29 +310,96 @@ class Actor:
                           simulated_s=sim) for g, rows, c, s, sim in self.pending]
         queued = (self.grants[-1].end_step if self.grants else 0) - (self.pending[-1][0] + 1)
         memory = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
-        self.link.send(Reports(job_id=self.job.job_id, rank=self.rank, steps=stats,
-                               memory_bytes=memory, queued=max(queued, 0)))
+        self.link.send(Reports(job_id=self.job.job_id, rank=self.rank, steps=stats, memory_bytes=memory,
+                               queued=max(queued, 0), generation=self.generation))
         self.pending, self.last_flush = [], now
         self._poll(0)
+
+    def _heartbeat(self) -> None:
+        """Proof of life from the step loop while it does long work that sends nothing else."""
+        self.link.send(Heartbeat(rank=self.rank, step=max(self.pending[-1][0] if self.pending else 0, 0)))
 
     # -- training ------------------------------------------------------------------
 
     def run(self) -> None:
-        spe, batch = self.w.steps_per_epoch, self.job.batch_size
-        rows_done, steady_t0 = 0, None
-        for epoch in range(self.job.epochs):
-            perm = epoch_permutation(self.n_train, self.job.seed, epoch).to(self.device)
-            if epoch == 1 or self.job.epochs == 1:
-                steady_t0, rows_done = time.perf_counter(), 0
-            epoch_t0 = time.perf_counter()
-            for t in range(spe):
-                g = epoch * spe + t
-                split = self._wait_granted(g)
-                rows_done += self._train_step(g, perm, t, split, last=t + 1 == spe)
-            self._end_epoch(epoch, time.perf_counter() - epoch_t0)
-        steady_s = time.perf_counter() - steady_t0
+        g, joining = self.w.start_step, True
+        self.rows_done, self.steady_t0 = 0, None
+        while True:
+            try:
+                if joining:
+                    _log(f"rank {self.rank}: joining generation {self.generation} at step {g}")
+                    if self.source is None:
+                        self._snapshot(g)   # the state every rank starts from (seeded init, or a checkpoint)
+                    self._collective(self._join_group)
+                    if self.source is not None:
+                        self._collective(lambda: self._sync_state(self.source))
+                        self._snapshot(g)
+                    joining = False
+                    _log(f"rank {self.rank}: joined")
+                g = self._train(g)
+                break
+            except GroupBroken as exc:
+                g, joining = self._recover(str(exc)), True
         self._flush(force=True)
-        self._finish(rows_done, steady_s)
+        self._finish(self.rows_done, time.perf_counter() - (self.steady_t0 or time.perf_counter()))
+
+    def _recover(self, why: str) -> int:
+        """Leave the broken group, wait for the broker's regroup, restore the snapshot it names."""
+        _log(f"rank {self.rank}: {why}; waiting to regroup")
+        if self.regroup is None:   # the broker may not know yet (a timeout with every peer alive)
+            self.link.send(GroupFailed(job_id=self.job.job_id, rank=self.rank, generation=self.generation,
+                                       message=why[:4000]))
+        self.pending.clear()   # steps past the failure are not committed; they will be replayed
+        self._leave_group()
+        if self.regroup is None:
+            self.grants.clear()
+        self.next_piece = None
+        while self.regroup is None:
+            try:
+                self._poll(IDLE_POLL_MS)
+            except GroupBroken:
+                continue
+            if self.released or self.stop is not None:
+                raise BrokerGone("the job ended while regrouping")
+            self.link.send(Heartbeat(rank=self.rank, step=0))
+        msg, self.regroup = self.regroup, None
+        self.generation, self.rank, self.world = msg.generation, msg.rank, msg.world_size
+        self.group_start, self.source = msg.rewind_step, msg.source_rank
+        if msg.rewind_step in self.snapshots or self.rank == msg.source_rank:
+            self._restore(msg.rewind_step)
+        # otherwise (a replacement lost before it had state) the source's state arrives in the sync
+        return msg.rewind_step
+
+    def _train(self, g: int) -> int:
+        spe, total = self.w.steps_per_epoch, self.w.steps_per_epoch * self.job.epochs
+        if g % spe == 0 and 0 < g:
+            # a rewind or resume to an epoch boundary: that epoch's evaluation may not have
+            # reached the broker; the state is the one it saw, so doing it again is exact
+            self._end_epoch(g // spe - 1, self._epoch_seconds())
+        while g < total:
+            epoch, t = divmod(g, spe)
+            if t == 0 or self.epoch_t0 is None:
+                self.epoch_t0 = time.perf_counter()
+            if epoch >= 1 and self.steady_t0 is None or (self.job.epochs == 1 and self.steady_t0 is None):
+                self.steady_t0, self.rows_done = time.perf_counter(), 0
+            split = self._wait_granted(g)
+            self.rows_done += self._train_step(g, self._perm(epoch), t, split, last=t + 1 == spe)
+            g += 1
+            self._after_step(g)
+            if t + 1 == spe:
+                self._end_epoch(epoch, self._epoch_seconds())
+        return g
+
+    epoch_t0: float | None = None
+    _perm_cache: tuple[int, torch.Tensor] | None = None
+
+    def _epoch_seconds(self) -> float:
+        return time.perf_counter() - self.epoch_t0 if self.epoch_t0 is not None else 0.0
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            self._perm_cache = (epoch, epoch_permutation(self.n_train, self.job.seed, epoch).to(self.device))
+        return self._perm_cache[1]
 
     def _gather(self, g: int, perm: torch.Tensor, t: int, split: list[int]) -> _Piece:
         """This actor's rows of step ``g`` (epoch-local step ``t``), gathered from the shared cache."""
@@ -225,11 +426,12 @@ class Actor:
         time.sleep(simulated)   # SIMULATED straggler: before the all-reduce, so it looks like slow compute
 
         def prefetch() -> None:   # gather the next step's rows while the gradients are in flight
+            self.faults.inside_allreduce(g)
             following = None if last else self._split_for(g + 1)
             if following is not None:
                 self.next_piece = self._gather(g + 1, perm, t + 1, following)
 
-        self.step.apply(meanwhile=prefetch)
+        self._collective(lambda: self.step.apply(meanwhile=prefetch))
         # the gather is the actor's own per-row work before the collective, so it counts as compute
         if compute_s is not None:
             compute_s += batch.gather_s
@@ -242,24 +444,21 @@ class Actor:
         return next((s.factor for s in self.job.slowdowns if s.rank == self.rank and s.from_step <= g
                      and (s.to_step is None or g < s.to_step)), 1.0)
 
-    def _heartbeat(self) -> None:
-        """Proof of life from the step loop while it does long work that sends nothing else."""
-        self.link.send(Heartbeat(rank=self.rank, step=max(self.pending[-1][0] if self.pending else 0, 0)))
-
     def _end_epoch(self, epoch: int, seconds: float) -> None:
         train_loss = self.step.take_loss_sum() / self.n_train
-        n_test, world = self.x_test.shape[0], self.w.world_size
+        n_test, world = self.x_test.shape[0], self.world
         lo, hi = n_test * self.rank // world, n_test * (self.rank + 1) // world   # this rank's shard
         loss, correct = evaluate(self.model, self.x_test[lo:hi], self.y_test[lo:hi], self.step.precision,
                                  between=self._heartbeat)
         # on the actor's device: NCCL reduces device tensors only
         totals = torch.tensor([loss, float(correct)], dtype=torch.float64, device=self.device)
         if self.dist is not None:
-            self.dist.all_reduce(totals)
+            self._collective(lambda: self.dist.all_reduce(totals))
         if self.rank == 0:
-            self.link.send(EpochResult(job_id=self.job.job_id, rank=0, epoch=epoch, train_loss=train_loss,
-                                       test_loss=float(totals[0]) / n_test, test_accuracy=float(totals[1]) / n_test,
-                                       seconds=seconds))
+            result = dict(epoch=epoch, train_loss=train_loss, test_loss=float(totals[0]) / n_test,
+                          test_accuracy=float(totals[1]) / n_test, seconds=seconds)
+            self.epoch_results = [r for r in self.epoch_results if r["epoch"] < epoch] + [result]
+            self.link.send(EpochResult(job_id=self.job.job_id, rank=0, generation=self.generation, **result))
 
     def _finish(self, rows: int, seconds: float) -> None:
         while self.stop is None:
@@ -274,8 +473,7 @@ class Actor:
 
     def close(self) -> None:
         """Leave the gradient group and unmap the dataset, ready for the next job."""
-        if self.dist is not None and self.dist.is_initialized():
-            self.dist.destroy_process_group()
+        self._leave_group()
         self.reader.close()
 
 

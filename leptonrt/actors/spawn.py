@@ -68,6 +68,12 @@ class Supervisor:
                 out.append((proc.actor_id, describe_exit(code)))
         return out
 
+    def kill(self, actor_id: str) -> None:
+        """SIGKILL one actor (taken for hung); its exit shows up in ``exited`` as usual."""
+        proc = self._procs.get(actor_id)
+        if proc is not None and proc.popen.poll() is None:
+            proc.popen.kill()
+
     def pids(self) -> dict[str, int]:
         return {a: p.popen.pid for a, p in self._procs.items()}
 

@@ -235,7 +235,7 @@ class Broker:
                 pid=pids.get(actor_id), state=state, share=share, compute_ms=v["compute_ms"] if v else None,
                 samples_per_s=rate * share if rate is not None and v else None,
                 memory_bytes=None if plan.device == "cpu" else (hello.memory_bytes if hello else None),
-                restarts=max(pool.restarts.get(actor_id, 0) - 1, 0)))
+                restarts=pool.restarts.get(actor_id, 0)))
         return tuple(out)
 
     def stop_accepting(self) -> None:

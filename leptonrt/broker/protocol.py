@@ -44,6 +44,11 @@ def _field(**meta: Any) -> Any:
     return field(metadata=meta)
 
 
+def _given(default: Any, **meta: Any) -> Any:
+    """A field our code may leave out when building a message; it is still always sent."""
+    return field(default=default, metadata=meta)
+
+
 # --- records nested inside messages ------------------------------------------------
 
 
@@ -91,6 +96,9 @@ class JobSpec:
     precision: str = _field(choices=frozenset({"auto", "fp32", "bf16", "fp16"}))  # compute dtype
     seed: int = _field(min=0, max=2**63 - 1)  # seed for initialisation and shuffling
     slowdowns: list[Slowdown] = _field(max_len=4096)  # simulated stragglers (empty normally)
+    checkpoint_dir: str | None = _given(None, min_len=1, max_len=4096)  # where rank 0 writes checkpoints
+    checkpoint_every: int = _given(0, min=0)  # steps between checkpoints; 0: none
+    fingerprint: str = _given("", max_len=64)  # identifies the job's mathematics, for checkpoints
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +138,11 @@ class Welcome:
     threads: int = _field(min=1)  # CPU threads the actor should use
     backend: str = _field(choices=frozenset({"gloo", "nccl"}))  # torch.distributed backend of the group
     collective_timeout_s: float = _field(min=0.1, max=3600.0)  # a collective waiting this long fails
+    generation: int = _given(0, min=0)  # how many times the group has been re-formed
+    start_step: int = _given(0, min=0)  # first global step to train
+    source_rank: int | None = _given(None, min=0)  # rank that sends weights and optimizer state; None: init/resume
+    resume_from: str | None = _given(None, min_len=1, max_len=4096)  # checkpoint directory to load first
+    snapshot_every: int = _given(8, min=1, max=1_000_000)  # in-memory snapshot every this many steps
 
     def check(self) -> None:
         """A rank must index into the world."""
@@ -144,6 +157,7 @@ class Grant:
     first_step: int = _field(min=0)  # first global step covered
     end_step: int = _field(min=1)  # one past the last global step covered
     split: list[int] = _field(min_len=1, max_len=4096, item_min=0)  # rows per rank, by rank
+    committed: int = _given(-1, min=-1)  # the last step every actor has reported (older snapshots may go)
 
     def check(self) -> None:
         """An empty or backwards step range is never meant."""
@@ -161,6 +175,7 @@ class Reports:
     steps: list[StepStat] = _field(max_len=100_000)  # one entry per step, oldest first
     memory_bytes: int = _field(min=0)  # device memory in use now (0 on CPU: not tracked)
     queued: int = _field(min=0)  # granted steps not yet run
+    generation: int = _given(0, min=0)  # the group generation the steps ran in
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +188,7 @@ class EpochResult:
     test_loss: float = _field(allow_nonfinite=True)  # mean test loss; NaN if diverged
     test_accuracy: float = _field(min=0.0, max=1.0)  # fraction of test rows right
     seconds: float = _field(min=0.0)  # wall time of the epoch
+    generation: int = _given(0, min=0)  # the group generation it ran in
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +221,33 @@ class Heartbeat:
     """Actor -> broker: still alive and where it is."""
     rank: int = _field(min=0)  # rank of the sender
     step: int = _field(min=0)  # global step it is working on
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Broker -> surviving actors: a peer is lost; leave the group and wait for Regroup."""
+    job_id: int = _field(min=0)
+    generation: int = _field(min=1)  # the generation being formed
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFailed:
+    """Actor -> broker: my collective failed though nobody told me of a loss; regroup us."""
+    job_id: int = _field(min=0)
+    rank: int = _field(min=0)
+    generation: int = _field(min=0)  # the generation whose collective failed
+    message: str = _field(max_len=4096)
+
+
+@dataclass(frozen=True, slots=True)
+class Regroup:
+    """Broker -> surviving actors: form the group again and go on from ``rewind_step``."""
+    job_id: int = _field(min=0)
+    generation: int = _field(min=1)  # prefix of the new group's rendezvous keys
+    rank: int = _field(min=0)  # this actor's rank in the new group
+    world_size: int = _field(min=1, max=4096)
+    rewind_step: int = _field(min=0)  # restore the snapshot taken before this step and train from it
+    source_rank: int = _field(min=0)  # the rank whose state everybody takes after the restore
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +309,8 @@ class StatusReply:
 
 
 Message = Union[
-    Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, Release, Shutdown,
+    Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, Abort, GroupFailed, Regroup,
+    Release, Shutdown,
     Submit, Accepted, Rejected, JobUpdate, StatusRequest, StatusReply,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}

@@ -7,7 +7,16 @@ a parameter, so tests drive it with plain numbers.
 Lifecycle::
 
     gathering --all hellos--> running --last step committed--> stopping --all finished--> done
-        \\______________________ any failure or lost actor ____________________________> failed
+                               |    ^
+                  actor lost   v    | replacement said hello: regroup, rewind, replay
+                              recovering
+        any failure, a loss beyond the restart budget, or no survivor ----------------> failed
+
+A step is committed when every actor has reported it. Actors snapshot their state in
+memory every ``snapshot_every`` steps (and when a group forms); after a loss the group
+re-forms at the newest snapshot at or before the first uncommitted step, the lowest
+surviving rank hands its state to the replacement, and the steps after the snapshot are
+trained again, so the committed history trains every sample of every epoch exactly once.
 """
 
 from __future__ import annotations
@@ -19,8 +28,10 @@ from statistics import median
 
 from ..errors import InternalError
 from .planner import Planner, rows_that_fit
-from .protocol import (DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
-                       Message, Reports, Stop, Welcome)
+from .protocol import (Abort, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
+                       Message, Regroup, Reports, Stop, Welcome)
+
+
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,25 @@ class SplitChanged:
     predicted_gain: float      # fraction of step time the planner expects to save
 
 
+@dataclass(frozen=True)
+class ActorLost:
+    """An actor died or hung during the job; a replacement is being started."""
+
+    rank: int
+    how: str                   # "exit code 17", "killed by SIGKILL", "hung (silent 3.1 s)"
+    committed: int             # the last committed step when it was lost
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """The group re-formed; training goes on from ``rewind_step``."""
+
+    generation: int
+    rewind_step: int
+    replayed_steps: int        # steps some actor had done that are trained again
+    seconds: float             # from the loss to the regroup
+
+
 @dataclass
 class _Slot:
     actor_id: str
@@ -65,6 +95,11 @@ class _Slot:
     finished: Finished | None = None
     last_heard: float = 0.0    # when this actor last sent anything
     compute: deque = field(default_factory=lambda: deque(maxlen=64))   # recent compute seconds per step
+    restarts: int = 0
+    fresh: bool = False        # a replacement that has not said hello yet
+    has_state: bool = True     # holds the training state (a replacement: once it reported a step)
+    joining: bool = False      # forming a group (blocking, silent) since it was welcomed or regrouped
+    killing: bool = False      # taken for hung; the shell is killing it
 
 
 @dataclass
@@ -86,6 +121,12 @@ class TrainingRun:
     hang_timeout_s: float = 3.0     # an actor silent this long while running is taken for hung...
     hang_steps: float = 3.0         # ...or this many times its longest recent step, if that is longer
     save_path: str | None = None
+    max_restarts: int = 3           # replacements allowed per actor within restart_window_s...
+    restart_window_s: float = 60.0  # ...beyond that the job fails (exit code 70)
+    snapshot_every: int = 8         # actors snapshot their state in memory this often
+    start_step: int = 0             # first step to train (a resumed job)
+    resume_from: str | None = None  # checkpoint directory the actors load at start
+    prior_epochs: list = field(default_factory=list)   # EpochResults of a resumed job
     state: str = "gathering"
     events: list = field(default_factory=list)
     bad_messages: int = 0
@@ -99,11 +140,22 @@ class TrainingRun:
         self.total_steps = self.job.epochs * self.steps_per_epoch
         self._slots = {a: _Slot(a, r, t) for r, (a, t) in enumerate(zip(self.actor_ids, self.threads))}
         self._by_identity: dict[bytes, _Slot] = {}
-        self._granted = 0
-        self.split_history: list[tuple[int, list[int]]] = [(0, list(self.split))]
+        self._granted = self.start_step
+        for slot in self._slots.values():
+            slot.last_step = self.start_step - 1
+        self.generation, self.group_start = 0, self.start_step
+        self.replayed_steps = 0
+        self.budget_exceeded = False
+        self.respawn: list[str] = []   # actor ids the shell must start again
+        self.kill: list[str] = []      # actor ids the shell must kill (taken for hung)
+        self._restart_times: dict[int, list[float]] = {}
+        self._lost_at: float | None = None
+        self._group_failed: tuple | None = None   # (slot, message, when) of an unexplained collective failure
+        self._high_water = self.start_step - 1
+        self.split_history: list[tuple[int, list[int]]] = [(self.start_step, list(self.split))]
         self._step_s: float | None = None   # smoothed wall time of one step, for the window
         self._longest_s = 0.0               # a decaying maximum of step times, for the hang bound
-        self._epochs: list[EpochResult] = []
+        self._epochs: list[EpochResult] = list(self.prior_epochs)
         self.started_at: float | None = None
         self.ended_at: float | None = None
 
@@ -124,17 +176,54 @@ class TrainingRun:
             self._by_identity[identity].last_heard = now
         return handler(self._by_identity.get(identity), identity, msg, now)
 
-    def check_liveness(self, now: float) -> None:
-        """Fail the run if a running actor has gone silent (hung, stopped, or stuck)."""
-        if self.state not in ("running", "stopping"):
+    def check_liveness(self, now: float) -> list[Out]:
+        """Find actors that went silent (hung, stopped): have them killed and replaced.
+        Also acts on a collective failure that no lost actor explains."""
+        if self._group_failed is not None:
+            if self.state != "running" or self._group_failed[0].fresh:
+                self._group_failed = None   # a loss explained it; that recovery covers it
+            elif now - self._group_failed[2] > self._group_failed_grace():
+                return self._regroup_all(now)
+        self._check_silence(now)
+        return []
+
+    def _group_failed_grace(self) -> float:
+        """How long a collective failure waits for an explanation: a peer's exit shows within
+        milliseconds; a hung peer is judged when its silence passes the hang bound, which is
+        this much later than its peers' collectives time out."""
+        return max(0.5, self.hang_bound() - self.collective_timeout_s() + 0.5)
+
+    def _check_silence(self, now: float) -> None:
+        if self.state not in ("running", "stopping", "recovering"):
+            return
+        if self.state == "recovering" and self._lost_at is not None and now - self._lost_at > 120.0:
+            self._fail("a replacement actor did not start within 120 s", now)
             return
         bound = self.hang_bound()
-        silent = [s for s in self._ranked() if s.finished is None and now - s.last_heard > bound]
-        if silent:
-            # one hung actor silences the others too (they wait for it in the all-reduce),
-            # so name every silent rank rather than guess which one started it
+        # forming a group blocks an actor (it cannot speak): the store, then the group (each
+        # with twice the collective timeout), then the state hand-over
+        joining = bound + 5 * self.collective_timeout_s() + 1.0
+        watched = [s for s in self._ranked() if s.finished is None and s.hello is not None and not s.killing]
+        silent = [s for s in watched if now - s.last_heard > (joining if s.joining else bound)]
+        if not silent:
+            return
+        # a hung actor keeps its peers waiting in the all-reduce too; they speak up again when
+        # their collective times out (shorter than the bound), so only the hung one stays silent
+        if len(silent) == len(watched) and now - min(s.last_heard for s in silent) < bound + self.collective_timeout_s() + 2:
+            return
+        if len(silent) == len(watched) or self.state == "stopping":
             names = ", ".join(f"{s.rank} ({now - s.last_heard:.1f} s)" for s in silent)
             self._fail(f"rank(s) {names} sent nothing for over {bound:.3g} s: taken for hung", now)
+            return
+        for slot in silent:
+            slot.killing = True
+            self.kill.append(slot.actor_id)
+            self.problems.append(f"rank {slot.rank} sent nothing for {now - slot.last_heard:.1f} s: taken for hung")
+
+    def collective_timeout_s(self) -> float:
+        """How long a collective may wait before it fails: under the hang bound, so that the
+        peers of a hung actor speak up again before it is judged; stretched for long steps."""
+        return max(self.hang_timeout_s - 1.0, 1.0, self.hang_steps * self._longest_s)
 
     def hang_bound(self) -> float:
         """Seconds of silence after which a running actor is taken for hung: the configured
@@ -142,14 +231,70 @@ class TrainingRun:
         return max(self.hang_timeout_s, self.hang_steps * self._longest_s)
 
     def actor_exited(self, actor_id: str, how: str, now: float) -> list[Out]:
-        """A supervised process ended; before the job is done that fails the run."""
+        """A supervised process ended: replace it and replay, or fail the run."""
         slot = self._slots.get(actor_id)
         if self.state == "done" or slot is None or slot.finished is not None:
             return []
+        if slot.killing:
+            how = f"taken for hung, then {how}"
+        if self.state in ("running", "recovering") and self._may_restart(slot, now):
+            return self._lose(slot, how, now)
         # a lost process is a root cause: it goes before the collective errors it provoked
         self.problems.insert(len(self.lost), f"rank {slot.rank} (actor {actor_id}) exited: {how}")
         self.lost[slot.rank] = how
         return self._fail(None, now)
+
+    def _may_restart(self, slot: _Slot, now: float, lost: bool = True) -> bool:
+        times = [t for t in self._restart_times.get(slot.rank, []) if now - t <= self.restart_window_s]
+        times.append(now)
+        self._restart_times[slot.rank] = times
+        if len(times) > self.max_restarts:
+            self.budget_exceeded = True
+            self.problems.append(f"rank {slot.rank} was lost {len(times)} times within {self.restart_window_s:g} s "
+                                 f"(--max-restarts {self.max_restarts})")
+            return False
+        survivors = [s for s in self._slots.values()
+                     if (s is not slot or not lost) and s.hello is not None and s.has_state]
+        if not survivors:
+            self.problems.append("no actor with the training state survived; nothing to recover from")
+            return False
+        return True
+
+    def _lose(self, slot: _Slot, how: str, now: float) -> list[Out]:
+        slot.restarts += 1
+        self.events.append(ActorLost(slot.rank, how, self.committed()))
+        self._high_water = max([self._high_water] + [s.last_step for s in self._slots.values()])
+        if slot.identity is not None:
+            self._by_identity.pop(slot.identity, None)
+        slot.identity, slot.hello, slot.killing, slot.fresh, slot.has_state = None, None, False, True, False
+        slot.compute.clear()
+        self.generation += 1
+        self.state = "recovering"
+        self._lost_at = self._lost_at if self._lost_at is not None else now
+        self.respawn.append(slot.actor_id)
+        abort = Abort(job_id=self.job.job_id, generation=self.generation)
+        return [Out(s.identity, abort) for s in self._ranked() if s.identity is not None and not s.fresh]
+
+    def _regroup(self, now: float) -> list[Out]:
+        every = self.snapshot_every
+        rewind = max((self.committed() + 1) // every * every, self.group_start)
+        self.replayed_steps += max(self._high_water + 1 - rewind, 0)
+        source = next(s.rank for s in self._ranked() if s.has_state)
+        self.group_start, self._granted = rewind, rewind
+        world = len(self._slots)
+        outs = []
+        for slot in self._ranked():
+            slot.last_step, slot.joining = rewind - 1, True
+            if slot.fresh:
+                slot.last_heard = now
+                outs.append(Out(slot.identity, self._welcome(slot, source)))
+                slot.fresh = False
+            else:
+                outs.append(Out(slot.identity, Regroup(job_id=self.job.job_id, generation=self.generation, rank=slot.rank,
+                                                       world_size=world, rewind_step=rewind, source_rank=source)))
+        self.events.append(Recovered(self.generation, rewind, self.replayed_steps, now - (self._lost_at or now)))
+        self.state, self._lost_at = "running", None
+        return outs + self._grant_more(force=True)
 
     @property
     def failure(self) -> str | None:
@@ -177,25 +322,31 @@ class TrainingRun:
 
     def _on_hello(self, _slot, identity: bytes, msg: Hello, now: float) -> list[Out]:
         slot = self._slots.get(msg.actor_id)
-        if self.state != "gathering" or slot is None or slot.hello is not None or identity in self._by_identity:
+        if self.state not in ("gathering", "recovering") or slot is None or slot.hello is not None \
+                or identity in self._by_identity:
             return self._drop()
         slot.identity, slot.hello, slot.last_heard = identity, msg, now
         self._by_identity[identity] = slot
         if any(s.hello is None for s in self._slots.values()):
             return []
+        if self.state == "recovering":
+            return self._regroup(now)
         self.state = "running"
         for other in self._slots.values():   # the clock of silence starts for everyone now
-            other.last_heard = now
+            other.last_heard, other.joining = now, True
         if self.planner is not None:
             self.planner.caps = [rows_that_fit(s.hello.memory_bytes, self.data.n_features, self.job.hidden,
                                                self.data.n_classes) for s in self._ranked()]
         return [Out(s.identity, self._welcome(s)) for s in self._ranked()] + self._grant_more()
 
-    def _welcome(self, slot: _Slot) -> Welcome:
+    def _welcome(self, slot: _Slot, source: int | None = None) -> Welcome:
         return Welcome(rank=slot.rank, world_size=len(self._slots), rendezvous=self.rendezvous,
                        job=self.job, data=self.data, steps_per_epoch=self.steps_per_epoch,
                        threads=slot.threads, backend=self._backend(),
-                       collective_timeout_s=max(self.hang_timeout_s + 2.0, 5.0))
+                       collective_timeout_s=self.collective_timeout_s(), generation=self.generation,
+                       start_step=self.group_start, source_rank=source,
+                       resume_from=self.resume_from if self.generation == 0 else None,
+                       snapshot_every=self.snapshot_every)
 
     def _backend(self) -> str:
         """NCCL when every actor is a GPU; gloo (which also takes CUDA tensors) for mixed groups."""
@@ -203,6 +354,10 @@ class TrainingRun:
         return "nccl" if devices and all(d.startswith("cuda") for d in devices) else "gloo"
 
     def _on_reports(self, slot: _Slot, _identity, msg: Reports, now: float) -> list[Out]:
+        if msg.generation != self.generation or self.state == "recovering":
+            return []   # steps of a group that broke; they will be replayed
+        slot.has_state = slot.has_state or bool(msg.steps)
+        slot.joining = slot.joining and not msg.steps
         for stat in msg.steps:
             slot.last_step = max(slot.last_step, stat.step)
             slot.compute.append(stat.compute_s)
@@ -213,7 +368,9 @@ class TrainingRun:
         return self._rebalance(now) + self._grant_more() + self._maybe_stop()
 
     def _on_epochresult(self, slot: _Slot, _identity, msg: EpochResult, now: float) -> list[Out]:
-        if slot.rank != 0 or msg.epoch != len(self._epochs):
+        if slot.rank == 0 and msg.epoch < len(self._epochs):
+            return []   # evaluated again after a rewind or resume to an epoch boundary
+        if slot.rank != 0 or msg.epoch != len(self._epochs) or msg.generation != self.generation:
             return self._drop()
         self._epochs.append(msg)
         last_step = (msg.epoch + 1) * self.steps_per_epoch - 1
@@ -231,6 +388,26 @@ class TrainingRun:
 
     def _on_failure(self, slot: _Slot, _identity, msg: Failure, now: float) -> list[Out]:
         return self._fail(f"rank {slot.rank} failed: {msg.message}", now)
+
+    def _on_groupfailed(self, slot: _Slot, _identity, msg, now: float) -> list[Out]:
+        """A collective failed. Usually a peer died and its exit is about to be seen; if every
+        actor is still here after a short grace (a timeout, a network error), the same group
+        re-forms from the last snapshot, which counts against the budget."""
+        if self.state == "running" and msg.generation == self.generation and self._group_failed is None:
+            self._group_failed = (slot, msg.message, now)
+        return []
+
+    def _regroup_all(self, now: float) -> list[Out]:
+        slot, message, _at = self._group_failed
+        self._group_failed = None
+        self.problems.append(f"rank {slot.rank}: collective failed: {message}")
+        if not self._may_restart(slot, now, lost=False):
+            return self._fail(None, now)
+        self._high_water = max([self._high_water] + [s.last_step for s in self._slots.values()])
+        self.generation += 1
+        self._lost_at = now
+        abort = Abort(job_id=self.job.job_id, generation=self.generation)
+        return [Out(s.identity, abort) for s in self._ranked()] + self._regroup(now)
 
     def _on_heartbeat(self, slot: _Slot, _identity, msg, now: float) -> list[Out]:
         return []
@@ -287,7 +464,8 @@ class TrainingRun:
         first = self._granted
         end = min(self.total_steps, max(first + 1, self.committed() + 1 + window))
         self._granted = end
-        grant = Grant(job_id=self.job.job_id, first_step=first, end_step=end, split=list(self.split))
+        grant = Grant(job_id=self.job.job_id, first_step=first, end_step=end, split=list(self.split),
+                      committed=self.committed())
         return [Out(s.identity, grant) for s in self._ranked()]
 
     def _maybe_stop(self) -> list[Out]:
@@ -360,6 +538,7 @@ class TrainingRun:
             "wall_s": (self.ended_at or 0.0) - (self.started_at or 0.0),
             "samples_per_s": self.n_train * len(steady) / seconds if seconds > 0 else None,
             "rebalances": self.rebalances,
+            "replayed_steps": self.replayed_steps,
             "split_changes": [{"step": step, "split": split} for step, split in self.split_history[1:]],
             "actors": [self._actor_result(s) for s in self._ranked()],
         }
@@ -373,4 +552,5 @@ class TrainingRun:
             "pid": hello.pid if hello else None,
             "share": self.split[slot.rank] / self.job.batch_size,
             "samples_per_s": fin.samples / fin.seconds if fin and fin.seconds > 0 else None,
+            "restarts": slot.restarts,
         }

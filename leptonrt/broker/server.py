@@ -24,11 +24,13 @@ from ..actors.spawn import Supervisor
 from ..config import TrainJob
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
-from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError
+from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError, RestartBudgetExceeded
 from . import protocol
 from .plan import even_split, split_from_fractions, steps_per_epoch
 from .planner import Planner, PlannerConfig
 from .protocol import JobSpec, Release, Shutdown, Slowdown
+from ..nn import checkpoint
+from .protocol import EpochResult
 from .run import Out, TrainingRun
 
 GATHER_TIMEOUT_S = 120.0   # every actor must have said hello by then
@@ -41,7 +43,9 @@ def job_spec(job: TrainJob, job_id: int) -> JobSpec:
     return JobSpec(job_id=job_id, dataset=job.dataset, hidden=list(job.hidden), epochs=job.epochs,
                    batch_size=job.batch_size, lr=job.lr, optimizer=job.optimizer, momentum=job.momentum,
                    weight_decay=job.weight_decay, precision=job.precision, seed=job.seed,
-                   slowdowns=[Slowdown(rank=r, factor=f, from_step=a, to_step=b) for r, f, a, b in job.slowdowns])
+                   slowdowns=[Slowdown(rank=r, factor=f, from_step=a, to_step=b) for r, f, a, b in job.slowdowns],
+                   checkpoint_dir=job.checkpoint_dir, checkpoint_every=job.checkpoint_every,
+                   fingerprint=job.fingerprint())
 
 
 def initial_split(job: TrainJob, world: int) -> list[int]:
@@ -105,7 +109,7 @@ class ActorPool:
         self.router.bind(self.supervisor.connect)
         self.rendezvous = _Rendezvous() if self.world > 1 else None
         for actor_id, plan in zip(self.ids, self.selection.actors):
-            self.supervisor.spawn(actor_id, plan, self.actor_env)
+            self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": "0"})
 
     async def idle(self, wait_ms: int) -> None:
         """Between jobs: take hellos, drop late traffic of past jobs, restart dead actors."""
@@ -133,7 +137,8 @@ class ActorPool:
         plan = self.selection.actors[self.ids.index(actor_id)]
         self.hellos.pop(actor_id, None)
         self.restarts[actor_id] += 1
-        self.supervisor.spawn(actor_id, plan, self.actor_env)
+        # faults injected by tests fire in an actor's first process only
+        self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": str(self.restarts[actor_id])})
 
     def replace_all(self) -> None:
         """Stop every actor and start a fresh one in its place (after a failed job)."""
@@ -221,11 +226,23 @@ class JobRunner:
         split = initial_split(job, world)
         n_train = data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
         planner = Planner(world, job.batch_size, PlannerConfig(align=job.align)) if job.planned and world > 1 else None
+        start_step, prior, resume_from = 0, [], None
+        if job.resume:
+            found = await asyncio.to_thread(checkpoint.latest, job.checkpoint_dir)
+            if found is not None:
+                checkpoint.check_fingerprint(found, job.fingerprint())
+                start_step, resume_from = found.step, job.checkpoint_dir
+                prior = [EpochResult(job_id=0, rank=0, **e) for e in found.meta.get("epochs", [])]
+                self.notes.append(f"resuming from {found.path} (step {found.step})")
+            else:
+                self.notes.append(f"no checkpoint in {job.checkpoint_dir} yet: starting from the beginning")
         core = TrainingRun(job=job_spec(job, pool.next_job_id()), data=data, actor_ids=list(pool.ids),
                            threads=[p.threads for p in self.selection.actors],
                            rendezvous=pool.rendezvous.address if pool.rendezvous else "tcp://127.0.0.1:0",
                            split=split, steps_per_epoch=steps_per_epoch(n_train, job.batch_size),
-                           n_train=n_train, save_path=job.save, hang_timeout_s=self.hang_timeout_s, planner=planner)
+                           n_train=n_train, save_path=job.save, hang_timeout_s=self.hang_timeout_s, planner=planner,
+                           max_restarts=job.max_restarts, restart_window_s=job.restart_window_s,
+                           start_step=start_step, resume_from=resume_from, prior_epochs=prior)
         now = time.monotonic()
         for identity, hello in pool.take_hellos():
             await self._send(pool.router, core.handle(identity, hello, now))
@@ -235,7 +252,7 @@ class JobRunner:
         started = time.monotonic()
         while core.state not in ("done", "failed"):
             await self._pump(core, int(TICK_S * 1000))
-            core.check_liveness(time.monotonic())
+            await self._send(self.pool.router, core.check_liveness(time.monotonic()))
             if core.state == "gathering" and time.monotonic() - started > GATHER_TIMEOUT_S:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", time.monotonic())
             self._emit(core)
@@ -244,7 +261,8 @@ class JobRunner:
                                   f"of {core.total_steps} (at a step boundary)")
         if core.state == "failed":
             await self._settle(core)
-            raise JobFailed(self._failure_report(core))
+            error = RestartBudgetExceeded if core.budget_exceeded else JobFailed
+            raise error(self._failure_report(core))
 
     async def _settle(self, core: TrainingRun) -> None:
         """Give a root cause a moment to surface: a crash elsewhere often shows first as a
@@ -256,6 +274,8 @@ class JobRunner:
     async def _pump(self, core: TrainingRun, wait_ms: int) -> None:
         """Feed the core at most one message (waiting up to ``wait_ms``) and every process exit."""
         router, supervisor = self.pool.router, self.pool.supervisor
+        for actor_id, how in supervisor.exited():   # exits first: they explain the errors that follow them
+            await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
         if await router.poll(wait_ms):
             frames = await router.recv_multipart()
             try:
@@ -268,6 +288,11 @@ class JobRunner:
                 await self._send(router, core.handle(frames[0], message, time.monotonic()))
         for actor_id, how in supervisor.exited():
             await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
+        for actor_id in core.kill:
+            supervisor.kill(actor_id)
+        for actor_id in core.respawn:
+            self.pool.respawn(actor_id)
+        core.kill, core.respawn = [], []
 
     async def _send(self, router: zmq.asyncio.Socket, outs: list[Out]) -> None:
         for out in outs:

@@ -18,14 +18,14 @@ DATA = DatasetInfo(spec="synthetic:12,4,3", n_features=4, n_classes=3, x_train=_
                    y_test=_ref("ys", "int64", (2,)))
 
 
-def make_run(world=2, epochs=2, steps=5, window=4, split=None, batch=None, planner=None):
+def make_run(world=2, epochs=2, steps=5, window=4, split=None, batch=None, planner=None, **extra):
     batch = batch or 2 * world
     job = JobSpec(job_id=7, dataset=DATA.spec, hidden=[8], epochs=epochs, batch_size=batch, lr=0.1,
                   optimizer="sgd", momentum=0.0, weight_decay=0.0, precision="fp32", seed=1, slowdowns=[])
     return TrainingRun(job=job, data=DATA, actor_ids=[f"a{i}" for i in range(world)], threads=[1] * world,
                        rendezvous="tcp://127.0.0.1:1", split=split or [batch // world] * world,
                        steps_per_epoch=steps, n_train=10, min_window=window, max_window=window,
-                       save_path="/tmp/w.safetensors", planner=planner)
+                       save_path="/tmp/w.safetensors", planner=planner, **extra)
 
 
 def hello(i):
@@ -64,7 +64,7 @@ def test_grants_extend_the_window_as_steps_are_committed_by_every_actor():
     run, _ = started()
     assert run.handle(b"id0", report(0, 0, 1, 2), now=1.0) == []   # rank 1 has committed nothing yet
     outs = run.handle(b"id1", report(1, 0, 1), now=1.0)
-    assert [o.message for o in outs] == [Grant(job_id=7, first_step=4, end_step=6, split=[2, 2])] * 2
+    assert [o.message for o in outs] == [Grant(job_id=7, first_step=4, end_step=6, split=[2, 2], committed=1)] * 2
     assert run.committed() == 1
 
 
@@ -118,10 +118,40 @@ def test_an_actor_failure_fails_the_run_with_its_message():
     assert run.state == "failed" and "boom" in run.failure
 
 
-def test_an_actor_exit_before_the_end_fails_the_run():
-    run, _ = started()
+def test_an_actor_exit_without_a_restart_budget_fails_the_run():
+    run, _ = started(max_restarts=0)
     run.actor_exited("a0", "killed by SIGKILL", now=1.0)
     assert run.state == "failed" and "SIGKILL" in run.failure and "rank 0" in run.failure
+    assert run.budget_exceeded
+
+
+def test_a_lost_actor_is_replaced_and_the_group_rewinds_to_the_snapshot_before_the_first_uncommitted_step():
+    run, _ = started(epochs=4, steps=10, window=16, snapshot_every=4)
+    run.handle(b"id0", report(0, *range(0, 11)), now=1.0)    # rank 0 is ahead: 0..10
+    run.handle(b"id1", report(1, *range(0, 6)), now=1.0)     # rank 1 reported 0..5, then died
+    outs = run.actor_exited("a1", "killed by SIGKILL", now=1.1)
+    assert run.state == "recovering" and run.respawn == ["a1"]
+    assert [(o.identity, type(o.message).__name__) for o in outs] == [(b"id0", "Abort")]
+    assert run.handle(b"id0", report(0, 11), now=1.2) == []  # the broken group's late steps are ignored
+    outs = run.handle(b"new1", hello(1), now=2.0)            # the replacement says hello
+    by_kind = {type(o.message).__name__: o for o in outs if not isinstance(o.message, Grant)}
+    regroup, welcome = by_kind["Regroup"].message, by_kind["Welcome"].message
+    assert by_kind["Regroup"].identity == b"id0" and by_kind["Welcome"].identity == b"new1"
+    # committed = 5, so the first uncommitted step is 6; the newest snapshot at or before it is 4
+    assert regroup.rewind_step == welcome.start_step == 4 and regroup.source_rank == welcome.source_rank == 0
+    assert regroup.generation == welcome.generation == 1
+    assert [o.message.first_step for o in outs if isinstance(o.message, Grant)] == [4, 4]
+    assert run.state == "running" and run.replayed_steps == 7   # steps 4..10 were reported before the loss
+    assert run.result()["actors"][1]["restarts"] == 1 and run.result()["replayed_steps"] == 7
+    assert [type(e).__name__ for e in run.events] == ["ActorLost", "Recovered"]
+
+
+def test_the_restart_budget_counts_losses_within_the_window():
+    run, _ = started(max_restarts=1, restart_window_s=10.0)
+    run.actor_exited("a1", "exit code 17", now=1.0)
+    run.handle(b"new1", hello(1), now=2.0)
+    run.actor_exited("a1", "exit code 17", now=3.0)          # the second within 10 s: over budget
+    assert run.state == "failed" and run.budget_exceeded and "--max-restarts 1" in run.failure
 
 
 def test_a_split_that_does_not_sum_to_the_batch_is_our_bug():
@@ -154,11 +184,25 @@ def test_without_a_planner_the_split_never_changes():
     assert run.rebalances == 0 and run.split == [32, 32]
 
 
-def test_an_actor_silent_past_the_hang_timeout_fails_the_run():
+def test_an_actor_silent_past_the_hang_bound_while_its_peer_speaks_is_killed_and_replaced():
     run, _ = started()
     run.hang_timeout_s = 3.0
-    run.handle(b"id0", report(0, 0), now=2.5)
+    run.handle(b"id1", report(1, 0), now=0.0)   # both have joined the group and trained a step
+    run.handle(b"id0", report(0, 1), now=2.5)
     run.check_liveness(now=2.9)
-    assert run.state == "running"
+    assert run.state == "running" and run.kill == []
     run.check_liveness(now=3.5)
-    assert run.state == "failed" and "rank(s) 1 " in run.failure and "hung" in run.failure
+    assert run.kill == ["a1"] and run.state == "running"
+    run.actor_exited("a1", "killed by SIGKILL", now=3.6)
+    assert run.state == "recovering" and "hung" in run.events[-1].how
+
+
+def test_when_every_actor_is_silent_the_peers_get_time_to_time_out_then_the_run_fails():
+    run, _ = started()
+    run.hang_timeout_s = 3.0
+    run.handle(b"id0", report(0, 0), now=0.0)
+    run.handle(b"id1", report(1, 0), now=0.0)
+    run.check_liveness(now=3.5)                               # all silent: perhaps one hung, the rest waiting
+    assert run.state == "running" and run.kill == []
+    run.check_liveness(now=3.0 + run.collective_timeout_s() + 2.5)
+    assert run.state == "failed" and "rank(s) 0 " in run.failure and "hung" in run.failure

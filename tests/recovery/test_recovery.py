@@ -1,0 +1,124 @@
+"""Lost actors, exact replay, the restart budget, checkpoints and --resume, with real processes.
+
+Every test compares final weights with one uninterrupted run of the same job; faults are
+injected at chosen steps (LEPTONRT_FAULT) or by the test itself, driven by what the broker
+reports, never by sleeping.
+"""
+
+import asyncio
+import json
+import os
+import signal
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from leptonrt import Broker, TrainJob
+from leptonrt.broker.run import ActorLost, Recovered
+
+pytestmark = pytest.mark.process
+DATA = ["--dataset", "synthetic:3000,16,3", "--hidden", "16", "--batch-size", "64", "--epochs", "2",
+        "--gpus", "none", "--cpu-actors", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, leptonrt_cli_module):
+    path = tmp_path_factory.mktemp("straight") / "w.safetensors"
+    out = leptonrt_cli_module(*DATA, "--save", path)
+    assert out.returncode == 0, out.stderr
+    return load_file(path)
+
+
+@pytest.fixture(scope="module")
+def leptonrt_cli_module():
+    import subprocess
+    import sys
+
+    def run(*args, env=None, timeout=240):
+        return subprocess.run([sys.executable, "-m", "leptonrt", "train", *map(str, args)], capture_output=True,
+                              text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+    return run
+
+
+def same_weights(path, straight):
+    got = load_file(path)
+    return got.keys() == straight.keys() and all(torch.allclose(got[k], straight[k], atol=1e-6) for k in got)
+
+
+@pytest.mark.parametrize("fault", ["crash@30:1", "allreduce@41:0", "hang@25:1"])
+def test_a_lost_actor_is_replaced_and_the_replayed_run_trains_the_same_weights(fault, tmp_path, straight,
+                                                                                leptonrt_cli_module, no_leftovers):
+    save, report = tmp_path / "w.safetensors", tmp_path / "r.json"
+    out = leptonrt_cli_module(*DATA, "--save", save, "--json-out", report, env={"LEPTONRT_FAULT": fault})
+    assert out.returncode == 0, out.stderr
+    result = json.loads(report.read_text())
+    rank = int(fault.rsplit(":", 1)[1])
+    assert [a["restarts"] for a in result["actors"]] == [int(r == rank) for r in range(2)]
+    assert result["replayed_steps"] >= 0 and result["steps"] == 2 * 38
+    assert same_weights(save, straight)
+
+
+def test_sigkill_at_a_step_the_test_chooses(tmp_path, straight, no_leftovers):
+    save = tmp_path / "w.safetensors"
+    job = TrainJob(dataset="synthetic:3000,16,3", hidden=(16,), batch_size=64, epochs=2, save=str(save))
+
+    async def main():
+        async with Broker(gpus="none", cpu_actors=2) as broker:
+            running = await broker.submit(job)
+            victim = None
+            while victim is None:   # follow the broker's own view until step 20 is committed
+                snap = broker.snapshot()
+                if snap.job is not None and snap.job.step >= 20:
+                    victim = snap.actors[1].pid
+                    os.kill(victim, signal.SIGKILL)
+                await asyncio.sleep(0.005)
+            events = [e async for e in running.events()]
+            return victim, events, await running.result()
+
+    victim, events, result = asyncio.run(main())
+    lost = [e for e in events if isinstance(e, ActorLost)]
+    assert len(lost) == 1 and lost[0].rank == 1 and "SIGKILL" in lost[0].how
+    assert any(isinstance(e, Recovered) for e in events)
+    assert result["actors"][1]["restarts"] == 1 and result["actors"][1]["pid"] != victim
+    assert same_weights(save, straight)
+
+
+def test_an_actor_that_crashes_on_every_start_exhausts_the_budget_with_exit_70(leptonrt_cli_module, no_leftovers):
+    out = leptonrt_cli_module(*DATA, "--max-restarts", "2", env={"LEPTONRT_FAULT": "start@0:1"})
+    assert out.returncode == 70, out.stderr
+    assert "lost 3 times" in out.stderr and "--max-restarts 2" in out.stderr
+    assert "rank 1" in out.stderr and "exit code 17" in out.stderr and "Traceback" not in out.stderr.splitlines()[0]
+
+
+def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one_and_resume_trains_the_same_weights(
+        tmp_path, straight, leptonrt_cli_module, no_leftovers):
+    ckpt, save = tmp_path / "ckpt", tmp_path / "w.safetensors"
+    args = [*DATA, "--checkpoint-dir", ckpt, "--checkpoint-every", "20"]
+    crashed = leptonrt_cli_module(*args, "--max-restarts", "0", env={"LEPTONRT_FAULT": "checkpoint@40:0"})
+    assert crashed.returncode == 70, crashed.stderr
+    assert (ckpt / "step-00000020" / "manifest.json").exists() and not (ckpt / "step-00000040").exists()
+    resumed = leptonrt_cli_module(*args, "--resume", "--save", save)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "step 20" in resumed.stderr
+    assert same_weights(save, straight)
+
+
+def test_a_tampered_checkpoint_is_refused_with_a_clear_message(tmp_path, leptonrt_cli_module, no_leftovers):
+    ckpt = tmp_path / "ckpt"
+    first = leptonrt_cli_module(*DATA, "--checkpoint-dir", ckpt, "--checkpoint-every", "30")
+    assert first.returncode == 0, first.stderr
+    newest = sorted(ckpt.glob("step-*"))[-1] / "weights.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-1] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    out = leptonrt_cli_module(*DATA, "--checkpoint-dir", ckpt, "--checkpoint-every", "30", "--resume")
+    assert out.returncode == 66 and "remove it to resume from an earlier checkpoint" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_resume_refuses_a_checkpoint_of_a_different_job(tmp_path, leptonrt_cli_module, no_leftovers):
+    ckpt = tmp_path / "ckpt"
+    assert leptonrt_cli_module(*DATA, "--checkpoint-dir", ckpt, "--checkpoint-every", "30").returncode == 0
+    out = leptonrt_cli_module(*DATA, "--lr", "0.01", "--checkpoint-dir", ckpt, "--resume")
+    assert out.returncode == 78 and "different job" in out.stderr
