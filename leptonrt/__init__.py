@@ -1,7 +1,7 @@
 """leptonrt: exact synchronous data-parallel training across every device you have."""
 
 from .broker.embedded import Broker, BrokerClosed, Job
-from .broker.run import EpochEvent, SplitChanged
+from .broker.run import ActorLost, EpochEvent, Recovered, SplitChanged
 from .broker.stats import Snapshot
 from .client import RemoteBroker, RemoteJob, RemoteJobFailed, connect
 from .config import TrainJob
@@ -9,6 +9,7 @@ from .errors import (ConfigError, DataError, InternalError, Interrupted, JobFail
                      ProtocolError, UsageError)
 
 __all__ = [
+    "ActorLost",
     "Broker",
     "BrokerClosed",
     "ConfigError",
@@ -21,6 +22,7 @@ __all__ = [
     "LeptonError",
     "NoDeviceError",
     "ProtocolError",
+    "Recovered",
     "RemoteBroker",
     "RemoteJob",
     "RemoteJobFailed",

@@ -24,7 +24,7 @@ import zmq.asyncio
 from .broker import protocol
 from .broker.address import check_address, default_address, token
 from .broker.protocol import Accepted, JobUpdate, Rejected, StatusReply, StatusRequest, Submit
-from .broker.run import EpochEvent, SplitChanged
+from .broker.run import ActorLost, EpochEvent, Recovered, SplitChanged
 from .broker.stats import Snapshot
 from .config import TrainJob
 from .errors import LeptonError, NoDeviceError, ProtocolError
@@ -58,6 +58,10 @@ class RemoteJob:
         elif msg.kind == "split":
             data["split"] = tuple(data["split"])
             self._events.put_nowait(SplitChanged(**data))
+        elif msg.kind == "lost":
+            self._events.put_nowait(ActorLost(**data))
+        elif msg.kind == "recovered":
+            self._events.put_nowait(Recovered(**data))
         elif msg.kind == "finished":
             self._end(result=data)
         else:

@@ -70,20 +70,21 @@ def test_a_simulated_slowdown_is_labelled_as_simulated(leptonrt_cli, tmp_path, n
                                                                   "to_step": None}]
 
 
-def test_a_crashed_actor_fails_the_job_with_a_report_and_leaves_nothing(leptonrt_cli, no_leftovers):
+def test_a_crashed_actor_without_restarts_left_fails_the_job_with_a_report_and_leaves_nothing(leptonrt_cli,
+                                                                                                no_leftovers):
     proc = leptonrt_cli("train", "--dataset", "digits", "--gpus", "none", "--cpu-actors", "2", "--epochs", "3",
-                        env={"LEPTONRT_FAULT": "crash@10:1"})
-    assert proc.returncode == 1
-    assert "rank 1" in proc.stderr and "exit code 17" in proc.stderr
-    assert "Traceback" not in proc.stderr
+                        "--max-restarts", "0", env={"LEPTONRT_FAULT": "crash@10:1"})
+    assert proc.returncode == 70
+    assert "rank 1" in proc.stderr and "exit code 17" in proc.stderr and "--max-restarts 0" in proc.stderr
+    assert not proc.stderr.startswith("Traceback")
 
 
-def test_a_hung_actor_fails_the_job_after_the_hang_timeout_and_leaves_nothing(leptonrt_cli, no_leftovers):
+def test_a_hung_actor_is_found_within_the_bound_and_without_restarts_left_fails_the_job(leptonrt_cli, no_leftovers):
     proc = leptonrt_cli("train", "--dataset", "digits", "--gpus", "none", "--cpu-actors", "2", "--epochs", "3",
-                        "--hang-timeout", "2", env={"LEPTONRT_FAULT": "hang@10:1"}, timeout=60)
-    assert proc.returncode == 1
-    assert "taken for hung" in proc.stderr and "rank(s)" in proc.stderr
-    assert "Traceback" not in proc.stderr
+                        "--max-restarts", "0", env={"LEPTONRT_FAULT": "hang@10:1"}, timeout=60)
+    assert proc.returncode == 70
+    assert "rank 1 sent nothing for 3." in proc.stderr and "taken for hung" in proc.stderr
+    assert not proc.stderr.startswith("Traceback")
 
 
 def test_a_missing_dataset_file_is_one_line_and_exit_66(leptonrt_cli, tmp_path, no_leftovers):

@@ -24,7 +24,7 @@ from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Hea
                                Abort, GroupFailed, Regroup, Release, Shutdown, StepStat, Stop, Welcome)
 from ..data.shm import SegmentReader, remove_segments_of
 from ..nn.model import build_mlp
-from ..nn.step import FusedStep, StepTimer, evaluate
+from ..nn.step import FusedStep, StepTimer, evaluate, make_optimizer
 from .faults import Injector
 from .link import Link
 
@@ -48,13 +48,23 @@ class BrokerGone(Exception):
     """The broker stopped talking to us, or told us to shut down."""
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def _clean_after(parent_pid: int, connect: str) -> None:
+    """The broker died: remove what it could not — its shared memory and its run directory."""
+    if not parent_pid or os.getppid() == parent_pid:
+        return
+    remove_segments_of(parent_pid)
+    run_dir = os.path.dirname(connect.removeprefix("ipc://"))
+    if connect.startswith("ipc://") and os.path.basename(run_dir).startswith("leptonrt-run-"):
+        import shutil
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _die_with_parent(parent_pid: int, connect: str) -> None:
     """Ask Linux for SIGTERM when the broker dies, so no actor outlives it; the handler
-    also removes the dead broker's shared memory, which it could not remove itself."""
+    also removes what the dead broker could not remove itself."""
 
     def on_term(_signum, _frame) -> None:
-        if parent_pid and os.getppid() != parent_pid:
-            remove_segments_of(parent_pid)   # the broker that just died could not
+        _clean_after(parent_pid, connect)
         os._exit(143)
 
     signal.signal(signal.SIGTERM, on_term)
@@ -65,7 +75,7 @@ def _die_with_parent(parent_pid: int) -> None:
         except OSError:
             pass
     if parent_pid and os.getppid() != parent_pid:
-        remove_segments_of(parent_pid)
+        _clean_after(parent_pid, connect)
         os._exit(3)  # the broker died before we could ask
 
 
@@ -92,6 +102,7 @@ class Actor:
     """Runs one job's steps on one device; survives the loss of a peer by regrouping."""
 
     def __init__(self, link: Link, welcome: Welcome, device: torch.device, parent_pid: int) -> None:
+        _log(f"welcomed as rank {welcome.rank} of {welcome.world_size} for job {welcome.job.job_id}")
         self.link, self.w, self.device, self.parent_pid = link, welcome, device, parent_pid
         self.job, self.rank, self.world = welcome.job, welcome.rank, welcome.world_size
         self.generation, self.group_start = welcome.generation, welcome.start_step
@@ -108,6 +119,7 @@ class Actor:
         self.dist = None
         self.reader = SegmentReader()
         self._load_data()
+        _log("data mapped")
         self.model = build_mlp(welcome.data.n_features, list(self.job.hidden), welcome.data.n_classes,
                                self.job.seed).to(device)
         self.step = FusedStep(self.model, optimizer=self.job.optimizer, lr=self.job.lr,
@@ -486,6 +498,14 @@ def save_weights(model: torch.nn.Module, path: str, job) -> None:
     os.replace(tmp, path)
 
 
+def _warm_up(device: torch.device) -> None:
+    """Pay the optimizers' one-time imports (over a second) before saying hello, so a
+    job — or a replacement joining a running one — does not wait for them."""
+    probe = [torch.nn.Parameter(torch.zeros(1, device=device))]
+    for name in ("adam", "adamw", "sgd"):
+        make_optimizer(probe, name, 1e-3, 0.9, 0.0)
+
+
 def _hello(link: Link, args: argparse.Namespace, device: torch.device) -> None:
     name, memory, bf16 = "cpu", 0, False
     if device.type == "cuda":
@@ -517,10 +537,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    _die_with_parent(args.parent_pid)
+    _die_with_parent(args.parent_pid, args.connect)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the broker decides when we stop
     torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)
+    _warm_up(device)
     link, actor = Link(args.connect), None
     try:
         while True:   # one job after another, until the broker says goodbye
@@ -532,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             actor = None
     except BrokerGone as exc:
         print(f"actor {args.actor_id}: {exc}", file=sys.stderr)
+        _clean_after(args.parent_pid, args.connect)   # if the broker died rather than said goodbye
         return 0
     except Exception as exc:  # report, then fail: the broker decides what happens next
         traceback.print_exc()

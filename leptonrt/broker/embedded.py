@@ -22,7 +22,7 @@ from typing import AsyncIterator
 
 from ..config import TrainJob
 from ..errors import LeptonError
-from .run import SplitChanged
+from .run import ActorLost, Recovered, SplitChanged
 from .server import ActorPool, JobRunner
 from .stats import ActorStats, Event, JobStats, QueuedJob, Snapshot
 
@@ -157,6 +157,11 @@ class Broker:
             if isinstance(event, SplitChanged):
                 shares = "/".join(f"{b / job.spec.batch_size:.2f}" for b in event.split)
                 self._log(f"job {job.id}: split {shares} from step {event.step}")
+            elif isinstance(event, ActorLost):
+                self._log(f"job {job.id}: rank {event.rank} lost ({event.how}) after step {event.committed}; replacing it")
+            elif isinstance(event, Recovered):
+                self._log(f"job {job.id}: regrouped in {event.seconds:.1f} s, replaying from step {event.rewind_step} "
+                          f"({event.replayed_steps} steps)")
             job._emit(event)
 
         try:

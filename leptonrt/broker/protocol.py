@@ -292,7 +292,7 @@ class Rejected:
 class JobUpdate:
     """Service -> client: something happened to a submitted job."""
     job_id: int = _field(min=1)
-    kind: str = _field(choices=frozenset({"epoch", "split", "finished", "failed"}))
+    kind: str = _field(choices=frozenset({"epoch", "split", "lost", "recovered", "finished", "failed"}))
     data_json: str = _field(max_len=_JSON_MAX)  # the event's fields, or the result, as a JSON object
 
 

@@ -24,7 +24,7 @@ from . import protocol
 from .address import check_listen, ipc_path
 from .embedded import Broker, BrokerClosed, Job
 from .protocol import Accepted, JobUpdate, Rejected, StatusReply, StatusRequest, Submit
-from .run import EpochEvent, SplitChanged
+from .run import ActorLost, EpochEvent, Recovered, SplitChanged
 
 PROBE_MS = 500   # how long a stale-socket probe waits for an answer
 
@@ -145,11 +145,11 @@ class Service:
         task.add_done_callback(self._forwarders.discard)
 
     async def _forward(self, identity: bytes, job: Job) -> None:
+        kinds = {EpochEvent: "epoch", SplitChanged: "split", ActorLost: "lost", Recovered: "recovered"}
         async for event in job.events():
-            if isinstance(event, EpochEvent):
-                await self._send(identity, JobUpdate(job_id=job.id, kind="epoch", data_json=json.dumps(asdict(event))))
-            elif isinstance(event, SplitChanged):
-                await self._send(identity, JobUpdate(job_id=job.id, kind="split", data_json=json.dumps(asdict(event))))
+            kind = kinds.get(type(event))
+            if kind is not None:
+                await self._send(identity, JobUpdate(job_id=job.id, kind=kind, data_json=json.dumps(asdict(event))))
         try:
             result = await job.result()
         except LeptonError as exc:

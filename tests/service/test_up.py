@@ -2,11 +2,13 @@
 
 import json
 import os
+from pathlib import Path
 import pty
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -36,17 +38,32 @@ def _status(runtime, timeout=60):
     raise AssertionError(f"the broker never answered with idle actors: {out.stderr}")
 
 
-def _read_until(fd, needles, timeout=60):
-    """Terminal output until every needle has shown up."""
-    seen, deadline = b"", time.monotonic() + timeout
-    while time.monotonic() < deadline and not all(n.encode() in seen for n in needles):
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            try:
-                seen += os.read(fd, 65536)
-            except OSError:
-                break
-    return seen.decode(errors="replace")
+class Terminal:
+    """Reads a pseudo-terminal continuously, as a real one would (a full pty blocks the writer)."""
+
+    def __init__(self, fd):
+        self.fd, self.seen, self.done = fd, bytearray(), threading.Event()
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self):
+        while not self.done.is_set():
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if ready:
+                try:
+                    self.seen += os.read(self.fd, 65536)
+                except OSError:
+                    return
+
+    def wait_for(self, needles, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(n.encode() in self.seen for n in needles):
+            time.sleep(0.05)
+        return bytes(self.seen).decode(errors="replace")
+
+    def close(self):
+        self.done.set()
+        self.thread.join()
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -57,10 +74,11 @@ def test_up_in_a_terminal_shows_the_actors_and_leaves_nothing_on_a_signal(tmp_pa
                             stdin=secondary, stdout=secondary, stderr=secondary, env=_env(runtime, COLUMNS="120"),
                             start_new_session=True)
     os.close(secondary)
+    terminal = Terminal(primary)
     try:
         snap = _status(runtime)
         pids = [str(a["pid"]) for a in snap["actors"]]
-        screen = _read_until(primary, ["rank", "idle", *pids])
+        screen = terminal.wait_for(["rank", "idle", *pids])
         assert all(pid in screen for pid in pids) and "cpu" in screen, screen[-2000:]
         assert (runtime / "broker.sock").exists()
         proc.send_signal(signum)
@@ -69,6 +87,7 @@ def test_up_in_a_terminal_shows_the_actors_and_leaves_nothing_on_a_signal(tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        terminal.close()
         os.close(primary)
     assert not (runtime / "broker.sock").exists()
     assert not [p for p in actor_processes() if str(p) in pids]
@@ -141,6 +160,8 @@ def test_killing_the_broker_takes_its_actors_and_shared_memory_with_it(tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(runtime))
     try:
         pids = [a["pid"] for a in _status(runtime)["actors"]]
+        run_dir = _run_dir_of(pids[0])
+        assert run_dir.name.startswith("leptonrt-run-") and run_dir.exists()
         done = leptonrt_cli("train", "--dataset", "synthetic:500,8,3", "--epochs", "1", "--quiet", env=_env(runtime))
         assert done.returncode == 0, done.stderr
         assert [s for s in list_segments() if s.startswith(f"leptonrt-{proc.pid}x")]   # the dataset is cached
@@ -152,3 +173,10 @@ def test_killing_the_broker_takes_its_actors_and_shared_memory_with_it(tmp_path,
         time.sleep(0.05)
     assert not set(pids) & set(actor_processes())
     assert not [s for s in list_segments() if s.startswith(f"leptonrt-{proc.pid}x")]
+    assert not run_dir.exists(), "the dead broker's run directory (actor socket, logs) was left behind"
+
+
+def _run_dir_of(pid):
+    """The broker's private run directory, from an actor's command line (--connect ipc://DIR/broker.sock)."""
+    args = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
+    return Path(args[args.index("--connect") + 1].removeprefix("ipc://")).parent
