@@ -50,7 +50,7 @@ class BrokerGone(Exception):
 
 def _clean_after(parent_pid: int, connect: str) -> None:
     """The broker died: remove what it could not — its shared memory and its run directory."""
-    if not parent_pid or os.getppid() == parent_pid:
+    if not parent_pid:
         return
     remove_segments_of(parent_pid)
     run_dir = os.path.dirname(connect.removeprefix("ipc://"))
@@ -60,18 +60,20 @@ def _clean_after(parent_pid: int, connect: str) -> None:
 
 
 def _die_with_parent(parent_pid: int, connect: str) -> None:
-    """Ask Linux for SIGTERM when the broker dies, so no actor outlives it; the handler
-    also removes what the dead broker could not remove itself."""
+    """Ask Linux for a signal of our own (SIGUSR1) when the broker dies, so no actor outlives
+    it; its handler also removes what the dead broker could not remove itself. (A signal of
+    its own: at that moment getppid() may still name the dead broker, so a SIGTERM from a
+    living supervisor could not be told apart.)"""
 
-    def on_term(_signum, _frame) -> None:
+    def on_parent_death(_signum, _frame) -> None:
         _clean_after(parent_pid, connect)
         os._exit(143)
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGUSR1, on_parent_death)
     if sys.platform.startswith("linux"):
         import ctypes
         try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
         except OSError:
             pass
     if parent_pid and os.getppid() != parent_pid:
@@ -553,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
             actor = None
     except BrokerGone as exc:
         print(f"actor {args.actor_id}: {exc}", file=sys.stderr)
-        _clean_after(args.parent_pid, args.connect)   # if the broker died rather than said goodbye
+        if os.getppid() != args.parent_pid:   # the broker died rather than said goodbye
+            _clean_after(args.parent_pid, args.connect)
         return 0
     except Exception as exc:  # report, then fail: the broker decides what happens next
         traceback.print_exc()

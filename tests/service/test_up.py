@@ -113,20 +113,29 @@ def running_up(tmp_path):
 
 def test_two_jobs_submitted_at_once_to_a_running_up_both_finish_in_order(no_leftovers, running_up, tmp_path):
     env = _env(running_up)
-    args = ["--dataset", "synthetic:2000,16,3", "--hidden", "16", "--batch-size", "64", "--quiet"]
+    args = ["--hidden", "16", "--batch-size", "64", "--quiet"]
     outs = [tmp_path / "one.json", tmp_path / "two.json"]
-    first = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", *args, "--epochs", "3", "--json-out", outs[0]],
+    first = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", "--dataset", "synthetic:20000,16,3", *args,
+                              "--epochs", "3", "--json-out", outs[0]],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(0.5)   # only to fix which of the two is submitted first
-    second = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", *args, "--epochs", "2", "--json-out", outs[1]],
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:   # submit the second once the broker runs the first
+        snap = json.loads(subprocess.run([sys.executable, "-m", "leptonrt", "status", "--json"], capture_output=True,
+                                         text=True, env=env, timeout=60).stdout)
+        if snap["job"] is not None:
+            break
+    second = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", "--dataset", "synthetic:2000,16,3", *args,
+                               "--epochs", "2", "--json-out", outs[1]],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    errors = []
     for proc in (first, second):
         _out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err
         assert "submitted to ipc://" in err   # it went to the broker, not to an embedded one
+        errors.append(err)
     one, two = (json.loads(p.read_text()) for p in outs)
-    assert one["job_id"] < two["job_id"]
-    assert one["finished_at"] <= two["started_at"]   # queued behind the first, not run alongside
+    assert "(1 ahead of it)" in errors[1]   # queued behind the running one...
+    assert one["job_id"] < two["job_id"] and one["finished_at"] <= two["started_at"]   # ...and run after it
     assert one["epochs"] == 3 and two["epochs"] == 2
     # the same actor processes ran both
     assert [a["pid"] for a in one["actors"]] == [a["pid"] for a in two["actors"]]
