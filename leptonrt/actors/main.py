@@ -95,7 +95,7 @@ class _Snapshot:
 
     step: int                     # the next step to train from this state
     params: list[torch.Tensor]
-    optimizer: dict
+    optimizer: list[dict]         # per parameter, its optimizer state (tensors cloned)
     loss_sum: torch.Tensor
     scaler: tuple[float, int, int]   # fp16 loss scale, clean steps, skipped steps
 
@@ -179,7 +179,9 @@ class Actor:
     def _allreduce(self, flat: torch.Tensor):
         if self.dist is None:
             return None
-        return self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM, async_op=True)
+        # synchronous: on a CPU box an async collective's worker thread competes with the
+        # step for the same cores (measured slower); the next batch is gathered right after
+        return self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM)
 
     def _collective(self, fn) -> None:
         """Run a collective; a failure of the group becomes GroupBroken (recoverable)."""
@@ -219,8 +221,9 @@ class Actor:
 
     def _snapshot(self, step: int) -> None:
         s = self.step
-        self.snapshots[step] = _Snapshot(step, [p.detach().clone() for p in s.params],
-                                         copy.deepcopy(s.optimizer.state_dict()), s.loss_sum.clone(),
+        state = [{k: v.clone() if torch.is_tensor(v) else copy.copy(v) for k, v in s.optimizer.state[p].items()}
+                 for p in s.params]
+        self.snapshots[step] = _Snapshot(step, [p.detach().clone() for p in s.params], state, s.loss_sum.clone(),
                                          (s.scale, s._clean_steps, s.skipped))
 
     def _restore(self, step: int) -> None:
@@ -229,9 +232,16 @@ class Actor:
             raise RuntimeError(f"no in-memory snapshot at step {step} (have {sorted(self.snapshots)})")
         s = self.step
         with torch.no_grad():
-            for p, saved in zip(s.params, snap.params):
+            for p, saved, state in zip(s.params, snap.params, snap.optimizer):
                 p.copy_(saved)
-        s.optimizer.load_state_dict(copy.deepcopy(snap.optimizer))
+                live = s.optimizer.state.get(p)
+                if live is not None and live.keys() == state.keys() and all(torch.is_tensor(v) for v in live.values()):
+                    for k, v in state.items():
+                        live[k].copy_(v)
+                elif state:
+                    s.optimizer.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state.items()}
+                else:
+                    s.optimizer.state.pop(p, None)
         s.loss_sum.copy_(snap.loss_sum)
         s.scale, s._clean_steps, s.skipped = snap.scaler
         for later in [k for k in self.snapshots if k > step]:
