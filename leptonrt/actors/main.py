@@ -21,7 +21,8 @@ import torch
 
 from ..broker.plan import batch_rows, epoch_permutation, piece
 from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
-                               Abort, GroupFailed, Regroup, Release, Shutdown, StepStat, Stop, Welcome)
+                               Abort, CheckpointNow, Checkpointed, GroupFailed, Regroup, Release, Shutdown,
+                               StepStat, Stop, Welcome)
 from ..data.shm import SegmentReader, remove_segments_of
 from ..nn.model import build_mlp
 from ..nn.step import FusedStep, StepTimer, evaluate, make_optimizer
@@ -117,6 +118,7 @@ class Actor:
         self.last_flush = time.perf_counter()
         self.next_piece: _Piece | None = None
         self.snapshots: dict[int, _Snapshot] = {}
+        self.steps_done = welcome.start_step
         self.epoch_results: list[dict] = []   # rank 0 keeps them for checkpoint manifests
         self.dist = None
         self.reader = SegmentReader()
@@ -258,14 +260,33 @@ class Actor:
         """``g`` steps are done: snapshot and checkpoint on schedule."""
         if g % self.w.snapshot_every == 0:
             self._snapshot(g)
+        self.steps_done = g
         job = self.job
         if self.rank == 0 and job.checkpoint_dir and job.checkpoint_every and g % job.checkpoint_every == 0:
-            from ..nn import checkpoint
-            s = self.step
-            meta = {"loss_sum": float(s.loss_sum.item()), "scaler": [s.scale, s._clean_steps, s.skipped],
-                    "epochs": self.epoch_results}
-            checkpoint.save(job.checkpoint_dir, step=g, epoch=g // self.w.steps_per_epoch, fingerprint=job.fingerprint,
-                            model=self.model, optimizer=s.optimizer, meta=meta, fault=self.faults.in_checkpoint(g))
+            self._write_checkpoint(g)
+
+    def _write_checkpoint(self, g: int):
+        from ..nn import checkpoint
+        s = self.step
+        meta = {"loss_sum": float(s.loss_sum.item()), "scaler": [s.scale, s._clean_steps, s.skipped],
+                "epochs": self.epoch_results}
+        return checkpoint.save(self.job.checkpoint_dir, step=g, epoch=g // self.w.steps_per_epoch,
+                               fingerprint=self.job.fingerprint, model=self.model, optimizer=s.optimizer, meta=meta,
+                               fault=self.faults.in_checkpoint(g))
+
+    def _checkpoint_now(self, msg: CheckpointNow) -> None:
+        """The broker stopped the job at a boundary (Ctrl-C on `up`): keep what was trained."""
+        path, problem = "", ""
+        if not self.job.checkpoint_dir:
+            problem = "no --checkpoint-dir"
+        elif self.steps_done != msg.step:
+            problem = f"not at the boundary (at step {self.steps_done}, asked for {msg.step})"
+        else:
+            try:
+                path = str(self._write_checkpoint(msg.step).path)
+            except Exception as exc:   # reported; the job is ending anyway
+                problem = f"{type(exc).__name__}: {exc}"[:4000]
+        self.link.send(Checkpointed(job_id=self.job.job_id, rank=self.rank, step=msg.step, path=path, message=problem))
 
     def _resume(self, directory: str) -> None:
         from ..nn import checkpoint
@@ -289,6 +310,8 @@ class Actor:
             self.stop = msg
         elif isinstance(msg, Release) and msg.job_id == self.job.job_id:
             self.released = True
+        elif isinstance(msg, CheckpointNow) and msg.job_id == self.job.job_id:
+            self._checkpoint_now(msg)
         elif isinstance(msg, Regroup) and msg.job_id == self.job.job_id and msg.generation > self.generation:
             self.regroup = msg
             self.grants.clear()   # grants of the broken group; the new ones follow this message

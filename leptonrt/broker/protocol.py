@@ -251,6 +251,23 @@ class Regroup:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckpointNow:
+    """Broker -> rank 0, the job stopped at a step boundary: write a checkpoint of it."""
+    job_id: int = _field(min=0)
+    step: int = _field(min=0)  # steps done at the boundary
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpointed:
+    """Rank 0 -> broker: the answer to CheckpointNow."""
+    job_id: int = _field(min=0)
+    rank: int = _field(min=0)
+    step: int = _field(min=0)
+    path: str = _field(max_len=4096)  # the checkpoint directory written; empty if none
+    message: str = _field(max_len=4096)  # why not, if not
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """Broker -> actor: the job is over; leave its group, say hello again and wait for the next."""
     job_id: int = _field(min=0)  # the job that ended
@@ -310,7 +327,7 @@ class StatusReply:
 
 Message = Union[
     Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, Abort, GroupFailed, Regroup,
-    Release, Shutdown,
+    CheckpointNow, Checkpointed, Release, Shutdown,
     Submit, Accepted, Rejected, JobUpdate, StatusRequest, StatusReply,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}

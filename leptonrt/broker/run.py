@@ -28,7 +28,7 @@ from statistics import median
 
 from ..errors import InternalError
 from .planner import Planner, rows_that_fit
-from .protocol import (Abort, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
+from .protocol import (Abort, CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
                        Message, Regroup, Reports, Stop, Welcome)
 
 
@@ -150,7 +150,8 @@ class TrainingRun:
         self.kill: list[str] = []      # actor ids the shell must kill (taken for hung)
         self._restart_times: dict[int, list[float]] = {}
         self._lost_at: float | None = None
-        self._group_failed: tuple | None = None   # (slot, message, when) of an unexplained collective failure
+        self._group_failed: tuple | None = None
+        self.checkpointed = None   # rank 0's answer to checkpoint_now()   # (slot, message, when) of an unexplained collective failure
         self._high_water = self.start_step - 1
         self.split_history: list[tuple[int, list[int]]] = [(self.start_step, list(self.split))]
         self._step_s: float | None = None   # smoothed wall time of one step, for the window
@@ -408,6 +409,16 @@ class TrainingRun:
         self._lost_at = now
         abort = Abort(job_id=self.job.job_id, generation=self.generation)
         return [Out(s.identity, abort) for s in self._ranked()] + self._regroup(now)
+
+    def _on_checkpointed(self, slot: _Slot, _identity, msg, now: float) -> list[Out]:
+        self.checkpointed = msg
+        return []
+
+    def checkpoint_now(self) -> list[Out]:
+        """Ask rank 0 for a checkpoint of the drained boundary (the answer lands in ``checkpointed``)."""
+        rank0 = self._ranked()[0]
+        self.checkpointed = None
+        return [Out(rank0.identity, CheckpointNow(job_id=self.job.job_id, step=self._granted))]
 
     def _on_heartbeat(self, slot: _Slot, _identity, msg, now: float) -> list[Out]:
         return []

@@ -214,6 +214,20 @@ class JobRunner:
                 else:
                     await self._release(self.core)
 
+    async def _stopped_at_boundary(self, core: TrainingRun) -> str:
+        """The job stopped on request; keep its progress in a checkpoint if it has a directory."""
+        text = f"interrupted: stopped after step {core.committed()} of {core.total_steps} (at a step boundary)"
+        if not self.job.checkpoint_dir:
+            return text
+        await self._send(self.pool.router, core.checkpoint_now())
+        deadline = time.monotonic() + 60.0
+        while core.checkpointed is None and time.monotonic() < deadline and core.state == "running":
+            await self._pump(core, 50)
+        done = core.checkpointed
+        if done is not None and done.path:
+            return f"{text}; checkpoint written to {done.path} (--resume continues from it)"
+        return f"{text}; no checkpoint written: {done.message if done else 'rank 0 did not answer'}"
+
     def interrupt(self) -> None:
         """Stop the job at the next step boundary every actor reaches (run() then raises Interrupted)."""
         if self.core is not None:
@@ -257,8 +271,7 @@ class JobRunner:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", time.monotonic())
             self._emit(core)
             if core.interrupted and core.drained():
-                raise Interrupted(f"interrupted: stopped after step {core.committed()} "
-                                  f"of {core.total_steps} (at a step boundary)")
+                raise Interrupted(await self._stopped_at_boundary(core))
         if core.state == "failed":
             await self._settle(core)
             error = RestartBudgetExceeded if core.budget_exceeded else JobFailed

@@ -122,3 +122,30 @@ def test_resume_refuses_a_checkpoint_of_a_different_job(tmp_path, leptonrt_cli_m
     assert leptonrt_cli_module(*DATA, "--checkpoint-dir", ckpt, "--checkpoint-every", "30").returncode == 0
     out = leptonrt_cli_module(*DATA, "--lr", "0.01", "--checkpoint-dir", ckpt, "--resume")
     assert out.returncode == 78 and "different job" in out.stderr
+
+
+def test_stopping_a_job_keeps_a_checkpoint_at_the_boundary_and_resume_finishes_it_exactly(tmp_path, straight,
+                                                                                        no_leftovers):
+    from leptonrt import Interrupted
+    ckpt, save = tmp_path / "ckpt", tmp_path / "w.safetensors"
+    spec = dict(dataset="synthetic:3000,16,3", hidden=(16,), batch_size=64, epochs=2, checkpoint_dir=str(ckpt))
+
+    async def stop_midway():
+        async with Broker(gpus="none", cpu_actors=2) as broker:
+            job = await broker.submit(TrainJob(**spec))
+            while (snap := broker.snapshot()).job is None or snap.job.step < 20:
+                await asyncio.sleep(0.005)
+            await broker.drain()   # what the first Ctrl-C of `leptonrt up` does
+            with pytest.raises(Interrupted) as stopped:
+                await job.result()
+            return str(stopped.value)
+
+    async def resume():
+        async with Broker(gpus="none", cpu_actors=2) as broker:
+            return await (await broker.submit(TrainJob(**spec, resume=True, save=str(save)))).result()
+
+    message = asyncio.run(stop_midway())
+    assert "checkpoint written to" in message and "--resume" in message
+    result = asyncio.run(resume())
+    assert result["epochs"] == 2
+    assert same_weights(save, straight)
