@@ -21,7 +21,7 @@ import torch
 
 from ..broker.plan import batch_rows, epoch_permutation, piece
 from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
-                               Abort, CheckpointNow, Checkpointed, GroupFailed, Regroup, Release, Shutdown,
+                               Abort, Adopt, CheckpointNow, Checkpointed, GroupFailed, Regroup, Release, Shutdown,
                                StepStat, Stop, Welcome)
 from ..data.shm import SegmentReader, remove_segments_of
 from ..nn.model import build_mlp
@@ -550,12 +550,18 @@ def _hello(link: Link, args: argparse.Namespace, device: torch.device) -> None:
                     threads=args.threads, memory_bytes=memory, bf16=bf16))
 
 
-def _await_welcome(link: Link, parent_pid: int) -> Welcome:
-    """Wait, idle, for the next job, for as long as the broker lives."""
+def _await_welcome(link: Link, parent_pid: int, args: argparse.Namespace, device: torch.device) -> Welcome:
+    """Wait, idle, for the next job, for as long as the broker lives. A spare that is
+    adopted takes the lost actor's name and says hello as it."""
     while True:
         msg = link.recv(IDLE_POLL_MS)
         if isinstance(msg, Welcome):
             return msg
+        if isinstance(msg, Adopt):
+            _log(f"{args.actor_id}: adopted as {msg.actor_id}")
+            args.actor_id = msg.actor_id
+            _hello(link, args, device)
+            continue
         if isinstance(msg, Shutdown) or os.getppid() != parent_pid:
             raise BrokerGone("shut down while idle")
 
@@ -581,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:   # one job after another, until the broker says goodbye
             _hello(link, args, device)
-            welcome = _await_welcome(link, args.parent_pid)
+            welcome = _await_welcome(link, args.parent_pid, args, device)
             actor = Actor(link, welcome, device, args.parent_pid)
             actor.run()
             actor.close()

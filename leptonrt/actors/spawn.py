@@ -68,6 +68,12 @@ class Supervisor:
                 out.append((proc.actor_id, describe_exit(code)))
         return out
 
+    def rename(self, old: str, new: str) -> None:
+        """The process started as ``old`` stands for ``new`` from now on (an adopted spare)."""
+        proc = self._procs.pop(old)
+        proc.actor_id = new
+        self._procs[new] = proc
+
     def kill(self, actor_id: str) -> None:
         """SIGKILL one actor (taken for hung); its exit shows up in ``exited`` as usual."""
         proc = self._procs.get(actor_id)

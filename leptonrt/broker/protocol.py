@@ -268,6 +268,12 @@ class Checkpointed:
 
 
 @dataclass(frozen=True, slots=True)
+class Adopt:
+    """Broker -> the idle spare actor: you are ``actor_id`` now; say hello as it."""
+    actor_id: str = _field(min_len=1, max_len=64)
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """Broker -> actor: the job is over; leave its group, say hello again and wait for the next."""
     job_id: int = _field(min=0)  # the job that ended
@@ -327,7 +333,7 @@ class StatusReply:
 
 Message = Union[
     Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, Abort, GroupFailed, Regroup,
-    CheckpointNow, Checkpointed, Release, Shutdown,
+    CheckpointNow, Checkpointed, Adopt, Release, Shutdown,
     Submit, Accepted, Rejected, JobUpdate, StatusRequest, StatusReply,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}

@@ -72,8 +72,12 @@ class ActorPool:
 
     Actors outlive jobs: after each job they say hello again and wait for the next one.
     An idle actor that dies is started again; after a failed job every actor is replaced
-    (a survivor may still sit in a broken collective).
+    (a survivor may still sit in a broken collective). With more than one CPU actor, one
+    spare CPU process waits, started and warmed up: a lost CPU actor is replaced by
+    adopting it (milliseconds) instead of starting a process (seconds).
     """
+
+    SPARE = "spare"
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
                  actor_env: dict[str, str] | None = None) -> None:
@@ -86,6 +90,11 @@ class ActorPool:
         self.exits: list[tuple[str, str]] = []                      # exits seen while idle, for the log
         self._job_ids = itertools.count(1)
         self.started = False
+        cpu_plans = [p for p in self.selection.actors if p.device == "cpu"]
+        self.spare_plan = cpu_plans[0] if len(self.selection.actors) > 1 and cpu_plans else None
+        self.spare: tuple[bytes, protocol.Hello] | None = None   # the spare's identity and hello, once ready
+        self.outbox: list[tuple[bytes, protocol.Message]] = []   # messages the pool wants sent
+        self._spare_starts: list[float] = []
 
     @property
     def world(self) -> int:
@@ -110,6 +119,33 @@ class ActorPool:
         self.rendezvous = _Rendezvous() if self.world > 1 else None
         for actor_id, plan in zip(self.ids, self.selection.actors):
             self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": "0"})
+        self._start_spare()
+
+    def _start_spare(self) -> None:
+        now = time.monotonic()
+        self._spare_starts = [t for t in self._spare_starts if now - t < 60.0]
+        if self.spare_plan is None or len(self._spare_starts) >= 5:
+            return   # no spare for this pool, or it keeps dying: replacements start from scratch
+        self._spare_starts.append(now)
+        # a spare is never an actor's first process: injected faults (but `start`) stay off
+        self.supervisor.spawn(self.SPARE, self.spare_plan, {**self.actor_env, "LEPTONRT_INCARNATION": "1"})
+
+    def exited(self, actor_id: str) -> bool:
+        """Handle an exit if it was the spare's (True); other exits are the caller's."""
+        if actor_id != self.SPARE:
+            return False
+        self.spare = None
+        self._start_spare()
+        return True
+
+    async def flush(self) -> None:
+        """Send what the pool queued (adoptions)."""
+        while self.outbox:
+            identity, message = self.outbox.pop(0)
+            try:
+                await self.router.send_multipart([identity, protocol.encode(message)], flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
 
     async def idle(self, wait_ms: int) -> None:
         """Between jobs: take hellos, drop late traffic of past jobs, restart dead actors."""
@@ -121,22 +157,38 @@ class ActorPool:
                     break
                 self._note(frames)
         for actor_id, how in self.supervisor.exited():
-            self.exits.append((actor_id, how))
-            self.respawn(actor_id)
+            if not self.exited(actor_id):
+                self.exits.append((actor_id, how))
+                self.respawn(actor_id)
+        await self.flush()
+
+    def note(self, frames: list[bytes]) -> None:
+        """A message for the pool rather than a job (a hello while idle, the spare's hello)."""
+        self._note(frames)
 
     def _note(self, frames: list[bytes]) -> None:
         try:
             message = protocol.decode(frames[1]) if len(frames) == 2 else None
         except ProtocolError:
             return
-        if isinstance(message, protocol.Hello) and message.actor_id in self.restarts:
+        if isinstance(message, protocol.Hello) and message.actor_id == self.SPARE:
+            self.spare = (frames[0], message)
+        elif isinstance(message, protocol.Hello) and message.actor_id in self.restarts:
             self.hellos[message.actor_id] = (frames[0], message)
             self.known[message.actor_id] = message
 
     def respawn(self, actor_id: str) -> None:
+        """Start ``actor_id`` again: adopt the warm spare if it fits, else a new process."""
         plan = self.selection.actors[self.ids.index(actor_id)]
         self.hellos.pop(actor_id, None)
         self.restarts[actor_id] += 1
+        if self.spare is not None and plan == self.spare_plan:
+            identity, _hello = self.spare
+            self.spare = None
+            self.supervisor.rename(self.SPARE, actor_id)
+            self.outbox.append((identity, protocol.Adopt(actor_id=actor_id)))
+            self._start_spare()
+            return
         # faults injected by tests fire in an actor's first process only
         self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": str(self.restarts[actor_id])})
 
@@ -145,8 +197,10 @@ class ActorPool:
         self.supervisor.close()
         self.supervisor.exited()   # the exits we caused are not news
         self.hellos.clear()
+        self.spare = None
         for actor_id in self.ids:
             self.respawn(actor_id)
+        self._start_spare()
 
     def take_hellos(self) -> list[tuple[bytes, protocol.Hello]]:
         """The idle actors' hellos, for a starting job; they are its actors now."""
@@ -160,7 +214,8 @@ class ActorPool:
         self.started = False
         bye = protocol.encode(Shutdown(reason="broker closing"))
         try:
-            for identity, _hello in self.hellos.values():   # idle actors; busy ones get SIGTERM
+            idle = list(self.hellos.values()) + ([self.spare] if self.spare else [])
+            for identity, _hello in idle:   # idle actors; busy ones get SIGTERM
                 try:
                     await self.router.send_multipart([identity, bye], flags=zmq.NOBLOCK)
                 except zmq.ZMQError:
@@ -288,7 +343,8 @@ class JobRunner:
         """Feed the core at most one message (waiting up to ``wait_ms``) and every process exit."""
         router, supervisor = self.pool.router, self.pool.supervisor
         for actor_id, how in supervisor.exited():   # exits first: they explain the errors that follow them
-            await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
+            if not self.pool.exited(actor_id):
+                await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
         if await router.poll(wait_ms):
             frames = await router.recv_multipart()
             try:
@@ -298,14 +354,19 @@ class JobRunner:
             except ProtocolError:
                 core.bad_messages += 1   # dropped; it changes nothing
             else:
-                await self._send(router, core.handle(frames[0], message, time.monotonic()))
+                if isinstance(message, protocol.Hello) and message.actor_id == ActorPool.SPARE:
+                    self.pool.note(frames)
+                else:
+                    await self._send(router, core.handle(frames[0], message, time.monotonic()))
         for actor_id, how in supervisor.exited():
-            await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
+            if not self.pool.exited(actor_id):
+                await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
         for actor_id in core.kill:
             supervisor.kill(actor_id)
         for actor_id in core.respawn:
             self.pool.respawn(actor_id)
         core.kill, core.respawn = [], []
+        await self.pool.flush()
 
     async def _send(self, router: zmq.asyncio.Socket, outs: list[Out]) -> None:
         for out in outs:

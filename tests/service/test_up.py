@@ -115,8 +115,9 @@ def test_two_jobs_submitted_at_once_to_a_running_up_both_finish_in_order(no_left
     env = _env(running_up)
     args = ["--hidden", "16", "--batch-size", "64", "--quiet"]
     outs = [tmp_path / "one.json", tmp_path / "two.json"]
-    first = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", "--dataset", "synthetic:20000,16,3", *args,
-                              "--epochs", "3", "--json-out", outs[0]],
+    # the first job is made long (a SIMULATED slowdown of rank 0) so the second arrives while it runs
+    first = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", "--dataset", "synthetic:4000,16,3", *args,
+                              "--epochs", "3", "--simulate-slowdown", "0=50", "--rebalance", "off", "--json-out", outs[0]],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:   # submit the second once the broker runs the first
