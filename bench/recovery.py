@@ -4,8 +4,9 @@ Both sides train the same job on 2 CPU processes (synthetic:60000,784,10, one hi
 of 128, batch 1024, Adam, fp32, 1 thread each). Once step ``--kill-at`` is committed
 (reported by every rank), rank 1 gets SIGKILL from this script.
 
-- leptonrt: the broker notices the exit, starts a replacement, the survivors leave the
-  broken group, everyone re-forms it at the newest in-memory snapshot (every 8 steps) at
+- leptonrt: the broker notices the exit, adopts its warm spare CPU actor as the
+  replacement (a process already started; without a spare it starts one, which takes
+  seconds), the survivors leave the broken group, everyone re-forms it at the newest in-memory snapshot (every 8 steps) at
   or before the first uncommitted step, rank 0 hands its state to the replacement, and the
   lost steps are replayed. Measured from this script's own observations of the embedded
   broker: SIGKILL -> the first step committed after it.
