@@ -119,6 +119,8 @@ class Actor:
         self.next_piece: _Piece | None = None
         self.snapshots: dict[int, _Snapshot] = {}
         self.steps_done = welcome.start_step
+        self.epoch_t0: float | None = None
+        self._perm_cache: tuple[int, torch.Tensor] | None = None
         self.epoch_results: list[dict] = []   # rank 0 keeps them for checkpoint manifests
         self.dist = None
         self.reader = SegmentReader()
@@ -436,9 +438,6 @@ class Actor:
             if t + 1 == spe:
                 self._end_epoch(epoch, self._epoch_seconds())
         return g
-
-    epoch_t0: float | None = None
-    _perm_cache: tuple[int, torch.Tensor] | None = None
 
     def _epoch_seconds(self) -> float:
         return time.perf_counter() - self.epoch_t0 if self.epoch_t0 is not None else 0.0

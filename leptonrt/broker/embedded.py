@@ -231,7 +231,7 @@ class Broker:
             hello = pool.known.get(actor_id)
             v = view.get(actor_id)
             if v is not None:
-                state = "lost" if v["lost"] else "training"
+                state = "lost" if v["lost"] else "restarting" if v["restarting"] else "training"
             else:
                 state = "idle" if actor_id in pool.hellos else "starting"
             share = v["share"] if v else 0.0

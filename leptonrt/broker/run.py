@@ -523,7 +523,8 @@ class TrainingRun:
         for slot in self._ranked():
             out.append({"rank": slot.rank, "actor_id": slot.actor_id, "share": self.split[slot.rank] / self.job.batch_size,
                         "compute_ms": median(slot.compute) * 1000 if slot.compute else None,
-                        "lost": slot.rank in self.lost, "finished": slot.finished is not None})
+                        "lost": slot.rank in self.lost, "restarting": slot.fresh or slot.joining and self.generation > 0,
+                        "finished": slot.finished is not None})
         return out
 
     def identities(self) -> list[bytes]:
