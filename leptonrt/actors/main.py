@@ -16,6 +16,7 @@ import traceback
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
@@ -125,7 +126,6 @@ class Actor:
         self.dist = None
         self.reader = SegmentReader()
         self._load_data()
-        _log("data mapped")
         self.model = build_mlp(welcome.data.n_features, list(self.job.hidden), welcome.data.n_classes,
                                self.job.seed).to(device)
         self.step = FusedStep(self.model, optimizer=self.job.optimizer, lr=self.job.lr,
@@ -290,13 +290,13 @@ class Actor:
                 problem = f"{type(exc).__name__}: {exc}"[:4000]
         self.link.send(Checkpointed(job_id=self.job.job_id, rank=self.rank, step=msg.step, path=path, message=problem))
 
-    def _resume(self, directory: str) -> None:
+    def _resume(self, path: str) -> None:
+        """Load the checkpoint the broker chose and verified (it must still be that one)."""
         from ..nn import checkpoint
-        found = checkpoint.latest(directory)
-        if found is None or found.step != self.w.start_step:
-            raise RuntimeError(f"checkpoint for step {self.w.start_step} not found in {directory}")
-        checkpoint.check_fingerprint(found, self.job.fingerprint)
-        checkpoint.load(found, self.model, self.step.optimizer)
+        start = self.w.start_step
+        expected = checkpoint.Checkpoint(path=Path(path), step=start, epoch=start // self.w.steps_per_epoch,
+                                         fingerprint=self.job.fingerprint, meta={})
+        found = checkpoint.load(expected, self.model, self.step.optimizer)
         self.step.loss_sum.fill_(found.meta["loss_sum"])
         scale, clean, skipped = found.meta["scaler"]
         self.step.scale, self.step._clean_steps, self.step.skipped = float(scale), int(clean), int(skipped)
@@ -429,7 +429,7 @@ class Actor:
             epoch, t = divmod(g, spe)
             if t == 0 or self.epoch_t0 is None:
                 self.epoch_t0 = time.perf_counter()
-            if epoch >= 1 and self.steady_t0 is None or (self.job.epochs == 1 and self.steady_t0 is None):
+            if self.steady_t0 is None and (epoch >= 1 or self.job.epochs == 1):
                 self.steady_t0, self.rows_done = time.perf_counter(), 0
             split = self._wait_granted(g)
             self.rows_done += self._train_step(g, self._perm(epoch), t, split, last=t + 1 == spe)

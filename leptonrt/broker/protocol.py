@@ -141,7 +141,7 @@ class Welcome:
     generation: int = _given(0, min=0)  # how many times the group has been re-formed
     start_step: int = _given(0, min=0)  # first global step to train
     source_rank: int | None = _given(None, min=0)  # rank that sends weights and optimizer state; None: init/resume
-    resume_from: str | None = _given(None, min_len=1, max_len=4096)  # checkpoint directory to load first
+    resume_from: str | None = _given(None, min_len=1, max_len=4096)  # the checkpoint (its step directory) to load first
     snapshot_every: int = _given(8, min=1, max=1_000_000)  # in-memory snapshot every this many steps
 
     def check(self) -> None:

@@ -70,8 +70,11 @@ class ActorLost:
     """An actor died or hung during the job; a replacement is being started."""
 
     rank: int
-    how: str                   # "exit code 17", "killed by SIGKILL", "hung (silent 3.1 s)"
+    how: str                   # "exit code 17", "killed by SIGKILL", "taken for hung, then killed by SIGKILL"
     committed: int             # the last committed step when it was lost
+
+    def describe(self) -> str:
+        return f"rank {self.rank} lost ({self.how}) after step {self.committed}; replacing it"
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class Recovered:
     rewind_step: int
     replayed_steps: int        # steps some actor had done that are trained again
     seconds: float             # from the loss to the regroup
+
+    def describe(self) -> str:
+        return (f"regrouped in {self.seconds:.1f} s; replaying from step {self.rewind_step} "
+                f"({self.replayed_steps} steps trained again)")
 
 
 @dataclass
@@ -125,7 +132,7 @@ class TrainingRun:
     restart_window_s: float = 60.0  # ...beyond that the job fails (exit code 70)
     snapshot_every: int = 8         # actors snapshot their state in memory this often
     start_step: int = 0             # first step to train (a resumed job)
-    resume_from: str | None = None  # checkpoint directory the actors load at start
+    resume_from: str | None = None  # the checkpoint (its step directory) the actors load at start
     prior_epochs: list = field(default_factory=list)   # EpochResults of a resumed job
     state: str = "gathering"
     events: list = field(default_factory=list)
@@ -150,8 +157,8 @@ class TrainingRun:
         self.kill: list[str] = []      # actor ids the shell must kill (taken for hung)
         self._restart_times: dict[int, list[float]] = {}
         self._lost_at: float | None = None
-        self._group_failed: tuple | None = None
-        self.checkpointed = None   # rank 0's answer to checkpoint_now()   # (slot, message, when) of an unexplained collective failure
+        self._group_failed: tuple | None = None   # (slot, message, when) of an unexplained collective failure
+        self.checkpointed = None   # rank 0's answer to checkpoint_now()
         self._high_water = self.start_step - 1
         self.split_history: list[tuple[int, list[int]]] = [(self.start_step, list(self.split))]
         self._step_s: float | None = None   # smoothed wall time of one step, for the window
@@ -264,15 +271,19 @@ class TrainingRun:
     def _lose(self, slot: _Slot, how: str, now: float) -> list[Out]:
         slot.restarts += 1
         self.events.append(ActorLost(slot.rank, how, self.committed()))
-        self._high_water = max([self._high_water] + [s.last_step for s in self._slots.values()])
         if slot.identity is not None:
             self._by_identity.pop(slot.identity, None)
         slot.identity, slot.hello, slot.killing, slot.fresh, slot.has_state = None, None, False, True, False
         slot.compute.clear()
-        self.generation += 1
         self.state = "recovering"
-        self._lost_at = self._lost_at if self._lost_at is not None else now
         self.respawn.append(slot.actor_id)
+        return self._next_generation(now)
+
+    def _next_generation(self, now: float) -> list[Out]:
+        """Start forming a new group: remember how far anyone got, tell every member to leave."""
+        self._high_water = max([self._high_water] + [s.last_step for s in self._slots.values()])
+        self.generation += 1
+        self._lost_at = self._lost_at if self._lost_at is not None else now
         abort = Abort(job_id=self.job.job_id, generation=self.generation)
         return [Out(s.identity, abort) for s in self._ranked() if s.identity is not None and not s.fresh]
 
@@ -404,11 +415,7 @@ class TrainingRun:
         self.problems.append(f"rank {slot.rank}: collective failed: {message}")
         if not self._may_restart(slot, now, lost=False):
             return self._fail(None, now)
-        self._high_water = max([self._high_water] + [s.last_step for s in self._slots.values()])
-        self.generation += 1
-        self._lost_at = now
-        abort = Abort(job_id=self.job.job_id, generation=self.generation)
-        return [Out(s.identity, abort) for s in self._ranked()] + self._regroup(now)
+        return self._next_generation(now) + self._regroup(now)
 
     def _on_checkpointed(self, slot: _Slot, _identity, msg, now: float) -> list[Out]:
         self.checkpointed = msg

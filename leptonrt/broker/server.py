@@ -25,12 +25,11 @@ from ..config import TrainJob
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
 from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError, RestartBudgetExceeded
+from ..nn import checkpoint
 from . import protocol
 from .plan import even_split, split_from_fractions, steps_per_epoch
 from .planner import Planner, PlannerConfig
-from .protocol import JobSpec, Release, Shutdown, Slowdown
-from ..nn import checkpoint
-from .protocol import EpochResult
+from .protocol import EpochResult, JobSpec, Release, Shutdown, Slowdown
 from .run import Out, TrainingRun
 
 GATHER_TIMEOUT_S = 120.0   # every actor must have said hello by then
@@ -155,7 +154,7 @@ class ActorPool:
                     frames = await self.router.recv_multipart(flags=zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self._note(frames)
+                self.note(frames)
         for actor_id, how in self.supervisor.exited():
             if not self.exited(actor_id):
                 self.exits.append((actor_id, how))
@@ -164,9 +163,6 @@ class ActorPool:
 
     def note(self, frames: list[bytes]) -> None:
         """A message for the pool rather than a job (a hello while idle, the spare's hello)."""
-        self._note(frames)
-
-    def _note(self, frames: list[bytes]) -> None:
         try:
             message = protocol.decode(frames[1]) if len(frames) == 2 else None
         except ProtocolError:
@@ -300,7 +296,7 @@ class JobRunner:
             found = await asyncio.to_thread(checkpoint.latest, job.checkpoint_dir)
             if found is not None:
                 checkpoint.check_fingerprint(found, job.fingerprint())
-                start_step, resume_from = found.step, job.checkpoint_dir
+                start_step, resume_from = found.step, str(found.path)
                 prior = [EpochResult(job_id=0, rank=0, **e) for e in found.meta.get("epochs", [])]
                 self.notes.append(f"resuming from {found.path} (step {found.step})")
             else:
@@ -358,9 +354,6 @@ class JobRunner:
                     self.pool.note(frames)
                 else:
                     await self._send(router, core.handle(frames[0], message, time.monotonic()))
-        for actor_id, how in supervisor.exited():
-            if not self.pool.exited(actor_id):
-                await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
         for actor_id in core.kill:
             supervisor.kill(actor_id)
         for actor_id in core.respawn:

@@ -37,7 +37,8 @@ def new_run_id() -> str:
     return f"{os.getpid()}x{secrets.token_hex(4)}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's live process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -52,7 +53,7 @@ def clean_stale() -> list[str]:
     removed = []
     for path in shm_dir().glob(PREFIX + "*"):
         match = _NAME.match(path.name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return removed

@@ -43,6 +43,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from leptonrt.data.shm import pid_alive
 from leptonrt.errors import ConfigError, DataError, InternalError
 
 FORMAT = 1
@@ -167,18 +168,8 @@ def _prune(root: Path, keep: int) -> None:
             pid = int(path.name.split("-")[-2])
         except (IndexError, ValueError):
             continue
-        if not _alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
 
 
 def _fsync(path: Path) -> None:
@@ -261,11 +252,13 @@ def _verify(path: Path) -> Checkpoint:
     return Checkpoint(path, step, epoch, fingerprint, meta)
 
 
-def load(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Restore ``model`` weights and ``optimizer`` state in place from ``checkpoint``.
+def load(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Checkpoint:
+    """Restore ``model`` weights and ``optimizer`` state in place from ``checkpoint``; return
+    the checkpoint as verified now (with its manifest's meta).
 
-    Parameters are copied into, not replaced, so views onto them (such as the gradient
-    buffer of ``FusedStep``) and the optimizer's references stay valid.
+    ``checkpoint`` says what is expected at its path: a different step or fingerprint there
+    is refused. Parameters are copied into, not replaced, so views onto them (such as the
+    gradient buffer of ``FusedStep``) and the optimizer's references stay valid.
     """
     path = checkpoint.path
     found = _verify(path)
@@ -287,3 +280,4 @@ def load(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise DataError(f"checkpoint {path}: optimizer state does not fit this optimizer ({e}); "
                         "use the same optimizer settings or a fresh --checkpoint-dir") from None
+    return found
