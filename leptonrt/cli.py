@@ -158,19 +158,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _on_epoch(args: argparse.Namespace, label: str):
-    from .broker.run import EpochEvent
-
-    from .broker.run import ActorLost, Recovered
+    from .broker.run import ActorLost, EpochEvent, Recovered
 
     def on_event(event) -> None:
         if isinstance(event, EpochEvent) and not args.quiet:
             print(format_epoch(event, label), flush=True)
-        elif isinstance(event, ActorLost):
-            print(f"leptonrt: rank {event.rank} lost ({event.how}) after step {event.committed}; replacing it",
-                  file=sys.stderr, flush=True)
-        elif isinstance(event, Recovered):
-            print(f"leptonrt: regrouped in {event.seconds:.1f} s; replaying from step {event.rewind_step}",
-                  file=sys.stderr, flush=True)
+        elif isinstance(event, (ActorLost, Recovered)):
+            print(f"leptonrt: {event.describe()}", file=sys.stderr, flush=True)
     return on_event
 
 

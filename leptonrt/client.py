@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import AsyncIterator
 
 import zmq
 import zmq.asyncio
 
 from .broker import protocol
 from .broker.address import check_address, default_address, token
+from .broker.embedded import JobHandle
 from .broker.protocol import Accepted, JobUpdate, Rejected, StatusReply, StatusRequest, Submit
 from .broker.run import ActorLost, EpochEvent, Recovered, SplitChanged
 from .broker.stats import Snapshot
@@ -31,7 +31,6 @@ from .errors import LeptonError, NoDeviceError, ProtocolError
 
 SILENCE_S = 2.0   # probe a quiet broker this often...
 DEAD_S = 6.0      # ...and give up on it after this long without a word
-_DONE = object()
 
 
 class RemoteJobFailed(LeptonError):
@@ -42,42 +41,29 @@ class RemoteJobFailed(LeptonError):
         self.exit_code = exit_code
 
 
-class RemoteJob:
+class RemoteJob(JobHandle):
     """A job on a running broker: follow its events, await its result."""
 
     def __init__(self, job_id: int, ahead: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
         self.id, self.ahead = job_id, ahead
-        self._events: asyncio.Queue = asyncio.Queue()
-        self._result: asyncio.Future = loop.create_future()
 
     def _update(self, msg: JobUpdate) -> None:
         data = json.loads(msg.data_json)
         if msg.kind == "epoch":
             data["shares"] = tuple(data["shares"])
-            self._events.put_nowait(EpochEvent(**data))
+            self._emit(EpochEvent(**data))
         elif msg.kind == "split":
             data["split"] = tuple(data["split"])
-            self._events.put_nowait(SplitChanged(**data))
+            self._emit(SplitChanged(**data))
         elif msg.kind == "lost":
-            self._events.put_nowait(ActorLost(**data))
+            self._emit(ActorLost(**data))
         elif msg.kind == "recovered":
-            self._events.put_nowait(Recovered(**data))
+            self._emit(Recovered(**data))
         elif msg.kind == "finished":
             self._end(result=data)
         else:
             self._end(error=RemoteJobFailed(data.get("message", "job failed"), int(data.get("exit_code", 1))))
-
-    def _end(self, result: dict | None = None, error: BaseException | None = None) -> None:
-        if not self._result.done():
-            self._result.set_exception(error) if error is not None else self._result.set_result(result)
-            self._events.put_nowait(_DONE)
-
-    async def events(self) -> AsyncIterator[object]:
-        while (event := await self._events.get()) is not _DONE:
-            yield event
-
-    async def result(self) -> dict:
-        return await asyncio.shield(self._result)
 
 
 class RemoteBroker:

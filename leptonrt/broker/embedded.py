@@ -35,30 +35,29 @@ class BrokerClosed(LeptonError):
     exit_code = 1
 
 
-class Job:
-    """A submitted job: follow its events, await its result."""
+class JobHandle:
+    """What a job's owner holds, here or on a running broker (``leptonrt.connect``): a
+    stream of events that ends when the job does, and its outcome."""
 
-    def __init__(self, job_id: int, spec: TrainJob, loop: asyncio.AbstractEventLoop) -> None:
-        self.id, self.spec = job_id, spec
-        self.state = "queued"            # queued -> running -> done | failed | cancelled
-        self.submitted_at, self.started_at = time.time(), 0.0
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._events: asyncio.Queue = asyncio.Queue()
         self._result: asyncio.Future = loop.create_future()
 
     def _emit(self, event: object) -> None:
         self._events.put_nowait(event)
 
-    def _finish(self, state: str, result: dict | None = None, error: BaseException | None = None) -> None:
-        self.state = state
-        if not self._result.done():
-            if error is not None:
-                self._result.set_exception(error)
-            else:
-                self._result.set_result(result)
+    def _end(self, result: dict | None = None, error: BaseException | None = None) -> None:
+        """Settle the outcome (once) and end the event stream."""
+        if self._result.done():
+            return
+        if error is not None:
+            self._result.set_exception(error)
+        else:
+            self._result.set_result(result)
         self._events.put_nowait(_DONE)
 
     async def events(self) -> AsyncIterator[object]:
-        """Epoch results and split changes as they happen; ends when the job does."""
+        """Epoch results, split changes, lost and recovered actors as they happen; ends when the job does."""
         while (event := await self._events.get()) is not _DONE:
             yield event
 
@@ -68,6 +67,20 @@ class Job:
 
     def done(self) -> bool:
         return self._result.done()
+
+
+class Job(JobHandle):
+    """A job submitted to this broker: follow its events, await its result."""
+
+    def __init__(self, job_id: int, spec: TrainJob, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.id, self.spec = job_id, spec
+        self.state = "queued"            # queued -> running -> done | failed | cancelled
+        self.submitted_at, self.started_at = time.time(), 0.0
+
+    def _finish(self, state: str, result: dict | None = None, error: BaseException | None = None) -> None:
+        self.state = state
+        self._end(result, error)
 
 
 class Broker:
@@ -94,7 +107,6 @@ class Broker:
         self.log: deque[Event] = deque(maxlen=50)
         self._rate: deque[tuple[float, float]] = deque(maxlen=240)   # (unix time, samples/s)
         self._last_sample: tuple[float, int] | None = None
-        self._snapshot: Snapshot | None = None
 
     @property
     def notes(self) -> list[str]:
@@ -157,11 +169,8 @@ class Broker:
             if isinstance(event, SplitChanged):
                 shares = "/".join(f"{b / job.spec.batch_size:.2f}" for b in event.split)
                 self._log(f"job {job.id}: split {shares} from step {event.step}")
-            elif isinstance(event, ActorLost):
-                self._log(f"job {job.id}: rank {event.rank} lost ({event.how}) after step {event.committed}; replacing it")
-            elif isinstance(event, Recovered):
-                self._log(f"job {job.id}: regrouped in {event.seconds:.1f} s, replaying from step {event.rewind_step} "
-                          f"({event.replayed_steps} steps)")
+            elif isinstance(event, (ActorLost, Recovered)):
+                self._log(f"job {job.id}: {event.describe()}")
             job._emit(event)
 
         try:
@@ -186,14 +195,7 @@ class Broker:
         core = runner.core if runner is not None else None
         job_stats, rate = None, None
         if core is not None and job is not None and core.state != "gathering":
-            done = core.samples_done()
-            if self._last_sample is not None and now - self._last_sample[0] >= 0.5:
-                t0, s0 = self._last_sample
-                rate = max(done - s0, 0) / (now - t0)
-                self._rate.append((now, rate))
-                self._last_sample = (now, done)
-            elif self._last_sample is None:
-                self._last_sample = (now, done)
+            self._sample_throughput(now, core.samples_done())
             rate = self._rate[-1][1] if self._rate else None
             last = core.last_epoch
             total = core.total_steps
@@ -219,8 +221,17 @@ class Broker:
                         throughput=tuple(p for p in self._rate if now - p[0] <= 60.0), events=tuple(self.log)[-20:],
                         jobs_done=sum(j.state == "done" for j in self._jobs),
                         jobs_failed=sum(j.state == "failed" for j in self._jobs))
-        self._snapshot = snap
         return snap
+
+    def _sample_throughput(self, now: float, done: int) -> None:
+        """Add a point to the throughput history, at most one every half second."""
+        if self._last_sample is None:
+            self._last_sample = (now, done)
+            return
+        t0, s0 = self._last_sample
+        if now - t0 >= 0.5:
+            self._rate.append((now, max(done - s0, 0) / (now - t0)))
+            self._last_sample = (now, done)
 
     def _actor_stats(self, core, rate: float | None) -> tuple[ActorStats, ...]:
         pool = self.pool
