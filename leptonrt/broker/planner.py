@@ -25,8 +25,9 @@ class PlannerConfig:
     stale_after_s: float = 2.0   # an actor silent this long gets no larger share
     warmup: int = 16             # observations per actor before it is planned for (start-up is noisy)
     min_rows_spread: float = 0.2   # rows must vary this much (relative) before `a` is re-fitted
-    change: float = 1.8          # a step this many times slower or faster than predicted is an outlier...
-    persist: int = 5             # ...and this many in a row, all on one side, mean the device changed speed
+    change: float = 1.8          # a step this many times slower or faster than predicted is a spike (not fitted)
+    shift: float = 1.5           # this many in a row, all this many times off on one side...
+    persist: int = 5             # ...mean the device changed speed: the fit starts again from them
     settle: int = 3              # after a change, measure this many steps of the new split before the next
     overhead_window: int = 64    # steps over which the per-step cost outside compute (the all-reduce) is estimated
 
@@ -44,7 +45,7 @@ class _Fit:
         self.obs: deque[tuple[int, float]] = deque(maxlen=cfg.window)
         self.a = 0.0          # fixed seconds per step; kept while rows do not vary enough to refit
         self.last_seen: float | None = None
-        self._outliers: list[tuple[int, float]] = []
+        self._recent: deque[tuple[int, float, float]] = deque(maxlen=cfg.persist)  # (rows, seconds, vs prediction)
         self._cached: tuple[float, float] | None = None
         self.ready = False    # enough evidence to plan with: a full warm-up, or a detected change
 
@@ -53,29 +54,36 @@ class _Fit:
         return len(self.obs)
 
     def add(self, rows: int, seconds: float, now: float) -> None:
-        """Take one observation; a lone outlier (a scheduling hiccup) is set aside, a run of
-        them on one side (the device changed speed) replaces the window."""
+        """Take one observation. A lone spike (a scheduling hiccup) stays out of the fit; a
+        run of steps all well off the prediction on one side means the device changed speed,
+        and the fit starts again from that run."""
         self.last_seen = now
         self.ready = self.ready or self.count >= self.cfg.warmup
-        if self.ready:
-            a, c = self.coefficients()
-            predicted = a + c * rows
-            if not predicted / self.cfg.change <= seconds <= predicted * self.cfg.change:
-                if self._outliers and (self._outliers[-1][1] > predicted) != (seconds > predicted):
-                    self._outliers.clear()
-                self._outliers.append((rows, seconds))
-                if len(self._outliers) >= self.cfg.persist:
-                    self.obs.clear()   # fitting across both regimes would mislead
-                    self.obs.extend(self._outliers)
-                    self._outliers, self._cached = [], None
-                return
-            self._outliers.clear()
-        self.obs.append((rows, seconds))
-        self._cached = None
+        if not self.ready:
+            self.obs.append((rows, seconds))
+            self._cached = None
+            return
+        a, c = self.coefficients()
+        ratio = seconds / max(a + c * rows, 1e-12)
+        self._recent.append((rows, seconds, ratio))
+        ratios = [r for _, _, r in self._recent]
+        if len(ratios) == self.cfg.persist and (min(ratios) > self.cfg.shift or max(ratios) < 1 / self.cfg.shift):
+            # fitting across both regimes would mislead; a device that is k times slower is
+            # so for its fixed cost too, so `a` scales with the run's median ratio
+            self.a *= median(ratios)
+            self.obs.clear()
+            self.obs.extend((r, t) for r, t, _ in self._recent)
+            self._recent.clear()
+            self._cached = None
+            return
+        if 1 / self.cfg.change <= ratio <= self.cfg.change:
+            self.obs.append((rows, seconds))
+            self._cached = None
 
     def measured(self, rows: int, steps: int) -> bool:
-        """Whether the last ``steps`` observations (outliers included) were at ``rows`` rows."""
-        recent = (list(self.obs) + self._outliers)[-steps:]
+        """Whether the last ``steps`` observations (spikes included) were at ``rows`` rows."""
+        recent = [(r, t) for r, t, _ in self._recent] if len(self._recent) >= steps else list(self.obs)
+        recent = recent[-steps:]
         return len(recent) == steps and all(r == rows for r, _ in recent)
 
     def coefficients(self) -> tuple[float, float]:

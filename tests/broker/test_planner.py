@@ -138,3 +138,36 @@ def test_a_compute_imbalance_hidden_by_a_long_collective_is_not_chased():
         bare.observe(0, 512, 0.0020, t * 0.01)
         bare.observe(1, 512, 0.0030, t * 0.01)
     assert bare.propose([512, 512], 2.0) is not None
+
+
+def test_a_slowdown_that_starts_mid_run_under_noise_is_absorbed_within_twenty_steps():
+    # affine costs and +/-10% noise: the change is seen after `persist` slow steps; the first
+    # move is proportional (the fixed cost is unknown while every step had the same rows),
+    # the second, once rows have varied, lands within the hysteresis margin of the optimum
+    for seed in range(5):
+        cluster = FakeCluster([(0.001, 8e-6), (0.001, 8e-6)], noise=0.10, seed=seed)
+        cluster.run(100)
+        assert cluster.split == [512, 512], seed
+        cluster.costs[1] = (0.002, 16e-6)       # rank 1 becomes twice as slow, fixed cost included
+        cluster.run(40)
+        (a0, c0), (a1, c1) = cluster.costs
+        def step(split):
+            return max(a0 + c0 * split[0], a1 + c1 * split[1])
+        best = min(([1024 - b, b] for b in range(8, 1024, 8)), key=step)
+        final = cluster.history[-1]
+        # within the hysteresis margin of the best split (about 296 rows for rank 1)
+        assert step(final) <= step(best) * (1 + PlannerConfig().min_gain), (seed, final, best)
+        assert final[1] < 360, (seed, final)
+        settled = next(i for i in range(100, 140) if all(h == final for h in cluster.history[i:]))
+        assert settled - 100 <= 20, (seed, settled)
+
+
+def test_lone_spikes_and_short_bursts_do_not_move_the_split():
+    cluster = FakeCluster([(0.001, 8e-6), (0.001, 8e-6)], noise=0.05, seed=1)
+    cluster.run(60)
+    for burst in (1, 2, 4):   # shorter than PlannerConfig().persist
+        cluster.costs[1] = (0.003, 24e-6)    # three times slower...
+        cluster.run(burst)
+        cluster.costs[1] = (0.001, 8e-6)     # ...and back
+        cluster.run(30)
+    assert cluster.changes == 0
