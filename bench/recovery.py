@@ -4,12 +4,14 @@ Both sides train the same job on 2 CPU processes (synthetic:60000,784,10, one hi
 of 128, batch 1024, Adam, fp32, 1 thread each). Once step ``--kill-at`` is committed
 (reported by every rank), rank 1 gets SIGKILL from this script.
 
-- leptonrt: the broker notices the exit, adopts its warm spare CPU actor as the
-  replacement (a process already started; without a spare it starts one, which takes
-  seconds), the survivors leave the broken group, everyone re-forms it at the newest in-memory snapshot (every 8 steps) at
-  or before the first uncommitted step, rank 0 hands its state to the replacement, and the
-  lost steps are replayed. Measured from this script's own observations of the embedded
-  broker: SIGKILL -> the first step committed after it.
+- leptonrt: the broker notices the exit; rank 0 leaves the broken group and re-forms it
+  at once on its own, at the newest in-memory snapshot (every 8 steps) at or before the
+  first uncommitted step, takes the whole batch and replays the lost steps. Meanwhile the
+  broker adopts its warm spare CPU actor as the replacement (a process already started;
+  without a spare it starts one, which takes seconds), which rejoins at the next snapshot
+  boundary with rank 0's state. Measured from this script's own observations of the
+  embedded broker: SIGKILL -> the first step committed after it, and SIGKILL -> the
+  replacement back in the group (``kill_to_rejoined_s``).
 - restart_all_from_checkpoint (``recovery_baseline.py``): our re-implementation of
   torchrun's default policy — tear every worker down, start all again, load the newest
   checkpoint (every ``--checkpoint-every`` steps), continue. Same measurement.
@@ -70,6 +72,9 @@ async def _leptonrt_once(kill_at: int) -> dict:
             await asyncio.sleep(0.001)
         first_committed = time.perf_counter()
         event = recovered[0]
+        while not any(e.joined for e in recovered):   # the replacement back in the group
+            await asyncio.sleep(0.001)
+        rejoined = time.perf_counter()
         await broker.drain()   # stop the job here: the rest would measure nothing
         try:
             await job.result()
@@ -77,7 +82,7 @@ async def _leptonrt_once(kill_at: int) -> dict:
             pass
         follower.cancel()
         return {"method": "leptonrt_regroup_and_replay", "kill_to_first_committed_step_s": first_committed - killed,
-                "regroup_s": event.seconds, "steps_lost": committed_at_kill + 1 - event.rewind_step,
+                "regroup_s": event.seconds, "kill_to_rejoined_s": rejoined - killed, "steps_lost": committed_at_kill + 1 - event.rewind_step,
                 "replayed_steps": event.replayed_steps, "kill_at_step": kill_at, "resumed_from_step": event.rewind_step,
                 "snapshot_every": 8}
 

@@ -109,6 +109,7 @@ class Actor:
         _log(f"welcomed as rank {welcome.rank} of {welcome.world_size} for job {welcome.job.job_id}")
         self.link, self.w, self.device, self.parent_pid = link, welcome, device, parent_pid
         self.job, self.rank, self.world = welcome.job, welcome.rank, welcome.world_size
+        self.members = list(welcome.members) if welcome.members is not None else list(range(self.world))
         self.generation, self.group_start = welcome.generation, welcome.start_step
         self.source: int | None = welcome.source_rank
         self.grants: list[Grant] = []
@@ -154,8 +155,13 @@ class Actor:
 
     # -- the gradient group --------------------------------------------------------
 
+    @property
+    def leader(self) -> bool:
+        """The lowest member of the group evaluates for the job and writes checkpoints and weights."""
+        return self.rank == self.members[0]
+
     def _join_group(self) -> None:
-        if self.world == 1:
+        if len(self.members) == 1:
             return
         import torch.distributed as dist
         host, port = self.w.rendezvous.removeprefix("tcp://").rsplit(":", 1)
@@ -163,9 +169,11 @@ class Actor:
         # keep the survivors waiting longer than the broker takes to notice it
         # forming the group may wait for a replacement that is still starting: twice as long
         forming = timedelta(seconds=2 * self.w.collective_timeout_s)
-        store = dist.TCPStore(host, int(port), self.world, is_master=False, timeout=forming)
+        store = dist.TCPStore(host, int(port), len(self.members), is_master=False, timeout=forming)
         store = dist.PrefixStore(f"job{self.job.job_id}/gen{self.generation}", store)
-        dist.init_process_group(self.w.backend, store=store, rank=self.rank, world_size=self.world, timeout=forming)
+        # ranks in the group are positions among its members (a lost actor leaves a gap in the split's order only)
+        dist.init_process_group(self.w.backend, store=store, rank=self.members.index(self.rank),
+                                world_size=len(self.members), timeout=forming)
         # every collective after that gets the short bound (the group's default timeout)
         from torch.distributed import distributed_c10d
         distributed_c10d._set_pg_timeout(timedelta(seconds=self.w.collective_timeout_s))
@@ -199,6 +207,7 @@ class Actor:
         if self.dist is None:
             return
         dist, opt = self.dist, self.step.optimizer
+        source = self.members.index(source)   # its place in the group
         has_state = torch.tensor([float(len(opt.state) > 0)], device=self.device)
         dist.broadcast(has_state, src=source)
         if has_state.item() == 0:
@@ -264,7 +273,7 @@ class Actor:
             self._snapshot(g)
         self.steps_done = g
         job = self.job
-        if self.rank == 0 and job.checkpoint_dir and job.checkpoint_every and g % job.checkpoint_every == 0:
+        if self.leader and job.checkpoint_dir and job.checkpoint_every and g % job.checkpoint_every == 0:
             self._write_checkpoint(g)
 
     def _write_checkpoint(self, g: int):
@@ -413,6 +422,7 @@ class Actor:
             self.link.send(Heartbeat(rank=self.rank, step=0))
         msg, self.regroup = self.regroup, None
         self.generation, self.rank, self.world = msg.generation, msg.rank, msg.world_size
+        self.members = list(msg.members) if msg.members is not None else list(range(self.world))
         self.group_start, self.source = msg.rewind_step, msg.source_rank
         if msg.rewind_step in self.snapshots or self.rank == msg.source_rank:
             self._restore(msg.rewind_step)
@@ -492,25 +502,25 @@ class Actor:
 
     def _end_epoch(self, epoch: int, seconds: float) -> None:
         train_loss = self.step.take_loss_sum() / self.n_train
-        n_test, world = self.x_test.shape[0], self.world
-        lo, hi = n_test * self.rank // world, n_test * (self.rank + 1) // world   # this rank's shard
+        n_test, world, place = self.x_test.shape[0], len(self.members), self.members.index(self.rank)
+        lo, hi = n_test * place // world, n_test * (place + 1) // world   # this member's shard
         loss, correct = evaluate(self.model, self.x_test[lo:hi], self.y_test[lo:hi], self.step.precision,
                                  between=self._heartbeat)
         # on the actor's device: NCCL reduces device tensors only
         totals = torch.tensor([loss, float(correct)], dtype=torch.float64, device=self.device)
         if self.dist is not None:
             self._collective(lambda: self.dist.all_reduce(totals))
-        if self.rank == 0:
+        if self.leader:
             result = dict(epoch=epoch, train_loss=train_loss, test_loss=float(totals[0]) / n_test,
                           test_accuracy=float(totals[1]) / n_test, seconds=seconds)
             self.epoch_results = [r for r in self.epoch_results if r["epoch"] < epoch] + [result]
-            self.link.send(EpochResult(job_id=self.job.job_id, rank=0, generation=self.generation, **result))
+            self.link.send(EpochResult(job_id=self.job.job_id, rank=self.rank, generation=self.generation, **result))
 
     def _finish(self, rows: int, seconds: float) -> None:
         while self.stop is None:
             self._poll(IDLE_POLL_MS)
         saved = False
-        if self.rank == 0 and self.stop.save_path:
+        if self.leader and self.stop.save_path:
             save_weights(self.model, self.stop.save_path, self.job)
             saved = True
         self.link.send(Finished(job_id=self.job.job_id, rank=self.rank, samples=rows, seconds=seconds, saved=saved))
@@ -559,6 +569,9 @@ def _await_welcome(link: Link, parent_pid: int, args: argparse.Namespace, device
         if isinstance(msg, Adopt):
             _log(f"{args.actor_id}: adopted as {msg.actor_id}")
             args.actor_id = msg.actor_id
+            _hello(link, args, device)
+            continue
+        if isinstance(msg, Release):   # the job ended before this replacement rejoined it: back to the pool
             _hello(link, args, device)
             continue
         if isinstance(msg, Shutdown) or os.getppid() != parent_pid:

@@ -53,6 +53,19 @@ def even_split(batch_size: int, world: int, align: int = 1) -> list[int]:
     return split
 
 
+def share_among(base: list[int], members: set[int], batch_size: int, align: int = 1) -> list[int]:
+    """``base`` (rows per rank) renormalised over ``members``, the others getting none, in
+    units of ``align`` rows (the remainder goes to the lowest member). ``base`` itself
+    comes back for the whole group."""
+    weights = [b if r in members else 0 for r, b in enumerate(base)]
+    if sum(weights) == 0:
+        weights = [1 if r in members else 0 for r in range(len(base))]
+    units, rest = divmod(batch_size, align)
+    split = [u * align for u in _largest_remainder(weights, units)]
+    split[min(members)] += rest
+    return split
+
+
 def split_from_fractions(batch_size: int, fractions: list[float]) -> list[int]:
     """Rows per rank for user-given shares such as ``0.7,0.3``."""
     return _largest_remainder(fractions, batch_size)

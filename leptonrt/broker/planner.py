@@ -131,20 +131,34 @@ class Planner:
 
     def predict(self, split: list[int]) -> list[float]:
         """Predicted compute seconds of each actor for ``split``."""
-        out = []
-        for fit, rows in zip(self._fits, split):
-            a, c = fit.coefficients()
-            out.append(a + c * rows if rows > 0 else 0.0)
-        return out
+        return [_finish(fit.coefficients(), rows) if rows > 0 else 0.0 for fit, rows in zip(self._fits, split)]
+
+    def _members(self) -> list[bool]:
+        """Which actors may be given rows (a cap of 0 keeps an actor out of the group)."""
+        return [cap is None or cap > 0 for cap in self.caps]
+
+    def _coefficients(self) -> list[tuple[float, float]]:
+        return [f.coefficients() if member else (0.0, 1.0) for f, member in zip(self._fits, self._members())]
+
+    def best(self) -> list[int] | None:
+        """The split that equalises predicted finish times over the members, with no
+        hysteresis (for a group that just changed); None while a member is unmeasured."""
+        members = self._members()
+        if any(member and f.count == 0 for f, member in zip(self._fits, members)):
+            return None
+        caps = [(self.batch if cap is None else cap) for cap in self.caps]
+        coeffs = self._coefficients()
+        return _round(_equalise(coeffs, caps, self.batch), coeffs, caps, self.batch, self.cfg.align)
 
     def propose(self, current: list[int], now: float) -> list[int] | None:
         """A better split than ``current``, or None to keep it."""
-        if not all(f.ready for f in self._fits):
+        members = self._members()
+        if not all(f.ready for f, member in zip(self._fits, members) if member):
             return None
         if not all(f.measured(rows, self.cfg.settle) for f, rows in zip(self._fits, current) if rows > 0):
             return None  # judge the current split by measurements, not by extrapolation
-        caps = [self._cap(rank, current, now) for rank in range(self.world)]
-        coeffs = [f.coefficients() for f in self._fits]
+        caps = [self._cap(rank, current, now) if members[rank] else 0 for rank in range(self.world)]
+        coeffs = self._coefficients()
         proposal = _round(_equalise(coeffs, caps, self.batch), coeffs, caps, self.batch, self.cfg.align)
         if proposal == list(current):
             return None

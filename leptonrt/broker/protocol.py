@@ -143,11 +143,22 @@ class Welcome:
     source_rank: int | None = _given(None, min=0)  # rank that sends weights and optimizer state; None: init/resume
     resume_from: str | None = _given(None, min_len=1, max_len=4096)  # the checkpoint (its step directory) to load first
     snapshot_every: int = _given(8, min=1, max=1_000_000)  # in-memory snapshot every this many steps
+    members: list[int] | None = _given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the gradient group; None: all
 
     def check(self) -> None:
-        """A rank must index into the world."""
+        """A rank must index into the world, and belong to the group it is told to join."""
         if self.rank >= self.world_size:
             raise ProtocolError(f"rank {self.rank} is not below world_size {self.world_size}")
+        _check_members(self.members, self.rank, self.world_size)
+
+
+def _check_members(members: list[int] | None, rank: int, world_size: int) -> None:
+    if members is None:
+        return
+    if members != sorted(set(members)) or members[-1] >= world_size:
+        raise ProtocolError(f"members {members} are not distinct ascending ranks below world_size {world_size}")
+    if rank not in members:
+        raise ProtocolError(f"rank {rank} is not one of the members {members}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +259,14 @@ class Regroup:
     world_size: int = _field(min=1, max=4096)
     rewind_step: int = _field(min=0)  # restore the snapshot taken before this step and train from it
     source_rank: int = _field(min=0)  # the rank whose state everybody takes after the restore
+    members: list[int] | None = _given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the new group; None: all
+
+    def check(self) -> None:
+        """The receiver and the source must both be in the new group."""
+        if self.rank >= self.world_size:
+            raise ProtocolError(f"rank {self.rank} is not below world_size {self.world_size}")
+        _check_members(self.members, self.rank, self.world_size)
+        _check_members(self.members, self.source_rank, self.world_size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,16 +7,18 @@ a parameter, so tests drive it with plain numbers.
 Lifecycle::
 
     gathering --all hellos--> running --last step committed--> stopping --all finished--> done
-                               |    ^
-                  actor lost   v    | replacement said hello: regroup, rewind, replay
-                              recovering
         any failure, a loss beyond the restart budget, or no survivor ----------------> failed
 
-A step is committed when every actor has reported it. Actors snapshot their state in
-memory every ``snapshot_every`` steps (and when a group forms); after a loss the group
-re-forms at the newest snapshot at or before the first uncommitted step, the lowest
-surviving rank hands its state to the replacement, and the steps after the snapshot are
-trained again, so the committed history trains every sample of every epoch exactly once.
+A step is committed when every member of the gradient group has reported it. Actors
+snapshot their state in memory every ``snapshot_every`` steps (and when a group forms).
+When an actor is lost, the survivors re-form the group without it at once, at the newest
+snapshot at or before the first uncommitted step, its share of the batch goes to them,
+and the steps after the snapshot are trained again, so the committed history trains
+every sample of every epoch exactly once. A replacement starts meanwhile; when it says
+hello, the broker stops granting at the next snapshot boundary, and once the group has
+committed everything before it the group re-forms with the replacement, which takes the
+lowest member's state (nothing is replayed). A replacement that never comes back costs
+nothing but its share.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 from statistics import median
 
 from ..errors import InternalError
+from .plan import share_among
 from .planner import Planner, rows_that_fit
 from .protocol import (Abort, CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
                        Message, Regroup, Reports, Stop, Welcome)
@@ -74,21 +77,28 @@ class ActorLost:
     committed: int             # the last committed step when it was lost
 
     def describe(self) -> str:
-        return f"rank {self.rank} lost ({self.how}) after step {self.committed}; replacing it"
+        return f"rank {self.rank} lost ({self.how}) after step {self.committed}; the rest go on, a replacement is starting"
 
 
 @dataclass(frozen=True)
 class Recovered:
-    """The group re-formed; training goes on from ``rewind_step``."""
+    """The group re-formed; training goes on from ``rewind_step``: without a lost actor
+    (the survivors replay what was not committed), or with a replacement that rejoins."""
 
     generation: int
     rewind_step: int
-    replayed_steps: int        # steps some actor had done that are trained again
+    replayed_steps: int        # steps some actor had done that are trained again (the job's total so far)
     seconds: float             # from the loss to the regroup
+    members: tuple[int, ...] = ()   # ranks in the new group
+    joined: tuple[int, ...] = ()    # ranks that (re)joined it at this boundary
 
     def describe(self) -> str:
-        return (f"regrouped in {self.seconds:.1f} s; replaying from step {self.rewind_step} "
-                f"({self.replayed_steps} steps trained again)")
+        ranks = ",".join(map(str, self.members))
+        if self.joined:
+            return (f"rank {','.join(map(str, self.joined))} rejoined at step {self.rewind_step} "
+                    f"(ranks {ranks} train)")
+        return (f"regrouped in {self.seconds:.1f} s as ranks {ranks}; replaying from step {self.rewind_step} "
+                f"({self.replayed_steps} steps trained again in all)")
 
 
 @dataclass
@@ -107,6 +117,7 @@ class _Slot:
     has_state: bool = True     # holds the training state (a replacement: once it reported a step)
     joining: bool = False      # forming a group (blocking, silent) since it was welcomed or regrouped
     killing: bool = False      # taken for hung; the shell is killing it
+    active: bool = True        # a member of the gradient group (a replacement: once it has rejoined)
 
 
 @dataclass
@@ -161,6 +172,9 @@ class TrainingRun:
         self.checkpointed = None   # rank 0's answer to checkpoint_now()
         self._high_water = self.start_step - 1
         self.split_history: list[tuple[int, list[int]]] = [(self.start_step, list(self.split))]
+        self._base_split = list(self.split)   # the shares a full group starts from (even, or the user's)
+        self._join_at: int | None = None       # the boundary where waiting replacements rejoin
+        self._caps: list[int | None] = [None] * len(self.actor_ids)   # rows each device's memory holds (None: untracked)
         self._step_s: float | None = None   # smoothed wall time of one step, for the window
         self._longest_s = 0.0               # a decaying maximum of step times, for the hang bound
         self._epochs: list[EpochResult] = list(self.prior_epochs)
@@ -202,16 +216,13 @@ class TrainingRun:
         return max(0.5, self.hang_bound() - self.collective_timeout_s() + 0.5)
 
     def _check_silence(self, now: float) -> None:
-        if self.state not in ("running", "stopping", "recovering"):
-            return
-        if self.state == "recovering" and self._lost_at is not None and now - self._lost_at > 120.0:
-            self._fail("a replacement actor did not start within 120 s", now)
+        if self.state not in ("running", "stopping"):
             return
         bound = self.hang_bound()
         # forming a group blocks an actor (it cannot speak): the store, then the group (each
         # with twice the collective timeout), then the state hand-over
         joining = bound + 5 * self.collective_timeout_s() + 1.0
-        watched = [s for s in self._ranked() if s.finished is None and s.hello is not None and not s.killing]
+        watched = [s for s in self._members() if s.finished is None and s.hello is not None and not s.killing]
         silent = [s for s in watched if now - s.last_heard > (joining if s.joining else bound)]
         if not silent:
             return
@@ -245,7 +256,7 @@ class TrainingRun:
             return []
         if slot.killing:
             how = f"taken for hung, then {how}"
-        if self.state in ("running", "recovering") and self._may_restart(slot, now):
+        if self.state == "running" and self._may_restart(slot, now):
             return self._lose(slot, how, now)
         # a lost process is a root cause: it goes before the collective errors it provoked
         self.problems.insert(len(self.lost), f"rank {slot.rank} (actor {actor_id}) exited: {how}")
@@ -261,23 +272,29 @@ class TrainingRun:
             self.problems.append(f"rank {slot.rank} was lost {len(times)} times within {self.restart_window_s:g} s "
                                  f"(--max-restarts {self.max_restarts})")
             return False
-        survivors = [s for s in self._slots.values()
-                     if (s is not slot or not lost) and s.hello is not None and s.has_state]
+        survivors = [s for s in self._members() if (s is not slot or not lost) and s.hello is not None and s.has_state]
         if not survivors:
             self.problems.append("no actor with the training state survived; nothing to recover from")
             return False
         return True
 
     def _lose(self, slot: _Slot, how: str, now: float) -> list[Out]:
+        """Start a replacement; if the lost actor was in the group, the rest re-form it now
+        without it (and replay what it had not committed), taking over its share."""
         slot.restarts += 1
-        self.events.append(ActorLost(slot.rank, how, self.committed()))
+        committed = self.committed()   # of the group it was in: its pieces of later steps are lost
+        self.events.append(ActorLost(slot.rank, how, committed))
         if slot.identity is not None:
             self._by_identity.pop(slot.identity, None)
+        member = slot.active
         slot.identity, slot.hello, slot.killing, slot.fresh, slot.has_state = None, None, False, True, False
+        slot.active = slot.joining = False
         slot.compute.clear()
-        self.state = "recovering"
         self.respawn.append(slot.actor_id)
-        return self._next_generation(now)
+        if not member:
+            return []   # a replacement lost before it rejoined: the group is not affected
+        self._lost_at = now
+        return self._next_generation(now) + self._regroup(now, committed)
 
     def _next_generation(self, now: float) -> list[Out]:
         """Start forming a new group: remember how far anyone got, tell every member to leave."""
@@ -287,15 +304,23 @@ class TrainingRun:
         abort = Abort(job_id=self.job.job_id, generation=self.generation)
         return [Out(s.identity, abort) for s in self._ranked() if s.identity is not None and not s.fresh]
 
-    def _regroup(self, now: float) -> list[Out]:
+    def _regroup(self, now: float, committed: int | None = None) -> list[Out]:
+        """Re-form the group at the newest snapshot at or before the first uncommitted step,
+        with every member that has state and every replacement that has said hello."""
+        committed = self.committed() if committed is None else committed
         every = self.snapshot_every
-        rewind = max((self.committed() + 1) // every * every, self.group_start)
+        rewind = max((committed + 1) // every * every, self.group_start)
         self.replayed_steps += max(self._high_water + 1 - rewind, 0)
-        source = next(s.rank for s in self._ranked() if s.has_state)
-        self.group_start, self._granted = rewind, rewind
-        world = len(self._slots)
+        joined = [s for s in self._ranked() if s.fresh and s.hello is not None]
+        for slot in joined:
+            slot.active = True
+        members = self._members()
+        source = next(s.rank for s in members if s.has_state)
+        self.group_start, self._granted, self._join_at = rewind, rewind, None
+        self._resplit(rewind)
+        ranks = [s.rank for s in members]
         outs = []
-        for slot in self._ranked():
+        for slot in members:
             slot.last_step, slot.joining = rewind - 1, True
             if slot.fresh:
                 slot.last_heard = now
@@ -303,10 +328,45 @@ class TrainingRun:
                 slot.fresh = False
             else:
                 outs.append(Out(slot.identity, Regroup(job_id=self.job.job_id, generation=self.generation, rank=slot.rank,
-                                                       world_size=world, rewind_step=rewind, source_rank=source)))
-        self.events.append(Recovered(self.generation, rewind, self.replayed_steps, now - (self._lost_at or now)))
+                                                       world_size=len(self._slots), rewind_step=rewind,
+                                                       source_rank=source, members=ranks)))
+        self.events.append(Recovered(self.generation, rewind, self.replayed_steps, now - (self._lost_at or now),
+                                     tuple(ranks), tuple(s.rank for s in joined)))
         self.state, self._lost_at = "running", None
         return outs + self._grant_more(force=True)
+
+    def _resplit(self, step: int) -> None:
+        """The split for the current members, from ``step`` on: the planner's best guess when it
+        has measured every member, else the starting shares renormalised over the members.
+        The history keeps only splits of steps before ``step`` (later ones are replayed)."""
+        members = {s.rank for s in self._members()}
+        split = None
+        if self.planner is not None:
+            self.planner.caps = [cap if rank in members else 0 for rank, cap in enumerate(self._caps)]
+            split = self.planner.best()
+        if split is None:
+            split = share_among(self._base_split, members, self.job.batch_size,
+                                self.planner.cfg.align if self.planner is not None else 1)
+        self.split_history = [(first, old) for first, old in self.split_history if first < step] or \
+            [(step, list(split))]
+        if self.split_at(step) != split:
+            self.split_history.append((step, list(split)))
+        self.split = split
+
+    def _schedule_rejoin(self, now: float) -> list[Out]:
+        """A replacement said hello: stop granting at the next snapshot boundary, where it rejoins."""
+        if self.state != "running" or self._join_at is not None:
+            return self._maybe_rejoin(now)
+        every = self.snapshot_every
+        at = max(-(-self._granted // every) * every, self.group_start)
+        if at < self.total_steps:   # otherwise the job ends first and the replacement sits it out
+            self._join_at = at
+        return self._maybe_rejoin(now)
+
+    def _maybe_rejoin(self, now: float) -> list[Out]:
+        if self._join_at is None or self.state != "running" or self.committed() + 1 < self._join_at:
+            return []
+        return self._next_generation(now) + self._regroup(now)
 
     @property
     def failure(self) -> str | None:
@@ -334,21 +394,23 @@ class TrainingRun:
 
     def _on_hello(self, _slot, identity: bytes, msg: Hello, now: float) -> list[Out]:
         slot = self._slots.get(msg.actor_id)
-        if self.state not in ("gathering", "recovering") or slot is None or slot.hello is not None \
+        replacement = self.state in ("running", "stopping") and slot is not None and slot.fresh
+        if (self.state != "gathering" and not replacement) or slot is None or slot.hello is not None \
                 or identity in self._by_identity:
             return self._drop()
         slot.identity, slot.hello, slot.last_heard = identity, msg, now
         self._by_identity[identity] = slot
+        if replacement:
+            return self._schedule_rejoin(now)
         if any(s.hello is None for s in self._slots.values()):
             return []
-        if self.state == "recovering":
-            return self._regroup(now)
         self.state = "running"
         for other in self._slots.values():   # the clock of silence starts for everyone now
             other.last_heard, other.joining = now, True
+        self._caps = [rows_that_fit(s.hello.memory_bytes, self.data.n_features, self.job.hidden, self.data.n_classes)
+                      for s in self._ranked()]
         if self.planner is not None:
-            self.planner.caps = [rows_that_fit(s.hello.memory_bytes, self.data.n_features, self.job.hidden,
-                                               self.data.n_classes) for s in self._ranked()]
+            self.planner.caps = list(self._caps)
         return [Out(s.identity, self._welcome(s)) for s in self._ranked()] + self._grant_more()
 
     def _welcome(self, slot: _Slot, source: int | None = None) -> Welcome:
@@ -358,7 +420,7 @@ class TrainingRun:
                        collective_timeout_s=self.collective_timeout_s(), generation=self.generation,
                        start_step=self.group_start, source_rank=source,
                        resume_from=self.resume_from if self.generation == 0 else None,
-                       snapshot_every=self.snapshot_every)
+                       snapshot_every=self.snapshot_every, members=[s.rank for s in self._members()])
 
     def _backend(self) -> str:
         """NCCL when every actor is a GPU; gloo (which also takes CUDA tensors) for mixed groups."""
@@ -366,7 +428,7 @@ class TrainingRun:
         return "nccl" if devices and all(d.startswith("cuda") for d in devices) else "gloo"
 
     def _on_reports(self, slot: _Slot, _identity, msg: Reports, now: float) -> list[Out]:
-        if msg.generation != self.generation or self.state == "recovering":
+        if msg.generation != self.generation or not slot.active:
             return []   # steps of a group that broke; they will be replayed
         slot.has_state = slot.has_state or bool(msg.steps)
         slot.joining = slot.joining and not msg.steps
@@ -377,12 +439,13 @@ class TrainingRun:
             self._longest_s = max(0.99 * self._longest_s, stat.step_s)
             if self.planner is not None:
                 self.planner.observe(slot.rank, stat.rows, stat.compute_s, now, stat.step_s)
-        return self._rebalance(now) + self._grant_more() + self._maybe_stop()
+        return self._rebalance(now) + self._grant_more() + self._maybe_stop() + self._maybe_rejoin(now)
 
     def _on_epochresult(self, slot: _Slot, _identity, msg: EpochResult, now: float) -> list[Out]:
-        if slot.rank == 0 and msg.epoch < len(self._epochs):
+        leader = slot is self._leader()
+        if leader and msg.epoch < len(self._epochs):
             return []   # evaluated again after a rewind or resume to an epoch boundary
-        if slot.rank != 0 or msg.epoch != len(self._epochs) or msg.generation != self.generation:
+        if not leader or msg.epoch != len(self._epochs) or msg.generation != self.generation:
             return self._drop()
         self._epochs.append(msg)
         last_step = (msg.epoch + 1) * self.steps_per_epoch - 1
@@ -393,7 +456,7 @@ class TrainingRun:
         return self._maybe_done(now)
 
     def _on_finished(self, slot: _Slot, _identity, msg: Finished, now: float) -> list[Out]:
-        if self.state != "stopping" or slot.finished is not None:
+        if self.state != "stopping" or slot.finished is not None or not slot.active:
             return self._drop()
         slot.finished = msg
         return self._maybe_done(now)
@@ -423,9 +486,8 @@ class TrainingRun:
 
     def checkpoint_now(self) -> list[Out]:
         """Ask rank 0 for a checkpoint of the drained boundary (the answer lands in ``checkpointed``)."""
-        rank0 = self._ranked()[0]
         self.checkpointed = None
-        return [Out(rank0.identity, CheckpointNow(job_id=self.job.job_id, step=self._granted))]
+        return [Out(self._leader().identity, CheckpointNow(job_id=self.job.job_id, step=self._granted))]
 
     def _on_heartbeat(self, slot: _Slot, _identity, msg, now: float) -> list[Out]:
         return []
@@ -433,8 +495,8 @@ class TrainingRun:
     # -- decisions -------------------------------------------------------------------
 
     def committed(self) -> int:
-        """The last step every actor has reported (-1 before the first)."""
-        return min(s.last_step for s in self._slots.values())
+        """The last step every member of the group has reported (-1 before the first)."""
+        return min(s.last_step for s in self._members())
 
     def window(self) -> int:
         """Steps to grant ahead: enough to never starve an actor, few enough that a new split
@@ -481,20 +543,24 @@ class TrainingRun:
             return []
         first = self._granted
         end = min(self.total_steps, max(first + 1, self.committed() + 1 + window))
+        if self._join_at is not None:   # replacements rejoin there: nothing past it yet
+            end = min(end, self._join_at)
+            if end <= first:
+                return []
         self._granted = end
         grant = Grant(job_id=self.job.job_id, first_step=first, end_step=end, split=list(self.split),
                       committed=self.committed())
-        return [Out(s.identity, grant) for s in self._ranked()]
+        return [Out(s.identity, grant) for s in self._members()]
 
     def _maybe_stop(self) -> list[Out]:
         if self.state != "running" or self.committed() < self.total_steps - 1:
             return []
         self.state = "stopping"
         stop = Stop(job_id=self.job.job_id, save_path=self.save_path)
-        return [Out(s.identity, stop) for s in self._ranked()]
+        return [Out(s.identity, stop) for s in self._members()]
 
     def _maybe_done(self, now: float) -> list[Out]:
-        finished = all(s.finished is not None for s in self._slots.values())
+        finished = all(s.finished is not None for s in self._members())
         if self.state == "stopping" and finished and len(self._epochs) == self.job.epochs:
             self.state, self.ended_at = "done", now
         return []
@@ -531,6 +597,7 @@ class TrainingRun:
             out.append({"rank": slot.rank, "actor_id": slot.actor_id, "share": self.split[slot.rank] / self.job.batch_size,
                         "compute_ms": median(slot.compute) * 1000 if slot.compute else None,
                         "lost": slot.rank in self.lost, "restarting": slot.fresh or slot.joining and self.generation > 0,
+                        "in_group": slot.active,
                         "finished": slot.finished is not None})
         return out
 
@@ -540,6 +607,14 @@ class TrainingRun:
 
     def _ranked(self) -> list[_Slot]:
         return sorted(self._slots.values(), key=lambda s: s.rank)
+
+    def _members(self) -> list[_Slot]:
+        """The gradient group, by rank (a lost actor leaves it; its replacement rejoins)."""
+        return [s for s in self._ranked() if s.active]
+
+    def _leader(self) -> _Slot:
+        """The lowest member: it evaluates for the job, writes checkpoints and the weights."""
+        return self._members()[0]
 
     # -- output ----------------------------------------------------------------------
 
@@ -572,4 +647,5 @@ class TrainingRun:
             "share": self.split[slot.rank] / self.job.batch_size,
             "samples_per_s": fin.samples / fin.seconds if fin and fin.seconds > 0 else None,
             "restarts": slot.restarts,
+            "in_group": slot.active,
         }

@@ -423,6 +423,28 @@ def test_a_welcome_whose_rank_is_not_below_world_size_raises_protocol_error(rank
         decode(frame_of("Welcome", fields))
 
 
+@pytest.mark.parametrize(("members", "expected"), [
+    ([1], "rank 0 is not one of the members [1]"),
+    ([1, 0], "members [1, 0] are not distinct ascending ranks below world_size 2"),
+    ([0, 0], "members [0, 0] are not distinct ascending ranks"),
+    ([0, 2], "members [0, 2] are not distinct ascending ranks below world_size 2"),
+])
+def test_a_welcome_into_a_group_it_is_not_a_member_of_raises_protocol_error(members, expected):
+    fields = wire_fields(welcome())
+    fields["rank"], fields["members"] = 0, members
+    with pytest.raises(ProtocolError, match=re.escape(f"Welcome: {expected}")):
+        decode(frame_of("Welcome", fields))
+
+
+def test_a_regroup_whose_source_is_not_a_member_raises_protocol_error():
+    fields = {"job_id": 1, "generation": 2, "rank": 1, "world_size": 3, "rewind_step": 8, "source_rank": 0,
+              "members": [1, 2]}
+    with pytest.raises(ProtocolError, match=re.escape("Regroup: rank 0 is not one of the members [1, 2]")):
+        decode(frame_of("Regroup", fields))
+    fields["source_rank"] = 1
+    assert decode(frame_of("Regroup", fields)).members == [1, 2]
+
+
 def test_an_oversize_frame_is_refused_before_it_is_unpacked():
     # Unpacked, these bytes would fail as "extra data"; the size error proves no unpacking ran.
     with pytest.raises(ProtocolError, match="exceeds the limit"):

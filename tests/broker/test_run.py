@@ -125,25 +125,80 @@ def test_an_actor_exit_without_a_restart_budget_fails_the_run():
     assert run.budget_exceeded
 
 
-def test_a_lost_actor_is_replaced_and_the_group_rewinds_to_the_snapshot_before_the_first_uncommitted_step():
+def kinds(outs):
+    return [(o.identity, type(o.message).__name__) for o in outs]
+
+
+def test_a_lost_actor_leaves_the_group_the_rest_rewind_to_the_snapshot_before_the_first_uncommitted_step():
     run, _ = started(epochs=4, steps=10, window=16, snapshot_every=4)
     run.handle(b"id0", report(0, *range(0, 11)), now=1.0)    # rank 0 is ahead: 0..10
     run.handle(b"id1", report(1, *range(0, 6)), now=1.0)     # rank 1 reported 0..5, then died
     outs = run.actor_exited("a1", "killed by SIGKILL", now=1.1)
-    assert run.state == "recovering" and run.respawn == ["a1"]
-    assert [(o.identity, type(o.message).__name__) for o in outs] == [(b"id0", "Abort")]
-    assert run.handle(b"id0", report(0, 11), now=1.2) == []  # the broken group's late steps are ignored
-    outs = run.handle(b"new1", hello(1), now=2.0)            # the replacement says hello
+    assert run.state == "running" and run.respawn == ["a1"]
+    # rank 0 goes on alone at once: committed = 5, so the first uncommitted step is 6, and
+    # the newest snapshot at or before it is 4; it takes the whole batch
+    assert kinds(outs) == [(b"id0", "Abort"), (b"id0", "Regroup"), (b"id0", "Grant")]
+    regroup, grant = outs[1].message, outs[2].message
+    assert (regroup.rewind_step, regroup.source_rank, regroup.members, regroup.generation) == (4, 0, [0], 1)
+    assert grant.first_step == 4 and grant.split == [4, 0]
+    assert run.replayed_steps == 7                              # steps 4..10 were reported before the loss
+    assert run.handle(b"id0", report(0, 11), now=1.2) == []    # the broken group's late steps are ignored
+    assert run.result()["actors"][1]["restarts"] == 1 and run.result()["actors"][1]["in_group"] is False
+    assert [type(e).__name__ for e in run.events] == ["ActorLost", "Recovered"]
+
+
+def test_a_replacement_rejoins_at_the_next_snapshot_boundary_without_replaying_anything():
+    run, _ = started(epochs=4, steps=10, window=16, snapshot_every=4)
+    run.handle(b"id0", report(0, *range(0, 6)), now=1.0)
+    run.handle(b"id1", report(1, *range(0, 6)), now=1.0)
+    run.actor_exited("a1", "killed by SIGKILL", now=1.1)        # rank 0 alone from step 4, granted to 20
+    run.handle(b"id0", Reports(job_id=7, rank=0, memory_bytes=0, queued=0, generation=1,
+                               steps=[StepStat(step=s, rows=4, compute_s=0.001, step_s=0.002, simulated_s=0.0)
+                                      for s in range(4, 9)]), now=1.2)
+    assert run.committed() == 8
+    outs = run.handle(b"new1", hello(1), now=2.0)               # the replacement says hello
+    assert outs == [] and run._join_at == 20                    # what is granted (up to 20) is trained first
+    assert run.state == "running"
+    done = Reports(job_id=7, rank=0, memory_bytes=0, queued=0, generation=1,
+                   steps=[StepStat(step=s, rows=4, compute_s=0.001, step_s=0.002, simulated_s=0.0)
+                          for s in range(9, 20)])
+    outs = run.handle(b"id0", done, now=2.5)
     by_kind = {type(o.message).__name__: o for o in outs if not isinstance(o.message, Grant)}
     regroup, welcome = by_kind["Regroup"].message, by_kind["Welcome"].message
     assert by_kind["Regroup"].identity == b"id0" and by_kind["Welcome"].identity == b"new1"
-    # committed = 5, so the first uncommitted step is 6; the newest snapshot at or before it is 4
-    assert regroup.rewind_step == welcome.start_step == 4 and regroup.source_rank == welcome.source_rank == 0
-    assert regroup.generation == welcome.generation == 1
-    assert [o.message.first_step for o in outs if isinstance(o.message, Grant)] == [4, 4]
-    assert run.state == "running" and run.replayed_steps == 7   # steps 4..10 were reported before the loss
-    assert run.result()["actors"][1]["restarts"] == 1 and run.result()["replayed_steps"] == 7
-    assert [type(e).__name__ for e in run.events] == ["ActorLost", "Recovered"]
+    assert regroup.rewind_step == welcome.start_step == 20 and regroup.source_rank == welcome.source_rank == 0
+    assert regroup.members == welcome.members == [0, 1] and regroup.generation == welcome.generation == 2
+    grants = [o.message for o in outs if isinstance(o.message, Grant)]
+    assert [g.first_step for g in grants] == [20, 20] and grants[0].split == [2, 2]   # the starting shares again
+    assert run.replayed_steps == 2                               # the loss replayed steps 4 and 5; the rejoin nothing
+    assert [type(e).__name__ for e in run.events] == ["ActorLost", "Recovered", "Recovered"]
+    assert run.events[-1].joined == (1,) and "rejoined at step 20" in run.events[-1].describe()
+    assert run.result()["actors"][1]["in_group"] is True
+
+
+def test_a_replacement_that_never_comes_back_costs_only_its_share():
+    run, _ = started(epochs=1, steps=10, window=16, snapshot_every=4)
+    run.actor_exited("a1", "exit code 9", now=0.5)
+    steps = Reports(job_id=7, rank=0, memory_bytes=0, queued=0, generation=1,
+                    steps=[StepStat(step=s, rows=4, compute_s=0.001, step_s=0.002, simulated_s=0.0) for s in range(10)])
+    outs = run.handle(b"id0", steps, now=1.0)
+    assert kinds(outs) == [(b"id0", "Stop")]                      # rank 1 is not waited for
+    run.handle(b"id0", EpochResult(job_id=7, rank=0, epoch=0, train_loss=1.0, test_loss=1.0, test_accuracy=0.5,
+                                   seconds=1.0, generation=1), now=1.1)
+    run.handle(b"id0", Finished(job_id=7, rank=0, samples=10, seconds=1.0, saved=True), now=1.2)
+    assert run.state == "done" and run.result()["actors"][1]["restarts"] == 1
+
+
+def test_a_lost_rank_zero_makes_the_lowest_survivor_the_leader():
+    run, _ = started(world=3, epochs=1, steps=10, window=16, snapshot_every=4)
+    outs = run.actor_exited("a0", "killed by SIGKILL", now=0.5)
+    regroups = [o.message for o in outs if type(o.message).__name__ == "Regroup"]
+    assert [(r.rank, r.members, r.source_rank) for r in regroups] == [(1, [1, 2], 1), (2, [1, 2], 1)]
+    assert run.split == [0, 3, 3]
+    ok = EpochResult(job_id=7, rank=1, epoch=0, train_loss=1.0, test_loss=1.0, test_accuracy=0.5, seconds=1.0,
+                     generation=1)
+    run.handle(b"id1", ok, now=1.0)
+    assert run.epochs_done == 1 and run.bad_messages == 0
 
 
 def test_the_restart_budget_counts_losses_within_the_window():
@@ -194,7 +249,7 @@ def test_an_actor_silent_past_the_hang_bound_while_its_peer_speaks_is_killed_and
     run.check_liveness(now=3.5)
     assert run.kill == ["a1"] and run.state == "running"
     run.actor_exited("a1", "killed by SIGKILL", now=3.6)
-    assert run.state == "recovering" and "hung" in run.events[-1].how
+    assert run.state == "running" and "hung" in run.events[-2].how and run.split == [4, 0]
 
 
 def test_when_every_actor_is_silent_the_peers_get_time_to_time_out_then_the_run_fails():

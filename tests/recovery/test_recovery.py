@@ -79,13 +79,30 @@ def test_sigkill_at_a_step_the_test_chooses(tmp_path, straight, no_leftovers):
     victim, events, result = asyncio.run(main())
     lost = [e for e in events if isinstance(e, ActorLost)]
     assert len(lost) == 1 and lost[0].rank == 1 and "SIGKILL" in lost[0].how
-    assert any(isinstance(e, Recovered) for e in events)
+    recovered = [e for e in events if isinstance(e, Recovered)]
+    assert recovered[0].members == (0,) and recovered[0].joined == ()   # rank 0 went on alone at once...
+    assert recovered[-1].members == (0, 1) and recovered[-1].joined == (1,)   # ...until the replacement rejoined
     assert result["actors"][1]["restarts"] == 1 and result["actors"][1]["pid"] != victim
+    assert result["actors"][1]["in_group"]
+    assert same_weights(save, straight)
+
+
+def test_an_actor_that_cannot_come_back_leaves_the_rest_to_train_the_same_weights(
+        tmp_path, straight, leptonrt_cli_module, no_leftovers):
+    save, report = tmp_path / "w.safetensors", tmp_path / "r.json"
+    out = leptonrt_cli_module(*DATA, "--save", save, "--json-out", report, "--max-restarts", "50",
+                              env={"LEPTONRT_FAULT": "start@0:1"})   # rank 1 dies whenever it starts
+    assert out.returncode == 0, out.stderr
+    result = json.loads(report.read_text())
+    assert result["actors"][1]["restarts"] >= 1 and result["actors"][0]["share"] == 1.0
+    assert "rank 1 lost" in out.stderr and "as ranks 0;" in out.stderr
     assert same_weights(save, straight)
 
 
 def test_an_actor_that_crashes_on_every_start_exhausts_the_budget_with_exit_70(leptonrt_cli_module, no_leftovers):
-    out = leptonrt_cli_module(*DATA, "--max-restarts", "2", env={"LEPTONRT_FAULT": "start@0:1"})
+    # a long job: rank 0 would train on alone, but three losses within the window end it
+    out = leptonrt_cli_module(*DATA, "--epochs", "400", "--max-restarts", "2", "--restart-window", "600",
+                              env={"LEPTONRT_FAULT": "start@0:1"})
     assert out.returncode == 70, out.stderr
     assert "lost 3 times" in out.stderr and "--max-restarts 2" in out.stderr
     assert "rank 1" in out.stderr and "exit code 17" in out.stderr and "Traceback" not in out.stderr.splitlines()[0]
