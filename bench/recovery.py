@@ -82,7 +82,7 @@ async def _leptonrt_once(kill_at: int) -> dict:
             pass
         follower.cancel()
         return {"method": "leptonrt_regroup_and_replay", "kill_to_first_committed_step_s": first_committed - killed,
-                "regroup_s": event.seconds, "kill_to_rejoined_s": rejoined - killed, "steps_lost": committed_at_kill + 1 - event.rewind_step,
+                "kill_to_rejoined_s": rejoined - killed, "steps_lost": committed_at_kill + 1 - event.rewind_step,
                 "replayed_steps": event.replayed_steps, "kill_at_step": kill_at, "resumed_from_step": event.rewind_step,
                 "snapshot_every": 8}
 
@@ -110,6 +110,7 @@ def main() -> None:
         "restart_all_kill_to_first_committed_step_s": med(b["kill_to_first_committed_step_s"] for _, b in rows),
         "restart_all_over_leptonrt_time": med(b["kill_to_first_committed_step_s"] / o["kill_to_first_committed_step_s"]
                                               for o, b in rows),
+        "leptonrt_kill_to_rejoined_s": med(o["kill_to_rejoined_s"] for o, _ in rows),
         "leptonrt_steps_lost": med(o["steps_lost"] for o, _ in rows),
         "restart_all_steps_lost": med(b["steps_lost"] for _, b in rows),
     }), flush=True)

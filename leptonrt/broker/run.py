@@ -501,8 +501,9 @@ class TrainingRun:
     def window(self) -> int:
         """Steps to grant ahead: enough to never starve an actor, few enough that a new split
         takes effect soon (it applies from the end of what was already granted)."""
-        if self.planner is None:
+        if self.planner is None and not any(s.fresh for s in self._slots.values()):
             return self.max_window   # the split never changes: grant far ahead
+        # (a replacement on its way rejoins where the grants end: keep them short meanwhile)
         if self._step_s is None or self._step_s <= 0:
             return self.min_window
         return max(self.min_window, min(self.max_window, math.ceil(self.window_s / self._step_s)))
