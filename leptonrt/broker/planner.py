@@ -29,6 +29,7 @@ class PlannerConfig:
     shift: float = 1.5           # this many in a row, all this many times off on one side...
     persist: int = 5             # ...mean the device changed speed: the fit starts again from them
     settle: int = 3              # after a change, measure this many steps of the new split before the next
+    refit_every: int = 4         # with a full window, refit after this many new observations
     overhead_window: int = 64    # steps over which the per-step cost outside compute (the all-reduce) is estimated
 
 
@@ -47,6 +48,7 @@ class _Fit:
         self.last_seen: float | None = None
         self._recent: deque[tuple[int, float, float]] = deque(maxlen=cfg.persist)  # (rows, seconds, vs prediction)
         self._cached: tuple[float, float] | None = None
+        self._unfitted = 0    # observations taken since the fit was last computed
         self.ready = False    # enough evidence to plan with: a full warm-up, or a detected change
 
     @property
@@ -78,7 +80,12 @@ class _Fit:
             return
         if 1 / self.cfg.change <= ratio <= self.cfg.change:
             self.obs.append((rows, seconds))
-            self._cached = None
+            self._unfitted += 1
+            # the robust fit is O(window^2): refresh it every few steps, but at once while a
+            # new split is being measured (its first steps are what moves the fit)
+            if self._unfitted >= self.cfg.refit_every or self.count < self.cfg.warmup \
+                    or not self.measured(rows, self.cfg.refit_every + 1):
+                self._cached = None
 
     def measured(self, rows: int, steps: int) -> bool:
         """Whether the last ``steps`` observations (spikes included) were at ``rows`` rows."""
@@ -89,6 +96,7 @@ class _Fit:
     def coefficients(self) -> tuple[float, float]:
         """(a, c): seconds per step and seconds per row."""
         if self._cached is None:
+            self._unfitted = 0
             rows = [r for r, _ in self.obs]
             if max(rows) - min(rows) > self.cfg.min_rows_spread * (sum(rows) / len(rows)):
                 slopes = [(t2 - t1) / (r2 - r1) for i, (r1, t1) in enumerate(self.obs)

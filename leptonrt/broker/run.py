@@ -136,6 +136,7 @@ class TrainingRun:
     window_s: float = 0.05          # grant roughly this much time of work ahead of the slowest actor
     max_window: int = 256           # ...but never more steps than this, nor fewer than min_window
     min_window: int = 4
+    plan_every_s: float = 0.02      # ask the planner for a better split at most this often
     hang_timeout_s: float = 3.0     # an actor silent this long while running is taken for hung...
     hang_steps: float = 3.0         # ...or this many times its longest recent step, if that is longer
     save_path: str | None = None
@@ -174,6 +175,7 @@ class TrainingRun:
         self.split_history: list[tuple[int, list[int]]] = [(self.start_step, list(self.split))]
         self._base_split = list(self.split)   # the shares a full group starts from (even, or the user's)
         self._join_at: int | None = None       # the boundary where waiting replacements rejoin
+        self._planned_at = -math.inf
         self._caps: list[int | None] = [None] * len(self.actor_ids)   # rows each device's memory holds (None: untracked)
         self._step_s: float | None = None   # smoothed wall time of one step, for the window
         self._longest_s = 0.0               # a decaying maximum of step times, for the hang bound
@@ -511,6 +513,9 @@ class TrainingRun:
     def _rebalance(self, now: float) -> list[Out]:
         if self.planner is None or self.state != "running" or self._granted >= self.total_steps:
             return []
+        if now - self._planned_at < self.plan_every_s:
+            return []   # reports arrive every few milliseconds; planning on each is wasted work
+        self._planned_at = now
         proposal = self.planner.propose(self.split, now)
         if proposal is None:
             return []

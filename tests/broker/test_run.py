@@ -215,7 +215,7 @@ def test_a_split_that_does_not_sum_to_the_batch_is_our_bug():
 
 
 def test_a_slow_actor_gets_a_smaller_share_from_the_end_of_what_was_already_granted():
-    run, _ = started(epochs=1, steps=100, window=8, batch=64, planner=Planner(2, 64))
+    run, _ = started(epochs=1, steps=100, window=8, batch=64, planner=Planner(2, 64), plan_every_s=0.0)
     for step in range(20):
         run.handle(b"id0", report(0, step, rows=32, compute_s=0.001), now=0.01 * step)
         granted_before = run._granted
