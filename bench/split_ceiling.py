@@ -6,6 +6,8 @@ as in bench/straggler.py (it sleeps its own compute time before the all-reduce).
 runs once with the even split (what DDP does) and once with a given uneven split (what a
 perfect planner would pick), interleaved over rounds. The ratio of the two is the most any
 rebalancer can win here: the all-reduce and the optimizer step cost the same either way.
+Each split runs with both ways of summing gradients: gloo's all-reduce (what DDP uses) and
+the point-to-point exchange leptonrt uses for small CPU groups.
 
     python bench/split_ceiling.py [--split 752,272] [--steps 500] [--rounds 3]
 """
@@ -23,7 +25,14 @@ import time
 import torch
 
 
-def _worker(rank: int, port: int, rows_by_rank: list[int], steps: int, out) -> None:
+def _exchange(dist, flat: torch.Tensor, peer_buf: torch.Tensor, rank: int) -> None:
+    ops = [dist.P2POp(dist.isend, flat, 1 - rank), dist.P2POp(dist.irecv, peer_buf, 1 - rank)]
+    for work in dist.batch_isend_irecv(ops):
+        work.wait()
+    flat.add_(peer_buf)
+
+
+def _worker(rank: int, port: int, rows_by_rank: list[int], steps: int, sync: str, out) -> None:
     import torch.distributed as dist
 
     from leptonrt.nn.model import build_mlp
@@ -35,7 +44,14 @@ def _worker(rank: int, port: int, rows_by_rank: list[int], steps: int, out) -> N
     dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(60000, 784, generator=gen), torch.randint(0, 10, (60000,), generator=gen)
-    step = FusedStep(build_mlp(784, [128], 10, 0), optimizer="adam", lr=1e-3, allreduce=dist.all_reduce)
+    peer_buf = None
+
+    def exchange(flat: torch.Tensor) -> None:
+        nonlocal peer_buf
+        peer_buf = torch.empty_like(flat) if peer_buf is None else peer_buf
+        _exchange(dist, flat, peer_buf, rank)
+    step = FusedStep(build_mlp(784, [128], 10, 0), optimizer="adam", lr=1e-3,
+                     allreduce=dist.all_reduce if sync == "allreduce" else exchange)
     rows, warm = rows_by_rank[rank], steps // 5
     for i in range(steps):
         if i == warm:
@@ -52,13 +68,13 @@ def _worker(rank: int, port: int, rows_by_rank: list[int], steps: int, out) -> N
     dist.destroy_process_group()
 
 
-def run(rows_by_rank: list[int], steps: int) -> float:
+def run(rows_by_rank: list[int], steps: int, sync: str) -> float:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [ctx.Process(target=_worker, args=(r, port, rows_by_rank, steps, out)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, port, rows_by_rank, steps, sync, out)) for r in range(2)]
     for p in procs:
         p.start()
     samples_per_s = out.get(timeout=600)
@@ -75,15 +91,19 @@ def main() -> None:
     args = p.parse_args()
     uneven = [int(v) for v in args.split.split(",")]
     even = [sum(uneven) // 2, sum(uneven) - sum(uneven) // 2]
-    ratios = []
+    ratios: dict[str, list[float]] = {"allreduce": [], "exchange": []}
     for r in range(args.rounds):
-        a, b = run(even, args.steps), run(uneven, args.steps)
-        ratios.append(b / a)
-        for name, split, sps in (("bare_gloo_even_split", even, a), ("bare_gloo_uneven_split", uneven, b)):
-            print(json.dumps({"bench": "split_ceiling", "run": name, "round": r, "simulated": True, "factor": 2.0,
-                              "split": split, "samples_per_s": round(sps)}), flush=True)
+        for sync in ratios:
+            a, b = run(even, args.steps, sync), run(uneven, args.steps, sync)
+            ratios[sync].append(b / a)
+            for name, split, sps in (("even_split", even, a), ("uneven_split", uneven, b)):
+                print(json.dumps({"bench": "split_ceiling", "run": f"bare_gloo_{sync}_{name}", "round": r,
+                                  "simulated": True, "factor": 2.0, "split": split, "samples_per_s": round(sps)}),
+                      flush=True)
     print(json.dumps({"bench": "split_ceiling", "run": "summary", "rounds": args.rounds,
-                      "uneven_over_even": round(statistics.median(ratios), 3)}), flush=True)
+                      "statistic": "median over rounds of uneven/even",
+                      **{f"{sync}_uneven_over_even": round(statistics.median(v), 3) for sync, v in ratios.items()}}),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ Runs, all with 2 CPU processes, the same MLP, batch, precision, optimizer and th
 5. leptonrt, rebalancing on, with the slowdown starting mid-run: the step at which the
    split settled.
 
+What differs besides the planner: DDP sums gradients with gloo's all-reduce (a ring: two
+rounds of messages); leptonrt's group of 2 CPU actors exchanges them point to point over
+the same gloo transport (one round) and adds them up. ``fixed_over_ddp_*`` shows what that
+runtime difference alone is worth, ``rebalanced_over_fixed_slowed`` what the planner adds.
+
 The slowdown is simulated the same way on both sides: once its gradients are computed and
 before they are all-reduced, rank 1 sleeps (FACTOR-1) x the pure compute time of that
 step. In DDP the wait sits in a communication hook, which runs when the (single, for this
@@ -161,7 +166,8 @@ def main() -> None:
             if name == "leptonrt_mid_run_slowdown":
                 settled = settled_step(results[name], args.mid_run_step)
                 extra.update(slowdown_from_step=args.mid_run_step, settled_at_step=settled,
-                             steps_to_settle=None if settled is None else settled - args.mid_run_step)
+                             steps_to_settle=None if settled is None else settled - args.mid_run_step,
+                             split_changes=[(c["step"], c["split"]) for c in results[name]["split_changes"]])
             emit(name, round=r, simulated=simulated, factor=args.factor if simulated else 1.0,
                  samples_per_s=round(results[name]["samples_per_s"]), **extra)
         rounds.append(results)
@@ -169,9 +175,13 @@ def main() -> None:
     def ratio(a: str, b: str) -> float:
         return round(statistics.median(x[a]["samples_per_s"] / x[b]["samples_per_s"] for x in rounds), 3)
 
+    settles = [x["leptonrt_mid_run_slowdown"] for x in rounds]
+    settle_steps = [settled_step(r, args.mid_run_step) for r in settles]
     emit("summary", rounds=args.repeats, statistic="median over rounds of the per-round ratio",
+         mid_run_steps_to_settle=[None if v is None else v - args.mid_run_step for v in settle_steps],
          rebalanced_over_ddp_slowed=ratio("leptonrt_rebalanced_slowed", "ddp_slowed"),
          fixed_over_ddp_slowed=ratio("leptonrt_fixed_split_slowed", "ddp_slowed"),
+         rebalanced_over_fixed_slowed=ratio("leptonrt_rebalanced_slowed", "leptonrt_fixed_split_slowed"),
          leptonrt_over_ddp_no_slowdown=ratio("leptonrt_no_slowdown", "ddp_no_slowdown"),
          fixed_over_ddp_no_slowdown=ratio("leptonrt_fixed_split_no_slowdown", "ddp_no_slowdown"),
          ideal_rebalanced_over_ddp_slowed=round((args.factor + 1) / 2, 3))

@@ -110,6 +110,8 @@ class Actor:
         self.link, self.w, self.device, self.parent_pid = link, welcome, device, parent_pid
         self.job, self.rank, self.world = welcome.job, welcome.rank, welcome.world_size
         self.members = list(welcome.members) if welcome.members is not None else list(range(self.world))
+        self.sync = welcome.gradient_sync
+        self._peer_grads: list[torch.Tensor] | None = None   # receive buffers of the exchange
         self.generation, self.group_start = welcome.generation, welcome.start_step
         self.source: int | None = welcome.source_rank
         self.grants: list[Grant] = []
@@ -191,9 +193,33 @@ class Actor:
     def _allreduce(self, flat: torch.Tensor):
         if self.dist is None:
             return None
+        if self.sync == "exchange":
+            return self._exchange(flat)
         # synchronous: on a CPU box an async collective's worker thread competes with the
         # step for the same cores (measured slower); the next batch is gathered right after
         return self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM)
+
+    def _exchange(self, flat: torch.Tensor) -> None:
+        """Sum ``flat`` over the group by sending it to every other member and adding up all
+        of them in rank order, so every member gets the same bits."""
+        dist, me, size = self.dist, self.members.index(self.rank), len(self.members)
+        if self._peer_grads is None or len(self._peer_grads) != size:
+            self._peer_grads = [torch.empty_like(flat) for _ in range(size)]
+        ops = []
+        for peer in range(size):
+            if peer != me:
+                ops += [dist.P2POp(dist.isend, flat, peer), dist.P2POp(dist.irecv, self._peer_grads[peer], peer)]
+        timeout = timedelta(seconds=self.w.collective_timeout_s)   # point-to-point waits ignore the group's
+        for work in dist.batch_isend_irecv(ops):
+            work.wait(timeout=timeout)
+        if size == 2:
+            flat.add_(self._peer_grads[1 - me])   # a + b and b + a are the same bits
+            return None
+        total = (flat if me == 0 else self._peer_grads[0]).clone()
+        for k in range(1, size):
+            total.add_(flat if k == me else self._peer_grads[k])
+        flat.copy_(total)
+        return None
 
     def _collective(self, fn) -> None:
         """Run a collective; a failure of the group becomes GroupBroken (recoverable)."""
@@ -423,6 +449,7 @@ class Actor:
         msg, self.regroup = self.regroup, None
         self.generation, self.rank, self.world = msg.generation, msg.rank, msg.world_size
         self.members = list(msg.members) if msg.members is not None else list(range(self.world))
+        self.sync = msg.gradient_sync
         self.group_start, self.source = msg.rewind_step, msg.source_rank
         if msg.rewind_step in self.snapshots or self.rank == msg.source_rank:
             self._restore(msg.rewind_step)

@@ -49,6 +49,11 @@ def _given(default: Any, **meta: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
+# "allreduce": torch.distributed.all_reduce; "exchange": every member sends its gradients to
+# every other (point-to-point) and all sum them in rank order (small CPU groups)
+_SYNCS = frozenset({"allreduce", "exchange"})
+
+
 # --- records nested inside messages ------------------------------------------------
 
 
@@ -144,6 +149,7 @@ class Welcome:
     resume_from: str | None = _given(None, min_len=1, max_len=4096)  # the checkpoint (its step directory) to load first
     snapshot_every: int = _given(8, min=1, max=1_000_000)  # in-memory snapshot every this many steps
     members: list[int] | None = _given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the gradient group; None: all
+    gradient_sync: str = _given("allreduce", choices=_SYNCS)  # how the group sums gradients
 
     def check(self) -> None:
         """A rank must index into the world, and belong to the group it is told to join."""
@@ -260,6 +266,7 @@ class Regroup:
     rewind_step: int = _field(min=0)  # restore the snapshot taken before this step and train from it
     source_rank: int = _field(min=0)  # the rank whose state everybody takes after the restore
     members: list[int] | None = _given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the new group; None: all
+    gradient_sync: str = _given("allreduce", choices=_SYNCS)  # how the new group sums gradients
 
     def check(self) -> None:
         """The receiver and the source must both be in the new group."""

@@ -331,7 +331,8 @@ class TrainingRun:
             else:
                 outs.append(Out(slot.identity, Regroup(job_id=self.job.job_id, generation=self.generation, rank=slot.rank,
                                                        world_size=len(self._slots), rewind_step=rewind,
-                                                       source_rank=source, members=ranks)))
+                                                       source_rank=source, members=ranks,
+                                                       gradient_sync=self._gradient_sync())))
         self.events.append(Recovered(self.generation, rewind, self.replayed_steps, now - (self._lost_at or now),
                                      tuple(ranks), tuple(s.rank for s in joined)))
         self.state, self._lost_at = "running", None
@@ -422,7 +423,15 @@ class TrainingRun:
                        collective_timeout_s=self.collective_timeout_s(), generation=self.generation,
                        start_step=self.group_start, source_rank=source,
                        resume_from=self.resume_from if self.generation == 0 else None,
-                       snapshot_every=self.snapshot_every, members=[s.rank for s in self._members()])
+                       snapshot_every=self.snapshot_every, members=[s.rank for s in self._members()],
+                       gradient_sync=self._gradient_sync())
+
+    def _gradient_sync(self) -> str:
+        """A group of 2 to 4 CPU actors exchanges gradients point to point (one round of
+        messages; gloo's ring all-reduce takes two, and on a few local processes latency is
+        what costs); anything else uses the backend's all-reduce."""
+        devices = [s.hello.device for s in self._members() if s.hello is not None]
+        return "exchange" if 2 <= len(devices) <= 4 and all(d == "cpu" for d in devices) else "allreduce"
 
     def _backend(self) -> str:
         """NCCL when every actor is a GPU; gloo (which also takes CUDA tensors) for mixed groups."""

@@ -261,3 +261,14 @@ def test_when_every_actor_is_silent_the_peers_get_time_to_time_out_then_the_run_
     assert run.state == "running" and run.kill == []
     run.check_liveness(now=3.0 + run.collective_timeout_s() + 2.5)
     assert run.state == "failed" and "rank(s) 0 " in run.failure and "hung" in run.failure
+
+
+def test_small_cpu_groups_exchange_gradients_and_any_gpu_member_means_all_reduce():
+    _, outs = started(world=2)
+    assert {o.message.gradient_sync for o in outs if isinstance(o.message, Welcome)} == {"exchange"}
+    run = make_run(world=2)
+    gpu = Hello(actor_id="a1", pid=101, device="cuda:0", device_name="H100", threads=1, memory_bytes=0, bf16=True)
+    outs = run.handle(b"id0", hello(0), now=0.0) + run.handle(b"id1", gpu, now=0.0)
+    assert {o.message.gradient_sync for o in outs if isinstance(o.message, Welcome)} == {"allreduce"}
+    _, outs = started(world=5, batch=10)
+    assert {o.message.gradient_sync for o in outs if isinstance(o.message, Welcome)} == {"allreduce"}
