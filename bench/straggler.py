@@ -118,7 +118,7 @@ def leptonrt(args: argparse.Namespace, slowdown: tuple | None, split=None) -> di
 def settled_step(result: dict, start: int, tolerance: float = 0.05) -> int | None:
     """First step >= start from which the split stays within ``tolerance`` x batch rows of its final value."""
     tolerance = tolerance * sum(result["split_changes"][-1]["split"]) if result["split_changes"] else 0
-    changes = [c for c in result["split_changes"] if c["step"] >= start]
+    changes = [c for c in result["split_changes"] if c["step"] >= start and c["why"] == "planner"]
     if not changes:
         return None
     final = changes[-1]["split"]
@@ -167,7 +167,8 @@ def main() -> None:
                 settled = settled_step(results[name], args.mid_run_step)
                 extra.update(slowdown_from_step=args.mid_run_step, settled_at_step=settled,
                              steps_to_settle=None if settled is None else settled - args.mid_run_step,
-                             split_changes=[(c["step"], c["split"]) for c in results[name]["split_changes"]])
+                             split_changes=[(c["step"], c["split"]) for c in results[name]["split_changes"]
+                                            if c["why"] == "planner"])
             emit(name, round=r, simulated=simulated, factor=args.factor if simulated else 1.0,
                  samples_per_s=round(results[name]["samples_per_s"]), **extra)
         rounds.append(results)

@@ -24,7 +24,8 @@ def test_two_cpu_actors_reach_95_percent_on_digits(leptonrt_cli, tmp_path, no_le
     assert result["samples_per_s"] > 0 and result["wall_s"] > 0
     assert [(a["rank"], a["device"]) for a in result["actors"]] == [(0, "cpu"), (1, "cpu")]
     assert sum(a["share"] for a in result["actors"]) == 1.0 and all(a["share"] > 0 for a in result["actors"])
-    assert result["rebalances"] == len(result["split_changes"])
+    assert result["rebalances"] == sum(c["why"] == "planner" for c in result["split_changes"])
+    assert [c["why"] for c in result["split_changes"]][:3] == ["probe"] * 3   # the planner's warm-up probe
     assert all(a["samples_per_s"] > 0 for a in result["actors"])
 
 

@@ -133,10 +133,12 @@ class TrainingRun:
     steps_per_epoch: int
     n_train: int
     planner: Planner | None = None  # None: the split stays as given
-    window_s: float = 0.05          # grant roughly this much time of work ahead of the slowest actor
+    window_s: float = 0.03          # grant roughly this much time of work ahead of the slowest actor
     max_window: int = 256           # ...but never more steps than this, nor fewer than min_window
     min_window: int = 4
     plan_every_s: float = 0.02      # ask the planner for a better split at most this often
+    probe_after: int = 16           # with a planner: after this many steps, vary the split for...
+    probe_steps: int = 8            # ...this many steps each way, so a fixed per-step cost shows
     hang_timeout_s: float = 3.0     # an actor silent this long while running is taken for hung...
     hang_steps: float = 3.0         # ...or this many times its longest recent step, if that is longer
     save_path: str | None = None
@@ -172,10 +174,13 @@ class TrainingRun:
         self._group_failed: tuple | None = None   # (slot, message, when) of an unexplained collective failure
         self.checkpointed = None   # rank 0's answer to checkpoint_now()
         self._high_water = self.start_step - 1
-        self.split_history: list[tuple[int, list[int]]] = [(self.start_step, list(self.split))]
+        # (first step, split, why): "start", "planner", "probe" (warm-up) or "members" (a loss or a rejoin)
+        self.split_history: list[tuple[int, list[int], str]] = [(self.start_step, list(self.split), "start")]
         self._base_split = list(self.split)   # the shares a full group starts from (even, or the user's)
         self._join_at: int | None = None       # the boundary where waiting replacements rejoin
         self._planned_at = -math.inf
+        self._planner_changes = 0
+        self._probe: list[tuple[int, list[int]]] = []   # (first step, split) still to apply
         self._caps: list[int | None] = [None] * len(self.actor_ids)   # rows each device's memory holds (None: untracked)
         self._step_s: float | None = None   # smoothed wall time of one step, for the window
         self._longest_s = 0.0               # a decaying maximum of step times, for the hang bound
@@ -343,6 +348,7 @@ class TrainingRun:
         has measured every member, else the starting shares renormalised over the members.
         The history keeps only splits of steps before ``step`` (later ones are replayed)."""
         members = {s.rank for s in self._members()}
+        self._probe = []   # a regroup during the probe abandons it
         split = None
         if self.planner is not None:
             self.planner.caps = [cap if rank in members else 0 for rank, cap in enumerate(self._caps)]
@@ -350,10 +356,10 @@ class TrainingRun:
         if split is None:
             split = share_among(self._base_split, members, self.job.batch_size,
                                 self.planner.cfg.align if self.planner is not None else 1)
-        self.split_history = [(first, old) for first, old in self.split_history if first < step] or \
-            [(step, list(split))]
+        self.split_history = [entry for entry in self.split_history if entry[0] < step] or \
+            [(step, list(split), "start")]
         if self.split_at(step) != split:
-            self.split_history.append((step, list(split)))
+            self.split_history.append((step, list(split), "members"))
         self.split = split
 
     def _schedule_rejoin(self, now: float) -> list[Out]:
@@ -378,8 +384,8 @@ class TrainingRun:
 
     @property
     def rebalances(self) -> int:
-        """How many times the planner changed the split."""
-        return len(self.split_history) - 1
+        """How many times the planner changed the split (not the warm-up probe, nor a change of members)."""
+        return self._planner_changes
 
     def _sender_matches(self, identity: bytes, msg: Message) -> bool:
         slot = self._by_identity.get(identity)
@@ -414,7 +420,23 @@ class TrainingRun:
                       for s in self._ranked()]
         if self.planner is not None:
             self.planner.caps = list(self._caps)
+            self._plan_probe()
         return [Out(s.identity, self._welcome(s)) for s in self._ranked()] + self._grant_more()
+
+    def _plan_probe(self) -> None:
+        """While every actor trains the same rows per step, a fixed cost per step cannot be
+        told from a cost per row, and the planner would split by rows alone. So once warm,
+        pairs of actors trade a few rows one way for ``probe_steps`` steps, then the other
+        way, then go back: the mathematics is the same, and the fits see rows vary."""
+        align, first = self.planner.cfg.align, self.group_start + self.probe_after
+        d = align * max(1, round(0.15 * min(self.split) / align))
+        if len(self.split) < 2 or d >= min(self.split) or first + 2 * self.probe_steps >= self.total_steps:
+            return
+        pairs = len(self.split) // 2 * 2   # an odd actor out keeps its rows
+        one_way = [r + (d if i % 2 == 0 else -d) if i < pairs else r for i, r in enumerate(self.split)]
+        other_way = [r - (d if i % 2 == 0 else -d) if i < pairs else r for i, r in enumerate(self.split)]
+        self._probe = [(first, one_way), (first + self.probe_steps, other_way),
+                       (first + 2 * self.probe_steps, list(self.split))]
 
     def _welcome(self, slot: _Slot, source: int | None = None) -> Welcome:
         return Welcome(rank=slot.rank, world_size=len(self._slots), rendezvous=self.rendezvous,
@@ -522,7 +544,7 @@ class TrainingRun:
     def _rebalance(self, now: float) -> list[Out]:
         if self.planner is None or self.state != "running" or self._granted >= self.total_steps:
             return []
-        if now - self._planned_at < self.plan_every_s:
+        if now - self._planned_at < self.plan_every_s or self._probe:
             return []   # reports arrive every few milliseconds; planning on each is wasted work
         self._planned_at = now
         proposal = self.planner.propose(self.split, now)
@@ -531,13 +553,14 @@ class TrainingRun:
         fixed = self.planner.overhead()
         before, after = max(self.planner.predict(self.split)) + fixed, max(self.planner.predict(proposal)) + fixed
         self.split = proposal
-        self.split_history.append((self._granted, list(proposal)))
+        self._planner_changes += 1
+        self.split_history.append((self._granted, list(proposal), "planner"))
         self.events.append(SplitChanged(self._granted, tuple(proposal), 1.0 - after / before if before else 0.0))
         return self._grant_more(force=True)
 
     def split_at(self, step: int) -> list[int]:
         """The split in effect at global ``step``."""
-        return next(split for first, split in reversed(self.split_history) if first <= step)
+        return next(split for first, split, _why in reversed(self.split_history) if first <= step)
 
     def interrupt(self) -> None:
         """Grant no further steps; the actors stop at the end of what they hold."""
@@ -558,6 +581,11 @@ class TrainingRun:
             return []
         first = self._granted
         end = min(self.total_steps, max(first + 1, self.committed() + 1 + window))
+        while self._probe and self._probe[0][0] <= first:   # the probe's next split starts here
+            self.split = self._probe.pop(0)[1]
+            self.split_history.append((first, list(self.split), "probe"))
+        if self._probe:
+            end = min(end, self._probe[0][0])
         if self._join_at is not None:   # replacements rejoin there: nothing past it yet
             end = min(end, self._join_at)
             if end <= first:
@@ -648,7 +676,7 @@ class TrainingRun:
             "samples_per_s": self.n_train * len(steady) / seconds if seconds > 0 else None,
             "rebalances": self.rebalances,
             "replayed_steps": self.replayed_steps,
-            "split_changes": [{"step": step, "split": split} for step, split in self.split_history[1:]],
+            "split_changes": [{"step": step, "split": split, "why": why} for step, split, why in self.split_history[1:]],
             "actors": [self._actor_result(s) for s in self._ranked()],
         }
 

@@ -215,7 +215,8 @@ def test_a_split_that_does_not_sum_to_the_batch_is_our_bug():
 
 
 def test_a_slow_actor_gets_a_smaller_share_from_the_end_of_what_was_already_granted():
-    run, _ = started(epochs=1, steps=100, window=8, batch=64, planner=Planner(2, 64), plan_every_s=0.0)
+    run, _ = started(epochs=1, steps=100, window=8, batch=64, planner=Planner(2, 64), plan_every_s=0.0,
+                     probe_after=10**6)
     for step in range(20):
         run.handle(b"id0", report(0, step, rows=32, compute_s=0.001), now=0.01 * step)
         granted_before = run._granted
@@ -272,3 +273,16 @@ def test_small_cpu_groups_exchange_gradients_and_any_gpu_member_means_all_reduce
     assert {o.message.gradient_sync for o in outs if isinstance(o.message, Welcome)} == {"allreduce"}
     _, outs = started(world=5, batch=10)
     assert {o.message.gradient_sync for o in outs if isinstance(o.message, Welcome)} == {"allreduce"}
+
+
+def test_once_warm_the_planner_sees_rows_vary_one_way_then_the_other_then_even_again():
+    run, outs = started(epochs=1, steps=100, window=4, batch=64, planner=Planner(2, 64), probe_after=4, probe_steps=4)
+    splits = {}
+    for step in range(16):
+        for rank in (0, 1):
+            for out in run.handle(f"id{rank}".encode(), report(rank, step, rows=32), now=0.001 * step):
+                if isinstance(out.message, Grant):
+                    splits[out.message.first_step] = out.message.split
+    # align 8, 15% of 32 rows rounds to one unit
+    assert splits[4] == [40, 24] and splits[8] == [24, 40] and splits[12] == [32, 32]
+    assert run.rebalances == 0 and not any(isinstance(e, SplitChanged) for e in run.events)
