@@ -472,6 +472,9 @@ class Actor:
             self.rows_done += self._train_step(g, self._perm(epoch), t, split, last=t + 1 == spe)
             g += 1
             self._after_step(g)
+            # only now may the step be reported: once the broker counts it committed it may
+            # rewind the group to the snapshot _after_step just took
+            self._flush()
             if t + 1 == spe:
                 self._end_epoch(epoch, self._epoch_seconds())
         return g
@@ -519,7 +522,6 @@ class Actor:
         if compute_s is not None:
             compute_s += batch.gather_s
         self.pending.append((g, batch.x.shape[0], compute_s, time.perf_counter() - t0, simulated))
-        self._flush()
         return batch.x.shape[0]
 
     def _slowdown(self, g: int) -> float:
