@@ -29,6 +29,7 @@ class PlannerConfig:
     shift: float = 1.5           # this many in a row, all this many times off on one side...
     persist: int = 5             # ...mean the device changed speed: the fit starts again from them
     settle: int = 3              # after a change, measure this many steps of the new split before the next
+    max_move: float = 2.0        # one move changes no share by more than this factor
     refit_every: int = 4         # with a full window, refit after this many new observations
     overhead_window: int = 64    # steps over which the per-step cost outside compute (the all-reduce) is estimated
 
@@ -167,7 +168,11 @@ class Planner:
             return None  # judge the current split by measurements, not by extrapolation
         caps = [self._cap(rank, current, now) if members[rank] else 0 for rank in range(self.world)]
         coeffs = self._coefficients()
-        proposal = _round(_equalise(coeffs, caps, self.batch), coeffs, caps, self.batch, self.cfg.align)
+        # a trust region: no share more than doubles or halves in one move, so a fit misled by
+        # a few noisy steps cannot swing the split far (a bigger change takes two moves)
+        floors = [min(rows / self.cfg.max_move, cap) for rows, cap in zip(current, caps)]
+        caps = [min(cap, max(rows * self.cfg.max_move, self.cfg.align)) for rows, cap in zip(current, caps)]
+        proposal = _round(_equalise(coeffs, caps, self.batch, floors), coeffs, caps, self.batch, self.cfg.align)
         if proposal == list(current):
             return None
         # the gain is judged on whole steps: when the collective dominates, a compute
@@ -187,10 +192,14 @@ class Planner:
         return cap
 
 
-def _equalise(coeffs: list[tuple[float, float]], caps: list[int], batch: int) -> list[float]:
-    """Continuous rows per actor so that every busy actor finishes at the same time."""
+def _equalise(coeffs: list[tuple[float, float]], caps: list[int], batch: int,
+              floors: list[float] | None = None) -> list[float]:
+    """Continuous rows per actor, each within [floor, cap], so that every busy actor
+    finishes at the same time (as near as the bounds allow)."""
+    floors = floors or [0.0] * len(coeffs)
+
     def rows_at(t: float) -> list[float]:
-        return [min(max((t - a) / c, 0.0), cap) for (a, c), cap in zip(coeffs, caps)]
+        return [min(max((t - a) / c, lo), cap) for (a, c), lo, cap in zip(coeffs, floors, caps)]
 
     lo, hi = 0.0, max(a + c * batch for a, c in coeffs)
     for _ in range(100):  # bisection on the common finish time

@@ -99,7 +99,7 @@ def test_shares_stay_within_each_actors_memory_cap():
 
 def test_a_very_slow_actor_keeps_one_unit_so_it_stays_measured():
     cluster = FakeCluster([(0.0, 1e-5), (0.0, 1e-2)])
-    cluster.run(30)
+    cluster.run(60)    # the trust region halves its share at most once per move: 512 -> 256 -> ... -> 8
     assert cluster.split[1] == 8
 
 
@@ -171,3 +171,14 @@ def test_lone_spikes_and_short_bursts_do_not_move_the_split():
         cluster.costs[1] = (0.001, 8e-6)     # ...and back
         cluster.run(30)
     assert cluster.changes == 0
+
+
+def test_one_move_never_more_than_doubles_or_halves_a_share():
+    cluster = FakeCluster([(0.0, 1e-5), (0.0, 1e-3)])   # rank 1 is 100 times slower
+    cluster.run(200)
+    moves = list(zip(cluster.history, cluster.history[1:]))
+    assert any(a != b for a, b in moves)
+    for before, after in moves:
+        for rows_before, rows_after in zip(before, after):
+            assert rows_before / 2 - 8 <= rows_after <= rows_before * 2 + 8   # one alignment unit of rounding
+    assert cluster.split[1] <= 16
