@@ -44,14 +44,10 @@ def _worker(rank: int, port: int, rows_by_rank: list[int], steps: int, sync: str
     dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(60000, 784, generator=gen), torch.randint(0, 10, (60000,), generator=gen)
-    peer_buf = None
-
-    def exchange(flat: torch.Tensor) -> None:
-        nonlocal peer_buf
-        peer_buf = torch.empty_like(flat) if peer_buf is None else peer_buf
-        _exchange(dist, flat, peer_buf, rank)
-    step = FusedStep(build_mlp(784, [128], 10, 0), optimizer="adam", lr=1e-3,
-                     allreduce=dist.all_reduce if sync == "allreduce" else exchange)
+    step = FusedStep(build_mlp(784, [128], 10, 0), optimizer="adam", lr=1e-3, allreduce=dist.all_reduce)
+    if sync == "exchange":
+        peer_buf = torch.empty_like(step.flat)
+        step.allreduce = lambda flat: _exchange(dist, flat, peer_buf, rank)
     rows, warm = rows_by_rank[rank], steps // 5
     for i in range(steps):
         if i == warm:

@@ -22,7 +22,7 @@ import torch
 
 from ..broker.plan import batch_rows, epoch_permutation, piece
 from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
-                               Abort, Adopt, CheckpointNow, Checkpointed, GroupFailed, Regroup, Release, Shutdown,
+                               Adopt, CheckpointNow, Checkpointed, GroupFailed, Regroup, Release, Shutdown,
                                StepStat, Stop, Welcome)
 from ..data.shm import SegmentReader, remove_segments_of
 from ..nn.model import build_mlp
@@ -108,11 +108,10 @@ class Actor:
     def __init__(self, link: Link, welcome: Welcome, device: torch.device, parent_pid: int) -> None:
         _log(f"welcomed as rank {welcome.rank} of {welcome.world_size} for job {welcome.job.job_id}")
         self.link, self.w, self.device, self.parent_pid = link, welcome, device, parent_pid
-        self.job, self.rank, self.world = welcome.job, welcome.rank, welcome.world_size
-        self.members = list(welcome.members) if welcome.members is not None else list(range(self.world))
-        self.sync = welcome.gradient_sync
+        self.job = welcome.job
+        self._take_place(welcome)
         self._peer_grads: list[torch.Tensor] | None = None   # receive buffers of the exchange
-        self.generation, self.group_start = welcome.generation, welcome.start_step
+        self.group_start = welcome.start_step
         self.source: int | None = welcome.source_rank
         self.grants: list[Grant] = []
         self.stop: Stop | None = None
@@ -156,6 +155,12 @@ class Actor:
             self.x_train, self.y_train = self.x_train.to(self.device), self.y_train.to(self.device)
 
     # -- the gradient group --------------------------------------------------------
+
+    def _take_place(self, msg: Welcome | Regroup) -> None:
+        """This actor's rank, the group it belongs to and how that group sums gradients."""
+        self.generation, self.rank, self.world = msg.generation, msg.rank, msg.world_size
+        self.members = list(msg.members) if msg.members is not None else list(range(self.world))
+        self.sync = msg.gradient_sync
 
     @property
     def leader(self) -> bool:
@@ -353,8 +358,6 @@ class Actor:
             self.regroup = msg
             self.grants.clear()   # grants of the broken group; the new ones follow this message
             raise GroupBroken(f"the broker re-forms the group (generation {msg.generation})")
-        elif isinstance(msg, Abort) and msg.job_id == self.job.job_id and msg.generation > self.generation:
-            raise GroupBroken(f"a peer was lost (generation {msg.generation} is forming)")
         elif isinstance(msg, Shutdown):
             raise BrokerGone(msg.reason or "shutdown")
 
@@ -447,9 +450,7 @@ class Actor:
                 raise BrokerGone("the job ended while regrouping")
             self.link.send(Heartbeat(rank=self.rank, step=0))
         msg, self.regroup = self.regroup, None
-        self.generation, self.rank, self.world = msg.generation, msg.rank, msg.world_size
-        self.members = list(msg.members) if msg.members is not None else list(range(self.world))
-        self.sync = msg.gradient_sync
+        self._take_place(msg)
         self.group_start, self.source = msg.rewind_step, msg.source_rank
         if msg.rewind_step in self.snapshots or self.rank == msg.source_rank:
             self._restore(msg.rewind_step)

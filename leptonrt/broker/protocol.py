@@ -241,13 +241,6 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
-class Abort:
-    """Broker -> surviving actors: a peer is lost; leave the group and wait for Regroup."""
-    job_id: int = _field(min=0)
-    generation: int = _field(min=1)  # the generation being formed
-
-
-@dataclass(frozen=True, slots=True)
 class GroupFailed:
     """Actor -> broker: my collective failed though nobody told me of a loss; regroup us."""
     job_id: int = _field(min=0)
@@ -358,7 +351,7 @@ class StatusReply:
 
 
 Message = Union[
-    Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, Abort, GroupFailed, Regroup,
+    Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, GroupFailed, Regroup,
     CheckpointNow, Checkpointed, Adopt, Release, Shutdown,
     Submit, Accepted, Rejected, JobUpdate, StatusRequest, StatusReply,
 ]

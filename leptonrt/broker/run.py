@@ -31,10 +31,8 @@ from statistics import median
 from ..errors import InternalError
 from .plan import share_among
 from .planner import Planner, rows_that_fit
-from .protocol import (Abort, CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
+from .protocol import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
                        Message, Regroup, Reports, Stop, Welcome)
-
-
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,6 @@ class Recovered:
     generation: int
     rewind_step: int
     replayed_steps: int        # steps some actor had done that are trained again (the job's total so far)
-    seconds: float             # from the loss to the regroup
     members: tuple[int, ...] = ()   # ranks in the new group
     joined: tuple[int, ...] = ()    # ranks that (re)joined it at this boundary
 
@@ -97,7 +94,7 @@ class Recovered:
         if self.joined:
             return (f"rank {','.join(map(str, self.joined))} rejoined at step {self.rewind_step} "
                     f"(ranks {ranks} train)")
-        return (f"regrouped in {self.seconds:.1f} s as ranks {ranks}; replaying from step {self.rewind_step} "
+        return (f"regrouped as ranks {ranks}; replaying from step {self.rewind_step} "
                 f"({self.replayed_steps} steps trained again in all)")
 
 
@@ -170,9 +167,8 @@ class TrainingRun:
         self.respawn: list[str] = []   # actor ids the shell must start again
         self.kill: list[str] = []      # actor ids the shell must kill (taken for hung)
         self._restart_times: dict[int, list[float]] = {}
-        self._lost_at: float | None = None
         self._group_failed: tuple | None = None   # (slot, message, when) of an unexplained collective failure
-        self.checkpointed = None   # rank 0's answer to checkpoint_now()
+        self.checkpointed = None   # the leader's answer to checkpoint_now()
         self._high_water = self.start_step - 1
         # (first step, split, why): "start", "planner", "probe" (warm-up) or "members" (a loss or a rejoin)
         self.split_history: list[tuple[int, list[int], str]] = [(self.start_step, list(self.split), "start")]
@@ -300,21 +296,15 @@ class TrainingRun:
         self.respawn.append(slot.actor_id)
         if not member:
             return []   # a replacement lost before it rejoined: the group is not affected
-        self._lost_at = now
-        return self._next_generation(now) + self._regroup(now, committed)
-
-    def _next_generation(self, now: float) -> list[Out]:
-        """Start forming a new group: remember how far anyone got, tell every member to leave."""
-        self._high_water = max([self._high_water] + [s.last_step for s in self._slots.values()])
-        self.generation += 1
-        self._lost_at = self._lost_at if self._lost_at is not None else now
-        abort = Abort(job_id=self.job.job_id, generation=self.generation)
-        return [Out(s.identity, abort) for s in self._ranked() if s.identity is not None and not s.fresh]
+        return self._regroup(now, committed)
 
     def _regroup(self, now: float, committed: int | None = None) -> list[Out]:
-        """Re-form the group at the newest snapshot at or before the first uncommitted step,
-        with every member that has state and every replacement that has said hello."""
+        """Form the next generation of the group at the newest snapshot at or before the first
+        uncommitted step, with every member that has state and every replacement that has
+        said hello. The Regroup itself makes a member leave the broken group."""
         committed = self.committed() if committed is None else committed
+        self._high_water = max([self._high_water] + [s.last_step for s in self._slots.values()])
+        self.generation += 1
         every = self.snapshot_every
         rewind = max((committed + 1) // every * every, self.group_start)
         self.replayed_steps += max(self._high_water + 1 - rewind, 0)
@@ -338,9 +328,9 @@ class TrainingRun:
                                                        world_size=len(self._slots), rewind_step=rewind,
                                                        source_rank=source, members=ranks,
                                                        gradient_sync=self._gradient_sync())))
-        self.events.append(Recovered(self.generation, rewind, self.replayed_steps, now - (self._lost_at or now),
-                                     tuple(ranks), tuple(s.rank for s in joined)))
-        self.state, self._lost_at = "running", None
+        self.events.append(Recovered(self.generation, rewind, self.replayed_steps, tuple(ranks),
+                                     tuple(s.rank for s in joined)))
+        self.state = "running"
         return outs + self._grant_more(force=True)
 
     def _resplit(self, step: int) -> None:
@@ -375,7 +365,7 @@ class TrainingRun:
     def _maybe_rejoin(self, now: float) -> list[Out]:
         if self._join_at is None or self.state != "running" or self.committed() + 1 < self._join_at:
             return []
-        return self._next_generation(now) + self._regroup(now)
+        return self._regroup(now)
 
     @property
     def failure(self) -> str | None:
@@ -511,14 +501,15 @@ class TrainingRun:
         self.problems.append(f"rank {slot.rank}: collective failed: {message}")
         if not self._may_restart(slot, now, lost=False):
             return self._fail(None, now)
-        return self._next_generation(now) + self._regroup(now)
+        return self._regroup(now)
 
     def _on_checkpointed(self, slot: _Slot, _identity, msg, now: float) -> list[Out]:
         self.checkpointed = msg
         return []
 
     def checkpoint_now(self) -> list[Out]:
-        """Ask rank 0 for a checkpoint of the drained boundary (the answer lands in ``checkpointed``)."""
+        """Ask the leader (the lowest member) for a checkpoint of the drained boundary (the
+        answer lands in ``checkpointed``)."""
         self.checkpointed = None
         return [Out(self._leader().identity, CheckpointNow(job_id=self.job.job_id, step=self._granted))]
 

@@ -277,7 +277,8 @@ class JobRunner:
         done = core.checkpointed
         if done is not None and done.path:
             return f"{text}; checkpoint written to {done.path} (--resume continues from it)"
-        return f"{text}; no checkpoint written: {done.message if done else 'rank 0 did not answer'}"
+        why = done.message if done else "the lowest member of the group did not answer"
+        return f"{text}; no checkpoint written: {why}"
 
     def interrupt(self) -> None:
         """Stop the job at the next step boundary every actor reaches (run() then raises Interrupted)."""
