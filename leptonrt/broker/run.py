@@ -105,6 +105,7 @@ class _Slot:
     threads: int
     identity: bytes | None = None
     hello: Hello | None = None
+    seen: Hello | None = None  # the last hello this rank ever sent (its device, when a replacement is still starting)
     last_step: int = -1
     finished: Finished | None = None
     last_heard: float = 0.0    # when this actor last sent anything
@@ -397,7 +398,7 @@ class TrainingRun:
         if (self.state != "gathering" and not replacement) or slot is None or slot.hello is not None \
                 or identity in self._by_identity:
             return self._drop()
-        slot.identity, slot.hello, slot.last_heard = identity, msg, now
+        slot.identity, slot.hello, slot.seen, slot.last_heard = identity, msg, msg, now
         self._by_identity[identity] = slot
         if replacement:
             return self._schedule_rejoin(now)
@@ -672,12 +673,12 @@ class TrainingRun:
         }
 
     def _actor_result(self, slot: _Slot) -> dict:
-        fin, hello = slot.finished, slot.hello
+        fin, hello, seen = slot.finished, slot.hello, slot.seen
         return {
             "rank": slot.rank,
-            "device": hello.device if hello else None,
-            "device_name": hello.device_name if hello else None,
-            "pid": hello.pid if hello else None,
+            "device": seen.device if seen else None,
+            "device_name": seen.device_name if seen else None,
+            "pid": hello.pid if hello else None,   # None: its replacement never said hello
             "share": self.split[slot.rank] / self.job.batch_size,
             "samples_per_s": fin.samples / fin.seconds if fin and fin.seconds > 0 else None,
             "restarts": slot.restarts,

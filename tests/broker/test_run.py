@@ -186,7 +186,9 @@ def test_a_replacement_that_never_comes_back_costs_only_its_share():
     run.handle(b"id0", EpochResult(job_id=7, rank=0, epoch=0, train_loss=1.0, test_loss=1.0, test_accuracy=0.5,
                                    seconds=1.0, generation=1), now=1.1)
     run.handle(b"id0", Finished(job_id=7, rank=0, samples=10, seconds=1.0, saved=True), now=1.2)
-    assert run.state == "done" and run.result()["actors"][1]["restarts"] == 1
+    lost = run.result()["actors"][1]
+    assert run.state == "done" and lost["restarts"] == 1
+    assert lost["device"] == "cpu" and lost["pid"] is None   # its device is still known; no process holds it
 
 
 def test_a_lost_rank_zero_makes_the_lowest_survivor_the_leader():
