@@ -19,7 +19,9 @@ The slowdown is simulated the same way on both sides: once its gradients are com
 before they are all-reduced, rank 1 sleeps (FACTOR-1) x the pure compute time of that
 step. In DDP the wait sits in a communication hook, which runs when the (single, for this
 model) gradient bucket is ready, so the measured compute contains no communication; the
-DDP lines report the mean injected wait per step. Throughput is samples/s over epochs 2..E (epoch 1 is
+DDP lines report the mean injected wait per step. Both runtimes' processes sit on the same
+cores: leptonrt pins each CPU actor to one, and the DDP rank of the same number is pinned
+there too (``--no-pin``: neither is). Throughput is samples/s over epochs 2..E (epoch 1 is
 warm-up), evaluation excluded, and every line says `"simulated": true` when slowed.
 
     python bench/straggler.py [--epochs 8] [--batch-size 1024] [--factor 2] [--repeats 3]
@@ -38,6 +40,8 @@ import time
 import torch
 from torch.nn import functional as F
 
+from leptonrt.actors.devices import allowed_cores, core_sets, select
+from leptonrt.actors.spawn import pin
 from leptonrt.broker.plan import batch_rows, epoch_permutation, even_split, piece, steps_per_epoch
 from leptonrt.broker.server import JobRunner
 from leptonrt.config import TrainJob
@@ -53,6 +57,7 @@ def _ddp_worker(rank: int, port: int, args: argparse.Namespace, factor: float, o
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)
+    pin(os.getpid(), _cores(args)[rank])   # on the cores leptonrt gives its actor of this rank
     data = load_dataset(args.dataset, seed=0)
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     store = dist.TCPStore("127.0.0.1", port, 2, is_master=rank == 0)
@@ -93,6 +98,11 @@ def _ddp_worker(rank: int, port: int, args: argparse.Namespace, factor: float, o
     dist.destroy_process_group()
 
 
+def _cores(args: argparse.Namespace) -> list:
+    """The cores leptonrt pins its two CPU actors to here (None each with --no-pin)."""
+    return core_sets(select("none", 2), allowed_cores()) if args.pin else [None, None]
+
+
 def ddp(args: argparse.Namespace, factor: float) -> dict:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -112,7 +122,7 @@ def ddp(args: argparse.Namespace, factor: float) -> dict:
 def leptonrt(args: argparse.Namespace, slowdown: tuple | None, split=None) -> dict:
     job = TrainJob(dataset=args.dataset, hidden=(args.hidden,), epochs=args.epochs, batch_size=args.batch_size,
                    precision="fp32", optimizer="adam", split=split, slowdowns=(slowdown,) if slowdown else ())
-    return asyncio.run(JobRunner(job, gpus="none", cpu_actors=2).run())
+    return asyncio.run(JobRunner(job, gpus="none", cpu_actors=2, pin=args.pin).run())
 
 
 def settled_step(result: dict, start: int, tolerance: float = 0.05) -> int | None:
@@ -143,6 +153,8 @@ def main() -> None:
     p.add_argument("--factor", type=float, default=2.0)
     p.add_argument("--mid-run-step", type=int, default=150)
     p.add_argument("--repeats", type=int, default=3, help="rounds; each round runs every configuration once")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="leave both runtimes' processes to the scheduler (default: each on its own core)")
     args = p.parse_args()
     slow = (1, args.factor, 0, None)
     configs = {   # name: (simulated?, run)
@@ -178,7 +190,7 @@ def main() -> None:
 
     settles = [x["leptonrt_mid_run_slowdown"] for x in rounds]
     settle_steps = [settled_step(r, args.mid_run_step) for r in settles]
-    emit("summary", rounds=args.repeats, statistic="median over rounds of the per-round ratio",
+    emit("summary", rounds=args.repeats, statistic="median over rounds of the per-round ratio", pinned=args.pin,
          mid_run_steps_to_settle=[None if v is None else v - args.mid_run_step for v in settle_steps],
          rebalanced_over_ddp_slowed=ratio("leptonrt_rebalanced_slowed", "ddp_slowed"),
          fixed_over_ddp_slowed=ratio("leptonrt_fixed_split_slowed", "ddp_slowed"),

@@ -43,6 +43,8 @@ def _add_train(sub) -> None:
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share when the data has no test split")
     p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
     p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
+    p.add_argument("--no-pin", action="store_true",
+                   help="leave CPU actors to the scheduler (default: each on cores of its own, when they fit)")
     p.add_argument("--split", type=_float_list, default=None, help="fixed batch shares per actor, e.g. 0.7,0.3 (disables rebalancing)")
     p.add_argument("--rebalance", choices=("on", "off"), default="on", help="let the planner resize shares as it measures actors")
     p.add_argument("--align", type=int, default=8, help="shares move in units of this many rows")
@@ -68,6 +70,8 @@ def _add_service(sub) -> None:
     p = sub.add_parser("up", help="start the broker and one actor per device, and serve jobs until stopped")
     p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
     p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
+    p.add_argument("--no-pin", action="store_true",
+                   help="leave CPU actors to the scheduler (default: each on cores of its own, when they fit)")
     p.add_argument("--listen", default=None, metavar="ADDR",
                    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// in your private runtime directory)")
     p.add_argument("--no-tui", action="store_true", help="print a plain status line every few seconds instead")
@@ -180,7 +184,7 @@ def _train_here(args: argparse.Namespace, job: TrainJob) -> int:
     from .broker.server import JobRunner
     label = describe_slowdowns(job)
     runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=_on_epoch(args, label),
-                       hang_timeout_s=args.hang_timeout)
+                       hang_timeout_s=args.hang_timeout, pin=not args.no_pin)
     for note in runner.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
     shown = len(runner.notes)
@@ -231,7 +235,7 @@ async def _up(args: argparse.Namespace, address: str, secret: str) -> int:
     from .view import watch
     loop, main_task = asyncio.get_running_loop(), asyncio.current_task()
     stop, seen = asyncio.Event(), []
-    broker = Broker(args.gpus, args.cpu_actors, hang_timeout_s=args.hang_timeout, address=address)
+    broker = Broker(args.gpus, args.cpu_actors, hang_timeout_s=args.hang_timeout, address=address, pin=not args.no_pin)
     for note in broker.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
 

@@ -32,6 +32,23 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+def pin(pid: int, cores: tuple[int, ...] | None) -> None:
+    """Restrict every thread of process ``pid`` to ``cores`` (None: leave it be). Threads it
+    starts later inherit the set. Best effort: a process that just exited, or a platform
+    without affinity, is left as it is."""
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, set(cores))
+        except OSError:
+            pass
+
+
 class Supervisor:
     """Owns the actor processes of one broker; nothing it starts outlives ``close()``."""
 
@@ -40,8 +57,10 @@ class Supervisor:
         self.connect = connect
         self._procs: dict[str, _Proc] = {}
 
-    def spawn(self, actor_id: str, plan: ActorPlan, extra_env: dict[str, str] | None = None) -> int:
-        """Start one actor process; returns its pid. Its output goes to a log in the run dir."""
+    def spawn(self, actor_id: str, plan: ActorPlan, extra_env: dict[str, str] | None = None,
+              cores: tuple[int, ...] | None = None) -> int:
+        """Start one actor process, on ``cores`` if given; returns its pid. Its output goes
+        to a log in the run dir."""
         env = dict(os.environ)
         env.update(extra_env or {})
         if plan.visible is not None:
@@ -56,6 +75,7 @@ class Supervisor:
             popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
         self._procs[actor_id] = _Proc(actor_id, plan, popen, log)
+        pin(popen.pid, cores)
         return popen.pid
 
     def exited(self) -> list[tuple[str, str]]:
@@ -67,6 +87,12 @@ class Supervisor:
                 proc.reported = True
                 out.append((proc.actor_id, describe_exit(code)))
         return out
+
+    def pin(self, actor_id: str, cores: tuple[int, ...] | None) -> None:
+        """Move a running actor (every thread of it) onto ``cores``."""
+        proc = self._procs.get(actor_id)
+        if proc is not None and proc.popen.poll() is None:
+            pin(proc.popen.pid, cores)
 
     def rename(self, old: str, new: str) -> None:
         """The process started as ``old`` stands for ``new`` from now on (an adopted spare)."""

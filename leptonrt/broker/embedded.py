@@ -92,8 +92,9 @@ class Broker:
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
                  actor_env: dict[str, str] | None = None, hang_timeout_s: float = 3.0,
-                 address: str = "embedded") -> None:
-        self.pool = ActorPool(gpus, cpu_actors, actor_env)   # device selection errors surface here
+                 address: str = "embedded", pin: bool = True) -> None:
+        # device selection errors surface here; pin=False leaves CPU actors to the scheduler
+        self.pool = ActorPool(gpus, cpu_actors, actor_env, pin)
         self.hang_timeout_s, self.address = hang_timeout_s, address
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._ids = itertools.count(1)

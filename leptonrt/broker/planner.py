@@ -21,7 +21,9 @@ class PlannerConfig:
 
     align: int = 8               # shares are multiples of this many rows (B % align goes to one rank)
     window: int = 48             # observations per actor the fit looks at (long: contention comes and goes)
-    min_gain: float = 0.10       # adopt a split only if predicted step time drops by this fraction
+    min_gain: float = 0.10       # adopt a split only if predicted step time drops by this fraction...
+    held_gain: float = 0.20      # ...or by this much once it has held `hold` steps with no device changing speed
+    hold: int = 32
     stale_after_s: float = 2.0   # an actor silent this long gets no larger share
     warmup: int = 16             # observations per actor before it is planned for (start-up is noisy)
     min_rows_spread: float = 0.2   # rows must vary this much (relative) before `a` is re-fitted
@@ -31,6 +33,8 @@ class PlannerConfig:
     settle: int = 3              # after a change, measure this many steps of the new split before the next
     max_move: float = 2.0        # one move changes no share by more than this factor
     refit_every: int = 4         # with a full window, refit after this many new observations
+    verify: int = 4              # after a move, the first this many steps at the new share are checked...
+    verify_off: float = 1.15     # ...and if their median is this many times off the prediction, the fit is redrawn
     overhead_window: int = 64    # steps over which the per-step cost outside compute (the all-reduce) is estimated
 
 
@@ -51,6 +55,13 @@ class _Fit:
         self._cached: tuple[float, float] | None = None
         self._unfitted = 0    # observations taken since the fit was last computed
         self.ready = False    # enough evidence to plan with: a full warm-up, or a detected change
+        self._expected: int | None = None          # rows of a move whose prediction is being checked
+        self._checking: list[tuple[int, float]] = []
+        self.redrawn = False  # the fit started again (a change of speed, or a missed prediction) since last asked
+
+    def expect(self, rows: int) -> None:
+        """The planner moved this actor to ``rows``: check the prediction against its first steps there."""
+        self._expected, self._checking = rows, []
 
     @property
     def count(self) -> int:
@@ -68,12 +79,15 @@ class _Fit:
             return
         a, c = self.coefficients()
         ratio = seconds / max(a + c * rows, 1e-12)
+        if self._check(rows, seconds):
+            return
         self._recent.append((rows, seconds, ratio))
         ratios = [r for _, _, r in self._recent]
         if len(ratios) == self.cfg.persist and (min(ratios) > self.cfg.shift or max(ratios) < 1 / self.cfg.shift):
             # fitting across both regimes would mislead; a device that is k times slower is
             # so for its fixed cost too, so `a` scales with the run's median ratio
             self.a *= median(ratios)
+            self.redrawn = True
             self.obs.clear()
             self.obs.extend((r, t) for r, t, _ in self._recent)
             self._recent.clear()
@@ -87,6 +101,37 @@ class _Fit:
             if self._unfitted >= self.cfg.refit_every or self.count < self.cfg.warmup \
                     or not self.measured(rows, self.cfg.refit_every + 1):
                 self._cached = None
+
+    def _check(self, rows: int, seconds: float) -> bool:
+        """After a move: once ``verify`` steps at the new share are in, and their median is
+        well off the prediction, start the fit again from them (True when it did).
+
+        A prediction made at the old share can miss at the new one: the fixed cost was
+        poorly known, or the device's speed depends on its neighbours' load (two actors
+        sharing memory bandwidth or a core's siblings). Waiting for the sliding medians
+        to come round would take tens of steps; one more move from the measured point does not.
+        """
+        if self._expected is None:
+            return False
+        if rows != self._expected:
+            if self._checking:   # the split moved again (or the group changed) before the check
+                self._expected = None
+            return False         # (before any: steps granted at the old share are still arriving)
+        self._checking.append((rows, seconds))
+        if len(self._checking) < self.cfg.verify:
+            return False
+        a, c = self.coefficients()
+        off = median(t for _, t in self._checking) / max(a + c * rows, 1e-12)
+        self._expected = None
+        if 1 / self.cfg.verify_off <= off <= self.cfg.verify_off:
+            return False
+        self.a *= off   # the same shape through the measured point; `a` is refitted once rows vary again
+        self.redrawn = True
+        self.obs.clear()
+        self.obs.extend(self._checking)
+        self._recent.clear()
+        self._cached = None
+        return True
 
     def measured(self, rows: int, steps: int) -> bool:
         """Whether the last ``steps`` observations (spikes included) were at ``rows`` rows."""
@@ -120,6 +165,8 @@ class Planner:
         self.caps = list(caps) if caps is not None else [None] * world
         self._fits = [_Fit(config) for _ in range(world)]
         self._outside: list[deque[float]] = [deque(maxlen=config.overhead_window) for _ in range(world)]
+        self._held = 0   # observations since the split last moved or a device last changed speed...
+        self._weighed = False   # ...counted once a split has been weighed against the current one
 
     def observe(self, rank: int, rows: int, seconds: float, now: float, step_seconds: float | None = None) -> None:
         """One step's compute time of one actor (steps with no rows carry no cost information).
@@ -128,7 +175,10 @@ class Planner:
         included; what it adds to the compute is the time no split can save.
         """
         if rows > 0:
-            self._fits[rank].add(rows, seconds, now)
+            fit = self._fits[rank]
+            fit.add(rows, seconds, now)
+            self._held = 0 if fit.redrawn else self._held + self._weighed
+            fit.redrawn = False
         if step_seconds is not None and step_seconds >= seconds:
             self._outside[rank].append(step_seconds - seconds)
 
@@ -166,6 +216,7 @@ class Planner:
             return None
         if not all(f.measured(rows, self.cfg.settle) for f, rows in zip(self._fits, current) if rows > 0):
             return None  # judge the current split by measurements, not by extrapolation
+        self._weighed = True
         caps = [self._cap(rank, current, now) if members[rank] else 0 for rank in range(self.world)]
         coeffs = self._coefficients()
         # a trust region: no share more than doubles or halves in one move, so a fit misled by
@@ -179,7 +230,16 @@ class Planner:
         # imbalance is not worth chasing
         fixed = self.overhead()
         before, after = max(self.predict(current)) + fixed, max(self.predict(proposal)) + fixed
-        return proposal if after < before * (1.0 - self.cfg.min_gain) else None
+        # no thrashing: a split that has held a while, with every device at its speed, is
+        # worth a move only for a clear gain (timings on a shared machine drift by 10-20%)
+        held = self._held >= self.cfg.hold * sum(members)
+        if after >= before * (1.0 - (self.cfg.held_gain if held else self.cfg.min_gain)):
+            return None
+        self._held = 0
+        for fit, old, new in zip(self._fits, current, proposal):
+            if new != old and new > 0:
+                fit.expect(new)
+        return proposal
 
     def _cap(self, rank: int, current: list[int], now: float) -> int:
         cap = self.batch if self.caps[rank] is None else self.caps[rank]

@@ -19,7 +19,7 @@ from typing import Callable
 import zmq
 import zmq.asyncio
 
-from ..actors.devices import Selection, select
+from ..actors.devices import Selection, allowed_cores, core_sets, select
 from ..actors.spawn import Supervisor
 from ..config import TrainJob
 from ..data.cache import DatasetCache
@@ -79,8 +79,10 @@ class ActorPool:
     SPARE = "spare"
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
-                 actor_env: dict[str, str] | None = None) -> None:
+                 actor_env: dict[str, str] | None = None, pin: bool = True) -> None:
         self.selection: Selection = select(gpus, cpu_actors)
+        # each CPU actor on cores of its own (its replacements too); None: not pinned
+        self.cores = core_sets(self.selection, allowed_cores()) if pin else [None] * len(self.selection.actors)
         self.actor_env = actor_env or {}
         self.ids = [f"a{rank}" for rank in range(len(self.selection.actors))]
         self.hellos: dict[str, tuple[bytes, protocol.Hello]] = {}   # idle actors: identity and hello
@@ -116,8 +118,8 @@ class ActorPool:
         self.started = True
         self.router.bind(self.supervisor.connect)
         self.rendezvous = _Rendezvous() if self.world > 1 else None
-        for actor_id, plan in zip(self.ids, self.selection.actors):
-            self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": "0"})
+        for actor_id, plan, cores in zip(self.ids, self.selection.actors, self.cores):
+            self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": "0"}, cores)
         self._start_spare()
 
     def _start_spare(self) -> None:
@@ -175,18 +177,20 @@ class ActorPool:
 
     def respawn(self, actor_id: str) -> None:
         """Start ``actor_id`` again: adopt the warm spare if it fits, else a new process."""
-        plan = self.selection.actors[self.ids.index(actor_id)]
+        plan, cores = self.selection.actors[self.ids.index(actor_id)], self.cores[self.ids.index(actor_id)]
         self.hellos.pop(actor_id, None)
         self.restarts[actor_id] += 1
         if self.spare is not None and plan == self.spare_plan:
             identity, _hello = self.spare
             self.spare = None
             self.supervisor.rename(self.SPARE, actor_id)
+            self.supervisor.pin(actor_id, cores)   # the spare floats until it takes a place
             self.outbox.append((identity, protocol.Adopt(actor_id=actor_id)))
             self._start_spare()
             return
         # faults injected by tests fire in an actor's first process only
-        self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": str(self.restarts[actor_id])})
+        self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": str(self.restarts[actor_id])},
+                              cores)
 
     def replace_all(self) -> None:
         """Stop every actor and start a fresh one in its place (after a failed job)."""
@@ -230,12 +234,12 @@ class JobRunner:
 
     def __init__(self, job: TrainJob, *, gpus: str = "all", cpu_actors: int | None = None,
                  on_event: Callable[[object], None] | None = None, actor_env: dict[str, str] | None = None,
-                 hang_timeout_s: float = 3.0, pool: ActorPool | None = None) -> None:
+                 hang_timeout_s: float = 3.0, pool: ActorPool | None = None, pin: bool = True) -> None:
         self.job, self.on_event = job, on_event or (lambda _e: None)
         self.pool = pool
         self._own_pool = pool is None
         if pool is None:
-            self.pool = ActorPool(gpus, cpu_actors, actor_env)
+            self.pool = ActorPool(gpus, cpu_actors, actor_env, pin)
         self.selection = self.pool.selection
         self.hang_timeout_s = hang_timeout_s
         self.notes: list[str] = [self.selection.note] if self.selection.note else []

@@ -2,7 +2,7 @@
 
 import pytest
 
-from leptonrt.actors.devices import select
+from leptonrt.actors.devices import core_sets, select
 from leptonrt.errors import NoDeviceError, UsageError
 
 
@@ -52,3 +52,17 @@ def test_a_malformed_gpus_value_is_a_usage_error(gpus):
 def test_no_devices_at_all_is_no_device():
     with pytest.raises(NoDeviceError):
         pick("none", 0)
+
+
+def test_each_cpu_actor_is_pinned_to_cores_of_its_own_and_gpu_actors_are_not():
+    sel = pick("2", cpu=2, cores=8)               # 2 GPU actors; the CPU actors get 3 threads each
+    assert [a.threads for a in sel.actors] == [2, 2, 3, 3]
+    assert core_sets(sel, list(range(8))) == [None, None, (2, 3, 4), (5, 6, 7)]
+    # the cores come from what the broker may use (taskset), from the end
+    assert core_sets(pick("none", cpu=2, cores=2), [4, 9]) == [(4,), (9,)]
+
+
+def test_actors_that_do_not_fit_side_by_side_are_not_pinned():
+    crowded = pick("none", cpu=3, cores=2)        # 3 single-thread actors on 2 cores
+    assert core_sets(crowded, [0, 1]) == [None, None, None]
+    assert core_sets(pick("1", cpu=0), list(range(8))) == [None]   # a GPU actor alone

@@ -182,3 +182,20 @@ def test_one_move_never_more_than_doubles_or_halves_a_share():
         for rows_before, rows_after in zip(before, after):
             assert rows_before / 2 - 8 <= rows_after <= rows_before * 2 + 8   # one alignment unit of rounding
     assert cluster.split[1] <= 16
+
+
+def test_a_split_that_has_held_moves_for_a_clear_gain_or_a_change_of_speed_but_not_for_drift():
+    config = PlannerConfig()
+    cluster = FakeCluster([(0.001, 8e-6), (0.001, 8e-6)], noise=0.02, seed=3)
+    cluster.run(150)
+    assert cluster.changes == 0
+    # rank 1 drifts 1.3x slower, under the `shift` a change of speed needs: moving would save
+    # about 13% of a step, over min_gain but under held_gain, so a split that has held stays
+    cluster.costs[1] = (0.0013, 10.4e-6)
+    cluster.run(150)
+    assert cluster.changes == 0 and cluster.split == [512, 512]
+    assert config.min_gain < 0.13 < config.held_gain
+    # a real change of speed (2x) is followed at once, with the eager threshold
+    cluster.costs[1] = (0.0026, 20.8e-6)
+    cluster.run(20)
+    assert cluster.changes >= 1 and cluster.split[1] < 400

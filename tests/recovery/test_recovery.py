@@ -81,9 +81,13 @@ def test_sigkill_at_a_step_the_test_chooses(tmp_path, straight, no_leftovers):
                     os.kill(victim, signal.SIGKILL)
                 await asyncio.sleep(0.005)
             events = [e async for e in running.events()]
-            return victim, events, await running.result()
+            result = await running.result()
+            # each CPU actor stays on cores of its own, the adopted spare on its predecessor's
+            pinned = [(os.sched_getaffinity(a["pid"]), broker.pool.cores[a["rank"]]) for a in result["actors"]]
+            return victim, events, result, pinned
 
-    victim, events, result = asyncio.run(main())
+    victim, events, result, pinned = asyncio.run(main())
+    assert all(cores is None or got == set(cores) for got, cores in pinned), pinned
     lost = [e for e in events if isinstance(e, ActorLost)]
     assert len(lost) == 1 and lost[0].rank == 1 and "SIGKILL" in lost[0].how
     recovered = [e for e in events if isinstance(e, Recovered)]
