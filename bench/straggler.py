@@ -7,8 +7,11 @@ Runs, all with 2 CPU processes, the same MLP, batch, precision, optimizer and th
 3. leptonrt, the same slowdown, rebalancing on;
 4. leptonrt and DDP with no slowdown (and leptonrt with a fixed even split, to tell the
    planner's cost from the runtime's);
-5. leptonrt, rebalancing on, with the slowdown starting mid-run: the step at which the
-   split settled.
+5. leptonrt, rebalancing on, with the slowdown starting mid-run: how many steps after it
+   the split settled for good (``steps_to_settle``: no later move of more than 5% of the
+   batch, for the rest of the run) and how many until it was absorbed (``steps_to_absorb``:
+   the first move after which the split held for 32 steps; later moves answer later events,
+   such as the other actor slowing down on this shared machine).
 
 What differs besides the planner: DDP sums gradients with gloo's all-reduce (a ring: two
 rounds of messages); leptonrt's group of 2 CPU actors exchanges them point to point over
@@ -140,6 +143,21 @@ def settled_step(result: dict, start: int, tolerance: float = 0.05) -> int | Non
     return settled
 
 
+def absorbed_step(result: dict, start: int, hold: int = 32, tolerance: float = 0.05) -> int | None:
+    """First planner move >= start after which the split held (within ``tolerance`` x batch
+    rows) for ``hold`` steps: the slowdown was absorbed, whatever later moves followed
+    (on a shared machine, other devices' speeds change too, and the planner follows them)."""
+    changes = [c for c in result["split_changes"] if c["step"] >= start and c["why"] == "planner"]
+    end = result["steps"]
+    for i, change in enumerate(changes):
+        tol = tolerance * sum(change["split"])
+        later = [c for c in changes[i + 1:] if c["step"] < change["step"] + hold]
+        if change["step"] + hold <= end and all(max(abs(a - b) for a, b in zip(c["split"], change["split"])) <= tol
+                                                for c in later):
+            return change["step"]
+    return None
+
+
 def emit(run: str, **fields) -> None:
     print(json.dumps({"bench": "straggler", "run": run, **fields}), flush=True)
 
@@ -177,8 +195,10 @@ def main() -> None:
                          "final_shares": [a["share"] for a in results[name]["actors"]]}
             if name == "leptonrt_mid_run_slowdown":
                 settled = settled_step(results[name], args.mid_run_step)
+                absorbed = absorbed_step(results[name], args.mid_run_step)
                 extra.update(slowdown_from_step=args.mid_run_step, settled_at_step=settled,
                              steps_to_settle=None if settled is None else settled - args.mid_run_step,
+                             steps_to_absorb=None if absorbed is None else absorbed - args.mid_run_step,
                              split_changes=[(c["step"], c["split"]) for c in results[name]["split_changes"]
                                             if c["why"] == "planner"])
             emit(name, round=r, simulated=simulated, factor=args.factor if simulated else 1.0,
@@ -192,6 +212,8 @@ def main() -> None:
     settle_steps = [settled_step(r, args.mid_run_step) for r in settles]
     emit("summary", rounds=args.repeats, statistic="median over rounds of the per-round ratio", pinned=args.pin,
          mid_run_steps_to_settle=[None if v is None else v - args.mid_run_step for v in settle_steps],
+         mid_run_steps_to_absorb=[None if v is None else v - args.mid_run_step
+                                  for v in (absorbed_step(r, args.mid_run_step) for r in settles)],
          rebalanced_over_ddp_slowed=ratio("leptonrt_rebalanced_slowed", "ddp_slowed"),
          fixed_over_ddp_slowed=ratio("leptonrt_fixed_split_slowed", "ddp_slowed"),
          rebalanced_over_fixed_slowed=ratio("leptonrt_rebalanced_slowed", "leptonrt_fixed_split_slowed"),
