@@ -44,7 +44,7 @@ def _add_train(sub) -> None:
     p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
     p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
     p.add_argument("--no-pin", action="store_true",
-                   help="leave CPU actors to the scheduler (default: each on cores of its own, when they fit)")
+                   help="leave CPU actors to the scheduler (default: single-threaded ones each on a core of its own)")
     p.add_argument("--split", type=_float_list, default=None, help="fixed batch shares per actor, e.g. 0.7,0.3 (disables rebalancing)")
     p.add_argument("--rebalance", choices=("on", "off"), default="on", help="let the planner resize shares as it measures actors")
     p.add_argument("--align", type=int, default=8, help="shares move in units of this many rows")
@@ -71,7 +71,7 @@ def _add_service(sub) -> None:
     p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
     p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
     p.add_argument("--no-pin", action="store_true",
-                   help="leave CPU actors to the scheduler (default: each on cores of its own, when they fit)")
+                   help="leave CPU actors to the scheduler (default: single-threaded ones each on a core of its own)")
     p.add_argument("--listen", default=None, metavar="ADDR",
                    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// in your private runtime directory)")
     p.add_argument("--no-tui", action="store_true", help="print a plain status line every few seconds instead")
