@@ -510,7 +510,8 @@ class Actor:
         self.step.compute(batch.x, batch.y, rows)
         compute_s = self.timer.stop(mark, sync=factor > 1.0)
         simulated = (factor - 1.0) * compute_s if factor > 1.0 else 0.0
-        time.sleep(simulated)   # SIMULATED straggler: before the all-reduce, so it looks like slow compute
+        if simulated:
+            time.sleep(simulated)   # SIMULATED straggler: before the all-reduce, so it looks like slow compute
 
         def prefetch() -> None:   # gather the next step's rows while the gradients are in flight
             self.faults.inside_allreduce(g)
