@@ -58,6 +58,7 @@ class _Fit:
         self._expected: int | None = None          # rows of a move whose prediction is being checked
         self._checking: list[tuple[int, float]] = []
         self.redrawn = False  # the fit started again (a change of speed, or a missed prediction) since last asked
+        self.missed = False   # ...and the last time, because a move's prediction missed
 
     def expect(self, rows: int) -> None:
         """The planner moved this actor to ``rows``: check the prediction against its first steps there."""
@@ -87,7 +88,7 @@ class _Fit:
             # fitting across both regimes would mislead; a device that is k times slower is
             # so for its fixed cost too, so `a` scales with the run's median ratio
             self.a *= median(ratios)
-            self.redrawn = True
+            self.redrawn, self.missed = True, False
             self.obs.clear()
             self.obs.extend((r, t) for r, t, _ in self._recent)
             self._recent.clear()
@@ -126,7 +127,7 @@ class _Fit:
         if 1 / self.cfg.verify_off <= off <= self.cfg.verify_off:
             return False
         self.a *= off   # the same shape through the measured point; `a` is refitted once rows vary again
-        self.redrawn = True
+        self.redrawn, self.missed = True, True
         self.obs.clear()
         self.obs.extend(self._checking)
         self._recent.clear()
@@ -167,6 +168,7 @@ class Planner:
         self._outside: list[deque[float]] = [deque(maxlen=config.overhead_window) for _ in range(world)]
         self._held = 0   # observations since the split last moved or a device last changed speed...
         self._weighed = False   # ...counted once a split has been weighed against the current one
+        self._correcting = False   # the next move corrects one whose prediction missed: it is not checked
 
     def observe(self, rank: int, rows: int, seconds: float, now: float, step_seconds: float | None = None) -> None:
         """One step's compute time of one actor (steps with no rows carry no cost information).
@@ -178,6 +180,8 @@ class Planner:
             fit = self._fits[rank]
             fit.add(rows, seconds, now)
             self._held = 0 if fit.redrawn else self._held + self._weighed
+            if fit.redrawn:
+                self._correcting = fit.missed
             fit.redrawn = False
         if step_seconds is not None and step_seconds >= seconds:
             self._outside[rank].append(step_seconds - seconds)
@@ -236,9 +240,13 @@ class Planner:
         if after >= before * (1.0 - (self.cfg.held_gain if held else self.cfg.min_gain)):
             return None
         self._held = 0
-        for fit, old, new in zip(self._fits, current, proposal):
-            if new != old and new > 0:
-                fit.expect(new)
+        # check the move's prediction on its first steps, unless it is itself the correction
+        # of a missed one: on a noisy machine, checks of checks would chase each other's noise
+        if not self._correcting:
+            for fit, old, new in zip(self._fits, current, proposal):
+                if new != old and new > 0:
+                    fit.expect(new)
+        self._correcting = False
         return proposal
 
     def _cap(self, rank: int, current: list[int], now: float) -> int:

@@ -199,3 +199,28 @@ def test_a_split_that_has_held_moves_for_a_clear_gain_or_a_change_of_speed_but_n
     cluster.costs[1] = (0.0026, 20.8e-6)
     cluster.run(20)
     assert cluster.changes >= 1 and cluster.split[1] < 400
+
+
+def test_a_move_whose_prediction_missed_is_corrected_once_and_the_correction_is_not_checked():
+    planner, now = Planner(2, 1024), 0.0
+    costs = [(0.001, 8e-6), (0.002, 16e-6)]          # rank 1 twice as slow from the start
+    split = [512, 512]
+
+    def run(steps, miss=1.0):
+        nonlocal now
+        for _ in range(steps):
+            for rank, ((a, c), rows) in enumerate(zip(costs, split)):
+                planner.observe(rank, rows, (a + c * rows) * (miss if rank == 1 else 1.0), now)
+            now += 0.01
+
+    run(20)
+    first = planner.propose(split, now)
+    assert first is not None and first[1] < 512
+    assert [f._expected for f in planner._fits] == first      # both new shares are checked
+    split = first
+    costs[1] = (0.004, 32e-6)                         # at the new share rank 1 takes twice what was predicted
+    run(4)                                            # (a check needs 4 steps, a change of speed 5)
+    assert planner._fits[1].obs and all(r == split[1] for r, _ in planner._fits[1].obs)   # redrawn from them
+    correction = planner.propose(split, now)
+    assert correction is not None and correction[1] < split[1]
+    assert all(f._expected is None for f in planner._fits)    # the correction itself is not checked
