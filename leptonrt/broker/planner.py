@@ -5,7 +5,10 @@ clock. Each actor's compute time is modelled as ``a + c * rows`` (a fixed overhe
 cost per row), fitted robustly over a short sliding window so that a device that slows
 down or recovers is followed within a few steps while scheduling hiccups are ignored. The proposed split equalises predicted
 finish times (not rows), is rounded to an alignment unit, respects each actor's memory
-cap, and is only adopted when it beats the current split by a margin (no thrashing).
+cap, and is only adopted when it beats the current split by a margin (no thrashing), a
+wider one once a split has held a while. The first steps after a move are checked
+against its prediction, and a fit that missed is redrawn from them (the speed of one
+actor can depend on its neighbours' load, which no fit at the old split can see).
 """
 
 from __future__ import annotations
