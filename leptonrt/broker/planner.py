@@ -6,7 +6,7 @@ cost per row), fitted robustly over a short sliding window so that a device that
 down or recovers is followed within a few steps while scheduling hiccups are ignored. The proposed split equalises predicted
 finish times (not rows), is rounded to an alignment unit, respects each actor's memory
 cap, and is only adopted when it beats the current split by a margin (no thrashing), a
-wider one to undo the last move once its split has held a while. The first steps after a move are checked
+wider one once a split has held a while. The first steps after a move are checked
 against its prediction, and a fit that missed is redrawn from them (the speed of one
 actor can depend on its neighbours' load, which no fit at the old split can see).
 """
@@ -25,8 +25,8 @@ class PlannerConfig:
     align: int = 8               # shares are multiples of this many rows (B % align goes to one rank)
     window: int = 48             # observations per actor the fit looks at (long: contention comes and goes)
     min_gain: float = 0.10       # adopt a split only if predicted step time drops by this fraction...
-    held_gain: float = 0.20      # ...or by this much to undo the last move, once the split has held `hold`
-    hold: int = 32               # steps with no device changing speed
+    held_gain: float = 0.20      # ...or by this much once it has held `hold` steps with no device changing speed
+    hold: int = 32
     stale_after_s: float = 2.0   # an actor silent this long gets no larger share
     warmup: int = 16             # observations per actor before it is planned for (start-up is noisy)
     min_rows_spread: float = 0.2   # rows must vary this much (relative) before `a` is re-fitted
@@ -172,7 +172,6 @@ class Planner:
         self._held = 0   # observations since the split last moved or a device last changed speed...
         self._weighed = False   # ...counted once a split has been weighed against the current one
         self._correcting = False   # the next move corrects one whose prediction missed: it is not checked
-        self._last_move: list[int] | None = None   # rows each actor gained (or lost) in the last move
 
     def observe(self, rank: int, rows: int, seconds: float, now: float, step_seconds: float | None = None) -> None:
         """One step's compute time of one actor (steps with no rows carry no cost information).
@@ -238,15 +237,12 @@ class Planner:
         # imbalance is not worth chasing
         fixed = self.overhead()
         before, after = max(self.predict(current)) + fixed, max(self.predict(proposal)) + fixed
-        # no thrashing: undoing the last move, once its split has held a while with every
-        # device at its speed, needs a clear gain (timings on a shared machine drift by
-        # 10-20%); going further the same way is convergence and needs only min_gain
-        delta = [new - old for new, old in zip(proposal, current)]
-        undoing = self._last_move is not None and any(d * last < 0 for d, last in zip(delta, self._last_move))
-        held = undoing and self._held >= self.cfg.hold * sum(members)
+        # no thrashing: a split that has held a while, with every device at its speed, is
+        # worth a move only for a clear gain (timings on a shared machine drift by 10-20%)
+        held = self._held >= self.cfg.hold * sum(members)
         if after >= before * (1.0 - (self.cfg.held_gain if held else self.cfg.min_gain)):
             return None
-        self._held, self._last_move = 0, delta
+        self._held = 0
         # check the move's prediction on its first steps, unless it is itself the correction
         # of a missed one: on a noisy machine, checks of checks would chase each other's noise
         if not self._correcting:
