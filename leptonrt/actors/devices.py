@@ -80,23 +80,17 @@ def core_sets(selection: Selection, allowed: list[int]) -> list[tuple[int, ...] 
     established).
     """
     cpu = [i for i, plan in enumerate(selection.actors) if plan.device == "cpu"]
-    need = sum(selection.actors[i].threads for i in cpu)
     out: list[tuple[int, ...] | None] = [None] * len(selection.actors)
-    if not cpu or need > len(allowed) or any(selection.actors[i].threads != 1 for i in cpu):
+    if not cpu or len(cpu) > len(allowed) or any(selection.actors[i].threads != 1 for i in cpu):
         return out
-    at = len(allowed) - need
-    for i in cpu:
-        threads = selection.actors[i].threads
-        out[i], at = tuple(allowed[at:at + threads]), at + threads
+    for i, core in zip(cpu, allowed[len(allowed) - len(cpu):]):
+        out[i] = (core,)
     return out
 
 
 def cpu_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    """How many cores this process may run on."""
+    return len(allowed_cores()) or os.cpu_count() or 1
 
 
 def select(gpus: str = "all", cpu_actors: int | None = None, *, env: dict[str, str] | None = None,

@@ -90,12 +90,7 @@ class _Fit:
         if len(ratios) == self.cfg.persist and (min(ratios) > self.cfg.shift or max(ratios) < 1 / self.cfg.shift):
             # fitting across both regimes would mislead; a device that is k times slower is
             # so for its fixed cost too, so `a` scales with the run's median ratio
-            self.a *= median(ratios)
-            self.redrawn, self.missed = True, False
-            self.obs.clear()
-            self.obs.extend((r, t) for r, t, _ in self._recent)
-            self._recent.clear()
-            self._cached = None
+            self._redraw(median(ratios), [(r, t) for r, t, _ in self._recent], missed=False)
             return
         if 1 / self.cfg.change <= ratio <= self.cfg.change:
             self.obs.append((rows, seconds))
@@ -129,13 +124,19 @@ class _Fit:
         self._expected = None
         if 1 / self.cfg.verify_off <= off <= self.cfg.verify_off:
             return False
-        self.a *= off   # the same shape through the measured point; `a` is refitted once rows vary again
-        self.redrawn, self.missed = True, True
+        # the same shape through the measured point; `a` is refitted once rows vary again
+        self._redraw(off, self._checking, missed=True)
+        return True
+
+    def _redraw(self, scale: float, obs: list[tuple[int, float]], missed: bool) -> None:
+        """Start the fit again from ``obs`` (a change of speed, or a move's missed
+        prediction), with the fixed cost scaled by how far off the old fit was."""
+        self.a *= scale
+        self.redrawn, self.missed = True, missed
         self.obs.clear()
-        self.obs.extend(self._checking)
+        self.obs.extend(obs)
         self._recent.clear()
         self._cached = None
-        return True
 
     def measured(self, rows: int, steps: int) -> bool:
         """Whether the last ``steps`` observations (spikes included) were at ``rows`` rows."""
