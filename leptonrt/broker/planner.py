@@ -8,7 +8,8 @@ finish times (not rows), is rounded to an alignment unit, respects each actor's 
 cap, and is only adopted when it beats the current split by a margin (no thrashing), a
 wider one once a split has held a while. The first steps after a move are checked
 against its prediction, and a fit that missed is redrawn from them (the speed of one
-actor can depend on its neighbours' load, which no fit at the old split can see).
+actor can depend on its neighbours' load, which no fit at the old split can see). A move
+that would reverse the last one goes half way: the balance lies between the two splits.
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ class Planner:
         self._held = 0   # observations since the split last moved or a device last changed speed...
         self._weighed = False   # ...counted once a split has been weighed against the current one
         self._correcting = False   # the next move corrects one whose prediction missed: it is not checked
+        self._last: tuple[list[int], list[int]] | None = None   # (split before, split after) of the last move
 
     def observe(self, rank: int, rows: int, seconds: float, now: float, step_seconds: float | None = None) -> None:
         """One step's compute time of one actor (steps with no rows carry no cost information).
@@ -186,6 +188,8 @@ class Planner:
             self._held = 0 if fit.redrawn else self._held + self._weighed
             if fit.redrawn:
                 self._correcting = fit.missed
+                if not fit.missed:
+                    self._last = None   # a device changed speed: earlier moves say nothing of the new balance
             fit.redrawn = False
         if step_seconds is not None and step_seconds >= seconds:
             self._outside[rank].append(step_seconds - seconds)
@@ -231,7 +235,15 @@ class Planner:
         # a few noisy steps cannot swing the split far (a bigger change takes two moves)
         floors = [min(rows / self.cfg.max_move, cap) for rows, cap in zip(current, caps)]
         caps = [min(cap, max(rows * self.cfg.max_move, self.cfg.align)) for rows, cap in zip(current, caps)]
-        proposal = _round(_equalise(coeffs, caps, self.batch, floors), coeffs, caps, self.batch, self.cfg.align)
+        target = _equalise(coeffs, caps, self.batch, floors)
+        if self._last is not None and self._last[1] == list(current):
+            before, after = self._last
+            if sum((t - c) * (a - b) for t, c, a, b in zip(target, current, after, before)) < 0:
+                # this move would reverse the last one: the balance lies between the two splits
+                # (or the fits are chasing noise), so it goes half way; swinging past it again
+                # and again is the thrashing the margins are there to prevent
+                target = [c + (t - c) / 2 for t, c in zip(target, current)]
+        proposal = _round(target, coeffs, caps, self.batch, self.cfg.align)
         if proposal == list(current):
             return None
         # the gain is judged on whole steps: when the collective dominates, a compute
@@ -244,6 +256,7 @@ class Planner:
         if after >= before * (1.0 - (self.cfg.held_gain if held else self.cfg.min_gain)):
             return None
         self._held = 0
+        self._last = (list(current), proposal)
         # check the move's prediction on its first steps, unless it is itself the correction
         # of a missed one: on a noisy machine, checks of checks would chase each other's noise
         if not self._correcting:

@@ -224,3 +224,30 @@ def test_a_move_whose_prediction_missed_is_corrected_once_and_the_correction_is_
     correction = planner.propose(split, now)
     assert correction is not None and correction[1] < split[1]
     assert all(f._expected is None for f in planner._fits)    # the correction itself is not checked
+
+
+def test_a_move_that_would_reverse_the_last_one_goes_half_way_and_the_next_one_the_same_way_in_full():
+    planner, now = Planner(2, 1024), 0.0
+    costs = [(0.0, 8e-6), (0.0, 16e-6)]              # rank 1 twice as slow
+    split = [512, 512]
+
+    def run(steps):
+        nonlocal now
+        for _ in range(steps):
+            for rank, ((a, c), rows) in enumerate(zip(costs, split)):
+                planner.observe(rank, rows, a + c * rows, now)
+            now += 0.01
+
+    run(20)
+    first = planner.propose(split, now)
+    assert first is not None and 672 <= first[0] <= 688
+    split = first
+    # at the new split both actors run at the same speed (as actors sharing a machine's
+    # resources can): each is off by less than a change of speed, so only the check sees it
+    costs = [(0.0, 11.2e-6), (0.0, 11.2e-6)]
+    run(6)
+    back = planner.propose(split, now)               # the fits now say [512, 512]...
+    assert back is not None and abs(back[0] - (first[0] + 512) / 2) <= 8, back   # ...it goes half way
+    split = back
+    run(6)
+    assert planner.propose(split, now) == [512, 512]  # the rest of the way is no reversal
