@@ -27,7 +27,7 @@ cores: leptonrt pins each CPU actor to one, and the DDP rank of the same number 
 there too (``--no-pin``: neither is). Throughput is samples/s over epochs 2..E (epoch 1 is
 warm-up), evaluation excluded, and every line says `"simulated": true` when slowed.
 
-    python bench/straggler.py [--epochs 8] [--batch-size 1024] [--factor 2] [--repeats 3]
+    python bench/straggler.py [--epochs 8] [--batch-size 1024] [--factor 2] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def leptonrt(args: argparse.Namespace, slowdown: tuple | None, split=None) -> di
 
 
 def settled_step(result: dict, start: int, tolerance: float = 0.05) -> int | None:
-    """First step >= start from which the split stays within ``tolerance`` x batch rows of its final value."""
+    """First step >= start from which the split stays within ``tolerance`` x batch rows of its final value
+    (None: the planner made no move from ``start`` on, e.g. an earlier split already suited the slowdown)."""
     tolerance = tolerance * sum(result["split_changes"][-1]["split"]) if result["split_changes"] else 0
     changes = [c for c in result["split_changes"] if c["step"] >= start and c["why"] == "planner"]
     if not changes:
@@ -170,7 +171,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--factor", type=float, default=2.0)
     p.add_argument("--mid-run-step", type=int, default=150)
-    p.add_argument("--repeats", type=int, default=3, help="rounds; each round runs every configuration once")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="rounds; each round runs every configuration once (on a shared machine a run's throughput varies by 20%%)")
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="leave both runtimes' processes to the scheduler (default: each on its own core)")
     args = p.parse_args()
