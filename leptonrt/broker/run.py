@@ -306,6 +306,9 @@ class TrainingRun:
         committed = self.committed() if committed is None else committed
         self._high_water = max([self._high_water] + [s.last_step for s in self._slots.values()])
         self.generation += 1
+        # the new group answers any failure reported by the old one: a survivor's report of
+        # a peer's death, seen before the exit itself, must not re-form a later group
+        self._group_failed = None
         every = self.snapshot_every
         rewind = max((committed + 1) // every * every, self.group_start)
         self.replayed_steps += max(self._high_water + 1 - rewind, 0)

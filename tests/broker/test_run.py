@@ -288,3 +288,18 @@ def test_once_warm_the_planner_sees_rows_vary_one_way_then_the_other_then_even_a
     # align 8, 15% of 32 rows rounds to one unit
     assert splits[4] == [40, 24] and splits[8] == [24, 40] and splits[12] == [32, 32]
     assert run.rebalances == 0 and not any(isinstance(e, SplitChanged) for e in run.events)
+
+
+def test_a_survivors_report_of_a_failed_collective_is_answered_by_the_regroup_that_a_loss_brings():
+    from leptonrt.broker.protocol import GroupFailed
+    run, _ = started(epochs=4, steps=10, window=16, snapshot_every=4)
+    run.handle(b"id0", report(0, *range(0, 6)), now=1.0)
+    run.handle(b"id1", report(1, *range(0, 6)), now=1.0)
+    # rank 1 is killed: its peer's collective fails, and says so before the exit is seen
+    run.handle(b"id0", GroupFailed(job_id=7, rank=0, generation=0, message="peer exited"), now=1.05)
+    outs = run.actor_exited("a1", "killed by SIGKILL", now=1.1)
+    assert kinds(outs)[0] == (b"id0", "Regroup") and run.generation == 1
+    run.handle(b"id0", report(0, *range(4, 12)), now=1.2)
+    # long past the grace a failure with every actor alive gets: that report is not news
+    assert run.check_liveness(now=1.1 + 10 * run._group_failed_grace()) == []
+    assert run.generation == 1 and [type(e).__name__ for e in run.events] == ["ActorLost", "Recovered"]
