@@ -7,8 +7,7 @@ runs once with the even split (what DDP does) and once with a given uneven split
 perfect planner would pick), interleaved over rounds. The ratio of the two is the most any
 rebalancer can win here: the all-reduce and the optimizer step cost the same either way.
 Each split runs with both ways of summing gradients: gloo's all-reduce (what DDP uses) and
-the point-to-point exchange leptonrt uses for small CPU groups off x86 (on x86 it sums
-through shared memory, which this script does not model).
+the point-to-point exchange leptonrt uses for small CPU groups.
 
     python bench/split_ceiling.py [--split 752,272] [--steps 500] [--rounds 3]
 """

@@ -14,8 +14,8 @@ Runs, all with 2 CPU processes, the same MLP, batch, precision, optimizer and th
    such as the other actor slowing down on this shared machine).
 
 What differs besides the planner: DDP sums gradients with gloo's all-reduce (a ring: two
-rounds of messages over TCP); leptonrt's group of 2 CPU actors sums them through shared
-memory on x86 (point to point over gloo elsewhere). ``fixed_over_ddp_*`` shows what that
+rounds of messages); leptonrt's group of 2 CPU actors exchanges them point to point over
+the same gloo transport (one round) and adds them up. ``fixed_over_ddp_*`` shows what that
 runtime difference alone is worth, ``rebalanced_over_fixed_slowed`` what the planner adds.
 
 The slowdown is simulated the same way on both sides: once its gradients are computed and

@@ -27,9 +27,7 @@ from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Hea
 from ..data.shm import SegmentReader, remove_segments_of
 from ..nn.model import build_mlp
 from ..nn.step import FusedStep, StepTimer, evaluate, make_optimizer
-from . import gradshm
 from .faults import Injector
-from .gradshm import SharedSum
 from .link import Link
 
 IDLE_POLL_MS = 200           # how often an idle actor checks that its broker is alive
@@ -132,7 +130,6 @@ class Actor:
         self.job = welcome.job
         self._take_place(welcome)
         self._peer_grads: list[torch.Tensor] | None = None   # receive buffers of the exchange
-        self._shared: SharedSum | None = None   # the exchange through shared memory, where the group can
         self.group_start = welcome.start_step
         self.source: int | None = welcome.source_rank
         self.grants: list[Grant] = []
@@ -207,40 +204,8 @@ class Actor:
         from torch.distributed import distributed_c10d
         distributed_c10d._set_pg_timeout(timedelta(seconds=self.w.collective_timeout_s))
         self.dist = dist
-        if self.sync == "exchange":
-            self._share_gradients(store)
-
-    def _share_gradients(self, store) -> None:
-        """Sum gradients through shared memory if every member can (CPU actors on x86, all
-        on this host); otherwise the exchange goes over gloo. The members agree through the
-        group's store, so none waits on a path the others do not take."""
-        me, size = self.members.index(self.rank), len(self.members)
-        shared = None
-        if gradshm.available(self.device):
-            try:
-                shared = SharedSum(self.step.flat.numel(), me, size)
-            except OSError as exc:   # no room in /dev/shm, say: gloo still works
-                _log(f"rank {self.rank}: gradients go over gloo ({exc})")
-        try:
-            store.set(f"gradshm/{me}", f"{shared.name} {os.getpid()}" if shared else "")
-            offers = [store.get(f"gradshm/{p}").decode().split() for p in range(size)]
-            if shared is not None and all(offers):
-                try:
-                    shared.attach([name for name, _ in offers], [int(pid) for _, pid in offers])
-                except OSError as exc:   # the group fails to form, and re-forms (as over gloo)
-                    raise RuntimeError(f"cannot map a peer's gradient segment: {exc}") from None
-                self.dist.barrier()   # every member has mapped every segment: the names can go
-                shared.unlink()
-                self._shared, shared = shared, None
-                _log(f"rank {self.rank}: gradients are summed through shared memory")
-        finally:
-            if shared is not None:
-                shared.close()
 
     def _leave_group(self) -> None:
-        if self._shared is not None:
-            self._shared.close()
-            self._shared = None
         if self.dist is not None:
             try:
                 if self.dist.is_initialized():
@@ -252,8 +217,6 @@ class Actor:
     def _allreduce(self, flat: torch.Tensor):
         if self.dist is None:
             return None
-        if self._shared is not None:
-            return self._shared.start(flat, self.w.collective_timeout_s, lambda: self._poll(0))
         if self.sync == "exchange":
             return self._exchange(flat)
         # synchronous: on a CPU box an async collective's worker thread competes with the

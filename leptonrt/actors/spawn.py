@@ -10,7 +10,6 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.shm import remove_segments_of
 from .devices import ActorPlan
 
 
@@ -86,7 +85,6 @@ class Supervisor:
             code = proc.popen.poll()
             if code is not None and not proc.reported:
                 proc.reported = True
-                remove_segments_of(proc.popen.pid)   # a gradient segment it died before unlinking
                 out.append((proc.actor_id, describe_exit(code)))
         return out
 
@@ -130,5 +128,3 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.popen.kill()
                 proc.popen.wait()
-        for proc in self._procs.values():
-            remove_segments_of(proc.popen.pid)

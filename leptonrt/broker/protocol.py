@@ -49,9 +49,8 @@ def _given(default: Any, **meta: Any) -> Any:
     return field(default=default, metadata=meta)
 
 
-# "allreduce": torch.distributed.all_reduce; "exchange": every member publishes its gradients
-# to every other (through shared memory where all can, else point-to-point over gloo) and
-# all sum them in rank order (small CPU groups)
+# "allreduce": torch.distributed.all_reduce; "exchange": every member sends its gradients to
+# every other (point-to-point) and all sum them in rank order (small CPU groups)
 _SYNCS = frozenset({"allreduce", "exchange"})
 
 
