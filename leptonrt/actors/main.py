@@ -36,25 +36,6 @@ FLUSH_EVERY_S = 0.01        # ...yet fresh enough for the broker to plan and gra
 FLUSH_ALONE_S = 0.05        # a lone actor has nothing to rebalance: report less often
 
 
-class _Exchange:
-    """Point-to-point gradient exchange in flight (see ``Actor._exchange``)."""
-
-    def __init__(self, works: list, flat: torch.Tensor, peers: list[torch.Tensor], me: int, timeout: timedelta) -> None:
-        self.works, self.flat, self.peers, self.me, self.timeout = works, flat, peers, me, timeout
-
-    def wait(self) -> None:
-        for work in self.works:
-            work.wait(timeout=self.timeout)
-        flat, peers, me = self.flat, self.peers, self.me
-        if len(peers) == 2:
-            flat.add_(peers[1 - me])   # a + b and b + a are the same bits
-            return
-        total = (flat if me == 0 else peers[0]).clone()
-        for k in range(1, len(peers)):
-            total.add_(flat if k == me else peers[k])
-        flat.copy_(total)
-
-
 @dataclass
 class _Piece:
     """One step's rows for this actor, gathered (possibly ahead of time, during the previous all-reduce)."""
@@ -223,10 +204,9 @@ class Actor:
         # step for the same cores (measured slower); the next batch is gathered right after
         return self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM)
 
-    def _exchange(self, flat: torch.Tensor) -> "_Exchange":
-        """Start summing ``flat`` over the group: send it to every other member and receive
-        theirs. The returned handle's ``wait`` adds them all up in rank order, so every member
-        gets the same bits; until then the actor is free (it gathers its next batch)."""
+    def _exchange(self, flat: torch.Tensor) -> None:
+        """Sum ``flat`` over the group by sending it to every other member and adding up all
+        of them in rank order, so every member gets the same bits."""
         dist, me, size = self.dist, self.members.index(self.rank), len(self.members)
         if self._peer_grads is None or len(self._peer_grads) != size:
             self._peer_grads = [torch.empty_like(flat) for _ in range(size)]
@@ -235,7 +215,16 @@ class Actor:
             if peer != me:
                 ops += [dist.P2POp(dist.isend, flat, peer), dist.P2POp(dist.irecv, self._peer_grads[peer], peer)]
         timeout = timedelta(seconds=self.w.collective_timeout_s)   # point-to-point waits ignore the group's
-        return _Exchange(dist.batch_isend_irecv(ops), flat, self._peer_grads, me, timeout)
+        for work in dist.batch_isend_irecv(ops):
+            work.wait(timeout=timeout)
+        if size == 2:
+            flat.add_(self._peer_grads[1 - me])   # a + b and b + a are the same bits
+            return None
+        total = (flat if me == 0 else self._peer_grads[0]).clone()
+        for k in range(1, size):
+            total.add_(flat if k == me else self._peer_grads[k])
+        flat.copy_(total)
+        return None
 
     def _collective(self, fn) -> None:
         """Run a collective; a failure of the group becomes GroupBroken (recoverable)."""
