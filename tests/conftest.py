@@ -10,6 +10,21 @@ import pytest
 from leptonrt.data.shm import list_segments
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir(tmp_path_factory):
+    """Every test, and every process it starts, gets a runtime directory of its own: a
+    `leptonrt up` the user has running must not take the suite's jobs (nor the suite its)."""
+    path = tmp_path_factory.mktemp("runtime")
+    path.chmod(0o700)
+    old = os.environ.get("LEPTONRT_RUNTIME_DIR")
+    os.environ["LEPTONRT_RUNTIME_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("LEPTONRT_RUNTIME_DIR", None)
+    else:
+        os.environ["LEPTONRT_RUNTIME_DIR"] = old
+
+
 def actor_processes() -> list[int]:
     """Pids of live leptonrt actor processes on this machine."""
     pids = []

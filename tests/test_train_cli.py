@@ -1,9 +1,11 @@
 """`leptonrt train` end to end, with real actor processes (the process tier)."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from safetensors.torch import load_file
@@ -109,14 +111,28 @@ def test_bad_settings_give_their_exit_code_without_a_traceback(leptonrt_cli, arg
 
 
 def test_ctrl_c_stops_training_with_130_and_leaves_nothing(tmp_path, no_leftovers):
+    env = dict(os.environ, PYTHONFAULTHANDLER="1")   # SIGABRT then prints every thread's stack
     proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", "--dataset", "synthetic:20000,64,10",
                              "--gpus", "none", "--cpu-actors", "2", "--epochs", "1000", "--batch-size", "32"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)   # never let a pipe fill
+    reader.start()
     try:
         assert proc.stdout.readline().startswith("epoch")   # training is under way
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=10)
+            reader.join(timeout=10)
+            pytest.fail("still running 60 s after SIGINT; its stderr and stacks:\n" + "".join(stderr))
+        assert code == 130
     finally:
         proc.kill()
         proc.wait()
-    assert "Traceback" not in proc.stderr.read()
+        proc.stdout.close()
+    reader.join(timeout=10)
+    assert "Traceback" not in "".join(stderr)
+    assert "interrupted" in "".join(stderr)
