@@ -18,6 +18,14 @@ rounds of messages); leptonrt's group of 2 CPU actors exchanges them point to po
 the same gloo transport (one round) and adds them up. ``fixed_over_ddp_*`` shows what that
 runtime difference alone is worth, ``rebalanced_over_fixed_slowed`` what the planner adds.
 
+Per round, (3)/(1) is exactly ``fixed_over_ddp_no_slowdown`` x
+``rebalanced_slowed_over_fixed_no_slowdown`` / ``ddp_slowed_over_ddp_no_slowdown``: the
+runtimes' speed without a straggler, what the slowdown still costs leptonrt once
+rebalanced, and what it costs DDP. The ideal 1.5 assumes steps that are all compute: a
+DDP like that loses half its throughput to a 2x straggler, and a perfect rebalance keeps
+three quarters. Here gathering the batch, the all-reduce and the optimizer take much of
+DDP's step, and the injected wait (a multiple of compute alone) costs it less than half.
+
 The slowdown is simulated the same way on both sides: once its gradients are computed and
 before they are all-reduced, rank 1 sleeps (FACTOR-1) x the pure compute time of that
 step. In DDP the wait sits in a communication hook, which runs when the (single, for this
@@ -221,6 +229,10 @@ def main() -> None:
          rebalanced_over_fixed_slowed=ratio("leptonrt_rebalanced_slowed", "leptonrt_fixed_split_slowed"),
          leptonrt_over_ddp_no_slowdown=ratio("leptonrt_no_slowdown", "ddp_no_slowdown"),
          fixed_over_ddp_no_slowdown=ratio("leptonrt_fixed_split_no_slowdown", "ddp_no_slowdown"),
+         # what the slowdown costs each runtime: a perfect rebalance would keep leptonrt at
+         # 1.0; DDP keeps more than 1/FACTOR where its step is not all compute
+         ddp_slowed_over_ddp_no_slowdown=ratio("ddp_slowed", "ddp_no_slowdown"),
+         rebalanced_slowed_over_fixed_no_slowdown=ratio("leptonrt_rebalanced_slowed", "leptonrt_fixed_split_no_slowdown"),
          ideal_rebalanced_over_ddp_slowed=round((args.factor + 1) / 2, 3))
 
 
