@@ -16,13 +16,9 @@ def private_runtime_dir(tmp_path_factory):
     `leptonrt up` the user has running must not take the suite's jobs (nor the suite its)."""
     path = tmp_path_factory.mktemp("runtime")
     path.chmod(0o700)
-    old = os.environ.get("LEPTONRT_RUNTIME_DIR")
-    os.environ["LEPTONRT_RUNTIME_DIR"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("LEPTONRT_RUNTIME_DIR", None)
-    else:
-        os.environ["LEPTONRT_RUNTIME_DIR"] = old
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEPTONRT_RUNTIME_DIR", str(path))
+        yield path
 
 
 def actor_processes() -> list[int]:

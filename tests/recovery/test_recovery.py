@@ -22,12 +22,19 @@ DATA = ["--dataset", "synthetic:3000,16,3", "--hidden", "16", "--batch-size", "6
         "--gpus", "none", "--cpu-actors", "2", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory, leptonrt_cli_module):
-    path = tmp_path_factory.mktemp("straight") / "w.safetensors"
-    out = leptonrt_cli_module(*DATA, "--save", path)
+def uninterrupted(tmp_path_factory, cli, epochs: int) -> dict:
+    """Final weights of the DATA job run straight through for ``epochs`` epochs."""
+    path = tmp_path_factory.mktemp(f"straight{epochs}") / "w.safetensors"
+    args = list(DATA)
+    args[args.index("--epochs") + 1] = str(epochs)
+    out = cli(*args, "--save", path)
     assert out.returncode == 0, out.stderr
     return load_file(path)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, leptonrt_cli_module):
+    return uninterrupted(tmp_path_factory, leptonrt_cli_module, 2)
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +73,7 @@ LONG_EPOCHS = 24
 
 @pytest.fixture(scope="module")
 def straight_long(tmp_path_factory, leptonrt_cli_module):
-    path = tmp_path_factory.mktemp("straight_long") / "w.safetensors"
-    args = list(DATA)
-    args[args.index("--epochs") + 1] = str(LONG_EPOCHS)
-    out = leptonrt_cli_module(*args, "--save", path)
-    assert out.returncode == 0, out.stderr
-    return load_file(path)
+    return uninterrupted(tmp_path_factory, leptonrt_cli_module, LONG_EPOCHS)
 
 
 def test_sigkill_at_a_step_the_test_chooses(tmp_path, straight_long, no_leftovers):
