@@ -1,5 +1,18 @@
+import os
 import sys
 
-from .main import main
+if os.environ.get("LEPTONRT_SPARE") == "1":
+    # a spare gets ready beside running actors: at idle priority, never at their expense
+    from .idle import at_idle_priority
+
+    def _get_ready() -> None:
+        import torch
+
+        from .main import _warm_up
+        _warm_up(torch.device("cpu"))
+
+    at_idle_priority(_get_ready)
+
+from .main import main  # noqa: E402
 
 sys.exit(main())

@@ -129,7 +129,9 @@ class ActorPool:
             return   # no spare for this pool, or it keeps dying: replacements start from scratch
         self._spare_starts.append(now)
         # a spare is never an actor's first process: injected faults (but `start`) stay off
-        self.supervisor.spawn(self.SPARE, self.spare_plan, {**self.actor_env, "LEPTONRT_INCARNATION": "1"})
+        # it gets ready at idle priority (see leptonrt.actors.__main__): never at a job's expense
+        self.supervisor.spawn(self.SPARE, self.spare_plan,
+                              {**self.actor_env, "LEPTONRT_INCARNATION": "1", "LEPTONRT_SPARE": "1"})
 
     def exited(self, actor_id: str) -> bool:
         """Handle an exit if it was the spare's (True); other exits are the caller's."""

@@ -76,6 +76,14 @@ def straight_long(tmp_path_factory, leptonrt_cli_module):
     return uninterrupted(tmp_path_factory, leptonrt_cli_module, LONG_EPOCHS)
 
 
+def _group_nice(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/autogroup") as fh:
+            return fh.read().split()[-1]
+    except OSError:
+        return None
+
+
 def test_sigkill_at_a_step_the_test_chooses(tmp_path, straight_long, no_leftovers):
     save = tmp_path / "w.safetensors"
     job = TrainJob(dataset="synthetic:3000,16,3", hidden=(16,), batch_size=64, epochs=LONG_EPOCHS, save=str(save))
@@ -101,10 +109,13 @@ def test_sigkill_at_a_step_the_test_chooses(tmp_path, straight_long, no_leftover
             result = await running.result()
             # each CPU actor stays on cores of its own, the adopted spare on its predecessor's
             pinned = [(os.sched_getaffinity(a["pid"]), broker.pool.cores[a["rank"]]) for a in result["actors"]]
-            return victim, events, result, pinned
+            # the spare got ready at idle priority; adopted, it trains at the priority of the others
+            priority = [(_group_nice(a["pid"]), os.getpriority(os.PRIO_PROCESS, a["pid"])) for a in result["actors"]]
+            return victim, events, result, pinned, priority
 
-    victim, events, result, pinned = asyncio.run(main())
+    victim, events, result, pinned, priority = asyncio.run(main())
     assert all(cores is None or got == set(cores) for got, cores in pinned), pinned
+    assert priority[1] == priority[0], priority
     lost = [e for e in events if isinstance(e, ActorLost)]
     assert len(lost) == 1 and lost[0].rank == 1 and "SIGKILL" in lost[0].how
     recovered = [e for e in events if isinstance(e, Recovered)]
