@@ -19,7 +19,7 @@ from typing import Callable
 import zmq
 import zmq.asyncio
 
-from ..actors.devices import Selection, allowed_cores, core_sets, select
+from ..actors.devices import Selection, allowed_cores, core_sets, cpu_cores, select
 from ..actors.spawn import Supervisor
 from ..config import TrainJob
 from ..data.cache import DatasetCache
@@ -74,6 +74,11 @@ class ActorPool:
     (a survivor may still sit in a broken collective). With more than one CPU actor, one
     spare CPU process waits, started and warmed up: a lost CPU actor is replaced by
     adopting it (milliseconds) instead of starting a process (seconds).
+
+    The spare's start-up takes over two seconds of CPU. It runs at idle priority, and where
+    the actors take every core it waits for the pool to be idle (between jobs): even at idle
+    priority it cost a 2-actor job on 2 cores about a tenth of its speed. A job that starts
+    with the pool then has no spare, and a lost actor is replaced by a new process.
     """
 
     SPARE = "spare"
@@ -94,6 +99,9 @@ class ActorPool:
         cpu_plans = [p for p in self.selection.actors if p.device == "cpu"]
         self.spare_plan = cpu_plans[0] if len(self.selection.actors) > 1 and cpu_plans else None
         self.spare: tuple[bytes, protocol.Hello] | None = None   # the spare's identity and hello, once ready
+        self._spare_process = False   # a spare process is running (ready or getting ready)
+        # the actors take every core: the spare starts only between jobs
+        self.crowded = sum(p.threads if p.device == "cpu" else 1 for p in self.selection.actors) >= cpu_cores()
         self.outbox: list[tuple[bytes, protocol.Message]] = []   # messages the pool wants sent
         self._spare_starts: list[float] = []
 
@@ -122,12 +130,16 @@ class ActorPool:
             self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": "0"}, cores)
         self._start_spare()
 
-    def _start_spare(self) -> None:
+    def _start_spare(self, idle: bool = False) -> None:
+        """Start a spare if there is none; ``idle``: the pool runs no job now."""
+        if self._spare_process or (self.crowded and not idle):
+            return
         now = time.monotonic()
         self._spare_starts = [t for t in self._spare_starts if now - t < 60.0]
         if self.spare_plan is None or len(self._spare_starts) >= 5:
             return   # no spare for this pool, or it keeps dying: replacements start from scratch
         self._spare_starts.append(now)
+        self._spare_process = True
         # a spare is never an actor's first process: injected faults (but `start`) stay off
         # it gets ready at idle priority (see leptonrt.actors.__main__): never at a job's expense
         self.supervisor.spawn(self.SPARE, self.spare_plan,
@@ -137,7 +149,7 @@ class ActorPool:
         """Handle an exit if it was the spare's (True); other exits are the caller's."""
         if actor_id != self.SPARE:
             return False
-        self.spare = None
+        self.spare, self._spare_process = None, False
         self._start_spare()
         return True
 
@@ -163,6 +175,7 @@ class ActorPool:
             if not self.exited(actor_id):
                 self.exits.append((actor_id, how))
                 self.respawn(actor_id)
+        self._start_spare(idle=True)
         await self.flush()
 
     def note(self, frames: list[bytes]) -> None:
@@ -184,7 +197,7 @@ class ActorPool:
         self.restarts[actor_id] += 1
         if self.spare is not None and plan == self.spare_plan:
             identity, _hello = self.spare
-            self.spare = None
+            self.spare, self._spare_process = None, False
             self.supervisor.rename(self.SPARE, actor_id)
             self.supervisor.pin(actor_id, cores)   # the spare floats until it takes a place
             self.outbox.append((identity, protocol.Adopt(actor_id=actor_id)))
@@ -199,7 +212,7 @@ class ActorPool:
         self.supervisor.close()
         self.supervisor.exited()   # the exits we caused are not news
         self.hellos.clear()
-        self.spare = None
+        self.spare, self._spare_process = None, False
         for actor_id in self.ids:
             self.respawn(actor_id)
         self._start_spare()
