@@ -19,7 +19,7 @@ from typing import Callable
 import zmq
 import zmq.asyncio
 
-from ..actors.devices import Selection, allowed_cores, core_sets, cpu_cores, select
+from ..actors.devices import Selection, allowed_cores, core_sets, select
 from ..actors.spawn import Supervisor
 from ..config import TrainJob
 from ..data.cache import DatasetCache
@@ -75,13 +75,16 @@ class ActorPool:
     spare CPU process waits, started and warmed up: a lost CPU actor is replaced by
     adopting it (milliseconds) instead of starting a process (seconds).
 
-    The spare's start-up takes over two seconds of CPU. It runs at idle priority, and where
-    the actors take every core it waits for the pool to be idle (between jobs): even at idle
-    priority it cost a 2-actor job on 2 cores about a tenth of its speed. A job that starts
-    with the pool then has no spare, and a lost actor is replaced by a new process.
+    The spare's start-up takes over two seconds of CPU, and the CPU actors have every core
+    between them, so it would come out of a running job: even at idle priority it cost a
+    2-actor job on 2 cores about a tenth of its speed while it got ready. So it starts at
+    idle priority, and only while the pool is idle (between jobs) or once a job has run
+    ``SPARE_AFTER_S``. A job shorter than that has no spare: a lost actor is replaced by a
+    new process (seconds).
     """
 
     SPARE = "spare"
+    SPARE_AFTER_S = 20.0
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
                  actor_env: dict[str, str] | None = None, pin: bool = True) -> None:
@@ -100,8 +103,6 @@ class ActorPool:
         self.spare_plan = cpu_plans[0] if len(self.selection.actors) > 1 and cpu_plans else None
         self.spare: tuple[bytes, protocol.Hello] | None = None   # the spare's identity and hello, once ready
         self._spare_process = False   # a spare process is running (ready or getting ready)
-        # the actors take every core: the spare starts only between jobs
-        self.crowded = sum(p.threads if p.device == "cpu" else 1 for p in self.selection.actors) >= cpu_cores()
         self.outbox: list[tuple[bytes, protocol.Message]] = []   # messages the pool wants sent
         self._spare_starts: list[float] = []
 
@@ -128,11 +129,15 @@ class ActorPool:
         self.rendezvous = _Rendezvous() if self.world > 1 else None
         for actor_id, plan, cores in zip(self.ids, self.selection.actors, self.cores):
             self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": "0"}, cores)
-        self._start_spare()
 
-    def _start_spare(self, idle: bool = False) -> None:
-        """Start a spare if there is none; ``idle``: the pool runs no job now."""
-        if self._spare_process or (self.crowded and not idle):
+    def job_running(self, seconds: float) -> None:
+        """A job has run for ``seconds``: long enough to give it a spare?"""
+        if seconds >= self.SPARE_AFTER_S:
+            self._start_spare()
+
+    def _start_spare(self) -> None:
+        """Start a spare if there is none (called while idle, or once a job has run long enough)."""
+        if self._spare_process:
             return
         now = time.monotonic()
         self._spare_starts = [t for t in self._spare_starts if now - t < 60.0]
@@ -150,7 +155,6 @@ class ActorPool:
         if actor_id != self.SPARE:
             return False
         self.spare, self._spare_process = None, False
-        self._start_spare()
         return True
 
     async def flush(self) -> None:
@@ -175,7 +179,7 @@ class ActorPool:
             if not self.exited(actor_id):
                 self.exits.append((actor_id, how))
                 self.respawn(actor_id)
-        self._start_spare(idle=True)
+        self._start_spare()
         await self.flush()
 
     def note(self, frames: list[bytes]) -> None:
@@ -201,7 +205,6 @@ class ActorPool:
             self.supervisor.rename(self.SPARE, actor_id)
             self.supervisor.pin(actor_id, cores)   # the spare floats until it takes a place
             self.outbox.append((identity, protocol.Adopt(actor_id=actor_id)))
-            self._start_spare()
             return
         # faults injected by tests fire in an actor's first process only
         self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": str(self.restarts[actor_id])},
@@ -215,7 +218,6 @@ class ActorPool:
         self.spare, self._spare_process = None, False
         for actor_id in self.ids:
             self.respawn(actor_id)
-        self._start_spare()
 
     def take_hellos(self) -> list[tuple[bytes, protocol.Hello]]:
         """The idle actors' hellos, for a starting job; they are its actors now."""
@@ -337,6 +339,7 @@ class JobRunner:
         started = time.monotonic()
         while core.state not in ("done", "failed"):
             await self._pump(core, int(TICK_S * 1000))
+            self.pool.job_running(time.monotonic() - started)
             await self._send(self.pool.router, core.check_liveness(time.monotonic()))
             if core.state == "gathering" and time.monotonic() - started > GATHER_TIMEOUT_S:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", time.monotonic())
