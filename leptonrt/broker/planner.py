@@ -9,7 +9,8 @@ cap, and is only adopted when it beats the current split by a margin (no thrashi
 wider one once a split has held a while. The first steps after a move are checked
 against its prediction, and a fit that missed is redrawn from them (the speed of one
 actor can depend on its neighbours' load, which no fit at the old split can see). A move
-that would reverse the last one goes half way: the balance lies between the two splits.
+that would reverse the last one goes half way: the balance lies between the two splits,
+unless a device changed speed meanwhile (a miss as large as a change of speed counts).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class _Fit:
         self._checking: list[tuple[int, float]] = []
         self.redrawn = False  # the fit started again (a change of speed, or a missed prediction) since last asked
         self.missed = False   # ...and the last time, because a move's prediction missed
+        self.jumped = False   # ...and the last time, by as much as a change of speed (`shift`)
 
     def expect(self, rows: int) -> None:
         """The planner moved this actor to ``rows``: check the prediction against its first steps there."""
@@ -127,13 +129,14 @@ class _Fit:
             return False
         # the same shape through the measured point; `a` is refitted once rows vary again
         self._redraw(off, self._checking, missed=True)
+        self.jumped = not 1 / self.cfg.shift <= off <= self.cfg.shift
         return True
 
     def _redraw(self, scale: float, obs: list[tuple[int, float]], missed: bool) -> None:
         """Start the fit again from ``obs`` (a change of speed, or a move's missed
         prediction), with the fixed cost scaled by how far off the old fit was."""
         self.a *= scale
-        self.redrawn, self.missed = True, missed
+        self.redrawn, self.missed, self.jumped = True, missed, not missed
         self.obs.clear()
         self.obs.extend(obs)
         self._recent.clear()
@@ -188,8 +191,11 @@ class Planner:
             self._held = 0 if fit.redrawn else self._held + self._weighed
             if fit.redrawn:
                 self._correcting = fit.missed
-                if not fit.missed:
-                    self._last = None   # a device changed speed: earlier moves say nothing of the new balance
+                if fit.jumped:
+                    # a device changed speed (also when a move's check is what found it, missing
+                    # by as much): earlier moves say nothing of the new balance, and going only
+                    # half way back would be wrong
+                    self._last = None
             fit.redrawn = False
         if step_seconds is not None and step_seconds >= seconds:
             self._outside[rank].append(step_seconds - seconds)

@@ -251,3 +251,21 @@ def test_a_move_that_would_reverse_the_last_one_goes_half_way_and_the_next_one_t
     split = back
     run(6)
     assert planner.propose(split, now) == [512, 512]  # the rest of the way is no reversal
+
+
+def test_a_slowdown_found_by_the_check_of_a_move_is_followed_all_the_way_not_half():
+    # rank 0 is a little slower (a slower core), so the planner gives rank 1 more rows; just
+    # then rank 1 becomes twice as slow. The check of that move finds it (missing by 2x): a
+    # change of speed, so the next move goes all the way back past the even split
+    cluster = FakeCluster([(0.0006, 4.3e-6), (0.0006, 3.2e-6)])
+    while cluster.changes == 0:
+        cluster.run(1)
+    assert cluster.split[1] > 512
+    cluster.costs[1] = (0.0012, 6.4e-6)
+    start, before = cluster.step, cluster.split
+    while cluster.split == before and cluster.step < start + 20:
+        cluster.run(1)
+    (a0, c0), (a1, c1) = cluster.costs
+    best = min(range(8, 1024, 8), key=lambda b: max(a0 + c0 * (1024 - b), a1 + c1 * b))
+    assert cluster.step - start <= 8, cluster.step - start
+    assert abs(cluster.split[1] - best) <= 48, (cluster.split, best)   # half way would be near 500
