@@ -36,3 +36,23 @@ def test_a_spare_that_died_or_was_adopted_is_replaced_at_the_next_good_moment(po
     assert pool.started_ids == ["spare"]
     pool.job_running(ActorPool.SPARE_AFTER_S + 1)
     assert pool.started_ids == ["spare", "spare"]
+
+
+def test_a_job_that_runs_long_enough_gets_a_spare_and_a_short_one_none(monkeypatch, no_leftovers):
+    import asyncio
+
+    from leptonrt.actors.spawn import Supervisor
+    from leptonrt.broker.server import JobRunner
+    from leptonrt.config import TrainJob
+
+    started = []
+    spawn = Supervisor.spawn
+    monkeypatch.setattr(Supervisor, "spawn", lambda self, actor_id, *a, **k: (started.append(actor_id),
+                                                                              spawn(self, actor_id, *a, **k))[1])
+    job = TrainJob(dataset="synthetic:4000,16,3", hidden=(16,), batch_size=32, epochs=3)
+    asyncio.run(JobRunner(job, gpus="none", cpu_actors=2).run())
+    assert sorted(started) == ["a0", "a1"]          # a job of a second or two: no spare
+    started.clear()
+    monkeypatch.setattr(ActorPool, "SPARE_AFTER_S", 0.2)
+    asyncio.run(JobRunner(job, gpus="none", cpu_actors=2).run())
+    assert sorted(started) == ["a0", "a1", "spare"]
