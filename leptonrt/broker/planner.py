@@ -129,14 +129,16 @@ class _Fit:
             return False
         # the same shape through the measured point; `a` is refitted once rows vary again
         self._redraw(off, self._checking, missed=True)
-        self.jumped = not 1 / self.cfg.shift <= off <= self.cfg.shift
         return True
 
     def _redraw(self, scale: float, obs: list[tuple[int, float]], missed: bool) -> None:
         """Start the fit again from ``obs`` (a change of speed, or a move's missed
         prediction), with the fixed cost scaled by how far off the old fit was."""
         self.a *= scale
-        self.redrawn, self.missed, self.jumped = True, missed, not missed
+        # off by `shift` or more is a change of speed, whichever found it (a run of steps
+        # always is: each of them was that far off)
+        self.redrawn, self.missed = True, missed
+        self.jumped = not 1 / self.cfg.shift <= scale <= self.cfg.shift
         self.obs.clear()
         self.obs.extend(obs)
         self._recent.clear()
