@@ -24,10 +24,10 @@ _AUTOGROUP = "/proc/self/autogroup"
 LOWEST = 19
 
 
-def autogroup_nice() -> int | None:
-    """This process's scheduling group's niceness (None: no autogroup here)."""
+def autogroup_nice(pid: int | str = "self") -> int | None:
+    """The niceness of a process's scheduling group, this one's by default (None: no autogroup here)."""
     try:
-        with open(_AUTOGROUP) as fh:
+        with open(f"/proc/{pid}/autogroup") as fh:
             return int(fh.read().split()[-1])   # "/autogroup-123 nice 0"
     except (OSError, ValueError, IndexError):
         return None

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from leptonrt import Broker, TrainJob
+from leptonrt.actors.idle import autogroup_nice
 from leptonrt.broker.run import ActorLost, Recovered
 
 pytestmark = pytest.mark.process
@@ -76,14 +77,6 @@ def straight_long(tmp_path_factory, leptonrt_cli_module):
     return uninterrupted(tmp_path_factory, leptonrt_cli_module, LONG_EPOCHS)
 
 
-def _group_nice(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/autogroup") as fh:
-            return fh.read().split()[-1]
-    except OSError:
-        return None
-
-
 def test_sigkill_at_a_step_the_test_chooses(tmp_path, straight_long, no_leftovers):
     save = tmp_path / "w.safetensors"
     job = TrainJob(dataset="synthetic:3000,16,3", hidden=(16,), batch_size=64, epochs=LONG_EPOCHS, save=str(save))
@@ -110,7 +103,7 @@ def test_sigkill_at_a_step_the_test_chooses(tmp_path, straight_long, no_leftover
             # each CPU actor stays on cores of its own, the adopted spare on its predecessor's
             pinned = [(os.sched_getaffinity(a["pid"]), broker.pool.cores[a["rank"]]) for a in result["actors"]]
             # the spare got ready at idle priority; adopted, it trains at the priority of the others
-            priority = [(_group_nice(a["pid"]), os.getpriority(os.PRIO_PROCESS, a["pid"])) for a in result["actors"]]
+            priority = [(autogroup_nice(a["pid"]), os.getpriority(os.PRIO_PROCESS, a["pid"])) for a in result["actors"]]
             return victim, events, result, pinned, priority
 
     victim, events, result, pinned, priority = asyncio.run(main())
