@@ -380,10 +380,12 @@ class Actor:
     def _wait_granted(self, step: int) -> list[int]:
         split = self._split_for(step)
         while split is None:
-            self._flush(force=True)
-            self._poll(IDLE_POLL_MS)
-            self.link.send(Heartbeat(rank=self.rank, step=max(step - 1, 0)))
-            split = self._split_for(step)
+            self._flush(force=True)   # the broker grants on news of progress...
+            split = self._split_for(step)   # ...and its answer may be in already (the flush polls)
+            if split is None:
+                self._poll(IDLE_POLL_MS)
+                self.link.send(Heartbeat(rank=self.rank, step=max(step - 1, 0)))
+                split = self._split_for(step)
         return split
 
     def _flush(self, force: bool = False) -> None:
