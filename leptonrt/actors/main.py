@@ -24,11 +24,12 @@ from ..broker.plan import batch_rows, epoch_permutation, piece
 from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
                                Adopt, CheckpointNow, Checkpointed, GroupFailed, Regroup, Release, Shutdown,
                                StepStat, Stop, Welcome)
-from ..data.shm import SegmentReader, remove_segments_of
+from ..data.shm import SegmentReader
 from ..nn.model import build_mlp
 from ..nn.step import FusedStep, StepTimer, evaluate, make_optimizer
 from .faults import Injector
 from .link import Link
+from .tether import clean_after, die_with_parent, parse_args
 
 IDLE_POLL_MS = 200           # how often an idle actor checks that its broker is alive
 FLUSH_EVERY_STEPS = 64       # batch step reports so the control plane stays cheap...
@@ -48,39 +49,6 @@ class _Piece:
 
 class BrokerGone(Exception):
     """The broker stopped talking to us, or told us to shut down."""
-
-
-def _clean_after(parent_pid: int, connect: str) -> None:
-    """The broker died: remove what it could not — its shared memory and its run directory."""
-    if not parent_pid:
-        return
-    remove_segments_of(parent_pid)
-    run_dir = os.path.dirname(connect.removeprefix("ipc://"))
-    if connect.startswith("ipc://") and os.path.basename(run_dir).startswith("leptonrt-run-"):
-        import shutil
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _die_with_parent(parent_pid: int, connect: str) -> None:
-    """Ask Linux for a signal of our own (SIGUSR1) when the broker dies, so no actor outlives
-    it; its handler also removes what the dead broker could not remove itself. (A signal of
-    its own: at that moment getppid() may still name the dead broker, so a SIGTERM from a
-    living supervisor could not be told apart.)"""
-
-    def on_parent_death(_signum, _frame) -> None:
-        _clean_after(parent_pid, connect)
-        os._exit(143)
-
-    signal.signal(signal.SIGUSR1, on_parent_death)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-    if parent_pid and os.getppid() != parent_pid:
-        _clean_after(parent_pid, connect)
-        os._exit(3)  # the broker died before we could ask
 
 
 def _log(text: str) -> None:
@@ -611,19 +579,9 @@ def _await_welcome(link: Link, parent_pid: int, args: argparse.Namespace, device
             raise BrokerGone("shut down while idle")
 
 
-def _args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m leptonrt.actors", description="a leptonrt actor (started by the broker)")
-    p.add_argument("--connect", required=True)
-    p.add_argument("--actor-id", required=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--parent-pid", type=int, default=0)
-    return p.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = _args(argv)
-    _die_with_parent(args.parent_pid, args.connect)
+    args = parse_args(argv)
+    die_with_parent(args.parent_pid, args.connect)   # again: harmless, and main() may be called directly
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the broker decides when we stop
     torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)
@@ -640,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokerGone as exc:
         print(f"actor {args.actor_id}: {exc}", file=sys.stderr)
         if os.getppid() != args.parent_pid:   # the broker died rather than said goodbye
-            _clean_after(args.parent_pid, args.connect)
+            clean_after(args.parent_pid, args.connect)
         return 0
     except Exception as exc:  # report, then fail: the broker decides what happens next
         traceback.print_exc()

@@ -1,0 +1,60 @@
+"""An actor's tie to its broker, set up before anything slow.
+
+An actor takes seconds to start (PyTorch's import; a spare's warm-up, at idle priority,
+longer). A broker that dies meanwhile must not leave it running until then, so
+``python -m leptonrt.actors`` reads its command line and asks for the parent-death signal
+first, with nothing heavier than the standard library loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m leptonrt.actors", description="a leptonrt actor (started by the broker)")
+    p.add_argument("--connect", required=True)
+    p.add_argument("--actor-id", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--parent-pid", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def clean_after(parent_pid: int, connect: str) -> None:
+    """The broker died: remove what it could not — its shared memory and its run directory."""
+    if not parent_pid:
+        return
+    from ..data.shm import remove_segments_of
+    remove_segments_of(parent_pid)
+    run_dir = os.path.dirname(connect.removeprefix("ipc://"))
+    if connect.startswith("ipc://") and os.path.basename(run_dir).startswith("leptonrt-run-"):
+        import shutil
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def die_with_parent(parent_pid: int, connect: str) -> None:
+    """Ask Linux for a signal of our own (SIGUSR1) when the broker dies, so no actor outlives
+    it; its handler also removes what the dead broker could not remove itself. (A signal of
+    its own: at that moment getppid() may still name the dead broker, so a SIGTERM from a
+    living supervisor could not be told apart.)"""
+
+    def on_parent_death(_signum, _frame) -> None:
+        try:
+            clean_after(parent_pid, connect)
+        finally:
+            os._exit(143)
+
+    signal.signal(signal.SIGUSR1, on_parent_death)
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if parent_pid and os.getppid() != parent_pid:
+        clean_after(parent_pid, connect)
+        os._exit(3)  # the broker died before we could ask
