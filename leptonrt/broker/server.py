@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 import zmq
-import zmq.asyncio
 
 from ..actors.devices import Selection, allowed_cores, core_sets, select
 from ..actors.spawn import Supervisor
@@ -27,6 +26,7 @@ from ..data.shm import clean_stale, new_run_id
 from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError, RestartBudgetExceeded
 from ..nn import checkpoint
 from . import protocol
+from .channel import Channel
 from .plan import even_split, split_from_fractions, steps_per_epoch
 from .planner import Planner, PlannerConfig
 from .protocol import EpochResult, JobSpec, Release, Shutdown, Slowdown
@@ -99,6 +99,7 @@ class ActorPool:
         self.exits: list[tuple[str, str]] = []                      # exits seen while idle, for the log
         self._job_ids = itertools.count(1)
         self.started = False
+        self.channel: Channel | None = None
         cpu_plans = [p for p in self.selection.actors if p.device == "cpu"]
         self.spare_plan = cpu_plans[0] if len(self.selection.actors) > 1 and cpu_plans else None
         self.spare: tuple[bytes, protocol.Hello] | None = None   # the spare's identity and hello, once ready
@@ -119,13 +120,10 @@ class ActorPool:
         self.run_id = new_run_id()
         self.run_dir = Path(tempfile.mkdtemp(prefix="leptonrt-run-"))
         os.chmod(self.run_dir, 0o700)
-        self.cache, self.ctx = DatasetCache(self.run_id), zmq.asyncio.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        self.cache = DatasetCache(self.run_id)
         self.supervisor = Supervisor(self.run_dir, f"ipc://{self.run_dir}/broker.sock")
         self.started = True
-        self.router.bind(self.supervisor.connect)
+        self.channel = Channel(self.supervisor.connect, protocol.MAX_FRAME_BYTES)
         self.rendezvous = _Rendezvous() if self.world > 1 else None
         for actor_id, plan, cores in zip(self.ids, self.selection.actors, self.cores):
             self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": "0"}, cores)
@@ -157,30 +155,23 @@ class ActorPool:
         self.spare, self._spare_process = None, False
         return True
 
-    async def flush(self) -> None:
+    def flush(self) -> None:
         """Send what the pool queued (adoptions)."""
         while self.outbox:
             identity, message = self.outbox.pop(0)
-            try:
-                await self.router.send_multipart([identity, protocol.encode(message)], flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+            self.channel.send_nowait(identity, protocol.encode(message))
 
     async def idle(self, wait_ms: int) -> None:
         """Between jobs: take hellos, drop late traffic of past jobs, restart dead actors."""
-        if await self.router.poll(wait_ms):
-            while True:
-                try:
-                    frames = await self.router.recv_multipart(flags=zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+        if await self.channel.wait_readable(wait_ms):
+            while (frames := self.channel.recv_nowait()) is not None:
                 self.note(frames)
         for actor_id, how in self.supervisor.exited():
             if not self.exited(actor_id):
                 self.exits.append((actor_id, how))
                 self.respawn(actor_id)
         self._start_spare()
-        await self.flush()
+        self.flush()
 
     def note(self, frames: list[bytes]) -> None:
         """A message for the pool rather than a job (a hello while idle, the spare's hello)."""
@@ -234,13 +225,13 @@ class ActorPool:
             idle = list(self.hellos.values()) + ([self.spare] if self.spare else [])
             for identity, _hello in idle:   # idle actors; busy ones get SIGTERM
                 try:
-                    await self.router.send_multipart([identity, bye], flags=zmq.NOBLOCK)
+                    self.channel.send_nowait(identity, bye)
                 except zmq.ZMQError:
                     pass
         finally:
             self.supervisor.close()
-            self.router.close(linger=0)
-            self.ctx.term()
+            if self.channel is not None:
+                self.channel.close()
             self.cache.close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -284,14 +275,14 @@ class JobRunner:
                 if failed or self.core.state != "done":
                     pool.replace_all()
                 else:
-                    await self._release(self.core)
+                    self._release(self.core)
 
     async def _stopped_at_boundary(self, core: TrainingRun) -> str:
         """The job stopped on request; keep its progress in a checkpoint if it has a directory."""
         text = f"interrupted: stopped after step {core.committed()} of {core.total_steps} (at a step boundary)"
         if not self.job.checkpoint_dir:
             return text
-        await self._send(self.pool.router, core.checkpoint_now())
+        self._send(core.checkpoint_now())
         deadline = time.monotonic() + 60.0
         while core.checkpointed is None and time.monotonic() < deadline and core.state == "running":
             await self._pump(core, 50)
@@ -332,7 +323,7 @@ class JobRunner:
                            start_step=start_step, resume_from=resume_from, prior_epochs=prior)
         now = time.monotonic()
         for identity, hello in pool.take_hellos():
-            await self._send(pool.router, core.handle(identity, hello, now))
+            self._send(core.handle(identity, hello, now))
         return core
 
     async def _serve(self, core: TrainingRun) -> None:
@@ -340,7 +331,7 @@ class JobRunner:
         while core.state not in ("done", "failed"):
             await self._pump(core, int(TICK_S * 1000))
             self.pool.job_running(time.monotonic() - started)
-            await self._send(self.pool.router, core.check_liveness(time.monotonic()))
+            self._send(core.check_liveness(time.monotonic()))
             if core.state == "gathering" and time.monotonic() - started > GATHER_TIMEOUT_S:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", time.monotonic())
             self._emit(core)
@@ -360,12 +351,12 @@ class JobRunner:
 
     async def _pump(self, core: TrainingRun, wait_ms: int) -> None:
         """Feed the core at most one message (waiting up to ``wait_ms``) and every process exit."""
-        router, supervisor = self.pool.router, self.pool.supervisor
+        channel, supervisor = self.pool.channel, self.pool.supervisor
         for actor_id, how in supervisor.exited():   # exits first: they explain the errors that follow them
             if not self.pool.exited(actor_id):
-                await self._send(router, core.actor_exited(actor_id, how, time.monotonic()))
-        if await router.poll(wait_ms):
-            frames = await router.recv_multipart()
+                self._send(core.actor_exited(actor_id, how, time.monotonic()))
+        frames = channel.recv_nowait() if await channel.wait_readable(wait_ms) else None
+        if frames is not None:
             try:
                 if len(frames) != 2:
                     raise ProtocolError(f"expected 2 frames (identity, payload), got {len(frames)}")
@@ -376,31 +367,29 @@ class JobRunner:
                 if isinstance(message, protocol.Hello) and message.actor_id == ActorPool.SPARE:
                     self.pool.note(frames)
                 else:
-                    await self._send(router, core.handle(frames[0], message, time.monotonic()))
+                    self._send(core.handle(frames[0], message, time.monotonic()))
         for actor_id in core.kill:
             supervisor.kill(actor_id)
         for actor_id in core.respawn:
             self.pool.respawn(actor_id)
         core.kill, core.respawn = [], []
-        await self.pool.flush()
+        self.pool.flush()
 
-    async def _send(self, router: zmq.asyncio.Socket, outs: list[Out]) -> None:
+    def _send(self, outs: list[Out]) -> None:
         for out in outs:
-            await router.send_multipart([out.identity, protocol.encode(out.message)])
+            self.pool.channel.send_nowait(out.identity, protocol.encode(out.message))
 
     def _emit(self, core: TrainingRun) -> None:
         events, core.events = core.events, []
         for event in events:
             self.on_event(event)
 
-    async def _release(self, core: TrainingRun) -> None:
-        """The job is over: its actors go back to the pool, and say hello when they are ready."""
+    def _release(self, core: TrainingRun) -> None:
+        """The job is over: its actors go back to the pool, and say hello when they are ready.
+        (One that is gone already is not news: the pool restarts it.)"""
         bye = protocol.encode(Release(job_id=core.job.job_id))
         for identity in core.identities():
-            try:
-                await self.pool.router.send_multipart([identity, bye], flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # the actor is gone already; the pool restarts it
+            self.pool.channel.send_nowait(identity, bye)
 
     def _failure_report(self, core: TrainingRun) -> str:
         lines = [core.failure or "job failed"]
