@@ -11,6 +11,8 @@ against its prediction, and a fit that missed is redrawn from them (the speed of
 actor can depend on its neighbours' load, which no fit at the old split can see). A move
 that would reverse the last one goes half way: the balance lies between the two splits,
 unless a device changed speed meanwhile (a miss as large as a change of speed counts).
+Nor is a move planned on a fit that the latest steps already contradict (a change of speed
+still too short to redraw it).
 """
 
 from __future__ import annotations
@@ -150,6 +152,18 @@ class _Fit:
         recent = recent[-steps:]
         return len(recent) == steps and all(r == rows for r, _ in recent)
 
+    def agrees(self, steps: int) -> bool:
+        """Whether the median of the last ``steps`` observations (spikes included) lies within
+        `shift` of the fit. A device whose speed changed a few steps ago (fewer than
+        `persist`) already contradicts its fit, which still speaks of the old speed: after a
+        hold-up that a move answered, the steps at the new split can be fast ones."""
+        recent = list(self._recent)[-steps:]
+        if len(recent) < steps:
+            return True   # just redrawn: the fit is those steps
+        a, c = self.coefficients()
+        off = median(t / max(a + c * r, 1e-12) for r, t, _ in recent)
+        return 1 / self.cfg.shift < off < self.cfg.shift
+
     def coefficients(self) -> tuple[float, float]:
         """(a, c): seconds per step and seconds per row."""
         if self._cached is None:
@@ -236,6 +250,8 @@ class Planner:
             return None
         if not all(f.measured(rows, self.cfg.settle) for f, rows in zip(self._fits, current) if rows > 0):
             return None  # judge the current split by measurements, not by extrapolation
+        if not all(f.agrees(self.cfg.settle) for f, rows in zip(self._fits, current) if rows > 0):
+            return None  # ...and by fits that those measurements do not contradict
         self._weighed = True
         caps = [self._cap(rank, current, now) if members[rank] else 0 for rank in range(self.world)]
         coeffs = self._coefficients()

@@ -13,19 +13,24 @@ from leptonrt.broker.planner import Planner, PlannerConfig, _round, rows_that_fi
 class FakeCluster:
     """Actors whose compute time is a + c*rows (times a noise factor); the clock moves by the slowest."""
 
-    def __init__(self, costs, batch=1024, noise=0.0, seed=0, config=PlannerConfig(), caps=None):
+    def __init__(self, costs, batch=1024, noise=0.0, seed=0, config=PlannerConfig(), caps=None, lag=0):
         self.costs, self.batch, self.noise = list(costs), batch, noise
         self.rng = random.Random(seed)
         self.planner = Planner(len(costs), batch, config, caps)
-        self.split = [batch // len(costs)] * len(costs)
+        self.split = [batch // len(costs)] * len(costs)   # the newest split planned
         self.split[0] += batch - sum(self.split)
-        self.now, self.step, self.changes, self.history = 0.0, 0, 0, []
+        self.active = list(self.split)                    # the split the steps run with
+        # like the broker's grants: a new split takes effect `lag` steps after the next one
+        self.lag, self.pending = lag, []
+        self.now, self.step, self.changes, self.history, self.ran = 0.0, 0, 0, [], []
         self.silent: set[int] = set()
 
     def run(self, steps):
         for _ in range(steps):
+            while self.pending and self.pending[0][0] <= self.step:
+                self.active = self.pending.pop(0)[1]
             times = []
-            for rank, ((a, c), rows) in enumerate(zip(self.costs, self.split)):
+            for rank, ((a, c), rows) in enumerate(zip(self.costs, self.active)):
                 t = (a + c * rows) * (1 + self.rng.uniform(-self.noise, self.noise))
                 times.append(t)
                 if rank not in self.silent:
@@ -34,7 +39,9 @@ class FakeCluster:
             proposal = self.planner.propose(self.split, self.now)
             if proposal is not None:
                 self.split, self.changes = proposal, self.changes + 1
-            self.history.append(list(self.split))
+                self.pending.append((self.step + 1 + self.lag, proposal))
+            self.history.append(list(self.split))   # planned after this step
+            self.ran.append(list(self.active))        # run at this step
             self.step += 1
         return self.split
 
@@ -269,3 +276,23 @@ def test_a_slowdown_found_by_the_check_of_a_move_is_followed_all_the_way_not_hal
     best = min(range(8, 1024, 8), key=lambda b: max(a0 + c0 * (1024 - b), a1 + c1 * b))
     assert cluster.step - start <= 8, cluster.step - start
     assert abs(cluster.split[1] - best) <= 48, (cluster.split, best)   # half way would be near 500
+
+
+def test_a_fit_that_its_latest_steps_contradict_is_not_planned_with():
+    # rank 0 (twice as fast) is held up 9x for 10 steps, then runs at its speed again; new
+    # splits take effect 5 steps late, as behind the broker's grants. The planner follows
+    # the hold-up, so the first steps at its new split are fast ones: until the fit has taken
+    # them in it must not move again on the hold-up's figures (that moved rows on to the
+    # slower actor, [184, 840], and took two more moves to come back)
+    cluster = FakeCluster([(0.0, 1e-5), (0.0, 2e-5)], lag=5)
+    cluster.run(80)
+    settled = list(cluster.active)
+    assert settled[0] > settled[1]
+    cluster.costs[0] = (0.0, 9e-5)
+    cluster.run(10)
+    cluster.costs[0] = (0.0, 1e-5)
+    cluster.run(60)
+    shares = [s[0] for s in cluster.ran[80:]]
+    # the answer to the hold-up halves rank 0's share at most (one move); nothing goes below it
+    assert min(shares) >= settled[0] // 2 - 8, shares
+    assert abs(cluster.active[0] / cluster.batch - 2 / 3) < 0.05
