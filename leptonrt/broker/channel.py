@@ -56,6 +56,8 @@ class Channel:
             return True
         if timeout_ms <= 0:
             return False
+        if self._waiter is not None:   # one reader: a second would take the first one's wake-up
+            raise RuntimeError("Channel.wait_readable is already being awaited")
         loop = asyncio.get_running_loop()
         self._watch(loop)
         self._waiter = waiter = loop.create_future()

@@ -118,3 +118,23 @@ def test_sending_to_an_actor_that_is_not_connected_drops_the_message(pair):
     channel, _dealer = pair
     assert channel.send_nowait(b"\x00nobody", b"grant") is True   # a ROUTER drops what it cannot route
 
+
+
+def test_a_second_wait_at_the_same_time_is_refused_and_a_cancelled_wait_leaves_no_trace(pair):
+    channel, dealer = pair
+
+    async def main():
+        first = asyncio.ensure_future(channel.wait_readable(10_000))
+        await asyncio.sleep(0.01)
+        try:
+            await channel.wait_readable(10_000)
+        except RuntimeError as exc:
+            refused = str(exc)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        asyncio.get_running_loop().call_later(0.01, dealer.send, b"after")
+        return refused, await channel.wait_readable(10_000)
+
+    refused, ready = asyncio.run(main())
+    assert "already being awaited" in refused
+    assert ready is True and channel.recv_nowait()[1] == b"after"
