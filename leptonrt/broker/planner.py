@@ -86,8 +86,7 @@ class _Fit:
             self.obs.append((rows, seconds))
             self._cached = None
             return
-        a, c = self.coefficients()
-        ratio = seconds / max(a + c * rows, 1e-12)
+        ratio = self._off(rows, seconds)
         if self._check(rows, seconds):
             return
         self._recent.append((rows, seconds, ratio))
@@ -160,9 +159,13 @@ class _Fit:
         recent = list(self._recent)[-steps:]
         if len(recent) < steps:
             return True   # just redrawn: the fit is those steps
-        a, c = self.coefficients()
-        off = median(t / max(a + c * r, 1e-12) for r, t, _ in recent)
+        off = median(self._off(r, t) for r, t, _ in recent)
         return 1 / self.cfg.shift < off < self.cfg.shift
+
+    def _off(self, rows: int, seconds: float) -> float:
+        """How many times the fit's prediction ``seconds`` took."""
+        a, c = self.coefficients()
+        return seconds / max(a + c * rows, 1e-12)
 
     def coefficients(self) -> tuple[float, float]:
         """(a, c): seconds per step and seconds per row."""
