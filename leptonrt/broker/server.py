@@ -135,12 +135,12 @@ class ActorPool:
 
     def _start_spare(self) -> None:
         """Start a spare if there is none (called while idle, or once a job has run long enough)."""
-        if self._spare_process:
-            return
+        if self._spare_process or self.spare_plan is None:
+            return   # one is running, or this pool has none (called on every tick of a long job)
         now = time.monotonic()
         self._spare_starts = [t for t in self._spare_starts if now - t < 60.0]
-        if self.spare_plan is None or len(self._spare_starts) >= 5:
-            return   # no spare for this pool, or it keeps dying: replacements start from scratch
+        if len(self._spare_starts) >= 5:
+            return   # it keeps dying: replacements start from scratch
         self._spare_starts.append(now)
         self._spare_process = True
         # a spare is never an actor's first process: injected faults (but `start`) stay off
