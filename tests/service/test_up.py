@@ -178,12 +178,28 @@ def test_killing_the_broker_takes_its_actors_and_shared_memory_with_it(tmp_path,
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 10   # the actors notice through the kernel (parent-death signal)
-    while time.monotonic() < deadline and (set(pids) & set(actor_processes())):
+    # every actor notices through the kernel (parent-death signal): the two the status listed,
+    # and the spare (it may still be getting ready, at idle priority)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (set(pids) & set(actor_processes()) or _actors_of(proc.pid)):
         time.sleep(0.05)
     assert not set(pids) & set(actor_processes())
+    assert not _actors_of(proc.pid)
     assert not [s for s in list_segments() if s.startswith(f"leptonrt-{proc.pid}x")]
     assert not run_dir.exists(), "the dead broker's run directory (actor socket, logs) was left behind"
+
+
+def _actors_of(broker_pid):
+    """Live actor processes started by the broker ``broker_pid`` (from their --parent-pid)."""
+    mine = []
+    for pid in actor_processes():
+        try:
+            args = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
+        except OSError:
+            continue
+        if "--parent-pid" in args and args[args.index("--parent-pid") + 1] == str(broker_pid):
+            mine.append(pid)
+    return mine
 
 
 def _run_dir_of(pid):
