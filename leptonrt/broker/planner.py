@@ -2,8 +2,10 @@
 
 Pure: no sockets, no clock reads — time arrives as a parameter, so tests step a fake
 clock. Each actor's compute time is modelled as ``a + c * rows`` (a fixed overhead plus a
-cost per row), fitted robustly over a short sliding window so that a device that slows
-down or recovers is followed within a few steps while scheduling hiccups are ignored. The proposed split equalises predicted
+cost per row), fitted robustly over a sliding window; scheduling hiccups are ignored, and a
+device that changes speed is seen within a few steps (5 in a row 1.5x off its fit, or 10
+in a row 1.25x off) and refitted from them, where a sliding median would lag by half a
+window. The proposed split equalises predicted
 finish times (not rows), is rounded to an alignment unit, respects each actor's memory
 cap, and is only adopted when it beats the current split by a margin (no thrashing), a
 wider one once a split has held a while. The first steps after a move are checked
@@ -37,6 +39,8 @@ class PlannerConfig:
     change: float = 1.8          # a step this many times slower or faster than predicted is a spike (not fitted)
     shift: float = 1.5           # this many in a row, all this many times off on one side...
     persist: int = 5             # ...mean the device changed speed: the fit starts again from them
+    drift: float = 1.25          # a longer run, all this many times off on one side, is a smaller change
+    drift_persist: int = 10      # of speed (a sliding median would take half a window to follow it)
     settle: int = 3              # after a change, measure this many steps of the new split before the next
     max_move: float = 2.0        # one move changes no share by more than this factor
     refit_every: int = 4         # with a full window, refit after this many new observations
@@ -58,7 +62,7 @@ class _Fit:
         self.obs: deque[tuple[int, float]] = deque(maxlen=cfg.window)
         self.a = 0.0          # fixed seconds per step; kept while rows do not vary enough to refit
         self.last_seen: float | None = None
-        self._recent: deque[tuple[int, float, float]] = deque(maxlen=cfg.persist)  # (rows, seconds, vs prediction)
+        self._recent: deque[tuple[int, float, float]] = deque(maxlen=max(cfg.persist, cfg.drift_persist))  # (rows, seconds, vs prediction)
         self._cached: tuple[float, float] | None = None
         self._unfitted = 0    # observations taken since the fit was last computed
         self.ready = False    # enough evidence to plan with: a full warm-up, or a detected change
@@ -90,11 +94,11 @@ class _Fit:
         if self._check(rows, seconds):
             return
         self._recent.append((rows, seconds, ratio))
-        ratios = [r for _, _, r in self._recent]
-        if len(ratios) == self.cfg.persist and (min(ratios) > self.cfg.shift or max(ratios) < 1 / self.cfg.shift):
+        run = self._changed()
+        if run:
             # fitting across both regimes would mislead; a device that is k times slower is
             # so for its fixed cost too, so `a` scales with the run's median ratio
-            self._redraw(median(ratios), [(r, t) for r, t, _ in self._recent], missed=False)
+            self._redraw(median(r for _, _, r in run), [(r, t) for r, t, _ in run], missed=False)
             return
         if 1 / self.cfg.change <= ratio <= self.cfg.change:
             self.obs.append((rows, seconds))
@@ -104,6 +108,16 @@ class _Fit:
             if self._unfitted >= self.cfg.refit_every or self.count < self.cfg.warmup \
                     or not self.measured(rows, self.cfg.refit_every + 1):
                 self._cached = None
+
+    def _changed(self) -> list[tuple[int, float, float]] | None:
+        """The latest steps, if they show that the device changed speed: `persist` in a row
+        all `shift` times off the fit on one side, or `drift_persist` all `drift` times off."""
+        for steps, off in ((self.cfg.persist, self.cfg.shift), (self.cfg.drift_persist, self.cfg.drift)):
+            run = list(self._recent)[-steps:]
+            ratios = [r for _, _, r in run]
+            if len(run) == steps and (min(ratios) > off or max(ratios) < 1 / off):
+                return run
+        return None
 
     def _check(self, rows: int, seconds: float) -> bool:
         """After a move: once ``verify`` steps at the new share are in, and their median is
@@ -136,10 +150,10 @@ class _Fit:
         """Start the fit again from ``obs`` (a change of speed, or a move's missed
         prediction), with the fixed cost scaled by how far off the old fit was."""
         self.a *= scale
-        # off by `shift` or more is a change of speed, whichever found it (a run of steps
-        # always is: each of them was that far off)
+        # a run of steps off on one side is a change of speed; so is a missed check off by
+        # `shift` or more
         self.redrawn, self.missed = True, missed
-        self.jumped = not 1 / self.cfg.shift <= scale <= self.cfg.shift
+        self.jumped = not missed or not 1 / self.cfg.shift <= scale <= self.cfg.shift
         self.obs.clear()
         self.obs.extend(obs)
         self._recent.clear()

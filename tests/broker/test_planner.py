@@ -196,16 +196,33 @@ def test_a_split_that_has_held_moves_for_a_clear_gain_or_a_change_of_speed_but_n
     cluster = FakeCluster([(0.001, 8e-6), (0.001, 8e-6)], noise=0.02, seed=3)
     cluster.run(150)
     assert cluster.changes == 0
-    # rank 1 drifts 1.3x slower, under the `shift` a change of speed needs: moving would save
-    # about 13% of a step, over min_gain but under held_gain, so a split that has held stays
-    cluster.costs[1] = (0.0013, 10.4e-6)
-    cluster.run(150)
+    # rank 1 drifts to 1.3x slower over 150 steps, never a run of steps off its fit: moving
+    # would save about 13% of a step, over min_gain but under held_gain, so a split that has
+    # held stays
+    for k in range(1, 151):
+        cluster.costs[1] = (0.001 * (1 + 0.3 * k / 150), 8e-6 * (1 + 0.3 * k / 150))
+        cluster.run(1)
     assert cluster.changes == 0 and cluster.split == [512, 512]
     assert config.min_gain < 0.13 < config.held_gain
     # a real change of speed (2x) is followed at once, with the eager threshold
     cluster.costs[1] = (0.0026, 20.8e-6)
     cluster.run(20)
     assert cluster.changes >= 1 and cluster.split[1] < 400
+
+
+def test_a_smaller_change_of_speed_that_persists_is_followed_even_by_a_split_that_has_held():
+    config = PlannerConfig()
+    cluster = FakeCluster([(0.001, 8e-6), (0.001, 8e-6)], noise=0.02, seed=4, lag=5)
+    cluster.run(150)
+    assert cluster.changes == 0
+    # 1.35x at once: under `shift`, over `drift`; a sliding median would take half a window
+    # (24 steps) to show it, and the split has held long enough to want a 20% gain
+    assert config.drift < 1.35 < config.shift
+    cluster.costs[1] = (0.00135, 10.8e-6)
+    cluster.run(20)
+    assert cluster.changes == 1
+    moved = next(i for i, split in enumerate(cluster.ran[150:]) if split != [512, 512])
+    assert moved <= config.drift_persist + 5 + 2 and cluster.split[1] < 480
 
 
 def test_a_move_whose_prediction_missed_is_corrected_once_and_the_correction_is_not_checked():
