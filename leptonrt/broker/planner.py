@@ -5,7 +5,8 @@ clock. Each actor's compute time is modelled as ``a + c * rows`` (a fixed overhe
 cost per row), fitted robustly over a sliding window; scheduling hiccups are ignored, and a
 device that changes speed is seen within a few steps (5 in a row 1.5x off its fit, or 10
 in a row 1.25x off) and refitted from them, where a sliding median would lag by half a
-window. The proposed split equalises predicted
+window. A change of speed, or a move's missed prediction, is planned for at once: the
+broker otherwise asks only every few reports (``news``). The proposed split equalises predicted
 finish times (not rows), is rounded to an alignment unit, respects each actor's memory
 cap, and is only adopted when it beats the current split by a margin (no thrashing), a
 wider one once a split has held a while. The first steps after a move are checked
@@ -211,6 +212,7 @@ class Planner:
         self._weighed = False   # ...counted once a split has been weighed against the current one
         self._correcting = False   # the next move corrects one whose prediction missed: it is not checked
         self._last: tuple[list[int], list[int]] | None = None   # (split before, split after) of the last move
+        self.news = False   # a fit was redrawn since a split was last weighed: worth planning at once
 
     def observe(self, rank: int, rows: int, seconds: float, now: float, step_seconds: float | None = None) -> None:
         """One step's compute time of one actor (steps with no rows carry no cost information).
@@ -223,6 +225,7 @@ class Planner:
             fit.add(rows, seconds, now)
             self._held = 0 if fit.redrawn else self._held + self._weighed
             if fit.redrawn:
+                self.news = True
                 self._correcting = fit.missed
                 if fit.jumped:
                     # a device changed speed (also when a move's check is what found it, missing
@@ -269,7 +272,7 @@ class Planner:
             return None  # judge the current split by measurements, not by extrapolation
         if not all(f.agrees(self.cfg.settle) for f, rows in zip(self._fits, current) if rows > 0):
             return None  # ...and by fits that those measurements do not contradict
-        self._weighed = True
+        self._weighed, self.news = True, False
         caps = [self._cap(rank, current, now) if members[rank] else 0 for rank in range(self.world)]
         coeffs = self._coefficients()
         # a trust region: no share more than doubles or halves in one move, so a fit misled by

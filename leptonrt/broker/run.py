@@ -539,9 +539,14 @@ class TrainingRun:
     def _rebalance(self, now: float) -> list[Out]:
         if self.planner is None or self.state != "running" or self._granted >= self.total_steps:
             return []
-        if now - self._planned_at < self.plan_every_s or self._probe:
-            return []   # reports arrive every few milliseconds; planning on each is wasted work
-        self._planned_at = now
+        # reports arrive every few milliseconds; planning on each is wasted work, unless a
+        # device just changed speed or a move just missed (then every step counts, and the
+        # usual round still comes when it is due)
+        news = self.planner.news
+        if self._probe or (now - self._planned_at < self.plan_every_s and not news):
+            return []
+        if not news:
+            self._planned_at = now
         proposal = self.planner.propose(self.split, now)
         if proposal is None:
             return []

@@ -234,6 +234,24 @@ def test_a_slow_actor_gets_a_smaller_share_from_the_end_of_what_was_already_gran
     assert run.result()["rebalances"] == 1
 
 
+def test_planning_is_rate_limited_until_a_device_changes_speed_then_it_runs_at_once():
+    planner = Planner(2, 64)
+    asked = []
+    propose = planner.propose
+    planner.propose = lambda split, now: asked.append(now) or propose(split, now)
+    run, _ = started(epochs=1, steps=200, window=8, batch=64, planner=planner, plan_every_s=10.0,
+                     probe_after=10**6)
+    for step in range(60):   # equal speeds, then rank 1 slows down 3x at step 40, all within 10 s
+        run.handle(b"id0", report(0, step, rows=32, compute_s=0.001), now=0.001 * step)
+        run.handle(b"id1", report(1, step, rows=32, compute_s=0.003 if step >= 40 else 0.001), now=0.001 * step)
+        if run.rebalances:
+            break
+    assert run.rebalances == 1 and run.split[0] > run.split[1]
+    assert step < 50   # the change of speed is seen after `persist` (5) steps, and planned for at once
+    # only once before it (the first report), once when the fit was redrawn
+    assert len(asked) <= 3 and asked[0] == 0.0 and all(t >= 0.040 for t in asked[1:])
+
+
 def test_without_a_planner_the_split_never_changes():
     run, _ = started(epochs=1, steps=100, window=8, batch=64)
     for step in range(10):
