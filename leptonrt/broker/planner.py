@@ -33,6 +33,7 @@ class PlannerConfig:
     window: int = 48             # observations per actor the fit looks at (long: contention comes and goes)
     min_gain: float = 0.10       # adopt a split only if predicted step time drops by this fraction...
     held_gain: float = 0.20      # ...or by this much once it has held `hold` steps with no device changing speed
+    correct_gain: float = 0.05   # ...but by this much for the correction of a move whose prediction missed (once)
     hold: int = 32
     stale_after_s: float = 2.0   # an actor silent this long gets no larger share
     warmup: int = 16             # observations per actor before it is planned for (start-up is noisy)
@@ -67,7 +68,8 @@ class _Fit:
         self._cached: tuple[float, float] | None = None
         self._unfitted = 0    # observations taken since the fit was last computed
         self.ready = False    # enough evidence to plan with: a full warm-up, or a detected change
-        self._expected: int | None = None          # rows of a move whose prediction is being checked
+        self._expected: int | None = None          # rows of a move whose prediction is being checked...
+        self._predicted = 0.0                       # ...and the seconds the fit predicted for them then
         self._checking: list[tuple[int, float]] = []
         self.redrawn = False  # the fit started again (a change of speed, or a missed prediction) since last asked
         self.missed = False   # ...and the last time, because a move's prediction missed
@@ -75,7 +77,8 @@ class _Fit:
 
     def expect(self, rows: int) -> None:
         """The planner moved this actor to ``rows``: check the prediction against its first steps there."""
-        self._expected, self._checking = rows, []
+        a, c = self.coefficients()
+        self._expected, self._predicted, self._checking = rows, a + c * rows, []
 
     @property
     def count(self) -> int:
@@ -138,13 +141,17 @@ class _Fit:
         self._checking.append((rows, seconds))
         if len(self._checking) < self.cfg.verify:
             return False
-        a, c = self.coefficients()
-        off = median(t for _, t in self._checking) / max(a + c * rows, 1e-12)
+        # against the prediction the move was made on: the fit itself has taken in the steps
+        # at the new share by now (it refits at once while a new share is measured)
+        measured = median(t for _, t in self._checking)
+        off = measured / max(self._predicted, 1e-12)
         self._expected = None
         if 1 / self.cfg.verify_off <= off <= self.cfg.verify_off:
             return False
-        # the same shape through the measured point; `a` is refitted once rows vary again
-        self._redraw(off, self._checking, missed=True)
+        # the fit's shape (its `a` may have been refitted from both shares by now) through
+        # the measured point; a miss as large as a change of speed counts as one
+        self._redraw(self._off(rows, measured), self._checking, missed=True)
+        self.jumped = not 1 / self.cfg.shift <= off <= self.cfg.shift
         return True
 
     def _redraw(self, scale: float, obs: list[tuple[int, float]], missed: bool) -> None:
@@ -273,6 +280,9 @@ class Planner:
         if not all(f.agrees(self.cfg.settle) for f, rows in zip(self._fits, current) if rows > 0):
             return None  # ...and by fits that those measurements do not contradict
         self._weighed, self.news = True, False
+        # a correction gets one weighing: a miss measured at the new share is evidence,
+        # not noise, but a correction not worth making now is not kept for later
+        correcting, self._correcting = self._correcting, False
         caps = [self._cap(rank, current, now) if members[rank] else 0 for rank in range(self.world)]
         coeffs = self._coefficients()
         # a trust region: no share more than doubles or halves in one move, so a fit misled by
@@ -297,17 +307,17 @@ class Planner:
         # no thrashing: a split that has held a while, with every device at its speed, is
         # worth a move only for a clear gain (timings on a shared machine drift by 10-20%)
         held = self._held >= self.cfg.hold * sum(members)
-        if after >= before * (1.0 - (self.cfg.held_gain if held else self.cfg.min_gain)):
+        gain = self.cfg.correct_gain if correcting else self.cfg.held_gain if held else self.cfg.min_gain
+        if after >= before * (1.0 - gain):
             return None
         self._held = 0
         self._last = (list(current), proposal)
         # check the move's prediction on its first steps, unless it is itself the correction
         # of a missed one: on a noisy machine, checks of checks would chase each other's noise
-        if not self._correcting:
+        if not correcting:
             for fit, old, new in zip(self._fits, current, proposal):
                 if new != old and new > 0:
                     fit.expect(new)
-        self._correcting = False
         return proposal
 
     def _cap(self, rank: int, current: list[int], now: float) -> int:
