@@ -189,11 +189,47 @@ def _train_here(args: argparse.Namespace, job: TrainJob) -> int:
         print(f"leptonrt: {note}", file=sys.stderr)
     shown = len(runner.notes)
     try:
-        result = run_async(runner.run())
+        result = run_async(_stoppable(runner.run()))
+    except _Stopped as stopped:
+        print(f"leptonrt: {stopped.how}", file=sys.stderr)
+        return stopped.code
     finally:
         for note in runner.notes[shown:]:   # learnt while starting, e.g. which checkpoint was resumed
             print(f"leptonrt: {note}", file=sys.stderr)
     return _report(args, result, label)
+
+
+class _Stopped(Exception):
+    def __init__(self, how: str, code: int) -> None:
+        super().__init__(how)
+        self.how, self.code = how, code
+
+
+async def _stoppable(coro):
+    """Await ``coro``; SIGINT (Ctrl-C) or SIGTERM cancel it, so that the job's actors, sockets
+    and shared memory are cleaned up before the process ends with 130 or 143. A SIGINT that
+    the process was started ignoring (a shell's background job) stays ignored."""
+    import signal
+    loop, task, seen = asyncio.get_running_loop(), asyncio.current_task(), []
+
+    def on_signal(how: str, code: int) -> None:
+        seen.append((how, code))
+        task.cancel()   # a second signal cancels whatever the cleanup still awaits
+
+    signals = [(signal.SIGTERM, "terminated", 143)]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signals.append((signal.SIGINT, "interrupted", 130))
+    for signum, how, code in signals:
+        loop.add_signal_handler(signum, on_signal, how, code)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if not seen:
+            raise
+        raise _Stopped(*seen[0]) from None
+    finally:
+        for signum, _how, _code in signals:
+            loop.remove_signal_handler(signum)
 
 
 def _train_remote(args: argparse.Namespace, job: TrainJob, address: str) -> int:

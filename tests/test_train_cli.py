@@ -110,29 +110,41 @@ def test_bad_settings_give_their_exit_code_without_a_traceback(leptonrt_cli, arg
     assert "Traceback" not in proc.stderr and proc.stderr.strip()
 
 
-def test_ctrl_c_stops_training_with_130_and_leaves_nothing(tmp_path, no_leftovers):
+@pytest.mark.parametrize("sigint, signals, code, said", [
+    (signal.SIG_DFL, [signal.SIGINT], 130, "interrupted"),
+    (signal.SIG_DFL, [signal.SIGTERM], 143, "terminated"),
+    # started ignoring SIGINT (as a shell starts a background job): it keeps ignoring it
+    (signal.SIG_IGN, [signal.SIGINT, signal.SIGTERM], 143, "terminated"),
+])
+def test_a_signal_stops_training_with_its_exit_code_and_leaves_nothing(sigint, signals, code, said, no_leftovers):
     env = dict(os.environ, PYTHONFAULTHANDLER="1")   # SIGABRT then prints every thread's stack
+    # set SIGINT's disposition explicitly: the suite itself may run as a background job
     proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", "--dataset", "synthetic:20000,64,10",
                              "--gpus", "none", "--cpu-actors", "2", "--epochs", "1000", "--batch-size", "32"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     stderr: list[str] = []
     reader = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)   # never let a pipe fill
     reader.start()
     try:
         assert proc.stdout.readline().startswith("epoch")   # training is under way
-        proc.send_signal(signal.SIGINT)
+        for signum in signals[:-1]:
+            proc.send_signal(signum)
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=3)
+        proc.send_signal(signals[-1])
         try:
-            code = proc.wait(timeout=60)
+            exit_code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGABRT)
             proc.wait(timeout=10)
             reader.join(timeout=10)
-            pytest.fail("still running 60 s after SIGINT; its stderr and stacks:\n" + "".join(stderr))
-        assert code == 130
+            pytest.fail(f"still running 60 s after {signals[-1]!r}; its stderr and stacks:\n" + "".join(stderr))
+        assert exit_code == code
     finally:
         proc.kill()
         proc.wait()
         proc.stdout.close()
     reader.join(timeout=10)
     assert "Traceback" not in "".join(stderr)
-    assert "interrupted" in "".join(stderr)
+    assert f"leptonrt: {said}" in "".join(stderr)
