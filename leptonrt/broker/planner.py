@@ -102,7 +102,7 @@ class _Fit:
         if run:
             # fitting across both regimes would mislead; a device that is k times slower is
             # so for its fixed cost too, so `a` scales with the run's median ratio
-            self._redraw(median(r for _, _, r in run), [(r, t) for r, t, _ in run], missed=False)
+            self._redraw(median(r for _, _, r in run), [(r, t) for r, t, _ in run], missed=False, jumped=True)
             return
         if 1 / self.cfg.change <= ratio <= self.cfg.change:
             self.obs.append((rows, seconds))
@@ -116,8 +116,9 @@ class _Fit:
     def _changed(self) -> list[tuple[int, float, float]] | None:
         """The latest steps, if they show that the device changed speed: `persist` in a row
         all `shift` times off the fit on one side, or `drift_persist` all `drift` times off."""
+        recent = list(self._recent)
         for steps, off in ((self.cfg.persist, self.cfg.shift), (self.cfg.drift_persist, self.cfg.drift)):
-            run = list(self._recent)[-steps:]
+            run = recent[-steps:]
             ratios = [r for _, _, r in run]
             if len(run) == steps and (min(ratios) > off or max(ratios) < 1 / off):
                 return run
@@ -150,18 +151,15 @@ class _Fit:
             return False
         # the fit's shape (its `a` may have been refitted from both shares by now) through
         # the measured point; a miss as large as a change of speed counts as one
-        self._redraw(self._off(rows, measured), self._checking, missed=True)
-        self.jumped = not 1 / self.cfg.shift <= off <= self.cfg.shift
+        self._redraw(self._off(rows, measured), self._checking, missed=True,
+                     jumped=not 1 / self.cfg.shift <= off <= self.cfg.shift)
         return True
 
-    def _redraw(self, scale: float, obs: list[tuple[int, float]], missed: bool) -> None:
+    def _redraw(self, scale: float, obs: list[tuple[int, float]], missed: bool, jumped: bool) -> None:
         """Start the fit again from ``obs`` (a change of speed, or a move's missed
         prediction), with the fixed cost scaled by how far off the old fit was."""
         self.a *= scale
-        # a run of steps off on one side is a change of speed; so is a missed check off by
-        # `shift` or more
-        self.redrawn, self.missed = True, missed
-        self.jumped = not missed or not 1 / self.cfg.shift <= scale <= self.cfg.shift
+        self.redrawn, self.missed, self.jumped = True, missed, jumped
         self.obs.clear()
         self.obs.extend(obs)
         self._recent.clear()
