@@ -189,20 +189,21 @@ def test_killing_the_broker_takes_its_actors_and_shared_memory_with_it(tmp_path,
     assert not run_dir.exists(), "the dead broker's run directory (actor socket, logs) was left behind"
 
 
+def _actor_option(pid, name):
+    """The value of option ``name`` on an actor's command line (None: no such option, or the
+    process is gone)."""
+    try:
+        args = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
+    except OSError:
+        return None
+    return args[args.index(name) + 1] if name in args else None
+
+
 def _actors_of(broker_pid):
     """Live actor processes started by the broker ``broker_pid`` (from their --parent-pid)."""
-    mine = []
-    for pid in actor_processes():
-        try:
-            args = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
-        except OSError:
-            continue
-        if "--parent-pid" in args and args[args.index("--parent-pid") + 1] == str(broker_pid):
-            mine.append(pid)
-    return mine
+    return [pid for pid in actor_processes() if _actor_option(pid, "--parent-pid") == str(broker_pid)]
 
 
 def _run_dir_of(pid):
     """The broker's private run directory, from an actor's command line (--connect ipc://DIR/broker.sock)."""
-    args = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")
-    return Path(args[args.index("--connect") + 1].removeprefix("ipc://")).parent
+    return Path(_actor_option(pid, "--connect").removeprefix("ipc://")).parent
