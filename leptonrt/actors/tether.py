@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import shutil
 import signal
 import sys
+import tempfile
+
+RUN_PREFIX = "leptonrt-run-"   # a broker's run directory (socket, actor logs): leptonrt-run-<broker pid>-<random>
+_RUN_NAME = re.compile(r"^leptonrt-run-(\d+)-[A-Za-z0-9_]+$")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,9 +37,49 @@ def clean_after(parent_pid: int, connect: str) -> None:
     from ..data.shm import remove_segments_of
     remove_segments_of(parent_pid)
     run_dir = os.path.dirname(connect.removeprefix("ipc://"))
-    if connect.startswith("ipc://") and os.path.basename(run_dir).startswith("leptonrt-run-"):
-        import shutil
+    if connect.startswith("ipc://") and os.path.basename(run_dir).startswith(RUN_PREFIX):
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def make_run_dir() -> str:
+    """A new run directory for this broker, private to its user, named after its pid."""
+    path = tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{os.getpid()}-")
+    os.chmod(path, 0o700)
+    return path
+
+
+def clean_stale_run_dirs() -> list[str]:
+    """Remove this user's run directories whose broker is gone, and return their paths.
+
+    A broker cleans up after itself, and its actors after a broker that died; when both are
+    killed at once (a signal to the whole process group), the next broker does it.
+    """
+    removed = []
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        match = _RUN_NAME.match(name)
+        path = os.path.join(root, name)
+        if not match or pid_alive(int(match.group(1))):
+            continue
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (someone else's live process counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def die_with_parent(parent_pid: int, connect: str) -> None:

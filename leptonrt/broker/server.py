@@ -11,7 +11,6 @@ import asyncio
 import itertools
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,6 +19,7 @@ import zmq
 
 from ..actors.devices import Selection, allowed_cores, core_sets, select
 from ..actors.spawn import Supervisor
+from ..actors.tether import clean_stale_run_dirs, make_run_dir
 from ..config import TrainJob
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
@@ -117,9 +117,9 @@ class ActorPool:
     async def start(self) -> None:
         """Create the socket, the store and the cache, and start every actor."""
         clean_stale()
+        clean_stale_run_dirs()
         self.run_id = new_run_id()
-        self.run_dir = Path(tempfile.mkdtemp(prefix="leptonrt-run-"))
-        os.chmod(self.run_dir, 0o700)
+        self.run_dir = Path(make_run_dir())
         self.cache = DatasetCache(self.run_id)
         self.supervisor = Supervisor(self.run_dir, f"ipc://{self.run_dir}/broker.sock")
         self.started = True

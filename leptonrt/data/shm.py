@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..actors.tether import pid_alive
 from ..errors import DataError
 
 PREFIX = "leptonrt-"
@@ -35,17 +36,6 @@ def shm_dir() -> Path:
 def new_run_id() -> str:
     """A run id that names this process (for stale-segment cleanup) plus a random token."""
     return f"{os.getpid()}x{secrets.token_hex(4)}"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (someone else's live process counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clean_stale() -> list[str]:
