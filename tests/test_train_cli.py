@@ -63,6 +63,30 @@ def test_splits_that_change_during_the_run_train_the_same_weights_as_one_actor(l
         assert rel < 1e-5, (key, rel)
 
 
+
+def test_splits_the_actors_agree_on_before_their_grants_end_train_the_same_weights(leptonrt_cli, tmp_path,
+                                                                                    monkeypatch, no_leftovers):
+    """Once every step is granted, a new split can only take effect through the broker's
+    Resplit and the members' vote in the gradient sum: a member that switched alone would
+    train rows twice or not at all, and the weights would differ."""
+    import asyncio
+    from leptonrt.broker.run import TrainingRun
+    from leptonrt.broker.server import JobRunner
+    from leptonrt.config import TrainJob
+    single = _weights(leptonrt_cli, tmp_path, "one", "--cpu-actors", "1")
+    monkeypatch.setattr(TrainingRun, "window", lambda self: self.max_window)   # grants up to 256 steps ahead
+    path = tmp_path / "agreed.safetensors"
+    job = TrainJob(dataset="digits", epochs=4, batch_size=64, precision="fp32", save=str(path),
+                   slowdowns=((1, 4.0, 40, None),))   # SIMULATED, after the planner's warm-up probe
+    result = asyncio.run(JobRunner(job, gpus="none", cpu_actors=2).run())
+    moves = [c for c in result["split_changes"] if c["why"] == "planner"]
+    assert moves and all(c["step"] < result["steps"] for c in moves), result["split_changes"]
+    assert any(c["split"][0] > c["split"][1] for c in moves if c["step"] > 40)   # rank 1 slowed 4x
+    agreed = load_file(path)
+    for key, ref in single.items():
+        rel = float((agreed[key] - ref).abs().max() / ref.abs().max())
+        assert rel < 1e-5, (key, rel)
+
 def test_a_simulated_slowdown_is_labelled_as_simulated(leptonrt_cli, tmp_path, no_leftovers):
     out = tmp_path / "r.json"
     proc = leptonrt_cli("train", "--dataset", "synthetic:2000,16,4", "--gpus", "none", "--cpu-actors", "2",

@@ -1,7 +1,10 @@
 """An actor process: says hello, joins the gradient group, trains the steps it is granted.
 
 The control plane is never waited on per step: the broker grants a window of upcoming
-steps, and the actor only blocks on its socket when it has run out of granted work.
+steps, and the actor only blocks on its socket when it has run out of granted work. A new
+split need not wait for the granted steps to run out: the broker also sends it at once
+(``Resplit``), and the members switch to it together, from the step after the one whose
+gradient sum shows that every member has it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import torch
 
 from ..broker.plan import batch_rows, epoch_permutation, piece
 from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
-                               Adopt, CheckpointNow, Checkpointed, GroupFailed, Regroup, Release, Shutdown,
-                               StepStat, Stop, Welcome)
+                               Adopt, CheckpointNow, Checkpointed, GroupFailed, Regroup, Release, Resplit,
+                               Shutdown, StepStat, Stop, Welcome)
 from ..data.shm import SegmentReader
 from ..nn.model import build_mlp
 from ..nn.step import FusedStep, StepTimer, evaluate, make_optimizer
@@ -42,6 +45,7 @@ class _Piece:
     """One step's rows for this actor, gathered (possibly ahead of time, during the previous all-reduce)."""
 
     step: int
+    split: list[int]   # the split it was gathered for (a split agreed meanwhile makes it stale)
     x: torch.Tensor
     y: torch.Tensor
     gather_s: float
@@ -82,10 +86,12 @@ class Actor:
         self.group_start = welcome.start_step
         self.source: int | None = welcome.source_rank
         self.grants: list[Grant] = []
+        self.resplits: dict[int, list[int]] = {}   # newer splits received, by version, not yet in use
+        self.agreed: tuple[int, int, list[int]] | None = None   # (version, first step, split) the group switched to
         self.stop: Stop | None = None
         self.released = False
         self.regroup: Regroup | None = None
-        self.pending: list[tuple] = []  # (step, rows, compute_s, step_s, simulated_s) since the last report
+        self.pending: list[tuple] = []  # (step, rows, compute_s, step_s, simulated_s, version) since the last report
         self.last_flush = time.perf_counter()
         self.next_piece: _Piece | None = None
         self.snapshots: dict[int, _Snapshot] = {}
@@ -316,6 +322,10 @@ class Actor:
         if isinstance(msg, Grant) and msg.job_id == self.job.job_id:
             self.grants.append(msg)
             self._prune_snapshots(msg.committed)
+        elif isinstance(msg, Resplit) and msg.job_id == self.job.job_id and msg.generation == self.generation:
+            self.resplits[msg.version] = list(msg.split)
+            while len(self.resplits) > 64:   # a member that never votes with the rest: the grants still carry every split
+                del self.resplits[min(self.resplits)]
         elif isinstance(msg, Stop) and msg.job_id == self.job.job_id:
             self.stop = msg
         elif isinstance(msg, Release) and msg.job_id == self.job.job_id:
@@ -324,7 +334,7 @@ class Actor:
             self._checkpoint_now(msg)
         elif isinstance(msg, Regroup) and msg.job_id == self.job.job_id and msg.generation > self.generation:
             self.regroup = msg
-            self.grants.clear()   # grants of the broken group; the new ones follow this message
+            self._forget_grants()   # of the broken group; the new ones follow this message
             raise GroupBroken(f"the broker re-forms the group (generation {msg.generation})")
         elif isinstance(msg, Shutdown):
             raise BrokerGone(msg.reason or "shutdown")
@@ -337,13 +347,39 @@ class Actor:
         if os.getppid() != self.parent_pid:
             raise BrokerGone("broker process exited")
 
-    def _split_for(self, step: int) -> list[int] | None:
+    def _forget_grants(self) -> None:
+        self.grants.clear()
+        self.resplits.clear()
+        self.agreed = None
+
+    def _plan_for(self, step: int) -> tuple[int, list[int]] | None:
+        """(version, split) of ``step``: its grant's, or a newer one the group agreed on
+        before it; None while the step is not granted."""
         # grants arrive in step order, each starting where the previous one ended
         while self.grants and self.grants[0].end_step <= step:
             self.grants.pop(0)
-        if self.grants and self.grants[0].first_step <= step:
-            return self.grants[0].split
-        return None
+        if not self.grants or self.grants[0].first_step > step:
+            return None
+        grant = self.grants[0]
+        if self.agreed is not None and self.agreed[0] > grant.version and step >= self.agreed[1]:
+            return self.agreed[0], self.agreed[2]
+        return grant.version, grant.split
+
+    def _split_for(self, step: int) -> list[int] | None:
+        plan = self._plan_for(step)
+        return None if plan is None else plan[1]
+
+    def _vote(self, version: int) -> int:
+        """How many versions ahead of ``version`` (the current step's) the next split this
+        actor holds is, or 0: the group switches to it only if every member votes the same."""
+        newer = [v for v in self.resplits if v > version]
+        return min(newer) - version if newer else 0
+
+    def _agree(self, step: int, version: int) -> None:
+        """Every member holds split ``version``: it applies from the step after ``step``."""
+        self.agreed = (version, step + 1, self.resplits[version])
+        for old in [v for v in self.resplits if v <= version]:
+            del self.resplits[old]
 
     def _wait_granted(self, step: int) -> list[int]:
         split = self._split_for(step)
@@ -361,10 +397,11 @@ class Actor:
         period = FLUSH_EVERY_S if self.world > 1 else FLUSH_ALONE_S
         due = len(self.pending) >= FLUSH_EVERY_STEPS or now - self.last_flush >= period
         if not self.pending or not (due or force):
+            self._poll(0)   # a new split is worth taking in at every step
             return
         resolved = iter(self.timer.resolve())  # CUDA intervals, read once the device is done with them
         stats = [StepStat(step=g, rows=rows, compute_s=(next(resolved) if c is None else c) + sim, step_s=s,
-                          simulated_s=sim) for g, rows, c, s, sim in self.pending]
+                          simulated_s=sim, version=v) for g, rows, c, s, sim, v in self.pending]
         queued = (self.grants[-1].end_step if self.grants else 0) - (self.pending[-1][0] + 1)
         memory = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
         self.link.send(Reports(job_id=self.job.job_id, rank=self.rank, steps=stats, memory_bytes=memory,
@@ -409,7 +446,7 @@ class Actor:
         self.pending.clear()   # steps past the failure are not committed; they will be replayed
         self._leave_group()
         if self.regroup is None:
-            self.grants.clear()
+            self._forget_grants()
         self.next_piece = None
         while self.regroup is None:
             try:
@@ -439,8 +476,8 @@ class Actor:
                 self.epoch_t0 = time.perf_counter()
             if self.steady_t0 is None and (epoch >= 1 or self.job.epochs == 1):
                 self.steady_t0, self.rows_done = time.perf_counter(), 0
-            split = self._wait_granted(g)
-            self.rows_done += self._train_step(g, self._perm(epoch), t, split, last=t + 1 == spe)
+            self._wait_granted(g)
+            self.rows_done += self._train_step(g, self._perm(epoch), t, last=t + 1 == spe)
             g += 1
             self._after_step(g)
             # only now may the step be reported: once the broker counts it committed it may
@@ -466,12 +503,13 @@ class Actor:
         idx = perm[t * batch + start: t * batch + stop]
         x = self.x_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b, D)
         y = self.y_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b,)
-        return _Piece(g, x, y, time.perf_counter() - started)
+        return _Piece(g, split, x, y, time.perf_counter() - started)
 
-    def _train_step(self, g: int, perm: torch.Tensor, t: int, split: list[int], last: bool) -> int:
+    def _train_step(self, g: int, perm: torch.Tensor, t: int, last: bool) -> int:
         self.faults.before_step(g)
+        version, split = self._plan_for(g)
         batch, self.next_piece = self.next_piece, None
-        if batch is None or batch.step != g:
+        if batch is None or batch.step != g or batch.split != split:
             batch = self._gather(g, perm, t, split)
         rows = batch_rows(self.n_train, self.job.batch_size, t)
         factor = self._slowdown(g)
@@ -489,11 +527,14 @@ class Actor:
             if following is not None:
                 self.next_piece = self._gather(g + 1, perm, t + 1, following)
 
-        self._collective(lambda: self.step.apply(meanwhile=prefetch))
+        vote = self._vote(version)
+        self._collective(lambda: self.step.apply(meanwhile=prefetch, vote=vote))
+        if vote and self.step.unanimous(len(self.members)):
+            self._agree(g, version + vote)
         # the gather is the actor's own per-row work before the collective, so it counts as compute
         if compute_s is not None:
             compute_s += batch.gather_s
-        self.pending.append((g, batch.x.shape[0], compute_s, time.perf_counter() - t0, simulated))
+        self.pending.append((g, batch.x.shape[0], compute_s, time.perf_counter() - t0, simulated, version))
         return batch.x.shape[0]
 
     def _slowdown(self, g: int) -> float:

@@ -114,6 +114,7 @@ class StepStat:
     compute_s: float = _field(min=0.0)  # seconds of forward+backward before the all-reduce
     step_s: float = _field(min=0.0)  # seconds of the whole step incl. all-reduce and optimizer
     simulated_s: float = _field(min=0.0)  # part of compute_s that was an injected (simulated) wait
+    version: int = _given(0, min=0)  # the version of the split the step used (see Grant)
 
 
 # --- top-level messages --------------------------------------------------------------
@@ -175,6 +176,7 @@ class Grant:
     end_step: int = _field(min=1)  # one past the last global step covered
     split: list[int] = _field(min_len=1, max_len=4096, item_min=0)  # rows per rank, by rank
     committed: int = _given(-1, min=-1)  # the last step every actor has reported (older snapshots may go)
+    version: int = _given(0, min=0)  # the broker numbers its splits; a newer one wins (see Resplit)
 
     def check(self) -> None:
         """An empty or backwards step range is never meant."""
@@ -247,6 +249,18 @@ class GroupFailed:
     rank: int = _field(min=0)
     generation: int = _field(min=0)  # the generation whose collective failed
     message: str = _field(max_len=4096)
+
+
+@dataclass(frozen=True, slots=True)
+class Resplit:
+    """Broker -> the group's actors: a new split, sooner than the granted steps end. The
+    members switch to it together, from the step after the one whose gradient sum shows
+    that every member has it (until then, and for any member that missed it, the grants'
+    splits stand)."""
+    job_id: int = _field(min=0)
+    generation: int = _field(min=0)  # the group it is for
+    version: int = _field(min=1)  # above every version granted before it
+    split: list[int] = _field(min_len=1, max_len=4096, item_min=0)  # rows per rank, by rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +365,7 @@ class StatusReply:
 
 
 Message = Union[
-    Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, GroupFailed, Regroup,
+    Hello, Welcome, Grant, Resplit, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, GroupFailed, Regroup,
     CheckpointNow, Checkpointed, Adopt, Release, Shutdown,
     Submit, Accepted, Rejected, JobUpdate, StatusRequest, StatusReply,
 ]

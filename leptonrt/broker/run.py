@@ -32,7 +32,7 @@ from ..errors import InternalError
 from .plan import share_among
 from .planner import Planner, rows_that_fit
 from .protocol import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
-                       Message, Regroup, Reports, Stop, Welcome)
+                       Message, Regroup, Reports, Resplit, Stop, Welcome)
 
 
 @dataclass(frozen=True)
@@ -171,8 +171,12 @@ class TrainingRun:
         self._group_failed: tuple | None = None   # (slot, message, when) of an unexplained collective failure
         self.checkpointed = None   # the leader's answer to checkpoint_now()
         self._high_water = self.start_step - 1
-        # (first step, split, why): "start", "planner", "probe" (warm-up) or "members" (a loss or a rejoin)
-        self.split_history: list[tuple[int, list[int], str]] = [(self.start_step, list(self.split), "start")]
+        # (first step, split, why, version): why is "start", "planner", "probe" (warm-up) or
+        # "members" (a loss or a rejoin); every split the actors may see has a version, and a
+        # planner's split may start before the grants it is in (see Resplit): when, the
+        # actors' reports say
+        self._version = 0
+        self.split_history: list[tuple[int, list[int], str, int]] = [(self.start_step, list(self.split), "start", 0)]
         self._base_split = list(self.split)   # the shares a full group starts from (even, or the user's)
         self._join_at: int | None = None       # the boundary where waiting replacements rejoin
         self._planned_at = -math.inf
@@ -351,9 +355,10 @@ class TrainingRun:
             split = share_among(self._base_split, members, self.job.batch_size,
                                 self.planner.cfg.align if self.planner is not None else 1)
         self.split_history = [entry for entry in self.split_history if entry[0] < step] or \
-            [(step, list(split), "start")]
+            [(step, list(split), "start", self._version)]
+        self._version += 1   # the new group's grants start from it; no earlier split may be agreed on
         if self.split_at(step) != split:
-            self.split_history.append((step, list(split), "members"))
+            self.split_history.append((step, list(split), "members", self._version))
         self.split = split
 
     def _schedule_rejoin(self, now: float) -> list[Out]:
@@ -378,7 +383,8 @@ class TrainingRun:
 
     @property
     def rebalances(self) -> int:
-        """How many times the planner changed the split (not the warm-up probe, nor a change of members)."""
+        """How many splits the planner decided (not the warm-up probe, nor a change of members;
+        the result counts those that took effect before the steps ran out)."""
         return self._planner_changes
 
     def _sender_matches(self, identity: bytes, msg: Message) -> bool:
@@ -466,6 +472,7 @@ class TrainingRun:
             self._longest_s = max(0.99 * self._longest_s, stat.step_s)
             if self.planner is not None:
                 self.planner.observe(slot.rank, stat.rows, stat.compute_s, now, stat.step_s)
+            self._in_use(stat.version, stat.step)
         return self._rebalance(now) + self._grant_more() + self._maybe_stop() + self._maybe_rejoin(now)
 
     def _on_epochresult(self, slot: _Slot, _identity, msg: EpochResult, now: float) -> list[Out]:
@@ -528,7 +535,8 @@ class TrainingRun:
 
     def window(self) -> int:
         """Steps to grant ahead: enough to never starve an actor, few enough that a new split
-        takes effect soon (it applies from the end of what was already granted)."""
+        takes effect soon even if the members do not agree on it sooner (see Resplit): it
+        applies from the end of what was already granted at the latest."""
         if self.planner is None and not any(s.fresh for s in self._slots.values()):
             return self.max_window   # the split never changes: grant far ahead
         # (a replacement on its way rejoins where the grants end: keep them short meanwhile)
@@ -537,8 +545,8 @@ class TrainingRun:
         return max(self.min_window, min(self.max_window, math.ceil(self.window_s / self._step_s)))
 
     def _rebalance(self, now: float) -> list[Out]:
-        if self.planner is None or self.state != "running" or self._granted >= self.total_steps:
-            return []
+        if self.planner is None or self.state != "running":
+            return []   # (with every step granted, a new split still goes out as a Resplit)
         # reports arrive every few milliseconds; planning on each is wasted work, unless a
         # device just changed speed or a move just missed (then every step counts, and the
         # usual round still comes when it is due)
@@ -554,13 +562,29 @@ class TrainingRun:
         before, after = max(self.planner.predict(self.split)) + fixed, max(self.planner.predict(proposal)) + fixed
         self.split = proposal
         self._planner_changes += 1
-        self.split_history.append((self._granted, list(proposal), "planner"))
+        self._version += 1
+        # in effect from where the grants end at the latest; sooner if the members agree on it
+        self.split_history.append((self._granted, list(proposal), "planner", self._version))
         self.events.append(SplitChanged(self._granted, tuple(proposal), 1.0 - after / before if before else 0.0))
-        return self._grant_more(force=True)
+        resplit = Resplit(job_id=self.job.job_id, generation=self.generation, version=self._version,
+                          split=list(proposal))
+        return [Out(s.identity, resplit) for s in self._members()] + self._grant_more(force=True)
+
+    def _in_use(self, version: int, step: int) -> None:
+        """An actor trained ``step`` with split ``version``: a planner's split the members
+        agreed on early starts there in the history."""
+        for i in range(len(self.split_history) - 1, 0, -1):
+            first, split, why, v = self.split_history[i]
+            if v < version:
+                return
+            if v == version:
+                if step < first and self.split_history[i - 1][0] < step:
+                    self.split_history[i] = (step, split, why, v)
+                return
 
     def split_at(self, step: int) -> list[int]:
         """The split in effect at global ``step``."""
-        return next(split for first, split, _why in reversed(self.split_history) if first <= step)
+        return next(split for first, split, _why, _v in reversed(self.split_history) if first <= step)
 
     def interrupt(self) -> None:
         """Grant no further steps; the actors stop at the end of what they hold."""
@@ -583,7 +607,8 @@ class TrainingRun:
         end = min(self.total_steps, max(first + 1, self.committed() + 1 + window))
         while self._probe and self._probe[0][0] <= first:   # the probe's next split starts here
             self.split = self._probe.pop(0)[1]
-            self.split_history.append((first, list(self.split), "probe"))
+            self._version += 1
+            self.split_history.append((first, list(self.split), "probe", self._version))
         if self._probe:
             end = min(end, self._probe[0][0])
         if self._join_at is not None:   # replacements rejoin there: nothing past it yet
@@ -592,7 +617,7 @@ class TrainingRun:
                 return []
         self._granted = end
         grant = Grant(job_id=self.job.job_id, first_step=first, end_step=end, split=list(self.split),
-                      committed=self.committed())
+                      committed=self.committed(), version=self._version)
         return [Out(s.identity, grant) for s in self._members()]
 
     def _maybe_stop(self) -> list[Out]:
@@ -666,28 +691,31 @@ class TrainingRun:
         last = self._epochs[-1] if self._epochs else None
         steady = self._epochs[1:] or self._epochs  # the first epoch pays for warm-up
         seconds = sum(e.seconds for e in steady)
+        trained = self.committed() + 1
+        # a split decided too late to be used (the steps ran out first) is no change
+        changes = [(step, split, why) for step, split, why, _v in self.split_history[1:] if step < trained]
         return {
             "test_accuracy": last.test_accuracy if last else None,
             "test_loss": last.test_loss if last else None,
             "train_loss": last.train_loss if last else None,
             "epochs": len(self._epochs),
-            "steps": self.committed() + 1,
+            "steps": trained,
             "wall_s": (self.ended_at or 0.0) - (self.started_at or 0.0),
             "samples_per_s": self.n_train * len(steady) / seconds if seconds > 0 else None,
-            "rebalances": self.rebalances,
+            "rebalances": sum(why == "planner" for _step, _split, why in changes),
             "replayed_steps": self.replayed_steps,
-            "split_changes": [{"step": step, "split": split, "why": why} for step, split, why in self.split_history[1:]],
-            "actors": [self._actor_result(s) for s in self._ranked()],
+            "split_changes": [{"step": step, "split": split, "why": why} for step, split, why in changes],
+            "actors": [self._actor_result(s, self.split_at(max(trained - 1, self.start_step))) for s in self._ranked()],
         }
 
-    def _actor_result(self, slot: _Slot) -> dict:
+    def _actor_result(self, slot: _Slot, split: list[int]) -> dict:
         fin, hello, seen = slot.finished, slot.hello, slot.seen
         return {
             "rank": slot.rank,
             "device": seen.device if seen else None,
             "device_name": seen.device_name if seen else None,
             "pid": hello.pid if hello else None,   # None: its replacement never said hello
-            "share": self.split[slot.rank] / self.job.batch_size,
+            "share": split[slot.rank] / self.job.batch_size,   # at the last step
             "samples_per_s": fin.samples / fin.seconds if fin and fin.seconds > 0 else None,
             "restarts": slot.restarts,
             "in_group": slot.active,

@@ -4,9 +4,10 @@ Every actor computes the gradient of ``sum(per-sample loss on its piece) / B`` w
 is the *global* batch, so a SUM all-reduce of the gradients yields exactly the gradient
 of the mean loss over the whole batch. The gradients live in one flat buffer (each
 parameter's ``.grad`` is a view into it), so backward writes straight into the buffer
-and the whole sync is a single collective. Two extra slots ride along in that buffer:
-the loss sum (for reporting, no extra collective) and the fp16 overflow flag (so every
-actor skips the same steps).
+and the whole sync is a single collective. Extra slots ride along in that buffer: the
+loss sum (for reporting, no extra collective), the fp16 overflow flag (so every actor
+skips the same steps), and a vote and its square (so every actor can tell, from the sums,
+whether all of them voted the same: the actors agree on a new split that way).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 AllReduce = Callable[[torch.Tensor], object]   # may return a handle with .wait() (an async collective)
-_LOSS, _FLAG = -2, -1  # slots after the gradients in the flat buffer
+_VOTE, _VOTE2, _LOSS, _FLAG = -4, -3, -2, -1  # slots after the gradients in the flat buffer
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
@@ -58,7 +59,8 @@ class FusedStep:
         self.precision = resolve_precision(precision, self.device)
         self.allreduce = allreduce
         self.n_grads = sum(p.numel() for p in self.params)
-        self.flat = torch.zeros(self.n_grads + 2, device=self.device, dtype=torch.float32)
+        self.flat = torch.zeros(self.n_grads + 4, device=self.device, dtype=torch.float32)
+        self._vote = 0
         self._bind_grad_views()
         self.optimizer = make_optimizer(self.params, optimizer, lr, momentum, weight_decay)
         self.loss_sum = torch.zeros((), device=self.device)  # global loss sum since last take
@@ -90,12 +92,17 @@ class FusedStep:
         if self.precision == "fp16":
             self.flat[_FLAG] = (~torch.isfinite(self.flat[:self.n_grads])).any().float()
 
-    def apply(self, meanwhile: Callable[[], None] | None = None) -> bool:
+    def apply(self, meanwhile: Callable[[], None] | None = None, vote: int = 0) -> bool:
         """All-reduce the buffer and take the optimizer step; False if fp16 overflow skipped it.
 
         ``meanwhile`` runs while the collective is in flight (the actor gathers its next
         batch there), so host work overlaps the communication instead of following it.
+        ``vote`` (a small whole number) is summed with the others' in the same collective;
+        ``unanimous`` reads the outcome.
         """
+        self._vote = vote
+        if vote:
+            self.flat[_VOTE], self.flat[_VOTE2] = float(vote), float(vote * vote)
         pending = self.allreduce(self.flat) if self.allreduce is not None else None
         if meanwhile is not None:
             meanwhile()
@@ -106,6 +113,15 @@ class FusedStep:
             return self._apply_scaled()
         self.optimizer.step()
         return True
+
+    def unanimous(self, world: int) -> int:
+        """The vote of the last step, if all ``world`` actors voted it (sums n*v and n*v*v,
+        exact in float32 for small votes); else 0. An actor that voted 0 knows without a
+        host sync that the vote was not unanimous for anything."""
+        if not self._vote:
+            return 0
+        total, squares = self.flat[_VOTE].item(), self.flat[_VOTE2].item()
+        return self._vote if total == world * self._vote and squares == world * self._vote ** 2 else 0
 
     def _apply_scaled(self) -> bool:
         # host sync: every actor reads the same all-reduced flag, so all skip together

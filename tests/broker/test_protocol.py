@@ -409,7 +409,7 @@ def test_an_out_of_range_value_raises_protocol_error_naming_kind_field_and_value
 
 @pytest.mark.parametrize(("first", "end"), [(5, 5), (6, 5)])
 def test_a_grant_whose_end_step_is_not_above_its_first_step_raises_protocol_error(first, end):
-    fields = {"job_id": 1, "first_step": first, "end_step": end, "split": [1], "committed": -1}
+    fields = {"job_id": 1, "first_step": first, "end_step": end, "split": [1], "committed": -1, "version": 0}
     expected = f"Grant: end_step {end} is not above first_step {first}"
     with pytest.raises(ProtocolError, match=expected):
         decode(frame_of("Grant", fields))

@@ -3,7 +3,7 @@
 import pytest
 
 from leptonrt.broker.protocol import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello,
-                                      JobSpec, Reports, StepStat, Stop, Welcome)
+                                      JobSpec, Reports, Resplit, StepStat, Stop, Welcome)
 from leptonrt.broker.planner import Planner
 from leptonrt.broker.run import EpochEvent, SplitChanged, TrainingRun
 from leptonrt.errors import InternalError
@@ -32,9 +32,10 @@ def hello(i):
     return Hello(actor_id=f"a{i}", pid=100 + i, device="cpu", device_name="cpu", threads=1, memory_bytes=0, bf16=False)
 
 
-def report(rank, *steps, rows=2, compute_s=0.001):
+def report(rank, *steps, rows=2, compute_s=0.001, version=0):
     return Reports(job_id=7, rank=rank, memory_bytes=0, queued=0,
-                   steps=[StepStat(step=s, rows=rows, compute_s=compute_s, step_s=0.002, simulated_s=0.0) for s in steps])
+                   steps=[StepStat(step=s, rows=rows, compute_s=compute_s, step_s=0.002, simulated_s=0.0,
+                                   version=version) for s in steps])
 
 
 def started(world=2, **kw):
@@ -216,7 +217,7 @@ def test_a_split_that_does_not_sum_to_the_batch_is_our_bug():
         make_run(split=[3, 2])
 
 
-def test_a_slow_actor_gets_a_smaller_share_from_the_end_of_what_was_already_granted():
+def test_a_slow_actor_gets_a_smaller_share_from_the_end_of_what_was_already_granted_at_the_latest():
     run, _ = started(epochs=1, steps=100, window=8, batch=64, planner=Planner(2, 64), plan_every_s=0.0,
                      probe_after=10**6)
     for step in range(20):
@@ -231,7 +232,10 @@ def test_a_slow_actor_gets_a_smaller_share_from_the_end_of_what_was_already_gran
     grants = [o.message for o in outs if isinstance(o.message, Grant)]
     assert grants and grants[0].first_step == granted_before and grants[0].split == list(changed[0].split)
     assert run.split_at(granted_before - 1) == [32, 32] and run.split_at(granted_before) == list(changed[0].split)
-    assert run.result()["rebalances"] == 1
+    assert run.rebalances == 1 and run.result()["rebalances"] == 0   # decided, not used yet
+    for rank in (0, 1):
+        run.handle(f"id{rank}".encode(), report(rank, *range(step + 1, granted_before + 1), rows=32), now=1.0)
+    assert run.result()["rebalances"] == 1 and run.result()["split_changes"][-1]["step"] == granted_before
 
 
 def test_planning_is_rate_limited_until_a_device_changes_speed_then_it_runs_at_once():
@@ -251,6 +255,39 @@ def test_planning_is_rate_limited_until_a_device_changes_speed_then_it_runs_at_o
     # only once before it (the first report), once when the fit was redrawn
     assert len(asked) <= 3 and asked[0] == 0.0 and all(t >= 0.040 for t in asked[1:])
 
+
+
+def test_a_new_split_is_sent_at_once_and_starts_in_the_history_where_the_actors_switched_to_it():
+    planner = Planner(2, 64)
+    run, _ = started(epochs=1, steps=200, window=16, batch=64, planner=planner, probe_after=10**6)
+    outs = []
+    for step in range(60):   # rank 1 slows down 3x at step 40
+        for rank in (0, 1):
+            outs = run.handle(f"id{rank}".encode(), report(rank, step, rows=32, compute_s=0.003 if rank and step >= 40
+                                                           else 0.001), now=0.001 * step)
+            if run.rebalances:
+                break
+        if run.rebalances:
+            break
+    resplits = [o for o in outs if isinstance(o.message, Resplit)]
+    assert [o.identity for o in resplits] == [b"id0", b"id1"]
+    resplit = resplits[0].message
+    assert resplit.split == run.split and resplit.generation == run.generation
+    # the grants already out (up to 16 steps ahead) carry older versions; those after it, this one
+    granted = [o.message for o in outs if isinstance(o.message, Grant)]
+    assert granted and all(g.version == resplit.version and g.split == run.split for g in granted)
+    end_of_grants = granted[0].first_step
+    # at the latest where the grants end; not counted in the result until a step has used it
+    assert run.split_at(end_of_grants - 1) == [32, 32] and run.split_at(end_of_grants) == run.split
+    assert run.result()["rebalances"] == 0
+    # the actors agreed on it two steps after the report that moved it
+    for rank in (0, 1):
+        run.handle(f"id{rank}".encode(), report(rank, step + 1, step + 2, rows=32), now=0.1)
+        run.handle(f"id{rank}".encode(), report(rank, step + 3, rows=run.split[rank], version=resplit.version), now=0.1)
+    assert step + 3 < end_of_grants
+    assert run.result()["split_changes"][-1] == {"step": step + 3, "split": run.split, "why": "planner"}
+    assert run.result()["rebalances"] == 1
+    assert run.split_at(step + 2) == [32, 32] and run.split_at(step + 3) == run.split
 
 def test_without_a_planner_the_split_never_changes():
     run, _ = started(epochs=1, steps=100, window=8, batch=64)

@@ -52,7 +52,7 @@ def test_gradients_live_in_one_flat_buffer():
     x, y = data(8)
     step.compute(x, y, global_rows=8)
     total = sum(p.numel() for p in model.parameters())
-    assert step.flat.numel() == total + 2
+    assert step.flat.numel() == total + 4
     assert all(p.grad.untyped_storage().data_ptr() == step.flat.untyped_storage().data_ptr() for p in model.parameters())
 
 
@@ -121,6 +121,28 @@ def test_fp16_step_without_overflow_unscales_gradients_before_the_update():
     for p, q in zip(ref.model.parameters(), fp16.model.parameters()):
         torch.testing.assert_close(p, q, rtol=0.05, atol=0.01)
 
+
+
+@pytest.mark.parametrize(("mine", "others", "outcome"), [
+    (1, [1], 1), (2, [2, 2], 2),     # every member holds the same next split
+    (1, [0], 0), (1, [2], 0),        # one holds none, or another one
+    (1, [0, 2], 0),                  # the sum alone (1 + 0 + 2 = 3 x 1) would say yes; the squares say no
+    (0, [1], 0),                     # voting nothing agrees to nothing
+])
+def test_a_vote_is_unanimous_only_if_every_member_voted_the_same(mine, others, outcome):
+    model = build_mlp(12, [16], 5, seed=0)
+    step = FusedStep(model, optimizer="sgd", lr=0.1, precision="fp32")
+    x, y = data(8)
+
+    def allreduce(flat):   # the other members' votes arrive through the sum, with their gradients
+        flat[-4] += float(sum(others))
+        flat[-3] += float(sum(v * v for v in others))
+
+    step.allreduce = allreduce
+    for _ in range(2):   # and the next step's vote starts from nothing
+        step.compute(x, y, global_rows=8)
+        step.apply(vote=mine)
+        assert step.unanimous(1 + len(others)) == outcome
 
 def test_auto_precision_is_fp32_on_cpu():
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
