@@ -3,8 +3,8 @@
 Pure: no sockets, no clock reads — time arrives as a parameter, so tests step a fake
 clock. Each actor's compute time is modelled as ``a + c * rows`` (a fixed overhead plus a
 cost per row), fitted robustly over a sliding window; scheduling hiccups are ignored, and a
-device that changes speed is seen within a few steps (5 in a row 1.5x off its fit, or 10
-in a row 1.25x off) and refitted from them, where a sliding median would lag by half a
+device that changes speed is seen within a few steps (5 in a row 1.5x off its fit, each at
+least 1.3x, or 10 in a row 1.25x off) and refitted from them, where a sliding median would lag by half a
 window. A change of speed, or a move's missed prediction, is planned for at once: the
 broker otherwise asks only every few reports (``news``). The proposed split equalises predicted
 finish times (not rows), is rounded to an alignment unit, respects each actor's memory
@@ -39,8 +39,9 @@ class PlannerConfig:
     warmup: int = 16             # observations per actor before it is planned for (start-up is noisy)
     min_rows_spread: float = 0.2   # rows must vary this much (relative) before `a` is re-fitted
     change: float = 1.8          # a step this many times slower or faster than predicted is a spike (not fitted)
-    shift: float = 1.5           # this many in a row, all this many times off on one side...
+    shift: float = 1.5           # this many in a row off on one side (their median; each at least `lean`)...
     persist: int = 5             # ...mean the device changed speed: the fit starts again from them
+    lean: float = 1.3            # (a 2x slowdown can show a step or two at 1.45x among 2x ones)
     drift: float = 1.25          # a longer run, all this many times off on one side, is a smaller change
     drift_persist: int = 10      # of speed (a sliding median would take half a window to follow it)
     settle: int = 3              # after a change, measure this many steps of the new split before the next
@@ -115,12 +116,15 @@ class _Fit:
 
     def _changed(self) -> list[tuple[int, float, float]] | None:
         """The latest steps, if they show that the device changed speed: `persist` in a row
-        all `shift` times off the fit on one side, or `drift_persist` all `drift` times off."""
+        `shift` times off the fit on one side (their median, with each at least `lean` off),
+        or `drift_persist` all `drift` times off."""
         recent = list(self._recent)
-        for steps, off in ((self.cfg.persist, self.cfg.shift), (self.cfg.drift_persist, self.cfg.drift)):
+        cfg = self.cfg
+        for steps, each, middle in ((cfg.persist, cfg.lean, cfg.shift), (cfg.drift_persist, cfg.drift, cfg.drift)):
             run = recent[-steps:]
-            ratios = [r for _, _, r in run]
-            if len(run) == steps and (min(ratios) > off or max(ratios) < 1 / off):
+            ratios = sorted(r for _, _, r in run)
+            if len(run) == steps and ((ratios[0] > each and median(ratios) > middle)
+                                      or (ratios[-1] < 1 / each and median(ratios) < 1 / middle)):
                 return run
         return None
 

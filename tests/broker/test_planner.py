@@ -1,6 +1,7 @@
 """The planner on a fake clock: convergence, affine costs, noise, stale data, changes."""
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -340,3 +341,28 @@ def test_a_fit_that_its_latest_steps_contradict_is_not_planned_with():
     # the answer to the hold-up halves rank 0's share at most (one move); nothing goes below it
     assert min(shares) >= settled[0] // 2 - 8, shares
     assert abs(cluster.active[0] / cluster.batch - 2 / 3) < 0.05
+
+
+def test_a_change_of_speed_is_seen_in_five_steps_even_when_some_of_them_show_less_of_it():
+    """A 2x slowdown of a CPU actor often shows a step or two at 1.45x among the 2x ones
+    (one that waits leaves its core to the others): the median of five in a row says 1.5x
+    or more, and each says at least 1.3x."""
+    def news_after(multipliers, config):
+        planner, now = Planner(2, 1024, config), 0.0
+        for step in range(40 + len(multipliers)):
+            slow = multipliers[step - 40] if step >= 40 else 1.0
+            planner.observe(0, 512, 0.005, now)
+            planner.observe(1, 512, 0.005 * slow, now)
+            now += 0.005
+            if planner.news:
+                return step - 40 + 1
+        return None
+
+    config = PlannerConfig()
+    showing = [2.0, 2.0, 2.0, 1.45, 1.45, 2.0, 1.45, 2.0]
+    assert news_after(showing, config) == 5
+    assert news_after(showing, replace(config, lean=config.shift)) is None   # all 1.5x: not within these 8
+    # a burst of two slow steps among ordinary ones is no change of speed, nor are five
+    # steps whose median is under 1.5x
+    assert news_after([2.0, 2.0, 1.1, 1.2, 1.0, 1.0, 1.0, 1.0], config) is None
+    assert news_after([1.45, 1.45, 1.45, 2.0, 2.0, 1.1, 1.0, 1.0], config) is None
