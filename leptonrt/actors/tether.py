@@ -51,8 +51,8 @@ def make_run_dir() -> str:
 def clean_stale_run_dirs() -> list[str]:
     """Remove this user's run directories whose broker is gone, and return their paths.
 
-    A broker cleans up after itself, and its actors after a broker that died; when both are
-    killed at once (a signal to the whole process group), the next broker does it.
+    A broker cleans up after itself, and its actors after a broker that died; when they die
+    with it (SIGKILL to all of them, the OOM killer), the next broker does it.
     """
     removed = []
     root = tempfile.gettempdir()

@@ -3,9 +3,9 @@
 Pure: no sockets, no clock reads — time arrives as a parameter, so tests step a fake
 clock. Each actor's compute time is modelled as ``a + c * rows`` (a fixed overhead plus a
 cost per row), fitted robustly over a sliding window; scheduling hiccups are ignored, and a
-device that changes speed is seen within a few steps (5 in a row 1.5x off its fit, each at
-least 1.3x, or 10 in a row 1.25x off) and refitted from them, where a sliding median would lag by half a
-window. A change of speed, or a move's missed prediction, is planned for at once: the
+device that changes speed is seen within a few steps (5 in a row 1.5x off its fit, each
+at least 1.3x, or 10 in a row 1.25x off) and refitted from them, where a sliding median
+would lag by half a window. A change of speed, or a move's missed prediction, is planned for at once: the
 broker otherwise asks only every few reports (``news``). The proposed split equalises predicted
 finish times (not rows), is rounded to an alignment unit, respects each actor's memory
 cap, and is only adopted when it beats the current split by a margin (no thrashing), a
@@ -122,9 +122,11 @@ class _Fit:
         cfg = self.cfg
         for steps, each, middle in ((cfg.persist, cfg.lean, cfg.shift), (cfg.drift_persist, cfg.drift, cfg.drift)):
             run = recent[-steps:]
+            if len(run) < steps:
+                continue
             ratios = sorted(r for _, _, r in run)
-            if len(run) == steps and ((ratios[0] > each and median(ratios) > middle)
-                                      or (ratios[-1] < 1 / each and median(ratios) < 1 / middle)):
+            mid = median(ratios)
+            if (ratios[0] > each and mid > middle) or (ratios[-1] < 1 / each and mid < 1 / middle):
                 return run
         return None
 

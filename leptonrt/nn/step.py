@@ -120,7 +120,7 @@ class FusedStep:
         host sync that the vote was not unanimous for anything."""
         if not self._vote:
             return 0
-        total, squares = self.flat[_VOTE].item(), self.flat[_VOTE2].item()
+        total, squares = self.flat[_VOTE:_LOSS].tolist()   # one host read for both sums
         return self._vote if total == world * self._vote and squares == world * self._vote ** 2 else 0
 
     def _apply_scaled(self) -> bool:

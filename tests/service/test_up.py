@@ -165,15 +165,9 @@ def test_listening_beyond_loopback_needs_a_token(tmp_path, leptonrt_cli):
 
 def test_killing_the_broker_takes_its_actors_and_shared_memory_with_it(tmp_path, leptonrt_cli, no_leftovers):
     from leptonrt.data.shm import list_segments
-    runtime = tmp_path / "rt"
-    proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "up", "--gpus", "none", "--cpu-actors", "2", "--no-tui"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(runtime))
+    proc, pids, run_dir = _up_after_one_job(tmp_path / "rt", leptonrt_cli, cpu_actors=2)
     try:
-        pids = [a["pid"] for a in _status(runtime)["actors"]]
-        run_dir = _run_dir_of(pids[0])
         assert run_dir.name.startswith("leptonrt-run-") and run_dir.exists()
-        done = leptonrt_cli("train", "--dataset", "synthetic:500,8,3", "--epochs", "1", "--quiet", env=_env(runtime))
-        assert done.returncode == 0, done.stderr
         assert [s for s in list_segments() if s.startswith(f"leptonrt-{proc.pid}x")]   # the dataset is cached
     finally:
         proc.kill()
@@ -194,23 +188,15 @@ def test_what_a_broker_killed_with_its_actors_left_is_removed_by_the_next_broker
     """Actors clean up after a broker that died; when they die with it (SIGKILL to all of
     them, the OOM killer), nobody is left to: the next broker does."""
     from leptonrt.data.shm import list_segments
-    runtime = tmp_path / "rt"
-    proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "up", "--gpus", "none", "--cpu-actors", "1", "--no-tui"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(runtime))
-    try:
-        pids = [a["pid"] for a in _status(runtime)["actors"]]
-        run_dir = _run_dir_of(pids[0])
-        done = leptonrt_cli("train", "--dataset", "synthetic:500,8,3", "--epochs", "1", "--quiet", env=_env(runtime))
-        assert done.returncode == 0, done.stderr
-    finally:
-        # all at once: stopped first, so that no actor sees its broker die and cleans up
-        os.kill(proc.pid, signal.SIGSTOP)
-        actors = _actors_of(proc.pid)
-        for pid in actors:
-            os.kill(pid, signal.SIGSTOP)
-        for pid in actors + [proc.pid]:
-            os.kill(pid, signal.SIGKILL)
-        proc.wait()
+    proc, _pids, run_dir = _up_after_one_job(tmp_path / "rt", leptonrt_cli, cpu_actors=1)
+    # all at once: stopped first, so that no actor sees its broker die and cleans up
+    os.kill(proc.pid, signal.SIGSTOP)
+    actors = _actors_of(proc.pid)
+    for pid in actors:
+        os.kill(pid, signal.SIGSTOP)
+    for pid in actors + [proc.pid]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and set(actors) & set(actor_processes()):
         time.sleep(0.05)
@@ -221,6 +207,23 @@ def test_what_a_broker_killed_with_its_actors_left_is_removed_by_the_next_broker
     assert done.returncode == 0, done.stderr
     assert not run_dir.exists()
     assert not set(left) & set(list_segments())
+
+
+def _up_after_one_job(runtime, leptonrt_cli, cpu_actors):
+    """A running `leptonrt up` that has trained one small job: (process, actor pids, run dir).
+    The caller ends the process; if getting there fails, it is killed here."""
+    proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "up", "--gpus", "none", "--cpu-actors", str(cpu_actors),
+                             "--no-tui"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(runtime))
+    try:
+        pids = [a["pid"] for a in _status(runtime)["actors"]]
+        run_dir = _run_dir_of(pids[0])
+        done = leptonrt_cli("train", "--dataset", "synthetic:500,8,3", "--epochs", "1", "--quiet", env=_env(runtime))
+        assert done.returncode == 0, done.stderr
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, pids, run_dir
 
 def _actor_option(pid, name):
     """The value of option ``name`` on an actor's command line (None: no such option, or the
