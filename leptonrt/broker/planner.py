@@ -78,7 +78,7 @@ class _Fit:
         self.missed = False   # ...and the last time, because a move's prediction missed
         self.jumped = False   # ...and the last time, by as much as a change of speed (`shift`)
         self._rows = 0        # rows of the latest observation...
-        self._fresh = 0       # ...and how many more steps at them stay out of the fit (the share just grew)
+        self._fresh = 0       # ...and how many steps more at them stay out of the fit (the share just grew)
 
     def expect(self, rows: int | None) -> None:
         """The planner moved this actor to ``rows``: check the prediction against its first
@@ -103,15 +103,14 @@ class _Fit:
         # over 45 moves, the steps after them within 2% of the steady time): fitted, or
         # checked against a move's prediction, they would say the move overshot. They still
         # count toward a change of speed, which takes more than they show.
-        self._fresh = self.cfg.fresh if rows > self._rows else self._fresh if rows == self._rows else 0
-        self._rows = rows
+        fresh = self.cfg.fresh if rows > self._rows else self._fresh if rows == self._rows else 0
+        self._rows, self._fresh = rows, max(fresh - 1, 0)
         if not self.ready:
             self.obs.append((rows, seconds))
             self._cached = None
             return
         ratio = self._off(rows, seconds)
-        if self._fresh:
-            self._fresh -= 1
+        if fresh:
             self._recent.append((rows, seconds, ratio))
             self._redraw_if_changed()
             return
