@@ -410,3 +410,21 @@ def test_a_change_of_speed_is_seen_in_five_steps_even_when_some_of_them_show_les
     # steps whose median is under 1.5x
     assert news_after([2.0, 2.0, 1.1, 1.2, 1.0, 1.0, 1.0, 1.0], config) is None
     assert news_after([1.45, 1.45, 1.45, 2.0, 2.0, 1.1, 1.0, 1.0], config) is None
+
+
+def test_only_the_first_two_steps_at_a_larger_share_stay_out_of_the_fit():
+    planner = Planner(2, 1024)
+    fit = planner._fits[0]
+    now = 0.0
+
+    def step(rows):
+        nonlocal now
+        planner.observe(0, rows, 0.001 + 8e-6 * rows, now)
+        now += 0.01
+        return fit.count
+
+    # warm-up: the first step grew the share from nothing, and counted down all the same
+    assert [step(512) for _ in range(17)][-2:] == [16, 17]
+    assert [step(600) for _ in range(3)] == [17, 17, 18]     # larger: two fresh steps
+    assert [step(560) for _ in range(2)] == [19, 20]         # smaller: fitted at once
+    assert [step(600), step(560), step(600)] == [20, 21, 21]  # back and forth: each rise is fresh
