@@ -110,14 +110,10 @@ class _Fit:
             self._cached = None
             return
         ratio = self._off(rows, seconds)
-        if fresh:
-            self._recent.append((rows, seconds, ratio))
-            self._redraw_if_changed()
-            return
-        if self._check(rows, seconds):
+        if not fresh and self._check(rows, seconds):
             return
         self._recent.append((rows, seconds, ratio))
-        if self._redraw_if_changed():
+        if self._redraw_if_changed() or fresh:
             return
         if 1 / self.cfg.change <= ratio <= self.cfg.change:
             self.obs.append((rows, seconds))

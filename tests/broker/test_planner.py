@@ -314,7 +314,7 @@ def test_a_move_is_checked_against_the_prediction_it_was_made_on_and_corrected_f
 
     (first, correction), planner = moves(PlannerConfig())
     assert first == [680, 344]                       # predicted 5.4 ms for rank 1; it takes 6.75
-    best = min(range(8, 1024, 8), key=lambda b: max(8e-6 * (1024 - b), 0.004 + 8e-6 * b))
+    _, (_, best) = _best([(0.0, 8e-6), (0.004, 8e-6)])   # rank 1's rows in the best split
     assert correction is not None and abs(correction[1] - best) <= 16, (correction, best)
     assert all(f._expected is None for f in planner._fits)    # the correction itself is not checked
     # the correction saves about 8% of a step: it is made because it corrects a missed move
@@ -361,8 +361,7 @@ def test_a_slowdown_found_by_the_check_of_a_move_is_followed_all_the_way_not_hal
     start, before = cluster.step, cluster.split
     while cluster.split == before and cluster.step < start + 20:
         cluster.run(1)
-    (a0, c0), (a1, c1) = cluster.costs
-    best = min(range(8, 1024, 8), key=lambda b: max(a0 + c0 * (1024 - b), a1 + c1 * b))
+    _, (_, best) = _best(cluster.costs)   # rank 1's rows in the best split
     assert cluster.step - start <= 8, cluster.step - start
     assert abs(cluster.split[1] - best) <= 48, (cluster.split, best)   # half way would be near 500
 
