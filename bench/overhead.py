@@ -4,7 +4,8 @@ Both train the same MLP on the same in-memory data with the same batch size, pre
 optimizer implementation and thread count; both are timed over the training steps of
 epochs 2..E (epoch 1 pays for warm-up), evaluation excluded. Runs alternate
 (baseline, leptonrt, baseline, leptonrt, ...) and each side keeps its median, so a
-noisy neighbour hurts both alike. Prints one JSON line per batch size.
+noisy neighbour hurts both alike. Both run with the same glibc malloc thresholds (the
+actor's, from ``leptonrt/actors/heap.py``). Prints one JSON line per batch size.
 
     python bench/overhead.py [--dataset synthetic:60000,784,10] [--batch-sizes 256,1024] [--repeats 3]
     python bench/overhead.py --device cuda --precision bf16 --hidden 1024,1024 --batch-sizes 1024,8192
@@ -26,6 +27,7 @@ import torch
 from torch.nn import functional as F
 
 from leptonrt.actors.devices import cpu_cores
+from leptonrt.actors.heap import keep_heap
 from leptonrt.broker.plan import epoch_permutation
 from leptonrt.broker.server import JobRunner
 from leptonrt.config import TrainJob
@@ -78,6 +80,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("overhead.py: --device cuda needs a CUDA device")
+    keep_heap()   # glibc's malloc set for the bare loop as for the actor: the allocator is not what is compared
     threads = cpu_cores()
     torch.set_num_threads(threads)          # the single actor gets every core too
     data = load_dataset(args.dataset, seed=0)

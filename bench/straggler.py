@@ -17,6 +17,8 @@ What differs besides the planner: DDP sums gradients with gloo's all-reduce (a r
 rounds of messages); leptonrt's group of 2 CPU actors exchanges them point to point over
 the same gloo transport (one round) and adds them up. ``fixed_over_ddp_*`` shows what that
 runtime difference alone is worth, ``rebalanced_over_fixed_slowed`` what the planner adds.
+Both runtimes' processes keep batch-sized buffers in their heap (``leptonrt/actors/heap.py``
+fixes glibc's malloc thresholds in each actor, and the DDP ranks call the same function).
 
 Per round, (3)/(1) is exactly ``fixed_over_ddp_no_slowdown`` x
 ``rebalanced_slowed_over_fixed_no_slowdown`` / ``ddp_slowed_over_ddp_no_slowdown``: the
@@ -52,6 +54,7 @@ import torch
 from torch.nn import functional as F
 
 from leptonrt.actors.devices import allowed_cores, core_sets, select
+from leptonrt.actors.heap import keep_heap
 from leptonrt.actors.spawn import pin
 from leptonrt.broker.plan import batch_rows, epoch_permutation, even_split, piece, steps_per_epoch
 from leptonrt.broker.server import JobRunner
@@ -67,6 +70,7 @@ def _ddp_worker(rank: int, port: int, args: argparse.Namespace, factor: float, o
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    keep_heap()   # glibc's malloc set as leptonrt's actors set it: the allocator is not what is compared
     torch.set_num_threads(1)
     pin(os.getpid(), _cores(args)[rank])   # on the cores leptonrt gives its actor of this rank
     data = load_dataset(args.dataset, seed=0)

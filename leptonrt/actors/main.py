@@ -31,6 +31,7 @@ from ..data.shm import SegmentReader
 from ..nn.model import build_mlp
 from ..nn.step import FusedStep, StepTimer, evaluate, make_optimizer
 from .faults import Injector
+from .heap import keep_heap
 from .link import Link
 from .tether import clean_after, die_with_parent, parse_args
 
@@ -624,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     die_with_parent(args.parent_pid, args.connect)   # again: harmless, and main() may be called directly
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the broker decides when we stop
+    keep_heap()   # before the first batch: steps reuse their buffers' pages instead of refaulting them
     torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)
     _warm_up(device)
