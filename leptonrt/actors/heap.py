@@ -9,8 +9,8 @@ Measured on the 2-core box: a bare loop of the benchmark's model (784-128-10, 51
 rows a step) took about 100 page faults a step at glibc's defaults, and at most 1 a step
 with the thresholds below once a share had run 100 steps; in 2-actor jobs, the first two
 steps at a larger share gathered 12% and 23% slower than later ones at the defaults, 3% and
-8% with fixed thresholds (set through glibc's environment variables then); and 2-actor jobs with a fixed
-even split ran 7.7% faster (median of 8 jobs each, alternating).
+8% with fixed thresholds (set through glibc's environment variables then); and 2-actor
+jobs with a fixed even split ran 7.7% faster (median of 8 jobs each, alternating).
 
 Only glibc is touched, only when the user has not tuned it (their settings win), and any
 other C library (musl, macOS) is left alone.

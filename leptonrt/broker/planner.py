@@ -5,11 +5,11 @@ clock. Each actor's compute time is modelled as ``a + c * rows`` (a fixed overhe
 cost per row), fitted robustly over a sliding window; scheduling hiccups are ignored, and a
 device that changes speed is seen within a few steps (5 in a row 1.5x off its fit, each
 at least 1.3x, or 10 in a row 1.25x off) and refitted from them, where a sliding median
-would lag by half a window. A change of speed, or a move's missed prediction, is planned for at once: the
-broker otherwise asks only every few reports (``news``). The proposed split equalises predicted
-finish times (not rows), is rounded to an alignment unit, respects each actor's memory
-cap, and is only adopted when it beats the current split by a margin (no thrashing), a
-wider one once a split has held a while. The first steps after a move are checked
+would lag by half a window. A change of speed, or a move's missed prediction, is planned
+for at once: the broker otherwise asks only every few reports (``news``). The proposed
+split equalises predicted finish times (not rows), is rounded to an alignment unit,
+respects each actor's memory cap, and is only adopted when it beats the current split by
+a margin (no thrashing), a wider one once a split has held a while. The first steps after a move are checked
 against its prediction, and a fit that missed is redrawn from them (the speed of one
 actor can depend on its neighbours' load, which no fit at the old split can see). A move
 that would reverse the last one goes half way: the balance lies between the two splits,

@@ -20,6 +20,8 @@ def _glibc_with_mallinfo2() -> bool:
         return False
 
 
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or not _glibc_with_mallinfo2(), reason="glibc only")
+
 # a fresh process (the test runner's own heap is not touched): allocate a 4 MiB block, above
 # glibc's starting mmap threshold of 128 KiB, free it, and report where it lived (bytes newly
 # mapped for it, and bytes of free heap it left)
@@ -50,18 +52,18 @@ def _probe(mode: str, **env: str) -> list[str]:
     return out.stdout.split()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not _glibc_with_mallinfo2(), reason="glibc only")
+@glibc
 def test_a_batch_sized_block_comes_from_the_heap_and_stays_there_once_freed():
     kept, mapped, free_after = _probe("keep")
     assert kept == "True"
     assert int(mapped) == 0                  # not a fresh mapping from the system...
     assert int(free_after) >= 4 << 20        # ...and its pages are kept for the next step
-    default, mapped, free_after = _probe("default")
+    _, mapped, free_after = _probe("default")
     assert int(mapped) >= 4 << 20            # glibc's defaults: mapped, and returned on free
     assert int(free_after) < 1 << 20
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not _glibc_with_mallinfo2(), reason="glibc only")
+@glibc
 def test_the_users_own_malloc_settings_stand():
     kept, mapped, _ = _probe("keep", MALLOC_MMAP_THRESHOLD_="131072")
     assert kept == "False" and int(mapped) >= 4 << 20
