@@ -2,21 +2,23 @@
 
 Pure: no sockets, no clock reads — time arrives as a parameter, so tests step a fake
 clock. Each actor's compute time is modelled as ``a + c * rows`` (a fixed overhead plus a
-cost per row), fitted robustly over a sliding window; scheduling hiccups are ignored, and a
-device that changes speed is seen within a few steps (5 in a row 1.5x off its fit, each
+cost per row), fitted robustly over a sliding window; scheduling hiccups are ignored, and
+a device that changes speed is seen within a few steps (5 in a row 1.5x off its fit, each
 at least 1.3x, or 10 in a row 1.25x off) and refitted from them, where a sliding median
 would lag by half a window. A change of speed, or a move's missed prediction, is planned
 for at once: the broker otherwise asks only every few reports (``news``). The proposed
 split equalises predicted finish times (not rows), is rounded to an alignment unit,
-respects each actor's memory cap, and is only adopted when it beats the current split by
-a margin (no thrashing), a wider one once a split has held a while. The first steps after a move are checked
-against its prediction, and a fit that missed is redrawn from them (the speed of one
-actor can depend on its neighbours' load, which no fit at the old split can see). A move
-that would reverse the last one goes half way: the balance lies between the two splits,
-unless a device changed speed meanwhile (a miss as large as a change of speed counts).
-Nor is a move planned on a fit that the latest steps already contradict (a change of speed
-still too short to redraw it). The first two steps at a larger share run slow, so they stay
-out of the fit and the check (they would make every move look like it overshot).
+respects each actor's memory cap, and is only adopted when it beats the current split by a
+margin (no thrashing), a wider one once a split has held a while (unless every weighing
+has shown the usual margin for as long again: an imbalance that lasts is not drift). The
+first steps after a move are checked against its prediction, and a fit that missed is
+redrawn from them (the speed of one actor can depend on its neighbours' load, which no fit
+at the old split can see). A move that would reverse the last one goes half way: the
+balance lies between the two splits, unless a device changed speed meanwhile (a miss as
+large as a change of speed counts). Nor is a move planned on a fit that the latest steps
+already contradict (a change of speed still too short to redraw it). The first two steps
+at a larger share run slow, so they stay out of the fit and the check (they would make
+every move look like it overshot).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class PlannerConfig:
     align: int = 8               # shares are multiples of this many rows (B % align goes to one rank)
     window: int = 48             # observations per actor the fit looks at (long: contention comes and goes)
     min_gain: float = 0.10       # adopt a split only if predicted step time drops by this fraction...
-    held_gain: float = 0.20      # ...or by this much once it has held `hold` steps with no device changing speed
+    held_gain: float = 0.20      # ...or by this much once it has held `hold` steps with no device changing speed,
+                                 # unless every weighing over the last `hold` steps showed `min_gain` (it persists)
     correct_gain: float = 0.05   # ...but by this much for the correction of a move whose prediction missed (once)
     hold: int = 32
     stale_after_s: float = 2.0   # an actor silent this long gets no larger share
@@ -239,6 +242,7 @@ class Planner:
         self._outside: list[deque[float]] = [deque(maxlen=config.overhead_window) for _ in range(world)]
         self._held = 0   # observations since the split last moved or a device last changed speed...
         self._weighed = False   # ...counted once a split has been weighed against the current one
+        self._wanted: int | None = None   # `_held` when weighings began to show `min_gain` without a break
         self._correcting = False   # the next move corrects one whose prediction missed: it is not checked
         self._last: tuple[list[int], list[int]] | None = None   # (split before, split after) of the last move
         self.news = False   # a fit was redrawn since a split was last weighed: worth planning at once
@@ -254,7 +258,7 @@ class Planner:
             fit.add(rows, seconds, now)
             self._held = 0 if fit.redrawn else self._held + self._weighed
             if fit.redrawn:
-                self.news = True
+                self.news, self._wanted = True, None
                 self._correcting = fit.missed
                 if fit.jumped:
                     # a device changed speed (also when a move's check is what found it, missing
@@ -321,18 +325,26 @@ class Planner:
                 target = [c + (t - c) / 2 for t, c in zip(target, current)]
         proposal = _round(target, coeffs, caps, self.batch, self.cfg.align)
         if proposal == list(current):
+            self._wanted = None
             return None
         # the gain is judged on whole steps: when the collective dominates, a compute
         # imbalance is not worth chasing
         fixed = self.overhead()
         before, after = max(self.predict(current)) + fixed, max(self.predict(proposal)) + fixed
         # no thrashing: a split that has held a while, with every device at its speed, is
-        # worth a move only for a clear gain (timings on a shared machine drift by 10-20%)
-        held = self._held >= self.cfg.hold * sum(members)
-        gain = self.cfg.correct_gain if correcting else self.cfg.held_gain if held else self.cfg.min_gain
+        # worth a move only for a clear gain (timings on a shared machine drift by 10-20%
+        # and back), or for the usual one that every weighing has shown for as long again:
+        # an imbalance that lasts is no drift, and holding it would cost every step
+        steps = self.cfg.hold * sum(members)
+        held = self._held >= steps
+        worth = after < before * (1.0 - self.cfg.min_gain)
+        self._wanted = (self._held if self._wanted is None else self._wanted) if worth else None
+        lasts = self._wanted is not None and self._held - self._wanted >= steps
+        gain = self.cfg.correct_gain if correcting else self.cfg.min_gain if not held or lasts \
+            else self.cfg.held_gain
         if after >= before * (1.0 - gain):
             return None
-        self._held = 0
+        self._held, self._wanted = 0, None
         self._last = (list(current), proposal)
         # check the move's prediction on its first steps, unless it is itself the correction
         # of a missed one: on a noisy machine, checks of checks would chase each other's noise
