@@ -41,7 +41,10 @@ class PlannerConfig:
     hold: int = 32
     stale_after_s: float = 2.0   # an actor silent this long gets no larger share
     warmup: int = 16             # observations per actor before it is planned for (start-up is noisy)
-    min_rows_spread: float = 0.2   # rows must vary this much (relative) before `a` is re-fitted
+    min_rows_spread: float = 0.2   # rows must vary this much (relative) before `a` is re-fitted...
+    fixed_share: float = 0.25    # ...and it is at most this share of the window's median step,
+    agreed_share: float = 0.5    # or this where the pairwise slopes agree (their interquartile
+    slopes_agree: float = 0.5    # range within this fraction of their median)
     change: float = 1.8          # a step this many times slower or faster than predicted is a spike (not fitted)
     shift: float = 1.5           # this many in a row off on one side (their median; each at least `lean`)...
     persist: int = 5             # ...mean the device changed speed: the fit starts again from them
@@ -62,7 +65,8 @@ class _Fit:
 
     Timings on shared machines are spiky, so everything is a median: the per-row cost is
     the median of ``(t - a) / rows``, and the fixed cost ``a`` comes from the median of
-    pairwise slopes (Theil-Sen) whenever the window's rows vary enough to show it.
+    pairwise slopes (Theil-Sen) whenever the window's rows vary enough to show it, and is
+    held to a quarter of a step unless the slopes agree (see ``coefficients``).
     """
 
     def __init__(self, cfg: PlannerConfig) -> None:
@@ -220,12 +224,18 @@ class _Fit:
             self._unfitted = 0
             rows = [r for r, _ in self.obs]
             if max(rows) - min(rows) > self.cfg.min_rows_spread * (sum(rows) / len(rows)):
-                slopes = [(t2 - t1) / (r2 - r1) for i, (r1, t1) in enumerate(self.obs)
-                          for r2, t2 in list(self.obs)[i + 1:] if r2 != r1]
+                slopes = sorted((t2 - t1) / (r2 - r1) for i, (r1, t1) in enumerate(self.obs)
+                                for r2, t2 in list(self.obs)[i + 1:] if r2 != r1)
                 slope = median(slopes)
                 if slope > 0:
                     a = median(t - slope * r for r, t in self.obs)
-                    self.a = min(max(a, 0.0), 0.5 * median(t for _, t in self.obs))
+                    # speeds that drift between the shares' steps (a neighbour's load, the
+                    # machine's) tilt the slopes and fit a large fixed cost that is not
+                    # there: 18-26% of a step in the median fit on the 2-core box, against
+                    # about 1% measured alone. Beyond a quarter, slopes must agree to show it
+                    spread = (slopes[3 * len(slopes) // 4] - slopes[len(slopes) // 4]) / slope
+                    share = self.cfg.agreed_share if spread <= self.cfg.slopes_agree else self.cfg.fixed_share
+                    self.a = min(max(a, 0.0), share * median(t for _, t in self.obs))
             c = median((t - self.a) / r for r, t in self.obs)
             self._cached = (self.a, max(c, 1e-12))
         return self._cached

@@ -2,13 +2,14 @@
 
 import random
 from dataclasses import replace
+from statistics import median
 
 import pytest
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leptonrt.broker.planner import Planner, PlannerConfig, _round, rows_that_fit
+from leptonrt.broker.planner import Planner, PlannerConfig, _Fit, _round, rows_that_fit
 
 
 class FakeCluster:
@@ -253,6 +254,27 @@ def test_a_split_that_has_held_moves_for_a_clear_gain_or_a_change_of_speed_but_n
     cluster.costs[1] = (0.0026, 20.8e-6)
     cluster.run(20)
     assert cluster.changes >= 1 and cluster.split[1] < 400
+
+
+def test_speed_that_drifts_between_two_shares_fits_no_large_fixed_cost_but_a_real_one_is_kept():
+    config = PlannerConfig()
+    for seed in range(5):
+        # no fixed cost at all, +/-10% noise, and the steps at the second share ran 25% slower
+        # (a neighbour's load): the slopes between the shares tilt, and would fit a fixed cost
+        # of 40-50% of a step, but they disagree, so it stays within `fixed_share`
+        rng, fit = random.Random(seed), _Fit(config)
+        for rows, n, speed in ((512, 24, 1.0), (344, 8, 1.25)):
+            for _ in range(n):
+                fit.add(rows, rows * 8e-6 * speed * (1 + rng.uniform(-0.1, 0.1)), 0.0)
+        a, _ = fit.coefficients()
+        assert a <= config.fixed_share * median(t for _, t in fit.obs) * (1 + 1e-9), seed
+    # a fixed cost of a third of the step that every pair of steps shows is kept in full
+    fit = _Fit(config)
+    for rows, n in ((512, 24), (344, 8)):
+        for _ in range(n):
+            fit.add(rows, 0.002 + rows * 8e-6, 0.0)
+    assert config.fixed_share < 0.002 / (0.002 + 512 * 8e-6) < config.agreed_share
+    assert fit.coefficients() == pytest.approx((0.002, 8e-6))
 
 
 def test_a_split_that_has_held_moves_for_the_usual_gain_once_every_weighing_shows_it_for_hold_steps():
