@@ -237,6 +237,14 @@ def test_one_move_never_more_than_doubles_or_halves_a_share():
     assert cluster.split[1] <= 16
 
 
+def _drift_rank_1(cluster, by=0.3, steps=150):
+    """Rank 1 (1 ms + 8 us/row) becomes 1 + `by` times slower evenly over `steps` steps."""
+    for k in range(1, steps + 1):
+        slower = 1 + by * k / steps
+        cluster.costs[1] = (0.001 * slower, 8e-6 * slower)
+        cluster.run(1)
+
+
 def test_a_split_that_has_held_moves_for_a_clear_gain_or_a_change_of_speed_but_not_for_drift():
     config = PlannerConfig()
     cluster = FakeCluster([(0.001, 8e-6), (0.001, 8e-6)], noise=0.02, seed=3)
@@ -245,9 +253,7 @@ def test_a_split_that_has_held_moves_for_a_clear_gain_or_a_change_of_speed_but_n
     # rank 1 drifts to 1.3x slower over 150 steps, never a run of steps off its fit: moving
     # would save up to 13% of a step, over min_gain but under held_gain, and not at every
     # weighing for `hold` steps yet, so a split that has held stays
-    for k in range(1, 151):
-        cluster.costs[1] = (0.001 * (1 + 0.3 * k / 150), 8e-6 * (1 + 0.3 * k / 150))
-        cluster.run(1)
+    _drift_rank_1(cluster)
     assert cluster.changes == 0 and cluster.split == [512, 512]
     assert config.min_gain < 0.13 < config.held_gain
     # a real change of speed (2x) is followed at once, with the eager threshold
@@ -285,9 +291,7 @@ def test_a_split_that_has_held_moves_for_the_usual_gain_once_every_weighing_show
         # the same slow drift to 1.3x (the fits follow it, no change of speed is seen); then
         # it lasts: the gain of about 13% shows at every weighing, and after `hold` steps of
         # that the split moves, once, to the balance
-        for k in range(1, 151):
-            cluster.costs[1] = (0.001 * (1 + 0.3 * k / 150), 8e-6 * (1 + 0.3 * k / 150))
-            cluster.run(1)
+        _drift_rank_1(cluster)
         assert cluster.changes == 0, seed
         cluster.run(150)
         assert cluster.changes == 1, seed
