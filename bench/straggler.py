@@ -13,6 +13,10 @@ Runs, all with 2 CPU processes, the same MLP, batch, precision, optimizer and th
    the first move after which the split held for 32 steps; later moves answer later events,
    such as the other actor slowing down on this shared machine).
 
+The summary line ends with ``targets``: the issue's three (rebalanced over DDP slowed >=
+1.35, leptonrt over DDP without a slowdown >= 0.95, a mid-run slowdown absorbed within 20
+steps), each judged on the median over rounds and counted round by round.
+
 What differs besides the planner: DDP sums gradients with gloo's all-reduce (a ring: two
 rounds of messages); leptonrt's group of 2 CPU actors exchanges them point to point over
 the same gloo transport (one round) and adds them up. ``fixed_over_ddp_*`` shows what that
@@ -171,6 +175,37 @@ def absorbed_step(result: dict, start: int, hold: int = 32, tolerance: float = 0
     return None
 
 
+# the issue's targets: (3)/(1) >= 1.35, (4) leptonrt/DDP >= 0.95, a mid-run slowdown absorbed
+# within 20 steps
+TARGETS = (("rebalanced_over_ddp_slowed", ">=", 1.35), ("leptonrt_over_ddp_no_slowdown", ">=", 0.95),
+           ("mid_run_steps_to_absorb", "<=", 20))
+
+
+def ratios(rounds: list[dict], a: str, b: str) -> list[float]:
+    """Per round, run ``a``'s samples/s over run ``b``'s."""
+    return [x[a]["samples_per_s"] / x[b]["samples_per_s"] for x in rounds]
+
+
+def targets(rounds: list[dict], absorb: list[int | None]) -> dict:
+    """Each target judged on the median over rounds (as the ratios are) and round by round:
+    on a shared machine single rounds miss each of them now and then, and that is shown too.
+    A round whose split never held for 32 steps after the slowdown counts as not absorbed."""
+    per_round = {
+        "rebalanced_over_ddp_slowed": ratios(rounds, "leptonrt_rebalanced_slowed", "ddp_slowed"),
+        "leptonrt_over_ddp_no_slowdown": ratios(rounds, "leptonrt_no_slowdown", "ddp_no_slowdown"),
+        "mid_run_steps_to_absorb": [float("inf") if v is None else v for v in absorb],
+    }
+    out = {}
+    for name, op, bound in TARGETS:
+        values = per_round[name]
+        met = [v >= bound if op == ">=" else v <= bound for v in values]
+        middle = statistics.median(values)
+        out[name] = {"target": f"{op} {bound}", "median": None if middle == float("inf") else round(middle, 3),
+                     "median_met": (middle >= bound) if op == ">=" else (middle <= bound),
+                     "rounds_met": sum(met), "rounds": len(values)}
+    return out
+
+
 def emit(run: str, **fields) -> None:
     print(json.dumps({"bench": "straggler", "run": run, **fields}), flush=True)
 
@@ -220,14 +255,15 @@ def main() -> None:
         rounds.append(results)
 
     def ratio(a: str, b: str) -> float:
-        return round(statistics.median(x[a]["samples_per_s"] / x[b]["samples_per_s"] for x in rounds), 3)
+        return round(statistics.median(ratios(rounds, a, b)), 3)
 
     settles = [x["leptonrt_mid_run_slowdown"] for x in rounds]
     settle_steps = [settled_step(r, args.mid_run_step) for r in settles]
+    absorb = [None if v is None else v - args.mid_run_step
+              for v in (absorbed_step(r, args.mid_run_step) for r in settles)]
     emit("summary", rounds=args.repeats, statistic="median over rounds of the per-round ratio", pinned=args.pin,
          mid_run_steps_to_settle=[None if v is None else v - args.mid_run_step for v in settle_steps],
-         mid_run_steps_to_absorb=[None if v is None else v - args.mid_run_step
-                                  for v in (absorbed_step(r, args.mid_run_step) for r in settles)],
+         mid_run_steps_to_absorb=absorb,
          rebalanced_over_ddp_slowed=ratio("leptonrt_rebalanced_slowed", "ddp_slowed"),
          fixed_over_ddp_slowed=ratio("leptonrt_fixed_split_slowed", "ddp_slowed"),
          rebalanced_over_fixed_slowed=ratio("leptonrt_rebalanced_slowed", "leptonrt_fixed_split_slowed"),
@@ -237,7 +273,8 @@ def main() -> None:
          # 1.0; DDP keeps more than 1/FACTOR where its step is not all compute
          ddp_slowed_over_ddp_no_slowdown=ratio("ddp_slowed", "ddp_no_slowdown"),
          rebalanced_slowed_over_fixed_no_slowdown=ratio("leptonrt_rebalanced_slowed", "leptonrt_fixed_split_no_slowdown"),
-         ideal_rebalanced_over_ddp_slowed=round((args.factor + 1) / 2, 3))
+         ideal_rebalanced_over_ddp_slowed=round((args.factor + 1) / 2, 3),
+         targets=targets(rounds, absorb))
 
 
 if __name__ == "__main__":
