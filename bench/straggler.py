@@ -198,11 +198,10 @@ def targets(rounds: list[dict], absorb: list[int | None]) -> dict:
     out = {}
     for name, op, bound in TARGETS:
         values = per_round[name]
-        met = [v >= bound if op == ">=" else v <= bound for v in values]
+        meets = (lambda v: v >= bound) if op == ">=" else (lambda v: v <= bound)
         middle = statistics.median(values)
         out[name] = {"target": f"{op} {bound}", "median": None if middle == float("inf") else round(middle, 3),
-                     "median_met": (middle >= bound) if op == ">=" else (middle <= bound),
-                     "rounds_met": sum(met), "rounds": len(values)}
+                     "median_met": meets(middle), "rounds_met": sum(map(meets, values)), "rounds": len(values)}
     return out
 
 

@@ -27,8 +27,9 @@ def test_a_chain_of_moves_absorbs_only_at_the_one_that_held():
     assert straggler.absorbed_step(r, 150) == 178
     # no planner move held 32 steps before the run ended: not absorbed
     assert straggler.absorbed_step(_result([(157, [688, 336], "planner")], steps=180), 150) is None
-    # moves made for other reasons (a regroup) are not the planner's answer
-    assert straggler.absorbed_step(_result([(157, [688, 336], "regroup")]), 150) is None
+    # splits changed for other reasons (an actor lost or back, the warm-up probe) are not the planner's answer
+    assert straggler.absorbed_step(_result([(157, [688, 336], "members")]), 150) is None
+    assert straggler.settled_step(_result([(16, [592, 432], "probe")]), 0) is None
 
 
 def test_targets_are_judged_on_the_median_and_counted_round_by_round():
