@@ -233,6 +233,7 @@ def main() -> None:
         "leptonrt_mid_run_slowdown": (True, lambda: leptonrt(args, (1, args.factor, args.mid_run_step, None))),
     }
     rounds = []
+    settle, absorb = [], []   # per round: steps after the mid-run slowdown (None: no such move)
     for r in range(args.repeats):   # interleaved, so a noisy stretch of time hits every configuration
         results = {}
         for name, (simulated, fn) in configs.items():
@@ -244,9 +245,10 @@ def main() -> None:
             if name == "leptonrt_mid_run_slowdown":
                 settled = settled_step(results[name], args.mid_run_step)
                 absorbed = absorbed_step(results[name], args.mid_run_step)
+                settle.append(None if settled is None else settled - args.mid_run_step)
+                absorb.append(None if absorbed is None else absorbed - args.mid_run_step)
                 extra.update(slowdown_from_step=args.mid_run_step, settled_at_step=settled,
-                             steps_to_settle=None if settled is None else settled - args.mid_run_step,
-                             steps_to_absorb=None if absorbed is None else absorbed - args.mid_run_step,
+                             steps_to_settle=settle[-1], steps_to_absorb=absorb[-1],
                              split_changes=[(c["step"], c["split"]) for c in results[name]["split_changes"]
                                             if c["why"] == "planner"])
             emit(name, round=r, simulated=simulated, factor=args.factor if simulated else 1.0,
@@ -256,13 +258,8 @@ def main() -> None:
     def ratio(a: str, b: str) -> float:
         return round(statistics.median(ratios(rounds, a, b)), 3)
 
-    settles = [x["leptonrt_mid_run_slowdown"] for x in rounds]
-    settle_steps = [settled_step(r, args.mid_run_step) for r in settles]
-    absorb = [None if v is None else v - args.mid_run_step
-              for v in (absorbed_step(r, args.mid_run_step) for r in settles)]
     emit("summary", rounds=args.repeats, statistic="median over rounds of the per-round ratio", pinned=args.pin,
-         mid_run_steps_to_settle=[None if v is None else v - args.mid_run_step for v in settle_steps],
-         mid_run_steps_to_absorb=absorb,
+         mid_run_steps_to_settle=settle, mid_run_steps_to_absorb=absorb,
          rebalanced_over_ddp_slowed=ratio("leptonrt_rebalanced_slowed", "ddp_slowed"),
          fixed_over_ddp_slowed=ratio("leptonrt_fixed_split_slowed", "ddp_slowed"),
          rebalanced_over_fixed_slowed=ratio("leptonrt_rebalanced_slowed", "leptonrt_fixed_split_slowed"),

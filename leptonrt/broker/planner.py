@@ -222,13 +222,14 @@ class _Fit:
         """(a, c): seconds per step and seconds per row."""
         if self._cached is None:
             self._unfitted = 0
-            rows = [r for r, _ in self.obs]
+            obs = list(self.obs)
+            rows = [r for r, _ in obs]
             if max(rows) - min(rows) > self.cfg.min_rows_spread * (sum(rows) / len(rows)):
-                slopes = sorted((t2 - t1) / (r2 - r1) for i, (r1, t1) in enumerate(self.obs)
-                                for r2, t2 in list(self.obs)[i + 1:] if r2 != r1)
+                slopes = sorted((t2 - t1) / (r2 - r1) for i, (r1, t1) in enumerate(obs)
+                                for r2, t2 in obs[i + 1:] if r2 != r1)
                 slope = median(slopes)
                 if slope > 0:
-                    a = median(t - slope * r for r, t in self.obs)
+                    a = median(t - slope * r for r, t in obs)
                     # speeds that drift between the shares' steps (a neighbour's load, the
                     # machine's) tilt the slopes: on the 2-core box fits put 18-26% of a step
                     # in `a` in the median and up to half (the model alone measures about 1%),
@@ -237,8 +238,8 @@ class _Fit:
                     # quarter, the slopes must agree to show a fixed cost
                     spread = (slopes[3 * len(slopes) // 4] - slopes[len(slopes) // 4]) / slope
                     share = self.cfg.agreed_share if spread <= self.cfg.slopes_agree else self.cfg.fixed_share
-                    self.a = min(max(a, 0.0), share * median(t for _, t in self.obs))
-            c = median((t - self.a) / r for r, t in self.obs)
+                    self.a = min(max(a, 0.0), share * median(t for _, t in obs))
+            c = median((t - self.a) / r for r, t in obs)
             self._cached = (self.a, max(c, 1e-12))
         return self._cached
 
