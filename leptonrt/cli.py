@@ -75,8 +75,9 @@ def _add_service(sub) -> None:
     p.add_argument("--listen", default=None, metavar="ADDR",
                    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// in your private runtime directory)")
     p.add_argument("--no-tui", action="store_true", help="print a plain status line every few seconds instead")
-    p.add_argument("--hang-timeout", type=float, default=3.0, metavar="SECONDS",
-                   help="take a running actor that sends nothing for this long for hung (default 3)")
+    p.add_argument("--checkpoint-root", default=None, metavar="DIR",
+                   help="keep clients' checkpoints under DIR (a client names one: --checkpoint-dir NAME); "
+                        "without it, jobs with checkpoints are refused")
     p = sub.add_parser("top", help="show the live view of a running broker")
     p.add_argument("--connect", default=None, metavar="ADDR")
     p.add_argument("--no-tui", action="store_true", help="plain status lines instead of the live view")
@@ -101,18 +102,23 @@ def _check_writable(path: str | None, what: str) -> None:
         raise ConfigError(f"{what} {path}: directory {parent} does not exist or is not writable")
 
 
-def _job_from(args: argparse.Namespace) -> TrainJob:
+def _job_from(args: argparse.Namespace, remote: bool) -> TrainJob:
+    """The job the command line asks for. A running broker keeps checkpoints under its own
+    --checkpoint-root, so there --checkpoint-dir is a name; here it is a directory."""
     _check_writable(args.save, "--save")
     _check_writable(args.json_out, "--json-out")
+    checkpoints = args.checkpoint_dir
+    if checkpoints and not remote:
+        checkpoints = os.path.abspath(checkpoints)
     return TrainJob(dataset=args.dataset, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
                     precision=args.precision, seed=args.seed, test_fraction=args.test_fraction,
                     split=args.split, rebalance=args.rebalance == "on", align=args.align,
                     slowdowns=tuple(parse_slowdown(t) for t in args.simulate_slowdown),
-                    save=os.path.abspath(args.save) if args.save else None,
-                    checkpoint_dir=os.path.abspath(args.checkpoint_dir) if args.checkpoint_dir else None,
+                    save=os.path.abspath(args.save) if args.save else None, checkpoint_dir=checkpoints,
                     checkpoint_every=args.checkpoint_every, resume=args.resume,
-                    max_restarts=args.max_restarts, restart_window_s=args.restart_window)
+                    max_restarts=args.max_restarts, restart_window_s=args.restart_window,
+                    hang_timeout_s=args.hang_timeout)
 
 
 def format_epoch(event, simulated: str = "") -> str:
@@ -128,8 +134,9 @@ def describe_slowdowns(job: TrainJob) -> str:
     """`` [SIMULATED slowdown: rank 1 x2.0 from step 100]`` or empty."""
     if not job.slowdowns:
         return ""
-    parts = [f"rank {r} x{f:g}" + (f" steps {a}-{b}" if b else f" from step {a}" if a else "")
-             for r, f, a, b in job.slowdowns]
+    parts = [f"rank {s.rank} x{s.factor:g}" + (f" steps {s.from_step}-{s.to_step}" if s.to_step
+                                               else f" from step {s.from_step}" if s.from_step else "")
+             for s in job.slowdowns]
     return f"  [SIMULATED slowdown: {', '.join(parts)}]"
 
 
@@ -144,11 +151,6 @@ def _write_json(path: str, result: dict) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .broker.address import check_address, default_address, ipc_path, token
     from .broker.service import probe
-    if args.cpu_actors is not None and args.cpu_actors < 0:
-        raise UsageError(f"--cpu-actors must be 0 or more, got {args.cpu_actors}")
-    if not args.hang_timeout > 0:
-        raise ConfigError(f"--hang-timeout must be positive, got {args.hang_timeout}")
-    job = _job_from(args)
     address = args.connect
     if address is not None:
         check_address(address)
@@ -156,6 +158,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         default = default_address()
         if ipc_path(default).exists() and run_async(probe(default, token())) is not None:
             address = default
+    job = _job_from(args, remote=address is not None)
     if address is not None:
         return _train_remote(args, job, address)
     return _train_here(args, job)
@@ -184,7 +187,7 @@ def _train_here(args: argparse.Namespace, job: TrainJob) -> int:
     from .broker.server import JobRunner
     label = describe_slowdowns(job)
     runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=_on_epoch(args, label),
-                       hang_timeout_s=args.hang_timeout, pin=not args.no_pin)
+                       pin=not args.no_pin)
     for note in runner.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
     shown = len(runner.notes)
@@ -254,10 +257,6 @@ def _train_remote(args: argparse.Namespace, job: TrainJob, address: str) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from .broker.address import check_listen, default_address, token
-    if args.cpu_actors is not None and args.cpu_actors < 0:
-        raise UsageError(f"--cpu-actors must be 0 or more, got {args.cpu_actors}")
-    if not args.hang_timeout > 0:
-        raise ConfigError(f"--hang-timeout must be positive, got {args.hang_timeout}")
     address, secret = args.listen or default_address(), token()
     check_listen(address, secret)
     return run_async(_up(args, address, secret))
@@ -270,10 +269,14 @@ async def _up(args: argparse.Namespace, address: str, secret: str) -> int:
     from .broker.service import Service
     from .view import watch
     loop, main_task = asyncio.get_running_loop(), asyncio.current_task()
-    stop, seen = asyncio.Event(), []
-    broker = Broker(args.gpus, args.cpu_actors, hang_timeout_s=args.hang_timeout, address=address, pin=not args.no_pin)
+    stop, seen, broken = asyncio.Event(), [], []
+    broker = Broker(args.gpus, args.cpu_actors, address=address, pin=not args.no_pin)
     for note in broker.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
+
+    def on_broken(exc: BaseException) -> None:   # a bug of ours: stop loudly rather than serve half-alive
+        broken.append(exc)
+        stop.set()
 
     def on_signal(code: int) -> None:
         seen.append(code)
@@ -286,11 +289,16 @@ async def _up(args: argparse.Namespace, address: str, secret: str) -> int:
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         loop.add_signal_handler(signum, on_signal, code)
     try:
-        async with broker, Service(broker, address, secret):
+        broker.on_broken = on_broken
+        async with broker, Service(broker, address, secret, checkpoint_root=args.checkpoint_root,
+                                   on_broken=on_broken):
             print(f"leptonrt: serving at {address} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             view = asyncio.create_task(watch(broker.snapshot, stop=stop, plain=True if args.no_tui else None))
             try:
                 await stop.wait()
+                if broken:
+                    print(f"leptonrt: internal error, stopping: {broken[0]}", file=sys.stderr, flush=True)
+                    return 70
                 print("leptonrt: stopping (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
                 await broker.drain()
             finally:
@@ -364,3 +372,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("leptonrt: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `leptonrt status --json | head`: the reader left; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

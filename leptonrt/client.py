@@ -14,20 +14,22 @@ waiting call then raises ``NoDeviceError`` instead of hanging.
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
+import os
 import time
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
 
-from .broker import protocol
+from . import messages as protocol
 from .broker.address import check_address, default_address, token
 from .broker.embedded import JobHandle
-from .broker.protocol import Accepted, JobUpdate, Rejected, StatusReply, StatusRequest, Submit
 from .broker.run import ActorLost, EpochEvent, Recovered, SplitChanged
 from .broker.stats import Snapshot
-from .config import TrainJob
-from .errors import LeptonError, NoDeviceError, ProtocolError
+from .errors import ConfigError, LeptonError, NoDeviceError, ProtocolError
+from .messages import (SERVICE_LIMITS, Accepted, JobUpdate, Rejected, StatusReply, StatusRequest, Submit, TrainJob,
+                       Weights)
 
 SILENCE_S = 2.0   # probe a quiet broker this often...
 DEAD_S = 6.0      # ...and give up on it after this long without a word
@@ -44,12 +46,27 @@ class RemoteJobFailed(LeptonError):
 class RemoteJob(JobHandle):
     """A job on a running broker: follow its events, await its result."""
 
-    def __init__(self, job_id: int, ahead: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, job_id: int, ahead: int, loop: asyncio.AbstractEventLoop, save: str | None = None) -> None:
         super().__init__(loop)
         self.id, self.ahead = job_id, ahead
+        self._save, self._weights = save, bytearray()   # where the client writes the weights, and them so far
+
+    def _receive(self, msg: Weights | JobUpdate) -> None:
+        if isinstance(msg, JobUpdate):
+            self._update(msg)
+        elif msg.offset == len(self._weights) and msg.offset + len(msg.data) <= msg.total:
+            self._weights += msg.data
 
     def _update(self, msg: JobUpdate) -> None:
-        data = json.loads(msg.data_json)
+        data = dict(msg.data)
+        if msg.kind == "finished" and self._save is not None:
+            try:
+                if not self._weights:
+                    raise ProtocolError("the broker finished the job but sent no weights")
+                _write_atomically(self._save, bytes(self._weights))
+            except LeptonError as exc:
+                self._end(error=exc)
+                return
         if msg.kind == "epoch":
             data["shares"] = tuple(data["shares"])
             self._emit(EpochEvent(**data))
@@ -80,13 +97,13 @@ class RemoteBroker:
         self._heard = time.monotonic()
         self._dead: LeptonError | None = None
         self._submitting = 0
-        self._early: dict[int, list[JobUpdate]] = {}   # updates that beat their Accepted to us
+        self._early: dict[int, list[Weights | JobUpdate]] = {}   # updates that beat their Accepted to us
 
     async def __aenter__(self) -> "RemoteBroker":
         self.ctx = zmq.asyncio.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, SERVICE_LIMITS.frame_bytes)
         self.sock.connect(self.address)
         self._reader = asyncio.get_running_loop().create_task(self._read(), name="leptonrt-client")
         try:
@@ -116,11 +133,13 @@ class RemoteBroker:
         return Snapshot.from_dict(await future)
 
     async def submit(self, spec: TrainJob) -> RemoteJob:
-        """Queue a job on the broker."""
+        """Queue a job on the broker. The broker writes no file for a client: when ``spec``
+        has a ``save`` path, the weights come back and are written here, by this process."""
         self._check()
         self._submitting += 1
+        request = Submit(token=self.secret, job=dataclasses.replace(spec, save=None), want_weights=spec.save is not None)
         try:
-            await self.sock.send(protocol.encode(Submit(token=self.secret, job_json=json.dumps(spec.to_dict()))))
+            await self.sock.send(protocol.encode(request))
             reply = await self._replies.get()
         finally:
             self._submitting -= 1
@@ -128,10 +147,10 @@ class RemoteBroker:
             raise reply
         if isinstance(reply, Rejected):
             raise RemoteJobFailed(reply.message, reply.exit_code)
-        job = RemoteJob(reply.job_id, reply.ahead, asyncio.get_running_loop())
+        job = RemoteJob(reply.job_id, reply.ahead, asyncio.get_running_loop(), spec.save)
         self._jobs[job.id] = job
         for update in self._early.pop(job.id, []):
-            job._update(update)
+            job._receive(update)
         return job
 
     def _check(self) -> None:
@@ -146,7 +165,7 @@ class RemoteBroker:
                     frame = await self.sock.recv()
                     self._heard = time.monotonic()
                     try:
-                        msg = protocol.decode(frame)
+                        msg = protocol.decode(frame, SERVICE_LIMITS)
                     except ProtocolError:
                         continue
                     self._dispatch(msg)
@@ -170,7 +189,7 @@ class RemoteBroker:
             while self._status:
                 future = self._status.pop(0)
                 if not future.done():
-                    future.set_result(json.loads(msg.snapshot_json))
+                    future.set_result(dict(msg.snapshot))
                     break
         elif isinstance(msg, Accepted):
             self._replies.put_nowait(msg)
@@ -181,12 +200,12 @@ class RemoteBroker:
                     future.set_exception(RemoteJobFailed(msg.message, msg.exit_code))
             else:
                 self._replies.put_nowait(msg)
-        elif isinstance(msg, JobUpdate):
+        elif isinstance(msg, (Weights, JobUpdate)):
             job = self._jobs.get(msg.job_id)
             if job is None:
                 self._early.setdefault(msg.job_id, []).append(msg)
             else:
-                job._update(msg)
+                job._receive(msg)
 
     def _fail_all(self, error: LeptonError) -> None:
         self._dead = error
@@ -198,6 +217,18 @@ class RemoteBroker:
         for job in self._jobs.values():
             job._end(error=error)
         self._replies.put_nowait(error)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in its directory, renamed into place."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write the weights to {target}: {exc.strerror or exc}") from None
 
 
 def connect(address: str | None = None, secret: str | None = None) -> RemoteBroker:

@@ -172,3 +172,15 @@ def test_a_signal_stops_training_with_its_exit_code_and_leaves_nothing(sigint, s
     reader.join(timeout=10)
     assert "Traceback" not in "".join(stderr)
     assert f"leptonrt: {said}" in "".join(stderr)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--split", "nan,1"], "split[0]"), (["--split", "inf,1"], "split[0]"), (["--split", "1e308,1e308"], "split[0]"),
+    (["--lr", "1e-13"], "lr"), (["--epochs", "2000000"], "epochs"), (["--batch-size", "20000000"], "batch_size"),
+    (["--hidden", "2000000"], "hidden[0]"), (["--hang-timeout", "inf"], "hang_timeout_s"),
+    (["--simulate-slowdown", "5=2"], "rank 5"), (["--cpu-actors", "100000"], "--cpu-actors"),
+])
+def test_a_setting_the_wire_would_refuse_is_one_line_and_exit_78_before_anything_starts(leptonrt_cli, args, named):
+    out = leptonrt_cli("train", "--gpus", "none", "--cpu-actors", "2", "--dataset", "digits", "--epochs", "1", *args)
+    assert out.returncode == 78, out.stderr
+    assert named in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr

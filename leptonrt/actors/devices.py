@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import NoDeviceError, UsageError
+from ..errors import ConfigError, NoDeviceError, UsageError
+
+MAX_CPU_ACTORS = 256   # more CPU actors than this is a typo, not a plan (each is a process with its own heap)
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,8 @@ def select(gpus: str = "all", cpu_actors: int | None = None, *, env: dict[str, s
     cores = cores or cpu_cores()
     picked = _pick(gpus, visible_gpus(env, cuda_count))
     note = None
-    if cpu_actors is not None and cpu_actors < 0:
-        raise UsageError(f"--cpu-actors must be 0 or more; got {cpu_actors}")
+    if cpu_actors is not None and not 0 <= cpu_actors <= MAX_CPU_ACTORS:
+        raise ConfigError(f"--cpu-actors must be between 0 and {MAX_CPU_ACTORS}, got {cpu_actors}")
     if cpu_actors is None:
         cpu_actors = 0 if picked else 1
         if not picked and gpus.strip().lower() == "all":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import zmq
 
-from ..broker import protocol
+from .. import messages as protocol
+from ..messages import ACTOR_LIMITS
 from ..errors import ProtocolError
 
 
@@ -15,7 +16,8 @@ class Link:
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)  # let the last reports leave before exit
-        self.sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_FRAME_BYTES)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, ACTOR_LIMITS.frame_bytes)
+        self.address = address
         self.sock.connect(address)
         self.bad_messages = 0
 
@@ -27,7 +29,7 @@ class Link:
         while self.sock.poll(timeout_ms):
             frames = self.sock.recv_multipart(copy=True)
             try:
-                return protocol.decode(frames[-1])
+                return protocol.decode(frames[-1], ACTOR_LIMITS)
             except ProtocolError:
                 self.bad_messages += 1  # a bad frame is dropped; keep waiting for a good one
                 timeout_ms = 0

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..broker.plan import batch_rows, epoch_permutation, piece
-from ..broker.protocol import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
+from ..messages import (EpochResult, Failure, Finished, Grant, Hello, Heartbeat, Reports,
                                Adopt, CheckpointNow, Checkpointed, GroupFailed, Regroup, Release, Resplit,
                                Shutdown, StepStat, Stop, Welcome)
 from ..data.shm import SegmentReader
@@ -81,7 +81,7 @@ class Actor:
     def __init__(self, link: Link, welcome: Welcome, device: torch.device, parent_pid: int) -> None:
         _log(f"welcomed as rank {welcome.rank} of {welcome.world_size} for job {welcome.job.job_id}")
         self.link, self.w, self.device, self.parent_pid = link, welcome, device, parent_pid
-        self.job = welcome.job
+        self.spec, self.job = welcome.job, welcome.job.job   # the wire's record, and the job's settings
         self._take_place(welcome)
         self._peer_grads: list[torch.Tensor] | None = None   # receive buffers of the exchange
         self.group_start = welcome.start_step
@@ -101,6 +101,7 @@ class Actor:
         self._perm_cache: tuple[int, torch.Tensor] | None = None
         self.epoch_results: list[dict] = []   # rank 0 keeps them for checkpoint manifests
         self.dist = None
+        self.store = None   # the rendezvous store of the current group, if it has more than one member
         self.reader = SegmentReader()
         self._load_data()
         self.model = build_mlp(welcome.data.n_features, list(self.job.hidden), welcome.data.n_classes,
@@ -146,15 +147,15 @@ class Actor:
         if len(self.members) == 1:
             return
         import torch.distributed as dist
-        host, port = self.w.rendezvous.removeprefix("tcp://").rsplit(":", 1)
+        from .store import BrokerStore
         # leptonrt's bound, never torch's defaults (up to 30 minutes): a dead peer must not
         # keep the survivors waiting longer than the broker takes to notice it
         # forming the group may wait for a replacement that is still starting: twice as long
         forming = timedelta(seconds=2 * self.w.collective_timeout_s)
-        store = dist.TCPStore(host, int(port), len(self.members), is_master=False, timeout=forming)
-        store = dist.PrefixStore(f"job{self.job.job_id}/gen{self.generation}", store)
+        # the broker keeps the store, on its private channel: nothing of ours listens for it
+        self.store = BrokerStore(self.link.address, f"job{self.spec.job_id}/gen{self.generation}/", forming)
         # ranks in the group are positions among its members (a lost actor leaves a gap in the split's order only)
-        dist.init_process_group(self.w.backend, store=store, rank=self.members.index(self.rank),
+        dist.init_process_group(self.w.backend, store=self.store, rank=self.members.index(self.rank),
                                 world_size=len(self.members), timeout=forming)
         # every collective after that gets the short bound (the group's default timeout)
         from torch.distributed import distributed_c10d
@@ -169,6 +170,9 @@ class Actor:
             except Exception:   # a broken group may not tear down cleanly; it is gone either way
                 pass
             self.dist = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def _allreduce(self, flat: torch.Tensor):
         if self.dist is None:
@@ -288,7 +292,7 @@ class Actor:
         meta = {"loss_sum": float(s.loss_sum.item()), "scaler": [s.scale, s._clean_steps, s.skipped],
                 "epochs": self.epoch_results}
         return checkpoint.save(self.job.checkpoint_dir, step=g, epoch=g // self.w.steps_per_epoch,
-                               fingerprint=self.job.fingerprint, model=self.model, optimizer=s.optimizer, meta=meta,
+                               fingerprint=self.spec.fingerprint, model=self.model, optimizer=s.optimizer, meta=meta,
                                fault=self.faults.in_checkpoint(g))
 
     def _checkpoint_now(self, msg: CheckpointNow) -> None:
@@ -303,14 +307,14 @@ class Actor:
                 path = str(self._write_checkpoint(msg.step).path)
             except Exception as exc:   # reported; the job is ending anyway
                 problem = f"{type(exc).__name__}: {exc}"[:4000]
-        self.link.send(Checkpointed(job_id=self.job.job_id, rank=self.rank, step=msg.step, path=path, message=problem))
+        self.link.send(Checkpointed(job_id=self.spec.job_id, rank=self.rank, step=msg.step, path=path, message=problem))
 
     def _resume(self, path: str) -> None:
         """Load the checkpoint the broker chose and verified (it must still be that one)."""
         from ..nn import checkpoint
         start = self.w.start_step
         expected = checkpoint.Checkpoint(path=Path(path), step=start, epoch=start // self.w.steps_per_epoch,
-                                         fingerprint=self.job.fingerprint, meta={})
+                                         fingerprint=self.spec.fingerprint, meta={})
         found = checkpoint.load(expected, self.model, self.step.optimizer)
         self.step.loss_sum.fill_(found.meta["loss_sum"])
         scale, clean, skipped = found.meta["scaler"]
@@ -320,20 +324,20 @@ class Actor:
     # -- control plane -------------------------------------------------------------
 
     def _absorb(self, msg) -> None:
-        if isinstance(msg, Grant) and msg.job_id == self.job.job_id:
+        if isinstance(msg, Grant) and msg.job_id == self.spec.job_id:
             self.grants.append(msg)
             self._prune_snapshots(msg.committed)
-        elif isinstance(msg, Resplit) and msg.job_id == self.job.job_id and msg.generation == self.generation:
+        elif isinstance(msg, Resplit) and msg.job_id == self.spec.job_id and msg.generation == self.generation:
             self.resplits[msg.version] = list(msg.split)
             while len(self.resplits) > 64:   # a member that never votes with the rest: the grants still carry every split
                 del self.resplits[min(self.resplits)]
-        elif isinstance(msg, Stop) and msg.job_id == self.job.job_id:
+        elif isinstance(msg, Stop) and msg.job_id == self.spec.job_id:
             self.stop = msg
-        elif isinstance(msg, Release) and msg.job_id == self.job.job_id:
+        elif isinstance(msg, Release) and msg.job_id == self.spec.job_id:
             self.released = True
-        elif isinstance(msg, CheckpointNow) and msg.job_id == self.job.job_id:
+        elif isinstance(msg, CheckpointNow) and msg.job_id == self.spec.job_id:
             self._checkpoint_now(msg)
-        elif isinstance(msg, Regroup) and msg.job_id == self.job.job_id and msg.generation > self.generation:
+        elif isinstance(msg, Regroup) and msg.job_id == self.spec.job_id and msg.generation > self.generation:
             self.regroup = msg
             self._forget_grants()   # of the broken group; the new ones follow this message
             raise GroupBroken(f"the broker re-forms the group (generation {msg.generation})")
@@ -405,7 +409,7 @@ class Actor:
                           simulated_s=sim, version=v) for g, rows, c, s, sim, v in self.pending]
         queued = (self.grants[-1].end_step if self.grants else 0) - (self.pending[-1][0] + 1)
         memory = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
-        self.link.send(Reports(job_id=self.job.job_id, rank=self.rank, steps=stats, memory_bytes=memory,
+        self.link.send(Reports(job_id=self.spec.job_id, rank=self.rank, steps=stats, memory_bytes=memory,
                                queued=max(queued, 0), generation=self.generation))
         self.pending, self.last_flush = [], now
         self._poll(0)
@@ -442,7 +446,7 @@ class Actor:
         """Leave the broken group, wait for the broker's regroup, restore the snapshot it names."""
         _log(f"rank {self.rank}: {why}; waiting to regroup")
         if self.regroup is None:   # the broker may not know yet (a timeout with every peer alive)
-            self.link.send(GroupFailed(job_id=self.job.job_id, rank=self.rank, generation=self.generation,
+            self.link.send(GroupFailed(job_id=self.spec.job_id, rank=self.rank, generation=self.generation,
                                        message=why[:4000]))
         self.pending.clear()   # steps past the failure are not committed; they will be replayed
         self._leave_group()
@@ -557,16 +561,16 @@ class Actor:
             result = dict(epoch=epoch, train_loss=train_loss, test_loss=float(totals[0]) / n_test,
                           test_accuracy=float(totals[1]) / n_test, seconds=seconds)
             self.epoch_results = [r for r in self.epoch_results if r["epoch"] < epoch] + [result]
-            self.link.send(EpochResult(job_id=self.job.job_id, rank=self.rank, generation=self.generation, **result))
+            self.link.send(EpochResult(job_id=self.spec.job_id, rank=self.rank, generation=self.generation, **result))
 
     def _finish(self, rows: int, seconds: float) -> None:
         while self.stop is None:
             self._poll(IDLE_POLL_MS)
         saved = False
-        if self.leader and self.stop.save_path:
-            save_weights(self.model, self.stop.save_path, self.job)
+        if self.leader and self.stop.save and self.w.save_path:
+            save_weights(self.model, self.w.save_path, self.job)
             saved = True
-        self.link.send(Finished(job_id=self.job.job_id, rank=self.rank, samples=rows, seconds=seconds, saved=saved))
+        self.link.send(Finished(job_id=self.spec.job_id, rank=self.rank, samples=rows, seconds=seconds, saved=saved))
         while not self.released:   # back to the pool only once the broker has counted us as done
             self._poll(IDLE_POLL_MS)
 

@@ -15,18 +15,35 @@ may be queued already) and in every callback (so a level-triggered loop does not
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import zmq
 
 
-class Channel:
-    """A bound ROUTER socket with non-blocking I/O and a cheap ``wait_readable``."""
+class PeerGone(Exception):
+    """A send named a peer that is not connected (any more)."""
 
-    def __init__(self, address: str, max_message_bytes: int) -> None:
-        self.ctx = zmq.Context()
+
+SEND_HWM = 1000   # messages queued for one peer before sends to it fail (it is not reading)
+
+
+class Channel:
+    """A bound ROUTER socket with non-blocking I/O and a cheap ``wait_readable``.
+
+    ROUTER_MANDATORY is set: a send to a peer that is gone, or that has stopped reading,
+    fails (``send_nowait`` says False, or raises PeerGone) instead of vanishing, so the
+    caller can act on it.
+    """
+
+    def __init__(self, address: str, max_frame_bytes: int, ctx: zmq.Context | None = None) -> None:
+        self._own_ctx = ctx is None
+        self.ctx = zmq.Context() if ctx is None else ctx
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        # a longer frame disconnects the peer before libzmq buffers any more of it
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._loop: asyncio.AbstractEventLoop | None = None   # where our reader is registered
         self._waiter: asyncio.Future | None = None
         try:
@@ -36,11 +53,16 @@ class Channel:
             raise
 
     def send_nowait(self, identity: bytes, payload: bytes) -> bool:
-        """Queue one message for one actor; False if it cannot take it (gone, or far behind)."""
+        """Queue one message for one peer; False if its queue is full (it is not reading).
+        Raises PeerGone if no such peer is connected."""
         try:
             self.sock.send_multipart([identity, payload], flags=zmq.NOBLOCK)
         except zmq.Again:
             return False
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                raise PeerGone(identity) from None
+            raise
         return True
 
     def recv_nowait(self) -> list[bytes] | None:
@@ -74,7 +96,8 @@ class Channel:
             self._loop.remove_reader(self.sock.FD)
         self._loop = None
         self.sock.close(linger=0)
-        self.ctx.term()
+        if self._own_ctx:
+            self.ctx.term()
 
     def _queued(self) -> bool:
         return bool(self.sock.get(zmq.EVENTS) & zmq.POLLIN)

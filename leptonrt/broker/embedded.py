@@ -18,10 +18,12 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
-from ..config import TrainJob
-from ..errors import LeptonError
+import logging
+
+from ..errors import InternalError, LeptonError
+from ..messages import TrainJob
 from .run import ActorLost, Recovered, SplitChanged
 from .server import ActorPool, JobRunner
 from .stats import ActorStats, Event, JobStats, QueuedJob, Snapshot
@@ -29,10 +31,13 @@ from .stats import ActorStats, Event, JobStats, QueuedJob, Snapshot
 _DONE = object()  # ends a job's event stream
 
 
+log = logging.getLogger("leptonrt.broker")
+
+
 class BrokerClosed(LeptonError):
     """The broker was shut down before this job could finish (we closed it, nothing broke)."""
 
-    exit_code = 1
+    exit_code = 75   # EX_TEMPFAIL: nothing wrong with the job; submit it again to a running broker
 
 
 class JobHandle:
@@ -52,6 +57,7 @@ class JobHandle:
             return
         if error is not None:
             self._result.set_exception(error)
+            self._result.exception()   # an outcome nobody awaits is no "exception never retrieved"
         else:
             self._result.set_result(result)
         self._events.put_nowait(_DONE)
@@ -77,6 +83,8 @@ class Job(JobHandle):
         self.id, self.spec = job_id, spec
         self.state = "queued"            # queued -> running -> done | failed | cancelled
         self.submitted_at, self.started_at = time.time(), 0.0
+        self.keep_weights = False        # keep the final weights in the broker for the caller...
+        self.weights_path = None         # ...here (in the broker's private run directory)
 
     def _finish(self, state: str, result: dict | None = None, error: BaseException | None = None) -> None:
         self.state = state
@@ -91,11 +99,12 @@ class Broker:
     """
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
-                 actor_env: dict[str, str] | None = None, hang_timeout_s: float = 3.0,
-                 address: str = "embedded", pin: bool = True) -> None:
+                 actor_env: dict[str, str] | None = None,
+                 address: str = "embedded", pin: bool = True, runner: type[JobRunner] = JobRunner) -> None:
         # device selection errors surface here; pin=False leaves CPU actors to the scheduler
         self.pool = ActorPool(gpus, cpu_actors, actor_env, pin)
-        self.hang_timeout_s, self.address = hang_timeout_s, address
+        self.address = address
+        self._runner_type = runner   # what runs each job (a test may give one that fails on purpose)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._ids = itertools.count(1)
         self._worker: asyncio.Task | None = None
@@ -106,6 +115,9 @@ class Broker:
         self.accepting = True
         self.started_at = time.time()
         self.log: deque[Event] = deque(maxlen=50)
+        self.counters: Callable[[], dict[str, int]] = dict   # more counters for the snapshot (the service's)
+        self.broken: BaseException | None = None   # the worker died of a bug of ours: nothing runs any more
+        self.on_broken: Callable[[BaseException], None] = lambda exc: None   # told when it does
         self._rate: deque[tuple[float, float]] = deque(maxlen=240)   # (unix time, samples/s)
         self._last_sample: tuple[float, int] | None = None
 
@@ -121,12 +133,21 @@ class Broker:
     async def __aexit__(self, *exc_info) -> None:
         await self.aclose()
 
-    async def submit(self, spec: TrainJob) -> Job:
+    async def submit(self, spec: TrainJob, *, keep_weights: bool = False) -> Job:
         """Queue a job; it starts when the jobs before it have ended."""
+        return self.submit_nowait(spec, keep_weights=keep_weights)
+
+    def submit_nowait(self, spec: TrainJob, *, keep_weights: bool = False) -> Job:
+        """Queue a job (the same as ``submit``; for callers that are not coroutines). With
+        ``keep_weights`` the final weights stay in the broker, at ``job.weights_path``."""
+        if self.broken is not None:
+            raise InternalError(f"the broker is broken ({self.broken}); restart it")
         if self.closed or self._worker is None or not self.accepting:
             raise BrokerClosed("the broker is not taking jobs" if self._worker is not None and not self.closed
                                else "the broker is not running (use `async with Broker(...)`)")
+        spec.check_world(self.pool.world)
         job = Job(next(self._ids), spec, asyncio.get_running_loop())
+        job.keep_weights = keep_weights
         self._jobs.append(job)
         self._queue.put_nowait(job)
         self._log(f"job {job.id} queued ({spec.dataset})")
@@ -140,6 +161,18 @@ class Broker:
         self.log.append(Event(at=time.time(), text=text))
 
     async def _serve(self) -> None:
+        try:
+            await self._serve_jobs()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:   # a bug of ours: nothing can run any more, and everyone must hear it
+            log.exception("leptonrt broker worker died")
+            self.broken = exc
+            self._fail_pending(InternalError(f"the broker stopped working: {exc!r}"))
+            self.on_broken(exc)
+            raise
+
+    async def _serve_jobs(self) -> None:
         try:
             await self.pool.start()
             self._log(f"{self.pool.world} actor(s) starting: "
@@ -175,8 +208,9 @@ class Broker:
             job._emit(event)
 
         try:
-            self._runner = JobRunner(job.spec, pool=self.pool, on_event=on_event, hang_timeout_s=self.hang_timeout_s)
+            self._runner = self._runner_type(job.spec, pool=self.pool, on_event=on_event, keep_weights=job.keep_weights)
             result = await self._runner.run()
+            job.weights_path = self._runner.weights_path
             result.update(job_id=job.id, started_at=job.started_at, finished_at=time.time())
             job._finish("done", result)
             self._log(f"job {job.id} finished: test_acc {result['test_accuracy']:.4f}")
@@ -186,8 +220,19 @@ class Broker:
         except LeptonError as exc:
             job._finish("failed", error=exc)
             self._log(f"job {job.id} failed: {str(exc).splitlines()[0][:120]}")
+        except Exception as exc:   # a bug of ours: this job fails loudly, the next one gets fresh actors
+            log.exception("leptonrt: job %d failed on a bug", job.id)
+            job._finish("failed", error=InternalError(f"job {job.id} failed on an internal error: {exc!r}"))
+            self._log(f"job {job.id} failed: internal error {type(exc).__name__}")
+            self.pool.replace_all()
         finally:
             self._running, self._runner = None, None
+
+    def _fail_pending(self, error: LeptonError | None) -> None:
+        """Answer every job that has not ended (``BrokerClosed`` unless ``error`` says more)."""
+        for job in self._jobs:
+            if not job.done():
+                job._finish("cancelled", error=error or BrokerClosed(f"job {job.id} did not finish: the broker closed"))
 
     def snapshot(self) -> Snapshot:
         """One immutable picture of the broker now (what the live view and `status` show)."""
@@ -210,7 +255,7 @@ class Broker:
                 epoch=core.epochs_done, epochs=spec.epochs, step=step, total_steps=total, samples_per_s=rate,
                 train_loss=last.train_loss if last else None, test_accuracy=last.test_accuracy if last else None,
                 eta_s=eta, started_at=job.started_at,
-                simulated=", ".join(f"rank {r} x{f:g}" for r, f, _a, _b in spec.slowdowns))
+                simulated=", ".join(f"rank {s.rank} x{s.factor:g}" for s in spec.slowdowns))
         else:
             self._last_sample = None
         actors = self._actor_stats(core, rate)
@@ -221,7 +266,9 @@ class Broker:
                         job=job_stats, queued=queued, actors=actors,
                         throughput=tuple(p for p in self._rate if now - p[0] <= 60.0), events=tuple(self.log)[-20:],
                         jobs_done=sum(j.state == "done" for j in self._jobs),
-                        jobs_failed=sum(j.state == "failed" for j in self._jobs))
+                        jobs_failed=sum(j.state == "failed" for j in self._jobs),
+                        counters={"actor_bad_messages": core.bad_messages if core is not None else 0,
+                                  **self.counters()})
         return snap
 
     def _sample_throughput(self, now: float, done: int) -> None:
@@ -289,8 +336,6 @@ class Broker:
                     await asyncio.wait({self._worker})
                 except asyncio.CancelledError:
                     interrupted = True
-        for job in self._jobs:
-            if not job.done():
-                job._finish("cancelled", error=BrokerClosed(f"job {job.id} never ran: the broker closed"))
+        self._fail_pending(None)
         if interrupted:
             raise asyncio.CancelledError  # the host cancelled *us*: pass it on, now that all is clean

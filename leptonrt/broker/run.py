@@ -31,7 +31,7 @@ from statistics import median
 from ..errors import InternalError
 from .plan import share_among
 from .planner import Planner, rows_that_fit
-from .protocol import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
+from ..messages import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
                        Message, Regroup, Reports, Resplit, Stop, Welcome)
 
 
@@ -126,7 +126,6 @@ class TrainingRun:
     data: DatasetInfo
     actor_ids: list[str]
     threads: list[int]
-    rendezvous: str
     split: list[int]
     steps_per_epoch: int
     n_train: int
@@ -154,9 +153,9 @@ class TrainingRun:
     lost: dict = field(default_factory=dict)       # rank -> how its process ended, if it did early
 
     def __post_init__(self) -> None:
-        if len(self.split) != len(self.actor_ids) or sum(self.split) != self.job.batch_size:
-            raise InternalError(f"split {self.split} does not fit {len(self.actor_ids)} actors and batch {self.job.batch_size}")
-        self.total_steps = self.job.epochs * self.steps_per_epoch
+        if len(self.split) != len(self.actor_ids) or sum(self.split) != self.job.job.batch_size:
+            raise InternalError(f"split {self.split} does not fit {len(self.actor_ids)} actors and batch {self.job.job.batch_size}")
+        self.total_steps = self.job.job.epochs * self.steps_per_epoch
         self._slots = {a: _Slot(a, r, t) for r, (a, t) in enumerate(zip(self.actor_ids, self.threads))}
         self._by_identity: dict[bytes, _Slot] = {}
         self._granted = self.start_step
@@ -352,7 +351,7 @@ class TrainingRun:
             self.planner.caps = [cap if rank in members else 0 for rank, cap in enumerate(self._caps)]
             split = self.planner.best()
         if split is None:
-            split = share_among(self._base_split, members, self.job.batch_size,
+            split = share_among(self._base_split, members, self.job.job.batch_size,
                                 self.planner.cfg.align if self.planner is not None else 1)
         self.split_history = [entry for entry in self.split_history if entry[0] < step] or \
             [(step, list(split), "start", self._version)]
@@ -416,7 +415,7 @@ class TrainingRun:
         self.state = "running"
         for other in self._slots.values():   # the clock of silence starts for everyone now
             other.last_heard, other.joining = now, True
-        self._caps = [rows_that_fit(s.hello.memory_bytes, self.data.n_features, self.job.hidden, self.data.n_classes)
+        self._caps = [rows_that_fit(s.hello.memory_bytes, self.data.n_features, self.job.job.hidden, self.data.n_classes)
                       for s in self._ranked()]
         if self.planner is not None:
             self.planner.caps = list(self._caps)
@@ -439,7 +438,7 @@ class TrainingRun:
                        (first + 2 * self.probe_steps, list(self.split))]
 
     def _welcome(self, slot: _Slot, source: int | None = None) -> Welcome:
-        return Welcome(rank=slot.rank, world_size=len(self._slots), rendezvous=self.rendezvous,
+        return Welcome(rank=slot.rank, world_size=len(self._slots), save_path=self.save_path,
                        job=self.job, data=self.data, steps_per_epoch=self.steps_per_epoch,
                        threads=slot.threads, backend=self._backend(),
                        collective_timeout_s=self.collective_timeout_s(), generation=self.generation,
@@ -483,9 +482,9 @@ class TrainingRun:
             return self._drop()
         self._epochs.append(msg)
         last_step = (msg.epoch + 1) * self.steps_per_epoch - 1
-        shares = tuple(b / self.job.batch_size for b in self.split_at(last_step))
+        shares = tuple(b / self.job.job.batch_size for b in self.split_at(last_step))
         rate = self.n_train / msg.seconds if msg.seconds > 0 else 0.0
-        self.events.append(EpochEvent(msg.epoch + 1, self.job.epochs, msg.train_loss, msg.test_loss,
+        self.events.append(EpochEvent(msg.epoch + 1, self.job.job.epochs, msg.train_loss, msg.test_loss,
                                       msg.test_accuracy, msg.seconds, rate, shares))
         return self._maybe_done(now)
 
@@ -624,12 +623,12 @@ class TrainingRun:
         if self.state != "running" or self.committed() < self.total_steps - 1:
             return []
         self.state = "stopping"
-        stop = Stop(job_id=self.job.job_id, save_path=self.save_path)
+        stop = Stop(job_id=self.job.job_id, save=self.save_path is not None)
         return [Out(s.identity, stop) for s in self._members()]
 
     def _maybe_done(self, now: float) -> list[Out]:
         finished = all(s.finished is not None for s in self._members())
-        if self.state == "stopping" and finished and len(self._epochs) == self.job.epochs:
+        if self.state == "stopping" and finished and len(self._epochs) == self.job.job.epochs:
             self.state, self.ended_at = "done", now
         return []
 
@@ -648,7 +647,7 @@ class TrainingRun:
     def samples_done(self) -> int:
         """Training samples in the committed steps."""
         epochs, steps = divmod(self.committed() + 1, self.steps_per_epoch)
-        return epochs * self.n_train + min(steps * self.job.batch_size, self.n_train)
+        return epochs * self.n_train + min(steps * self.job.job.batch_size, self.n_train)
 
     @property
     def epochs_done(self) -> int:
@@ -662,7 +661,7 @@ class TrainingRun:
         """Per rank: pid, device, share and median recent compute (for the live view)."""
         out = []
         for slot in self._ranked():
-            out.append({"rank": slot.rank, "actor_id": slot.actor_id, "share": self.split[slot.rank] / self.job.batch_size,
+            out.append({"rank": slot.rank, "actor_id": slot.actor_id, "share": self.split[slot.rank] / self.job.job.batch_size,
                         "compute_ms": median(slot.compute) * 1000 if slot.compute else None,
                         "lost": slot.rank in self.lost, "restarting": slot.fresh or slot.joining and self.generation > 0,
                         "in_group": slot.active,
@@ -715,7 +714,7 @@ class TrainingRun:
             "device": seen.device if seen else None,
             "device_name": seen.device_name if seen else None,
             "pid": hello.pid if hello else None,   # None: its replacement never said hello
-            "share": split[slot.rank] / self.job.batch_size,   # at the last step
+            "share": split[slot.rank] / self.job.job.batch_size,   # at the last step
             "samples_per_s": fin.samples / fin.seconds if fin and fin.seconds > 0 else None,
             "restarts": slot.restarts,
             "in_group": slot.active,

@@ -12,6 +12,7 @@ import itertools
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,49 +21,35 @@ import zmq
 from ..actors.devices import Selection, allowed_cores, core_sets, select
 from ..actors.spawn import Supervisor
 from ..actors.tether import clean_stale_run_dirs, make_run_dir
-from ..config import TrainJob
+from .. import messages as protocol
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
 from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError, RestartBudgetExceeded
+from ..messages import ACTOR_LIMITS, EpochResult, JobSpec, Release, Shutdown, StoreRequest, TrainJob
 from ..nn import checkpoint
-from . import protocol
-from .channel import Channel
+from .channel import Channel, PeerGone
 from .plan import even_split, split_from_fractions, steps_per_epoch
 from .planner import Planner, PlannerConfig
-from .protocol import EpochResult, JobSpec, Release, Shutdown, Slowdown
 from .run import Out, TrainingRun
+from .store import StoreCore
 
 GATHER_TIMEOUT_S = 120.0   # every actor must have said hello by then
 SETTLE_S = 1.0            # after a failure, how long to wait for its root cause to show
 TICK_S = 0.1               # how often process exits are checked while the socket is quiet
+PUMP_BATCH = 256           # actor messages handled before the loop is handed back
 
 
 def job_spec(job: TrainJob, job_id: int) -> JobSpec:
-    """The wire form of a job."""
-    return JobSpec(job_id=job_id, dataset=job.dataset, hidden=list(job.hidden), epochs=job.epochs,
-                   batch_size=job.batch_size, lr=job.lr, optimizer=job.optimizer, momentum=job.momentum,
-                   weight_decay=job.weight_decay, precision=job.precision, seed=job.seed,
-                   slowdowns=[Slowdown(rank=r, factor=f, from_step=a, to_step=b) for r, f, a, b in job.slowdowns],
-                   checkpoint_dir=job.checkpoint_dir, checkpoint_every=job.checkpoint_every,
-                   fingerprint=job.fingerprint())
+    """The wire form of a job: what the actors need (never a client's path)."""
+    return JobSpec(job_id=job_id, job=replace(job, save=None), fingerprint=job.fingerprint())
 
 
 def initial_split(job: TrainJob, world: int) -> list[int]:
     """The user's fixed shares, or an even split."""
+    job.check_world(world)
     if job.split is None:
         return even_split(job.batch_size, world, job.align if job.planned else 1)
-    if len(job.split) != world:
-        raise ConfigError(f"--split gives {len(job.split)} shares but there are {world} actors")
     return split_from_fractions(job.batch_size, list(job.split))
-
-
-class _Rendezvous:
-    """The TCP store torch.distributed uses to form the gradient group; the broker hosts it."""
-
-    def __init__(self) -> None:
-        import torch.distributed as dist
-        self.store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-        self.address = f"tcp://127.0.0.1:{self.store.port}"
 
 
 class ActorPool:
@@ -123,8 +110,8 @@ class ActorPool:
         self.cache = DatasetCache(self.run_id)
         self.supervisor = Supervisor(self.run_dir, f"ipc://{self.run_dir}/broker.sock")
         self.started = True
-        self.channel = Channel(self.supervisor.connect, protocol.MAX_FRAME_BYTES)
-        self.rendezvous = _Rendezvous() if self.world > 1 else None
+        self.channel = Channel(self.supervisor.connect, ACTOR_LIMITS.frame_bytes)
+        self.store = StoreCore()   # groups form through it, on this channel (nothing else listens)
         for actor_id, plan, cores in zip(self.ids, self.selection.actors, self.cores):
             self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": "0"}, cores)
 
@@ -159,7 +146,19 @@ class ActorPool:
         """Send what the pool queued (adoptions)."""
         while self.outbox:
             identity, message = self.outbox.pop(0)
-            self.channel.send_nowait(identity, protocol.encode(message))
+            self.send(identity, message)
+
+    def send(self, identity: bytes, message: protocol.Message) -> bool:
+        """Send one message to an actor; False if it is gone or not reading (its exit or
+        its silence is what the job then acts on)."""
+        try:
+            return self.channel.send_nowait(identity, protocol.encode(message))
+        except PeerGone:
+            return False
+
+    def store_request(self, identity: bytes, message: StoreRequest) -> None:
+        for to, reply in self.store.handle(identity, message):
+            self.send(to, reply)
 
     async def idle(self, wait_ms: int) -> None:
         """Between jobs: take hellos, drop late traffic of past jobs, restart dead actors."""
@@ -176,10 +175,12 @@ class ActorPool:
     def note(self, frames: list[bytes]) -> None:
         """A message for the pool rather than a job (a hello while idle, the spare's hello)."""
         try:
-            message = protocol.decode(frames[1]) if len(frames) == 2 else None
+            message = protocol.decode(frames[1], ACTOR_LIMITS) if len(frames) == 2 else None
         except ProtocolError:
             return
-        if isinstance(message, protocol.Hello) and message.actor_id == self.SPARE:
+        if isinstance(message, StoreRequest):
+            self.store_request(frames[0], message)
+        elif isinstance(message, protocol.Hello) and message.actor_id == self.SPARE:
             self.spare = (frames[0], message)
         elif isinstance(message, protocol.Hello) and message.actor_id in self.restarts:
             self.hellos[message.actor_id] = (frames[0], message)
@@ -226,7 +227,7 @@ class ActorPool:
             for identity, _hello in idle:   # idle actors; busy ones get SIGTERM
                 try:
                     self.channel.send_nowait(identity, bye)
-                except zmq.ZMQError:
+                except (zmq.ZMQError, PeerGone):
                     pass
         finally:
             self.supervisor.close()
@@ -242,33 +243,43 @@ class JobRunner:
 
     def __init__(self, job: TrainJob, *, gpus: str = "all", cpu_actors: int | None = None,
                  on_event: Callable[[object], None] | None = None, actor_env: dict[str, str] | None = None,
-                 hang_timeout_s: float = 3.0, pool: ActorPool | None = None, pin: bool = True) -> None:
+                 pool: ActorPool | None = None, pin: bool = True, keep_weights: bool = False) -> None:
         self.job, self.on_event = job, on_event or (lambda _e: None)
         self.pool = pool
         self._own_pool = pool is None
         if pool is None:
             self.pool = ActorPool(gpus, cpu_actors, actor_env, pin)
         self.selection = self.pool.selection
-        self.hang_timeout_s = hang_timeout_s
         self.notes: list[str] = [self.selection.note] if self.selection.note else []
         self.core: TrainingRun | None = None
+        self._namespace: str | None = None   # the store's open namespace (the group's generation)
+        # the leader writes the weights into the broker's private run directory; from there
+        # they go to job.save (the caller's own path: this process is the client) or stay for
+        # the caller to take (weights_path), e.g. to stream them back to a remote client
+        self.keep_weights = keep_weights
+        self.weights_path: Path | None = None
 
     async def run(self) -> dict:
         """Train; return the result dict, or raise JobFailed / DataError / ConfigError."""
         pool = self.pool
         failed = True
         try:
+            self.job.check_world(pool.world)   # before any actor starts: a mistake costs nothing
             if self._own_pool:
                 await pool.start()
             self.core = await self._start()
             await self._serve(self.core)
-            failed = False
             result = self.core.result()
             if self.job.slowdowns:
-                result["simulated_slowdowns"] = [{"rank": r, "factor": f, "from_step": a, "to_step": b}
-                                                 for r, f, a, b in self.job.slowdowns]
+                result["simulated_slowdowns"] = [{"rank": s.rank, "factor": s.factor, "from_step": s.from_step,
+                                                  "to_step": s.to_step} for s in self.job.slowdowns]
+            failed = False   # the actors did their part: a weights file we cannot place is not theirs
+            self._deliver_weights()
             return result
         finally:
+            if pool.started:
+                for identity, reply in pool.store.close():
+                    pool.send(identity, reply)
             if self._own_pool:
                 await pool.close()
             elif self.core is not None:
@@ -276,6 +287,31 @@ class JobRunner:
                     pool.replace_all()
                 else:
                     self._release(self.core)
+
+    def _wants_weights(self) -> bool:
+        return self.job.save is not None or self.keep_weights
+
+    def _deliver_weights(self) -> None:
+        """Move the weights the leader wrote to the caller's ``save`` path (atomically, in its
+        directory), or leave them in ``weights_path`` for the caller."""
+        written = self.pool.run_dir / f"weights-job{self.core.job.job_id}.safetensors"
+        if not self._wants_weights():
+            return
+        if not written.exists():
+            raise JobFailed("the job finished but its weights were not written")
+        if self.job.save is None:
+            self.weights_path = written
+            return
+        target = Path(self.job.save)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            shutil.copyfile(written, tmp)
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ConfigError(f"cannot write the weights to {target}: {exc.strerror or exc}") from None
+        finally:
+            written.unlink(missing_ok=True)
 
     async def _stopped_at_boundary(self, core: TrainingRun) -> str:
         """The job stopped on request; keep its progress in a checkpoint if it has a directory."""
@@ -314,14 +350,17 @@ class JobRunner:
                 self.notes.append(f"resuming from {found.path} (step {found.step})")
             else:
                 self.notes.append(f"no checkpoint in {job.checkpoint_dir} yet: starting from the beginning")
-        core = TrainingRun(job=job_spec(job, pool.next_job_id()), data=data, actor_ids=list(pool.ids),
+        job_id = pool.next_job_id()
+        weights = pool.run_dir / f"weights-job{job_id}.safetensors"
+        core = TrainingRun(job=job_spec(job, job_id), data=data, actor_ids=list(pool.ids),
                            threads=[p.threads for p in self.selection.actors],
-                           rendezvous=pool.rendezvous.address if pool.rendezvous else "tcp://127.0.0.1:0",
                            split=split, steps_per_epoch=steps_per_epoch(n_train, job.batch_size),
-                           n_train=n_train, save_path=job.save, hang_timeout_s=self.hang_timeout_s, planner=planner,
+                           n_train=n_train, save_path=str(weights) if self._wants_weights() else None,
+                           hang_timeout_s=job.hang_timeout_s, planner=planner,
                            max_restarts=job.max_restarts, restart_window_s=job.restart_window_s,
                            start_step=start_step, resume_from=resume_from, prior_epochs=prior)
         now = time.monotonic()
+        self._sync_store(core)
         for identity, hello in pool.take_hellos():
             self._send(core.handle(identity, hello, now))
         return core
@@ -350,24 +389,18 @@ class JobRunner:
             await self._pump(core, 20)
 
     async def _pump(self, core: TrainingRun, wait_ms: int) -> None:
-        """Feed the core at most one message (waiting up to ``wait_ms``) and every process exit."""
+        """Feed the core every process exit and the messages queued (at most PUMP_BATCH,
+        waiting up to ``wait_ms`` for the first)."""
         channel, supervisor = self.pool.channel, self.pool.supervisor
         for actor_id, how in supervisor.exited():   # exits first: they explain the errors that follow them
             if not self.pool.exited(actor_id):
                 self._send(core.actor_exited(actor_id, how, time.monotonic()))
-        frames = channel.recv_nowait() if await channel.wait_readable(wait_ms) else None
-        if frames is not None:
-            try:
-                if len(frames) != 2:
-                    raise ProtocolError(f"expected 2 frames (identity, payload), got {len(frames)}")
-                message = protocol.decode(frames[1])
-            except ProtocolError:
-                core.bad_messages += 1   # dropped; it changes nothing
-            else:
-                if isinstance(message, protocol.Hello) and message.actor_id == ActorPool.SPARE:
-                    self.pool.note(frames)
-                else:
-                    self._send(core.handle(frames[0], message, time.monotonic()))
+        if await channel.wait_readable(wait_ms):
+            for _ in range(PUMP_BATCH):
+                frames = channel.recv_nowait()
+                if frames is None:
+                    break
+                self._take(core, frames)
         for actor_id in core.kill:
             supervisor.kill(actor_id)
         for actor_id in core.respawn:
@@ -375,9 +408,34 @@ class JobRunner:
         core.kill, core.respawn = [], []
         self.pool.flush()
 
+    def _take(self, core: TrainingRun, frames: list[bytes]) -> None:
+        """One message from the actors' channel: for the store, the pool or the job."""
+        try:
+            if len(frames) != 2:
+                raise ProtocolError(f"expected 2 frames (identity, payload), got {len(frames)}")
+            message = protocol.decode(frames[1], ACTOR_LIMITS)
+        except ProtocolError:
+            core.bad_messages += 1   # dropped; it changes nothing
+            return
+        if isinstance(message, StoreRequest):
+            self.pool.store_request(frames[0], message)
+        elif isinstance(message, protocol.Hello) and message.actor_id == ActorPool.SPARE:
+            self.pool.note(frames)
+        else:
+            self._send(core.handle(frames[0], message, time.monotonic()))
+        self._sync_store(core)
+
+    def _sync_store(self, core: TrainingRun) -> None:
+        """Keep the store's one open namespace the current group's (an older group's keys go)."""
+        namespace = f"job{core.job.job_id}/gen{core.generation}/"
+        if self._namespace != namespace:
+            self._namespace = namespace
+            for identity, reply in self.pool.store.open_only(namespace):
+                self.pool.send(identity, reply)
+
     def _send(self, outs: list[Out]) -> None:
         for out in outs:
-            self.pool.channel.send_nowait(out.identity, protocol.encode(out.message))
+            self.pool.send(out.identity, out.message)
 
     def _emit(self, core: TrainingRun) -> None:
         events, core.events = core.events, []
@@ -387,9 +445,9 @@ class JobRunner:
     def _release(self, core: TrainingRun) -> None:
         """The job is over: its actors go back to the pool, and say hello when they are ready.
         (One that is gone already is not news: the pool restarts it.)"""
-        bye = protocol.encode(Release(job_id=core.job.job_id))
+        bye = Release(job_id=core.job.job_id)
         for identity in core.identities():
-            self.pool.channel.send_nowait(identity, bye)
+            self.pool.send(identity, bye)
 
     def _failure_report(self, core: TrainingRun) -> str:
         lines = [core.failure or "job failed"]

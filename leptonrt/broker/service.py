@@ -3,47 +3,75 @@
 ``leptonrt up`` wraps an embedded ``Broker`` in a ``Service``: a ROUTER socket on the
 service address, separate from the actors' private socket. A client's ``Submit`` is
 answered with ``Accepted`` (or ``Rejected``, with the exit code the client should end
-with), then the job's epochs, split changes and outcome stream back on that connection.
-``StatusRequest`` is answered with the latest statistics snapshot. A client that goes
-away loses only its stream: its job stays queued and runs.
+with), then the job's epochs, split changes and outcome stream back on that connection
+(its weights too, when asked for). ``StatusRequest`` is answered from the latest snapshot.
+A client that goes away loses only its stream: its job stays queued and runs.
+
+What protects the broker from its clients: every message passes the ``Gate`` (frame and
+size caps, a rate per client) before anything acts on it; one guard around the handler
+turns any exception into a counted rejection of that message; the loop hands the event
+loop back every few messages, so the actors' channel is never kept waiting; a supervisor
+restarts the loop if it dies, and reports the service broken (``up`` then exits 70) if it
+keeps dying. The broker writes no file a client names: weights go back to the client,
+and checkpoints only under the directory the service was started with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
-import json
+import logging
+import re
+import time
 from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
 
 import zmq
-import zmq.asyncio
 
-from ..config import TrainJob
-from ..errors import ConfigError, LeptonError, ProtocolError
-from . import protocol
+from .. import messages
+from ..errors import ConfigError, InternalError, LeptonError, ProtocolError
+from ..messages import (SERVICE_LIMITS, WEIGHTS_CHUNK, Accepted, JobUpdate, Rejected, StatusReply, StatusRequest,
+                        Submit, TrainJob, Weights)
 from .address import check_listen, ipc_path
+from .channel import Channel, PeerGone
 from .embedded import Broker, BrokerClosed, Job
-from .protocol import Accepted, JobUpdate, Rejected, StatusReply, StatusRequest, Submit
+from .gate import Gate, GateConfig, Verdict
 from .run import ActorLost, EpochEvent, Recovered, SplitChanged
+from .supervise import supervise
 
-PROBE_MS = 500   # how long a stale-socket probe waits for an answer
+log = logging.getLogger("leptonrt.service")
+
+PROBE_MS = 500         # how long a stale-socket probe waits for an answer
+BATCH = 64             # messages handled before the loop is handed back
+SNAPSHOT_EVERY_S = 0.25   # a status reply is at most this old
+RESTARTS = 5           # the serving loop may die this often...
+RESTART_WINDOW_S = 60.0   # ...within this long before the service counts as broken
+SEND_PATIENCE_S = 30.0    # a client that reads nothing for this long loses its stream
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_KINDS = {EpochEvent: "epoch", SplitChanged: "split", ActorLost: "lost", Recovered: "recovered"}
 
 
 async def probe(address: str, secret: str = "", wait_ms: int = PROBE_MS) -> dict | None:
     """The snapshot of a broker answering at ``address``, or None if none answers."""
-    ctx = zmq.asyncio.Context()
+    ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, SERVICE_LIMITS.frame_bytes)
     try:
         sock.connect(address)
-        await sock.send(protocol.encode(StatusRequest(token=secret)))
-        while await sock.poll(wait_ms):
+        sock.send(messages.encode(StatusRequest(token=secret)))
+        deadline = time.monotonic() + wait_ms / 1000
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(max(int(left * 1000), 1)):
+                break
             try:
-                msg = protocol.decode(await sock.recv())
+                msg = messages.decode(sock.recv(), SERVICE_LIMITS)
             except ProtocolError:
                 continue
             if isinstance(msg, StatusReply):
-                return json.loads(msg.snapshot_json)
+                return dict(msg.snapshot)
             if isinstance(msg, Rejected):
                 return {"rejected": msg.message}
         return None
@@ -57,12 +85,20 @@ async def probe(address: str, secret: str = "", wait_ms: int = PROBE_MS) -> dict
 class Service:
     """Serves one Broker to clients at ``address`` until closed."""
 
-    def __init__(self, broker: Broker, address: str, secret: str = "") -> None:
+    def __init__(self, broker: Broker, address: str, secret: str = "", *,
+                 checkpoint_root: str | Path | None = None, gate: GateConfig = GateConfig(),
+                 on_broken: Callable[[BaseException], None] | None = None) -> None:
         check_listen(address, secret)
         self.broker, self.address, self.secret = broker, address, secret
-        self._forwarders: set[asyncio.Task] = set()
+        self.checkpoint_root = Path(checkpoint_root).resolve() if checkpoint_root is not None else None
+        self.gate = Gate(gate)
+        self.on_broken = on_broken or (lambda exc: None)
+        self.broken: BaseException | None = None
+        self.handler_errors = 0
+        self._forwarders: dict[asyncio.Task, tuple[bytes, Job]] = {}
         self._task: asyncio.Task | None = None
-        self.bad_messages = 0
+        self._snapshot: tuple[float, bytes] | None = None
+        self.channel: Channel | None = None
 
     async def __aenter__(self) -> "Service":
         await self.start()
@@ -71,95 +107,168 @@ class Service:
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
 
+    def statistics(self) -> dict[str, int]:
+        """The service's counters (they go into every snapshot)."""
+        return {**asdict(self.gate.statistics()), "handler_errors": self.handler_errors}
+
     async def start(self) -> None:
         path = ipc_path(self.address)
         if path is not None and path.exists():
             if await probe(self.address, self.secret) is not None:
                 raise ConfigError(f"another leptonrt broker is already serving at {self.address}")
             path.unlink(missing_ok=True)   # left behind by a broker that was killed
-        self.ctx = zmq.asyncio.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.MAXMSGSIZE, 1024 * 1024)
         try:
-            self.router.bind(self.address)
+            self.channel = Channel(self.address, messages.CLIENT_LIMITS.frame_bytes)
         except zmq.ZMQError as exc:
-            self.router.close(linger=0)
-            self.ctx.term()
             raise ConfigError(f"cannot listen on {self.address}: {exc}") from None
         self._owns_path = path
-        self._task = asyncio.get_running_loop().create_task(self._serve(), name="leptonrt-service")
+        self.broker.counters = self.statistics
+        serve = supervise(self._serve, name="the leptonrt service loop", restarts=RESTARTS, window_s=RESTART_WINDOW_S,
+                          on_broken=self._broken)
+        self._task = asyncio.get_running_loop().create_task(serve, name="leptonrt-service")
 
     async def close(self) -> None:
-        tasks = [t for t in (self._task, *self._forwarders) if t is not None]
+        """Stop serving. Every client still following a job is told at once that the broker
+        closed (its own exit code), rather than left to notice the silence."""
+        if self._task is None:
+            return
+        for identity, job in list(self._forwarders.values()):
+            if not job.done():
+                self._send(identity, _failed(job.id, BrokerClosed(f"job {job.id}: the broker closed")))
+        tasks = [self._task, *self._forwarders]
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await asyncio.wait(tasks)
         self._forwarders.clear()
-        if self._task is not None:
-            self._task = None
-            self.router.close(linger=0)
-            self.ctx.term()
-            if self._owns_path is not None:
-                self._owns_path.unlink(missing_ok=True)
+        self._task = None
+        self.channel.close()
+        if self._owns_path is not None:
+            self._owns_path.unlink(missing_ok=True)
+
+    # -- the serving loop -------------------------------------------------------------
+
+    def _broken(self, error: InternalError) -> None:
+        self.broken = error
+        self.on_broken(error)
 
     async def _serve(self) -> None:
         while True:
-            frames = await self.router.recv_multipart()
-            if len(frames) != 2:
-                self.bad_messages += 1
+            if not await self.channel.wait_readable(1000):
                 continue
-            identity = frames[0]
-            try:
-                msg = protocol.decode(frames[1])
-            except ProtocolError as exc:
-                self.bad_messages += 1
-                await self._send(identity, Rejected(message=f"bad request: {exc}"[:4000], exit_code=70))
-                continue
-            if isinstance(msg, (Submit, StatusRequest)) and not hmac.compare_digest(msg.token, self.secret):
-                await self._send(identity, Rejected(message="wrong or missing token (LEPTONRT_TOKEN)", exit_code=78))
-            elif isinstance(msg, Submit):
-                await self._submit(identity, msg)
-            elif isinstance(msg, StatusRequest):
-                snapshot = self.broker.snapshot().to_dict()
-                await self._send(identity, StatusReply(snapshot_json=json.dumps(snapshot)))
-            else:
-                self.bad_messages += 1
+            for _ in range(BATCH):
+                frames = self.channel.recv_nowait()
+                if frames is None:
+                    break
+                self._guarded(frames)
+            await asyncio.sleep(0)   # the actors' channel and the running job go next
 
-    async def _submit(self, identity: bytes, msg: Submit) -> None:
+    def _guarded(self, frames: list[bytes]) -> None:
+        """Handle one message; whatever it raises is a counted rejection, never a dead loop."""
+        identity = frames[0]
         try:
-            spec = TrainJob.from_dict(json.loads(msg.job_json))
-            job = await self.broker.submit(spec)
-        except json.JSONDecodeError:
-            await self._send(identity, Rejected(message="the job is not valid JSON", exit_code=78))
+            self._handle(identity, frames[1:], time.monotonic())
+        except Exception as exc:
+            self.handler_errors += 1
+            log.exception("leptonrt service: handling a request failed")
+            self._send(identity, Rejected(message=f"internal error handling the request ({type(exc).__name__}); "
+                                                  "the service goes on", exit_code=70))
+
+    def _handle(self, identity: bytes, rest: list[bytes], now: float) -> None:
+        admission = self.gate.admit(identity, rest, now)
+        if admission.verdict is Verdict.DROP:
             return
+        if admission.verdict is Verdict.REJECT:
+            self._send(identity, Rejected(message=admission.reason, exit_code=70))
+            return
+        msg = admission.message
+        if not hmac.compare_digest(msg.token.encode("utf-8", "surrogatepass"), self.secret.encode("utf-8")):
+            self._send(identity, Rejected(message="wrong or missing token (LEPTONRT_TOKEN)", exit_code=78))
+        elif isinstance(msg, Submit):
+            self._submit(identity, msg)
+        else:
+            try:
+                self.channel.send_nowait(identity, self._status_frame(now))
+            except PeerGone:
+                pass
+
+    def _status_frame(self, now: float) -> bytes:
+        """The latest snapshot, encoded at most every SNAPSHOT_EVERY_S however often it is asked for."""
+        if self._snapshot is None or now - self._snapshot[0] >= SNAPSHOT_EVERY_S:
+            snapshot = messages.Plain(self.broker.snapshot().to_dict())
+            self._snapshot = (now, messages.encode(StatusReply(snapshot=snapshot)))
+        return self._snapshot[1]
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def _submit(self, identity: bytes, msg: Submit) -> None:
+        try:
+            job = self.broker.submit_nowait(self._server_side(msg.job), keep_weights=msg.want_weights)
         except LeptonError as exc:
-            code = 69 if isinstance(exc, BrokerClosed) else exc.exit_code
-            await self._send(identity, Rejected(message=str(exc)[:4000], exit_code=code))
+            self._send(identity, Rejected(message=str(exc)[:4000], exit_code=exc.exit_code))
             return
         ahead = sum(j.state in ("queued", "running") for j in self.broker.jobs() if j.id < job.id)
-        await self._send(identity, Accepted(job_id=job.id, ahead=ahead))
-        task = asyncio.get_running_loop().create_task(self._forward(identity, job), name=f"leptonrt-job-{job.id}")
-        self._forwarders.add(task)
-        task.add_done_callback(self._forwarders.discard)
+        self._send(identity, Accepted(job_id=job.id, ahead=ahead))
+        task = asyncio.get_running_loop().create_task(self._forward(identity, job, msg.want_weights),
+                                                      name=f"leptonrt-job-{job.id}")
+        self._forwarders[task] = (identity, job)
+        task.add_done_callback(lambda t: self._forwarders.pop(t, None))
 
-    async def _forward(self, identity: bytes, job: Job) -> None:
-        kinds = {EpochEvent: "epoch", SplitChanged: "split", ActorLost: "lost", Recovered: "recovered"}
+    def _server_side(self, job: TrainJob) -> TrainJob:
+        """The job as this broker runs it: no client path is ever written here."""
+        if job.save is not None:
+            raise ConfigError("a running broker writes no file for its clients: leave out save "
+                              "(ask for the weights with want_weights; `leptonrt train --save` does)")
+        if job.checkpoint_dir is None:
+            return dataclasses.replace(job, save=None)
+        if self.checkpoint_root is None:
+            raise ConfigError("this broker keeps no checkpoints: start it with `leptonrt up --checkpoint-root DIR`")
+        if not _NAME.match(job.checkpoint_dir):
+            raise ConfigError(f"checkpoint name {job.checkpoint_dir!r}: a running broker keeps checkpoints under its "
+                              f"--checkpoint-root; give a plain name (letters, digits, '_', '-', '.')")
+        return dataclasses.replace(job, checkpoint_dir=str(self.checkpoint_root / job.checkpoint_dir))
+
+    async def _forward(self, identity: bytes, job: Job, want_weights: bool) -> None:
         async for event in job.events():
-            kind = kinds.get(type(event))
-            if kind is not None:
-                await self._send(identity, JobUpdate(job_id=job.id, kind=kind, data_json=json.dumps(asdict(event))))
+            kind = _KINDS.get(type(event))
+            if kind is not None and not await self._deliver(identity, JobUpdate(
+                    job_id=job.id, kind=kind, data=messages.Plain(asdict(event)))):
+                return   # the client is gone: its job goes on
         try:
             result = await job.result()
         except LeptonError as exc:
-            data = {"message": str(exc), "exit_code": exc.exit_code, "error": type(exc).__name__}
-            await self._send(identity, JobUpdate(job_id=job.id, kind="failed", data_json=json.dumps(data)))
-        else:
-            await self._send(identity, JobUpdate(job_id=job.id, kind="finished", data_json=json.dumps(result)))
+            await self._deliver(identity, _failed(job.id, exc))
+            return
+        if want_weights and job.weights_path is not None and not await self._send_weights(identity, job):
+            return
+        await self._deliver(identity, JobUpdate(job_id=job.id, kind="finished", data=messages.Plain(result)))
 
-    async def _send(self, identity: bytes, msg: protocol.Message) -> None:
+    async def _send_weights(self, identity: bytes, job: Job) -> bool:
+        data = await asyncio.to_thread(job.weights_path.read_bytes)
+        for offset in range(0, max(len(data), 1), WEIGHTS_CHUNK):
+            piece = Weights(job_id=job.id, offset=offset, total=len(data), data=data[offset:offset + WEIGHTS_CHUNK])
+            if not await self._deliver(identity, piece):
+                return False
+        return True
+
+    async def _deliver(self, identity: bytes, msg: messages.Message) -> bool:
+        """Send, waiting while the client's queue is full; False once it is gone or stuck."""
+        payload, deadline = messages.encode(msg), time.monotonic() + SEND_PATIENCE_S
         try:
-            await self.router.send_multipart([identity, protocol.encode(msg)], flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass   # the client is gone or not reading; its job goes on
+            while not self.channel.send_nowait(identity, payload):
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.01)
+        except PeerGone:
+            return False
+        return True
+
+    def _send(self, identity: bytes, msg: messages.Message) -> None:
+        try:
+            self.channel.send_nowait(identity, messages.encode(msg))
+        except PeerGone:
+            pass   # it asked and left: nobody to answer
+
+
+def _failed(job_id: int, exc: LeptonError) -> JobUpdate:
+    data = {"message": str(exc)[:60000], "exit_code": exc.exit_code, "error": type(exc).__name__}
+    return JobUpdate(job_id=job_id, kind="failed", data=messages.Plain(data))

@@ -8,7 +8,7 @@ rebuilds (and validates) it on the other side of a socket.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from ..errors import ProtocolError
 
@@ -76,6 +76,7 @@ class Snapshot:
     events: tuple[Event, ...] = ()                      # newest last
     jobs_done: int = 0
     jobs_failed: int = 0
+    counters: dict = field(default_factory=dict)   # name -> count: rejected, dropped and failed messages, restarts
 
     @property
     def uptime_s(self) -> float:
@@ -101,12 +102,13 @@ class Snapshot:
                 actors=tuple(ActorStats(**a) for a in d.pop("actors", ())),
                 throughput=tuple((float(t), float(v)) for t, v in d.pop("throughput", ())),
                 events=tuple(Event(**e) for e in d.pop("events", ())),
+                counters={str(k): int(v) for k, v in dict(d.pop("counters", {})).items()},
                 **{k: v for k, v in d.items() if k in _SCALARS},
             )
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed status snapshot: {exc}") from None
 
 
-_SCALARS = {f.name for f in fields(Snapshot)} - {"job", "queued", "actors", "throughput", "events"}
+_SCALARS = {f.name for f in fields(Snapshot)} - {"job", "queued", "actors", "throughput", "events", "counters"}
 
 __all__ = ["ActorStats", "Event", "JobStats", "QueuedJob", "Snapshot"]

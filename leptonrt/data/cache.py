@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ..broker.protocol import ArrayRef, DatasetInfo
+from ..messages import ArrayRef, DatasetInfo
 from .loaders import Dataset, load_dataset
 from .shm import SegmentWriter
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from leptonrt.actors import main as actor_main
-from leptonrt.broker.protocol import Grant, Heartbeat, Regroup, Reports, Resplit
+from leptonrt.messages import Grant, Heartbeat, Regroup, Reports, Resplit
 
 
 class _Link:
@@ -40,7 +40,7 @@ def _actor(link: _Link) -> actor_main.Actor:
     """An actor with just what waiting for grants uses (no process group, no model)."""
     actor = actor_main.Actor.__new__(actor_main.Actor)
     actor.link, actor.parent_pid = link, os.getppid()
-    actor.job = types.SimpleNamespace(job_id=link.job_id)
+    actor.job = actor.spec = types.SimpleNamespace(job_id=link.job_id)
     actor.w = types.SimpleNamespace(snapshot_every=8)
     actor.rank, actor.world, actor.generation, actor.group_start = 0, 2, 0, 0
     actor.device = torch.device("cpu")

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import zmq
 
-from leptonrt.broker.channel import Channel
+from leptonrt.broker.channel import Channel, PeerGone
 
 
 @pytest.fixture
@@ -114,9 +114,10 @@ def test_the_channel_follows_its_caller_from_one_event_loop_to_the_next(pair):
         assert runner.run(one(b"c")) == b"c"
 
 
-def test_sending_to_an_actor_that_is_not_connected_drops_the_message(pair):
+def test_sending_to_a_peer_that_is_not_connected_says_so(pair):
     channel, _dealer = pair
-    assert channel.send_nowait(b"\x00nobody", b"grant") is True   # a ROUTER drops what it cannot route
+    with pytest.raises(PeerGone):   # ROUTER_MANDATORY: nothing vanishes silently
+        channel.send_nowait(b"\x00nobody", b"grant")
 
 
 

@@ -7,7 +7,8 @@ import uvloop
 
 import leptonrt
 from leptonrt import Broker, BrokerClosed, EpochEvent, TrainJob
-from leptonrt.errors import DataError
+from leptonrt.broker.server import JobRunner
+from leptonrt.errors import DataError, InternalError
 
 pytestmark = pytest.mark.process
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -50,6 +51,31 @@ def test_jobs_submitted_together_are_queued_and_finish_in_order(no_leftovers):
     first, second = run("asyncio", main)
     assert first.state == second.state == "done"
     assert first.id < second.id
+
+
+class BuggyFirstRunner(JobRunner):
+    """A runner with a bug of ours in its first job only (the --split nan of old: a crash, not an error)."""
+
+    runs = 0
+
+    async def run(self):
+        BuggyFirstRunner.runs += 1
+        if BuggyFirstRunner.runs == 1:
+            raise ValueError("cannot convert float NaN to integer")
+        return await super().run()
+
+
+def test_a_job_that_dies_of_a_bug_fails_alone_and_the_next_job_runs(no_leftovers):
+    async def main():
+        async with Broker(gpus="none", cpu_actors=2, runner=BuggyFirstRunner) as broker:
+            bad, good = await broker.submit(SMALL), await broker.submit(SMALL)
+            with pytest.raises(InternalError, match="internal error") as failed:
+                await bad.result()
+            result = await good.result()
+            return failed.value, result, broker.snapshot().state
+
+    failed, result, state = run("asyncio", main)
+    assert failed.exit_code == 70 and result["epochs"] == 2 and state == "serving"
 
 
 def test_a_failing_job_raises_from_result_and_the_next_one_still_runs(no_leftovers):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from leptonrt.broker.protocol import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello,
-                                      JobSpec, Reports, Resplit, StepStat, Stop, Welcome)
+from leptonrt.messages import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
+                               Reports, Resplit, StepStat, Stop, TrainJob, Welcome)
 from leptonrt.broker.planner import Planner
 from leptonrt.broker.run import EpochEvent, SplitChanged, TrainingRun
 from leptonrt.errors import InternalError
@@ -20,10 +20,11 @@ DATA = DatasetInfo(spec="synthetic:12,4,3", n_features=4, n_classes=3, x_train=_
 
 def make_run(world=2, epochs=2, steps=5, window=4, split=None, batch=None, planner=None, **extra):
     batch = batch or 2 * world
-    job = JobSpec(job_id=7, dataset=DATA.spec, hidden=[8], epochs=epochs, batch_size=batch, lr=0.1,
-                  optimizer="sgd", momentum=0.0, weight_decay=0.0, precision="fp32", seed=1, slowdowns=[])
+    settings = TrainJob(dataset=DATA.spec, hidden=(8,), epochs=epochs, batch_size=batch, lr=0.1, optimizer="sgd",
+                        momentum=0.0, weight_decay=0.0, precision="fp32", seed=1, align=1)
+    job = JobSpec(job_id=7, job=settings)
     return TrainingRun(job=job, data=DATA, actor_ids=[f"a{i}" for i in range(world)], threads=[1] * world,
-                       rendezvous="tcp://127.0.0.1:1", split=split or [batch // world] * world,
+                       split=split or [batch // world] * world,
                        steps_per_epoch=steps, n_train=10, min_window=window, max_window=window,
                        save_path="/tmp/w.safetensors", planner=planner, **extra)
 
@@ -94,7 +95,7 @@ def test_the_job_stops_after_the_last_step_and_is_done_when_everyone_finished():
     run, _ = started(epochs=1, steps=3, window=8)
     run.handle(b"id0", report(0, 0, 1, 2), now=1.0)
     outs = run.handle(b"id1", report(1, 0, 1, 2), now=1.0)
-    assert [o.message for o in outs] == [Stop(job_id=7, save_path="/tmp/w.safetensors")] * 2
+    assert [o.message for o in outs] == [Stop(job_id=7, save=True)] * 2
     run.handle(b"id0", EpochResult(job_id=7, rank=0, epoch=0, train_loss=1.0, test_loss=0.9,
                                    test_accuracy=0.5, seconds=0.5), now=1.5)
     for i in range(2):
@@ -346,7 +347,7 @@ def test_once_warm_the_planner_sees_rows_vary_one_way_then_the_other_then_even_a
 
 
 def test_a_survivors_report_of_a_failed_collective_is_answered_by_the_regroup_that_a_loss_brings():
-    from leptonrt.broker.protocol import GroupFailed
+    from leptonrt.messages import GroupFailed
     run, _ = started(epochs=4, steps=10, window=16, snapshot_every=4)
     run.handle(b"id0", report(0, *range(0, 6)), now=1.0)
     run.handle(b"id1", report(1, *range(0, 6)), now=1.0)

@@ -1,15 +1,21 @@
-"""Every message the broker and the actors exchange, and its versioned msgpack encoding.
+"""Every message that crosses a socket, and its versioned msgpack encoding: the wire.
 
 A frame is ``msgpack([VERSION, kind, {field: value}])``; ``kind`` is the class name and
 nested records are maps too. No I/O here: socket loops call ``encode`` and ``decode``.
+docs/protocol.md describes the same rules for someone writing a client.
 
 Validation is generic, driven by each field's annotation and the metadata of its
 ``dataclasses.field``: ``min``/``max`` (inclusive), ``choices``, ``min_len``/``max_len``
-(string or list length), ``item_min``/``item_max`` (list elements) and
-``allow_nonfinite`` (floats). A record may add ``check()`` for a cheap cross-field rule;
-it raises ``ProtocolError`` and runs after the field checks. A bad incoming frame is the
-peer's fault (``ProtocolError``); an invalid outgoing message is our bug
-(``InternalError``). The field limits keep every valid message far below the frame limit.
+(string, bytes or list length), ``item_min``/``item_max`` (list elements) and
+``allow_nonfinite`` (floats). ``tuple[X, ...]`` fields travel as lists; ``Plain`` fields
+hold msgpack-native data (maps with string keys, lists, scalars) of bounded depth. A record
+may add ``check()`` for a cheap cross-field rule; it raises ``ProtocolError`` and runs
+after the field checks. A bad incoming frame is the peer's fault (``ProtocolError``); an
+invalid outgoing message is our bug (``InternalError``).
+
+Caps come before decoding: a frame longer than its channel's ``Limits`` is refused
+unread, and msgpack itself refuses arrays, maps, strings and byte strings longer than the
+limits (so a frame of a million empty arrays costs nothing to refuse).
 """
 
 from __future__ import annotations
@@ -25,10 +31,36 @@ from typing import Any, NoReturn, Union
 
 import msgpack
 
-from leptonrt.errors import InternalError, ProtocolError
+from leptonrt.errors import ConfigError, InternalError, ProtocolError
 
-VERSION = 1
-MAX_FRAME_BYTES = 16 * 1024 * 1024
+VERSION = 2
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one channel accepts, checked before and while decoding."""
+
+    frame_bytes: int        # longest frame (the socket's MAXMSGSIZE too: a longer one disconnects the peer)
+    frames: int             # frames in one message, the routing identity included
+    array_len: int          # longest msgpack array...
+    map_len: int            # ...and map (entries) in a frame
+
+
+# clients -> the service: small requests only
+CLIENT_LIMITS = Limits(frame_bytes=64 * 1024, frames=2, array_len=4096, map_len=64)
+# the service -> clients: snapshots, results, weights in chunks of WEIGHTS_CHUNK
+SERVICE_LIMITS = Limits(frame_bytes=4 * 1024 * 1024, frames=2, array_len=65536, map_len=4096)
+# the broker <-> its actors (and their rendezvous store)
+ACTOR_LIMITS = Limits(frame_bytes=1024 * 1024, frames=2, array_len=16384, map_len=64)
+WEIGHTS_CHUNK = 1024 * 1024
+MAX_REPORT_STEPS = 1024   # steps in one Reports message
+MAX_PLAIN_DEPTH = 8       # nesting of a Plain value
+
+
+class Plain(dict):
+    """Annotation for a field of msgpack-native data: a map with string keys whose values are
+    maps, lists, strings, numbers, booleans or None, at most ``MAX_PLAIN_DEPTH`` deep."""
+
 
 _META_KEYS = frozenset(
     {"min", "max", "choices", "min_len", "max_len", "item_min", "item_max", "allow_nonfinite"}
@@ -52,6 +84,8 @@ def _given(default: Any, **meta: Any) -> Any:
 # "allreduce": torch.distributed.all_reduce; "exchange": every member sends its gradients to
 # every other (point-to-point) and all sum them in rank order (small CPU groups)
 _SYNCS = frozenset({"allreduce", "exchange"})
+OPTIMIZERS = ("adam", "adamw", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 # --- records nested inside messages ------------------------------------------------
@@ -80,29 +114,100 @@ class DatasetInfo:
 @dataclass(frozen=True, slots=True)
 class Slowdown:
     """A simulated straggler (for tests and benchmarks), always labelled as simulated."""
-    rank: int = _field(min=0)  # rank that is slowed
+    rank: int = _field(min=0, max=4095)  # rank that is slowed
     factor: float = _field(min=1.0, max=1000.0)  # its steps take this many times their compute time
-    from_step: int = _field(min=0)  # first global step slowed
-    to_step: int | None = _field(min=1)  # one past the last slowed step; None: to the end
+    from_step: int = _field(min=0, max=2**62)  # first global step slowed
+    to_step: int | None = _field(min=1, max=2**62)  # one past the last slowed step; None: to the end
+
+    def check(self) -> None:
+        if self.to_step is not None and self.to_step <= self.from_step:
+            raise ProtocolError(f"to_step {self.to_step} is not above from_step {self.from_step}")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainJob:
+    """One training job: what to train, on what data, for how long. Every setting is checked
+    here, by the same rules the wire enforces, so a job that can be built can be sent."""
+
+    dataset: str = _given("digits", min_len=1, max_len=4096)  # digits, mnist:DIR, npz:PATH, synthetic:N,D,C
+    hidden: tuple[int, ...] = _given((128,), min_len=1, max_len=16, item_min=1, item_max=65536)  # hidden widths
+    epochs: int = _given(10, min=1, max=1_000_000)  # passes over the training split
+    batch_size: int = _given(64, min=1, max=10_000_000)  # global batch, split across actors
+    lr: float = _given(1e-3, min=1e-12, max=10.0)  # learning rate
+    optimizer: str = _given("adam", choices=frozenset(OPTIMIZERS))  # adam | adamw | sgd
+    momentum: float = _given(0.9, min=0.0, max=1.0)  # SGD momentum (ignored by adam/adamw)
+    weight_decay: float = _given(0.0, min=0.0, max=10.0)  # L2 / decoupled decay
+    precision: str = _given("auto", choices=frozenset(PRECISIONS))  # auto | fp32 | bf16 | fp16
+    seed: int = _given(0, min=0, max=2**63 - 1)  # seeds init, permutations and the data split
+    test_fraction: float = _given(0.2, min=1e-6, max=1 - 1e-6)  # held-out share when the data has no test split
+    split: tuple[float, ...] | None = _given(None, min_len=1, max_len=4096, item_min=0.0, item_max=1e9)  # fixed shares; None: even
+    rebalance: bool = _given(True)  # let the planner resize shares (off when split is fixed)
+    align: int = _given(8, min=1, max=10_000_000)  # shares move in units of this many rows
+    slowdowns: tuple[Slowdown, ...] = _given((), max_len=64)  # SIMULATED stragglers
+    save: str | None = _given(None, min_len=1, max_len=4096)  # write final weights here (local jobs only)
+    checkpoint_dir: str | None = _given(None, min_len=1, max_len=4096)  # where the leader writes checkpoints...
+    checkpoint_every: int = _given(0, min=0, max=2**62)  # ...every this many steps (0: never)
+    resume: bool = _given(False)  # start from the newest complete checkpoint in checkpoint_dir
+    max_restarts: int = _given(3, min=0, max=1000)  # replacements per actor within restart_window_s
+    restart_window_s: float = _given(60.0, min=0.001, max=86400.0)
+    hang_timeout_s: float = _given(3.0, min=0.1, max=3600.0)  # an actor silent this long is taken for hung
+
+    def __post_init__(self) -> None:
+        # the Python API takes lists and bare tuples too; the record holds its own types
+        if not isinstance(self.hidden, tuple) and isinstance(self.hidden, list):
+            object.__setattr__(self, "hidden", tuple(self.hidden))
+        if isinstance(self.split, list):
+            object.__setattr__(self, "split", tuple(self.split))
+        if isinstance(self.slowdowns, (list, tuple)):
+            object.__setattr__(self, "slowdowns", tuple(
+                s if isinstance(s, Slowdown) or not isinstance(s, (list, tuple)) else Slowdown(*s)
+                for s in self.slowdowns))
+        try:
+            _record_to_map(TrainJob, self, "TrainJob")
+        except ProtocolError as exc:
+            raise ConfigError(str(exc).replace("TrainJob.", "job setting ", 1)) from None
+
+    def check(self) -> None:
+        """Rules across fields: each is a user's mistake, named plainly."""
+        if self.split is not None and not sum(self.split) > 0:
+            raise ProtocolError(f"split shares must have a positive sum, got {list(self.split)}")
+        if self.align > self.batch_size:
+            raise ProtocolError(f"alignment {self.align} is above the batch size {self.batch_size}")
+        if self.checkpoint_every and not self.checkpoint_dir:
+            raise ProtocolError("checkpoints (checkpoint_every) need a checkpoint directory")
+        if self.resume and not self.checkpoint_dir:
+            raise ProtocolError("resume needs a checkpoint directory")
+
+    @property
+    def planned(self) -> bool:
+        """Whether the planner may resize shares during this job."""
+        return self.rebalance and self.split is None
+
+    def fingerprint(self) -> str:
+        """What fixes the mathematics of the run: a checkpoint only resumes a job with the same."""
+        import hashlib
+        import json
+        fields = {"dataset": self.dataset, "hidden": list(self.hidden), "batch_size": self.batch_size,
+                  "lr": self.lr, "optimizer": self.optimizer, "momentum": self.momentum,
+                  "weight_decay": self.weight_decay, "precision": self.precision, "seed": self.seed,
+                  "test_fraction": self.test_fraction}
+        text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def check_world(self, world: int) -> None:
+        """Rules that need the number of actors (known where the job runs): ConfigError."""
+        if self.split is not None and len(self.split) != world:
+            raise ConfigError(f"--split gives {len(self.split)} shares but there are {world} actors")
+        for s in self.slowdowns:
+            if s.rank >= world:
+                raise ConfigError(f"--simulate-slowdown names rank {s.rank}, but the ranks are 0..{world - 1}")
 
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """What to train and how."""
+    """What the actors train, as the broker tells them."""
     job_id: int = _field(min=0)  # id the broker gave the job
-    dataset: str = _field(min_len=1, max_len=4096)  # dataset spec to train on
-    hidden: list[int] = _field(max_len=16, item_min=1, item_max=1_000_000)  # hidden widths
-    epochs: int = _field(min=1, max=1_000_000)  # passes over the training set
-    batch_size: int = _field(min=1, max=10_000_000)  # global batch, summed over all ranks
-    lr: float = _field(min=1e-12, max=10.0)  # learning rate; must be positive
-    optimizer: str = _field(choices=frozenset({"adam", "adamw", "sgd"}))  # optimizer name
-    momentum: float = _field(min=0.0, max=1.0)  # momentum for sgd
-    weight_decay: float = _field(min=0.0, max=10.0)  # weight decay coefficient
-    precision: str = _field(choices=frozenset({"auto", "fp32", "bf16", "fp16"}))  # compute dtype
-    seed: int = _field(min=0, max=2**63 - 1)  # seed for initialisation and shuffling
-    slowdowns: list[Slowdown] = _field(max_len=4096)  # simulated stragglers (empty normally)
-    checkpoint_dir: str | None = _given(None, min_len=1, max_len=4096)  # where rank 0 writes checkpoints
-    checkpoint_every: int = _given(0, min=0)  # steps between checkpoints; 0: none
+    job: TrainJob  # the job's settings (checkpoint_dir resolved by the broker; save always empty)
     fingerprint: str = _given("", max_len=64)  # identifies the job's mathematics, for checkpoints
 
 
@@ -117,7 +222,7 @@ class StepStat:
     version: int = _given(0, min=0)  # the version of the split the step used (see Grant)
 
 
-# --- top-level messages --------------------------------------------------------------
+# --- top-level messages: broker <-> actors --------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +242,6 @@ class Welcome:
     """Broker -> actor: the actor's place in a job."""
     rank: int = _field(min=0)  # this actor's rank, below world_size
     world_size: int = _field(min=1, max=4096)  # number of ranks in the job
-    rendezvous: str = _field(min_len=1, max_len=256)  # address where the ranks meet
     job: JobSpec  # what to train
     data: DatasetInfo  # where the dataset lies in shared memory
     steps_per_epoch: int = _field(min=1)  # global steps in one epoch
@@ -151,6 +255,7 @@ class Welcome:
     snapshot_every: int = _given(8, min=1, max=1_000_000)  # in-memory snapshot every this many steps
     members: list[int] | None = _given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the gradient group; None: all
     gradient_sync: str = _given("allreduce", choices=_SYNCS)  # how the group sums gradients
+    save_path: str | None = _given(None, min_len=1, max_len=4096)  # the leader writes the weights here at the end
 
     def check(self) -> None:
         """A rank must index into the world, and belong to the group it is told to join."""
@@ -191,7 +296,7 @@ class Reports:
     """Actor -> broker: measurements of the steps since the last report."""
     job_id: int = _field(min=0)  # job the steps belong to
     rank: int = _field(min=0)  # rank that measured them
-    steps: list[StepStat] = _field(max_len=100_000)  # one entry per step, oldest first
+    steps: list[StepStat] = _field(max_len=MAX_REPORT_STEPS)  # one entry per step, oldest first
     memory_bytes: int = _field(min=0)  # device memory in use now (0 on CPU: not tracked)
     queued: int = _field(min=0)  # granted steps not yet run
     generation: int = _given(0, min=0)  # the group generation the steps ran in
@@ -214,7 +319,7 @@ class EpochResult:
 class Stop:
     """Broker -> actors: finish the job now."""
     job_id: int = _field(min=0)  # job to stop
-    save_path: str | None = _field(min_len=1, max_len=4096)  # where to save; None: don't
+    save: bool = _given(False)  # the leader writes the weights to the Welcome's save_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +329,7 @@ class Finished:
     rank: int = _field(min=0)  # rank that reports it
     samples: int = _field(min=0)  # training rows this rank processed
     seconds: float = _field(min=0.0)  # wall time this rank spent on the job
-    saved: bool  # whether this rank wrote the model to save_path
+    saved: bool  # whether this rank wrote the weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,16 +423,42 @@ class Shutdown:
     reason: str = _field(max_len=1024)  # why, for the log
 
 
-# --- clients (``leptonrt train``, ``top``, ``status``, ``leptonrt.connect``) -> the service ---
+# --- the rendezvous store: actors -> broker (torch.distributed forms groups through it) ---
 
-_JSON_MAX = 4 * 1024 * 1024
+_STORE_OPS = frozenset({"set", "get", "add", "check", "compare_set", "delete", "num_keys"})
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """Actor -> broker: one operation on the rendezvous store (see leptonrt/actors/store.py)."""
+    seq: int = _field(min=0)  # echoed in the reply, so a late answer to a timed-out wait is recognised
+    op: str = _field(choices=_STORE_OPS)
+    keys: list[str] = _field(max_len=64)  # the key(s) it concerns
+    value: bytes = _given(b"", max_len=256 * 1024)  # set: the value; compare_set: the desired value
+    expected: bytes = _given(b"", max_len=256 * 1024)  # compare_set: the value expected now
+    amount: int = _given(0, min=-(2**62), max=2**62)  # add: the increment
+    wait: bool = _given(False)  # get/check: answer only once every key exists
+
+
+@dataclass(frozen=True, slots=True)
+class StoreReply:
+    """Broker -> actor: the answer to a StoreRequest."""
+    seq: int = _field(min=0)
+    ok: bool  # False: refused (the message says why)
+    value: bytes = _given(b"", max_len=256 * 1024)  # get / compare_set: the value now
+    number: int = _given(0, min=-(2**63), max=2**63 - 1)  # add: the new value; num_keys; check: 1 if all exist
+    message: str = _given("", max_len=1024)
+
+
+# --- clients (``leptonrt train``, ``top``, ``status``, ``leptonrt.connect``) <-> the service ---
 
 
 @dataclass(frozen=True, slots=True)
 class Submit:
     """Client -> service: queue a job; its updates come back on this connection."""
     token: str = _field(max_len=256)  # the shared secret when the service requires one; may be empty
-    job_json: str = _field(min_len=2, max_len=65536)  # the TrainJob's fields as a JSON object
+    job: TrainJob  # the job (its save must be empty: the broker writes no file a client names)
+    want_weights: bool = _given(False)  # send the final weights back (Weights messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,7 +480,17 @@ class JobUpdate:
     """Service -> client: something happened to a submitted job."""
     job_id: int = _field(min=1)
     kind: str = _field(choices=frozenset({"epoch", "split", "lost", "recovered", "finished", "failed"}))
-    data_json: str = _field(max_len=_JSON_MAX)  # the event's fields, or the result, as a JSON object
+    data: Plain  # the event's fields, or the result
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """Service -> client: a piece of a finished job's weights (a safetensors file), in order,
+    before its ``finished`` update."""
+    job_id: int = _field(min=1)
+    offset: int = _field(min=0)  # where this piece starts in the file
+    total: int = _field(min=0)  # the file's length
+    data: bytes = _field(max_len=WEIGHTS_CHUNK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,13 +502,13 @@ class StatusRequest:
 @dataclass(frozen=True, slots=True)
 class StatusReply:
     """Service -> client: the broker's latest statistics snapshot."""
-    snapshot_json: str = _field(max_len=_JSON_MAX)
+    snapshot: Plain
 
 
 Message = Union[
     Hello, Welcome, Grant, Resplit, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, GroupFailed, Regroup,
-    CheckpointNow, Checkpointed, Adopt, Release, Shutdown,
-    Submit, Accepted, Rejected, JobUpdate, StatusRequest, StatusReply,
+    CheckpointNow, Checkpointed, Adopt, Release, Shutdown, StoreRequest, StoreReply,
+    Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}
 
@@ -386,12 +527,12 @@ def validate(msg: Message) -> None:
     _outgoing_fields(msg)
 
 
-def decode(frame: bytes) -> Message:
+def decode(frame: bytes, limits: Limits = ACTOR_LIMITS) -> Message:
     """Parse one frame from a peer and check every field; ProtocolError on any fault."""
-    if len(frame) > MAX_FRAME_BYTES:
+    if len(frame) > limits.frame_bytes:
         # Checked first so a hostile peer cannot make us unpack a huge frame.
-        raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {MAX_FRAME_BYTES}")
-    envelope = _unpack(frame)
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limits.frame_bytes}")
+    envelope = _unpack(frame, limits)
     if not isinstance(envelope, list) or len(envelope) != 3:
         raise ProtocolError(f"a frame must be [version, kind, fields], got {_describe(envelope)}")
     version, kind, fields = envelope
@@ -408,19 +549,21 @@ def decode(frame: bytes) -> Message:
 # --- unpacking -----------------------------------------------------------------------
 
 
-def _unpack(frame: bytes) -> Any:
-    """msgpack-decode a frame, turning every failure into ProtocolError."""
+def _unpack(frame: bytes, limits: Limits) -> Any:
+    """msgpack-decode a frame within ``limits``, turning every failure into ProtocolError."""
     try:
         return msgpack.unpackb(
             frame, raw=False, strict_map_key=True, timestamp=0,  # a Timestamp fits no field
             ext_hook=_refuse_ext, object_pairs_hook=_map_without_repeats,
+            max_str_len=limits.frame_bytes, max_bin_len=limits.frame_bytes, max_ext_len=0,
+            max_array_len=limits.array_len, max_map_len=limits.map_len,
         )
     except ProtocolError:
         raise
     except Exception as exc:
         # The bytes came from outside, so whatever the unpacker trips over is the peer's fault.
         detail = str(exc) or type(exc).__name__
-        raise ProtocolError(f"frame is not valid msgpack: {detail}") from exc
+        raise ProtocolError(f"frame is not valid msgpack: {detail[:200]}") from exc
 
 
 def _refuse_ext(code: int, data: bytes) -> NoReturn:
@@ -466,12 +609,14 @@ def _compile(hint: Any, meta: Mapping[str, Any]) -> _Check:
     if origin in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
         inner = _compile(args[0] if args[1] is type(None) else args[1], meta)
         return lambda value, where, out: None if value is None else inner(value, where, out)
-    if origin is list and len(args) == 1:
+    if origin in (list, tuple) and (origin is list or args[1:] == (Ellipsis,)):
         item_meta = {"min": meta.get("item_min"), "max": meta.get("item_max")}
-        return partial(_check_list, item=_compile(args[0], item_meta), meta=meta)
+        return partial(_check_list, item=_compile(args[0], item_meta), meta=meta, as_tuple=origin is tuple)
     if dataclasses.is_dataclass(hint):
         _rules(hint)  # compile now, so a schema mistake shows at import
         return partial(_check_record, hint)
+    if hint is Plain:
+        return _check_plain
     if hint in _SCALARS:
         return partial(_SCALARS[hint], meta=meta)
     raise InternalError(f"unsupported field type {hint!r}")
@@ -488,7 +633,11 @@ def _record_from_map(cls: type, value: Any, where: str) -> Any:
     if len(value) != len(rules):
         names = {name for name, _ in rules}
         _fail(where, f"unknown field {_describe(next(k for k in value if k not in names))}")
-    record = cls(**{name: check(value[name], f"{where}.{name}", False) for name, check in rules})
+    fields = {name: check(value[name], f"{where}.{name}", False) for name, check in rules}
+    try:
+        record = cls(**fields)
+    except ConfigError as exc:   # a record that checks itself on construction (TrainJob)
+        raise ProtocolError(f"{where}: {exc}") from None
     _run_own_check(record, where)
     return record
 
@@ -516,11 +665,13 @@ def _check_record(cls: type, value: Any, where: str, out: bool) -> Any:
     return _record_to_map(cls, value, where) if out else _record_from_map(cls, value, where)
 
 
-def _check_list(value: Any, where: str, out: bool, *, item: _Check, meta: Mapping) -> list:
-    if not isinstance(value, list):
-        _fail(where, f"expected a list, got {_describe(value)}")
+def _check_list(value: Any, where: str, out: bool, *, item: _Check, meta: Mapping, as_tuple: bool) -> Any:
+    # the wire's is always a list; ours is the annotation's kind (tuple or list)
+    if not isinstance(value, tuple if out and as_tuple else list):
+        _fail(where, f"expected a {'tuple' if out and as_tuple else 'list'}, got {_describe(value)}")
     _check_length(len(value), meta, where, "items")
-    return [item(element, f"{where}[{i}]", out) for i, element in enumerate(value)]
+    items = [item(element, f"{where}[{i}]", out) for i, element in enumerate(value)]
+    return tuple(items) if as_tuple and not out else items
 
 
 def _check_int(value: Any, where: str, out: bool, *, meta: Mapping) -> int:
@@ -532,9 +683,12 @@ def _check_int(value: Any, where: str, out: bool, *, meta: Mapping) -> int:
 
 def _check_float(value: Any, where: str, out: bool, *, meta: Mapping) -> float:
     # A peer may write a whole number as an integer; it means the same float.
-    if not (isinstance(value, float) or _is_wire_int(value)):
+    if not (isinstance(value, float) or _is_wire_int(value)) or isinstance(value, bool):
         _fail(where, f"expected a number, got {_describe(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        _fail(where, f"{_describe(value)} is too large for a float")
     if not math.isfinite(number) and not meta.get("allow_nonfinite", False):
         _fail(where, f"{number} is not a finite number")
     _check_range(number, meta, where)
@@ -554,14 +708,48 @@ def _check_str(value: Any, where: str, out: bool, *, meta: Mapping) -> str:
     return str(value)
 
 
+def _check_bytes(value: Any, where: str, out: bool, *, meta: Mapping) -> bytes:
+    if not isinstance(value, bytes):
+        _fail(where, f"expected bytes, got {_describe(value)}")
+    _check_length(len(value), meta, where, "bytes")
+    return value
+
+
 def _check_bool(value: Any, where: str, out: bool, *, meta: Mapping) -> bool:
     if type(value) is not bool:
         _fail(where, f"expected true or false, got {_describe(value)}")
     return value
 
 
+def _check_plain(value: Any, where: str, out: bool) -> Plain:
+    if not isinstance(value, dict):
+        _fail(where, f"expected a map, got {_describe(value)}")
+    return Plain(_plain(value, where, 1))
+
+
+def _plain(value: Any, where: str, depth: int) -> Any:
+    """``value`` if it is msgpack-native data of bounded depth (tuples become lists)."""
+    if value is None or type(value) in (bool, str):
+        return value
+    if type(value) is int:
+        if not _is_wire_int(value):
+            _fail(where, f"expected a 64-bit integer, got {_describe(value)}")
+        return value
+    if type(value) is float:
+        return value
+    if depth > MAX_PLAIN_DEPTH:
+        _fail(where, f"nested deeper than {MAX_PLAIN_DEPTH} levels")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            _fail(where, "map keys must be strings")
+        return {k: _plain(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
+    _fail(where, f"{_describe(value)} is not plain data")
+
+
 _SCALARS: dict[type, Callable[..., Any]] = {
-    int: _check_int, float: _check_float, str: _check_str, bool: _check_bool
+    int: _check_int, float: _check_float, str: _check_str, bool: _check_bool, bytes: _check_bytes,
 }
 
 
@@ -602,7 +790,7 @@ def _describe(value: Any) -> str:
         return repr(value)
     if isinstance(value, (str, bytes)):
         return repr(value) if len(value) <= 64 else f"{value[:64]!r}... ({len(value)} long)"
-    if isinstance(value, (list, dict)):
+    if isinstance(value, (list, tuple, dict)):
         return f"a {type(value).__name__} of {len(value)} items"
     return f"a {type(value).__name__}"
 

@@ -12,10 +12,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leptonrt.broker import protocol
-from leptonrt.broker.protocol import (
-    MAX_FRAME_BYTES,
+from leptonrt import messages as protocol
+from leptonrt.messages import (
+    ACTOR_LIMITS,
+    CLIENT_LIMITS,
+    MAX_PLAIN_DEPTH,
+    MAX_REPORT_STEPS,
     VERSION,
+    JobUpdate,
+    Submit,
+    Plain,
+    StoreRequest,
+    TrainJob,
     ArrayRef,
     DatasetInfo,
     EpochResult,
@@ -35,7 +43,7 @@ from leptonrt.broker.protocol import (
     encode,
     validate,
 )
-from leptonrt.errors import InternalError, ProtocolError
+from leptonrt.errors import ConfigError, InternalError, ProtocolError
 
 KINDS = typing.get_args(protocol.Message)
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -48,16 +56,41 @@ OVERRIDES = {(Welcome, "rank"): st.integers(0, 4095)}
 SHORT = 8
 
 
+PLAIN = st.dictionaries(st.text(max_size=8), st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8), max_size=4).map(Plain)
+
+
+def train_jobs():
+    """Valid jobs: their own rules (align within the batch, and so on) hold."""
+    return st.builds(TrainJob, dataset=st.text(min_size=1, max_size=SHORT),
+                     hidden=st.lists(st.integers(1, 65536), min_size=1, max_size=3).map(tuple),
+                     epochs=st.integers(1, 1_000_000), batch_size=st.integers(8, 10_000_000),
+                     lr=st.floats(1e-12, 10.0), align=st.integers(1, 8), seed=st.integers(0, 2**63 - 1),
+                     split=st.none() | st.lists(st.floats(0.01, 1e9), min_size=1, max_size=4).map(tuple),
+                     slowdowns=st.lists(st.builds(Slowdown, rank=st.integers(0, 4095), factor=st.floats(1.0, 1000.0),
+                                                  from_step=st.integers(0, 100), to_step=st.none()),
+                                        max_size=2).map(tuple))
+
+
 def strategy_for(hint, meta):
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if type(None) in args:
         inner = next(a for a in args if a is not type(None))
         return st.none() | strategy_for(inner, meta)
-    if origin is list:
+    if origin in (list, tuple):
         item_meta = {"min": meta.get("item_min"), "max": meta.get("item_max")}
         high = min(meta.get("max_len", SHORT), SHORT)
         items = strategy_for(args[0], item_meta)
-        return st.lists(items, min_size=meta.get("min_len", 0), max_size=high)
+        lists = st.lists(items, min_size=meta.get("min_len", 0), max_size=high)
+        return lists.map(tuple) if origin is tuple else lists
+    if hint is TrainJob:
+        return train_jobs()
+    if hint is Plain:
+        return PLAIN
+    if hint is bytes:
+        return st.binary(min_size=meta.get("min_len", 0), max_size=min(meta.get("max_len", SHORT), SHORT))
     if dataclasses.is_dataclass(hint):
         return record_strategy(hint)
     if "choices" in meta:
@@ -104,12 +137,10 @@ def array(segment="seg", dtype="float32", shape=(10, 4)):
 
 
 def job(**changes):
-    base = JobSpec(
-        job_id=3, dataset="blobs:1000x4", hidden=[64, 64], epochs=2, batch_size=256, lr=1e-3,
-        optimizer="adamw", momentum=0.9, weight_decay=0.01, precision="auto", seed=7,
-        slowdowns=[Slowdown(rank=1, factor=2.0, from_step=5, to_step=None)],
-    )
-    return dataclasses.replace(base, **changes)
+    settings = TrainJob(dataset="blobs:1000x4", hidden=(64, 64), epochs=2, batch_size=256, lr=1e-3,
+                        optimizer="adamw", momentum=0.9, weight_decay=0.01, precision="auto", seed=7,
+                        slowdowns=(Slowdown(rank=1, factor=2.0, from_step=5, to_step=None),))
+    return JobSpec(job_id=3, job=dataclasses.replace(settings, **changes))
 
 
 def welcome(**changes):
@@ -118,7 +149,7 @@ def welcome(**changes):
         y_train=array("yt", "int64", (10,)), x_test=array("xv"), y_test=array("yv", "int64", (2,)),
     )
     base = Welcome(
-        rank=1, world_size=2, rendezvous="tcp://127.0.0.1:5555", job=job(), data=data,
+        rank=1, world_size=2, job=job(), data=data,
         steps_per_epoch=4, threads=2, backend="gloo", collective_timeout_s=5.0,
     )
     return dataclasses.replace(base, **changes)
@@ -170,7 +201,7 @@ def test_encoding_is_deterministic_and_stable_through_a_round_trip(msg):
 
 def test_a_frame_is_a_version_kind_and_field_map_with_nested_records_as_maps():
     version, kind, fields = msgpack.unpackb(encode(welcome()))
-    assert (version, kind) == (1, "Welcome")
+    assert (version, kind) == (VERSION, "Welcome")
     assert list(fields) == [f.name for f in dataclasses.fields(Welcome)]
     assert fields["data"]["x_train"] == {"segment": "xt", "dtype": "float32", "shape": [10, 4]}
 
@@ -182,12 +213,12 @@ def test_a_frame_is_a_version_kind_and_field_map_with_nested_records_as_maps():
         Failure(0, 0, "\u00e9" * 65536),
         Grant(0, 2**64 - 2, 2**64 - 1, [0] * 4096),
         Hello("a" * 64, 1, "c" * 32, "n" * 256, 1, 0, True),
-        Stop(0, "p" * 4096),
+        Stop(0, True),
         EpochResult(0, 0, 0, -math.inf, math.inf, 1.0, 0.0),
-        welcome(rank=0, world_size=1, job=job(hidden=[], lr=10.0, momentum=0.0, weight_decay=0.0)),
+        welcome(rank=0, world_size=1, job=job(hidden=[1], lr=10.0, momentum=0.0, weight_decay=0.0, align=1)),
         welcome(
             rank=4095, world_size=4096,
-            job=job(hidden=[1_000_000] * 16, lr=1e-12, momentum=1.0, weight_decay=10.0,
+            job=job(hidden=[65536] * 16, lr=1e-12, momentum=1.0, weight_decay=10.0,
                     epochs=1_000_000, batch_size=10_000_000, seed=2**63 - 1),
         ),
     ],
@@ -208,19 +239,15 @@ def test_a_diverged_epoch_can_report_nonfinite_losses():
     assert math.isnan(received.train_loss) and received.test_loss == math.inf
 
 
-@pytest.mark.parametrize("save_path", [None, "/tmp/model.safetensors"])
-def test_stop_carries_an_optional_save_path(save_path):
-    assert decode(encode(Stop(job_id=1, save_path=save_path))).save_path == save_path
+@pytest.mark.parametrize("save", [False, True])
+def test_stop_says_whether_the_leader_saves_the_weights(save):
+    assert decode(encode(Stop(job_id=1, save=save))).save == save
 
 
 def test_the_largest_valid_reports_message_fits_in_one_frame():
-    def size(n_steps):
-        steps = [StepStat(2**64 - 1, 2**64 - 1, 1e300, 1e300, 1e300)] * n_steps
-        return len(encode(Reports(job_id=2**64 - 1, rank=2**64 - 1, steps=steps, memory_bytes=2**64 - 1, queued=2**64 - 1)))
-
-    # Every step costs the same; an array of 100_000 items needs 4 more header bytes.
-    per_step = size(2) - size(1)
-    assert size(1) + 99_999 * per_step + 4 <= MAX_FRAME_BYTES
+    steps = [StepStat(2**64 - 1, 2**64 - 1, 1e300, 1e300, 1e300, 2**64 - 1)] * MAX_REPORT_STEPS
+    biggest = Reports(job_id=2**64 - 1, rank=2**64 - 1, steps=steps, memory_bytes=2**64 - 1, queued=2**64 - 1)
+    assert len(encode(biggest)) <= ACTOR_LIMITS.frame_bytes
 
 
 # --- frames that are not msgpack, or not our envelope ---------------------------------
@@ -265,7 +292,7 @@ def test_a_list_of_the_wrong_arity_raises_protocol_error(items):
 def test_an_unknown_version_is_named_in_the_error():
     with pytest.raises(ProtocolError) as caught:
         decode(frame_of("Heartbeat", heartbeat_fields(), version=7))
-    assert str(caught.value) == "unsupported protocol version 7 (this side speaks 1)"
+    assert str(caught.value) == f"unsupported protocol version 7 (this side speaks {VERSION})"
 
 
 @pytest.mark.parametrize("version", [True, 1.0, "1", None])
@@ -293,8 +320,8 @@ def test_a_missing_field_is_named_in_the_error():
 
 def test_a_missing_field_of_a_nested_record_names_the_path():
     fields = wire_fields(welcome())
-    del fields["job"]["seed"]
-    with pytest.raises(ProtocolError, match="Welcome.job: missing field 'seed'"):
+    del fields["job"]["job"]["seed"]
+    with pytest.raises(ProtocolError, match="Welcome.job.job: missing field 'seed'"):
         decode(frame_of("Welcome", fields))
 
 
@@ -338,7 +365,7 @@ def test_text_that_is_not_utf8_raises_protocol_error():
         (frame_with(Heartbeat(0, 5), step=[5]), "Heartbeat.step"),
         (frame_with(Shutdown(""), reason=b"bytes"), "Shutdown.reason"),
         (frame_with(Shutdown(""), reason=None), "Shutdown.reason"),
-        (frame_with(Stop(1, None), save_path=b"/tmp/x"), "Stop.save_path"),
+        (frame_with(Stop(1, False), save=b"/tmp/x"), "Stop.save"),
         (frame_with(GRANT, split="1"), "Grant.split"),
         (frame_with(GRANT, split=[True]), "Grant.split[0]"),
         (frame_with(GRANT, split={"0": 1}), "Grant.split"),
@@ -373,7 +400,7 @@ def test_msgpack_extension_types_and_timestamps_raise_protocol_error(value):
 
 def welcome_fields(**job_changes):
     fields = wire_fields(welcome())
-    fields["job"].update(job_changes)
+    fields["job"]["job"].update(job_changes)
     return fields
 
 
@@ -386,19 +413,19 @@ def welcome_frame(**job_changes):
     [
         (frame_with(Heartbeat(0, 5), rank=-1), "Heartbeat.rank: -1 is below the minimum 0"),
         (frame_with(Heartbeat(0, 5), step=-(2**63)), "Heartbeat.step: -9223372036854775808 is"),
-        (welcome_frame(precision="fp8"), "Welcome.job.precision: 'fp8' is not one of"),
-        (welcome_frame(lr=math.nan), "Welcome.job.lr: nan is not a finite number"),
-        (welcome_frame(lr=0.0), "Welcome.job.lr: 0.0 is below the minimum"),
-        (welcome_frame(lr=11), "Welcome.job.lr: 11.0 is above the maximum 10.0"),
-        (welcome_frame(hidden=[64, 0]), "Welcome.job.hidden[1]: 0 is below the minimum 1"),
-        (welcome_frame(hidden=[1] * 17), "Welcome.job.hidden: has 17 items, more than"),
-        (welcome_frame(seed=2**63), "Welcome.job.seed: 9223372036854775808 is above"),
+        (welcome_frame(precision="fp8"), "Welcome.job.job.precision: 'fp8' is not one of"),
+        (welcome_frame(lr=math.nan), "Welcome.job.job.lr: nan is not a finite number"),
+        (welcome_frame(lr=0.0), "Welcome.job.job.lr: 0.0 is below the minimum"),
+        (welcome_frame(lr=11), "Welcome.job.job.lr: 11.0 is above the maximum 10.0"),
+        (welcome_frame(hidden=[64, 0]), "Welcome.job.job.hidden[1]: 0 is below the minimum 1"),
+        (welcome_frame(hidden=[1] * 17), "Welcome.job.job.hidden: has 17 items, more than"),
+        (welcome_frame(seed=2**63), "Welcome.job.job.seed: 9223372036854775808 is above"),
         (frame_with(Shutdown(""), reason="x" * 1025), "Shutdown.reason: has 1025 characters"),
         (frame_with(HELLO, actor_id=""), "Hello.actor_id: has 0 characters, fewer than"),
         (frame_with(EPOCH, test_accuracy=1.5), "EpochResult.test_accuracy: 1.5 is above"),
         (frame_with(FINISHED, seconds=math.inf), "Finished.seconds: inf is not a finite number"),
         (frame_with(GRANT, split=[]), "Grant.split: has 0 items"),
-        (frame_with(Stop(1, None), save_path=""), "Stop.save_path: has 0 characters"),
+        (frame_with(Hello("a1", 42, "cpu", "", 8, 0, False), actor_id=""), "Hello.actor_id: has 0 characters"),
     ],
 )
 def test_an_out_of_range_value_raises_protocol_error_naming_kind_field_and_value(frame, expected):
@@ -448,9 +475,9 @@ def test_a_regroup_whose_source_is_not_a_member_raises_protocol_error():
 def test_an_oversize_frame_is_refused_before_it_is_unpacked():
     # Unpacked, these bytes would fail as "extra data"; the size error proves no unpacking ran.
     with pytest.raises(ProtocolError, match="exceeds the limit"):
-        decode(bytes(MAX_FRAME_BYTES + 1))
+        decode(bytes(ACTOR_LIMITS.frame_bytes + 1))
     with pytest.raises(ProtocolError, match="extra data"):
-        decode(bytes(MAX_FRAME_BYTES))
+        decode(bytes(ACTOR_LIMITS.frame_bytes))
 
 
 def test_an_error_message_stays_short_whatever_the_value():
@@ -517,11 +544,10 @@ def test_decoding_arbitrary_field_values_raises_only_protocol_error(kind, data):
         Grant(job_id=1, first_step=3, end_step=3, split=[1]),
         Grant(job_id=1, first_step=0, end_step=3, split=(1, 2)),
         welcome(rank=2),
-        welcome(job=job(lr=math.nan)),
-        welcome(job=job(precision="fp8")),
         welcome(data="not a DatasetInfo"),
         Shutdown(reason="\ud800"),
-        Stop(job_id=1, save_path=b"/tmp/x"),
+        Stop(job_id=1, save="yes"),
+        StoreRequest(seq=0, op="set", keys=["k"], value="not bytes"),
         Reports(job_id=1, rank=0, steps=[Heartbeat(rank=0, step=0)], memory_bytes=0, queued=0),
     ],
     ids=lambda msg: type(msg).__name__,
@@ -544,3 +570,59 @@ def test_validate_accepts_a_valid_message():
     validate(Failure(job_id=1, rank=0, message=""))
     validate(Finished(job_id=1, rank=0, samples=10, seconds=1, saved=False))
     validate(HELLO)
+
+
+# --- the job's settings: one set of rules, here and on the wire --------------------------
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"lr": math.nan}, "lr"), ({"lr": 1e-13}, "lr"), ({"precision": "fp8"}, "precision"),
+    ({"split": (math.nan, 1.0)}, "split[0]"), ({"split": (math.inf, 1.0)}, "split[0]"),
+    ({"split": (1e308, 1e308)}, "split[0]"), ({"epochs": 2_000_000}, "epochs"),
+    ({"batch_size": 20_000_000}, "batch_size"), ({"hidden": (2_000_000,)}, "hidden[0]"), ({"hidden": ()}, "hidden"),
+    ({"hang_timeout_s": math.inf}, "hang_timeout_s"), ({"align": 65, "batch_size": 64}, "alignment"),
+    ({"resume": True}, "resume needs"),
+])
+def test_a_job_the_wire_would_refuse_cannot_be_built(changes, named):
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        TrainJob(**changes)
+
+
+@FAST
+@given(spec=train_jobs())
+def test_every_job_that_can_be_built_can_be_sent(spec):
+    sent = Submit(token="", job=spec)
+    assert decode(encode(sent), CLIENT_LIMITS) == sent
+
+
+def test_a_job_that_breaks_its_own_rules_on_the_wire_is_a_protocol_error():
+    fields = wire_fields(Submit(token="", job=TrainJob()))
+    fields["job"]["align"] = 1000
+    with pytest.raises(ProtocolError, match="alignment"):
+        decode(frame_of("Submit", fields), CLIENT_LIMITS)
+
+
+# --- caps before and while decoding -------------------------------------------------------
+
+
+def test_a_frame_of_a_million_empty_arrays_is_refused_without_building_them():
+    frame = msgpack.packb([[]] * 1_000_000)
+    with pytest.raises(ProtocolError):
+        decode(frame, dataclasses.replace(CLIENT_LIMITS, frame_bytes=len(frame)))   # even if it were allowed in
+
+
+def test_a_long_map_is_refused_by_the_unpacker():
+    with pytest.raises(ProtocolError, match="not valid msgpack"):
+        decode(msgpack.packb([VERSION, "Heartbeat", {str(i): i for i in range(100)}]), CLIENT_LIMITS)
+
+
+def test_plain_data_deeper_than_the_limit_is_refused():
+    deep: dict = {}
+    node = deep
+    for _ in range(MAX_PLAIN_DEPTH + 1):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(ProtocolError, match="nested deeper"):
+        decode(frame_of("JobUpdate", {"job_id": 1, "kind": "epoch", "data": deep}))
+    shallow = JobUpdate(job_id=1, kind="epoch", data=Plain({"a": [1, {"b": None}]}))
+    assert decode(encode(shallow)) == shallow
