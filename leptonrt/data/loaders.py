@@ -77,6 +77,17 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dat
     raise DataError(f"bad dataset spec {spec!r}: valid forms are {VALID_FORMS}")
 
 
+def expected_nbytes(spec: str) -> int | None:
+    """Bytes of the arrays ``load_dataset(spec)`` will return, where the spec alone says
+    (synthetic specs, checked as ``load_dataset`` checks them); None where only the files do."""
+    scheme, sep, arg = spec.partition(":")
+    if not (sep and scheme == "synthetic"):
+        return None
+    n, d, _classes = _parse_synthetic(spec, arg)
+    # float32 features and an int64 label per row, train and test rows together
+    return n * (d * np.dtype(np.float32).itemsize + np.dtype(np.int64).itemsize)
+
+
 # --- shared helpers ---------------------------------------------------------------
 
 
