@@ -13,21 +13,19 @@ Every user mistake (missing or corrupt file, bad shapes, bad labels) becomes a o
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import importlib.util
 import io
 import math
 import os
 import struct
-import zipfile
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
 from leptonrt.errors import ConfigError, DataError
+
+from .files import file_error, open_regular, read_bytes, reading
 
 VALID_FORMS = "digits, mnist:DIR, npz:PATH, synthetic:N,D,C"
 # A label this large would mean an output layer of absurd width; it is a data bug.
@@ -42,14 +40,6 @@ _MNIST_TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _IDX_KIND = {1: "labels", 3: "images"}
 _NPZ_SPLIT = ("x_train", "y_train", "x_test", "y_test")
 _NPZ_WHOLE = ("x", "y")
-# What np.load / zipfile / gzip raise on a corrupt file; all mean "unusable data".
-_CORRUPT = (EOFError, ValueError, zipfile.BadZipFile, zlib.error, KeyError)
-_OS_REASONS = (
-    (FileNotFoundError, "file not found"),
-    (IsADirectoryError, "is a directory, expected a file"),
-    (PermissionError, "permission denied"),
-    (NotADirectoryError, "a parent of this path is not a directory"),
-)
 
 
 @dataclass(frozen=True)
@@ -87,6 +77,17 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dat
     raise DataError(f"bad dataset spec {spec!r}: valid forms are {VALID_FORMS}")
 
 
+def expected_nbytes(spec: str) -> int | None:
+    """Bytes of the arrays ``load_dataset(spec)`` will return, where the spec alone says
+    (synthetic specs, checked as ``load_dataset`` checks them); None where only the files do."""
+    scheme, sep, arg = spec.partition(":")
+    if not (sep and scheme == "synthetic"):
+        return None
+    n, d, _classes = _parse_synthetic(spec, arg)
+    # float32 features and an int64 label per row, train and test rows together
+    return n * (d * np.dtype(np.float32).itemsize + np.dtype(np.int64).itemsize)
+
+
 # --- shared helpers ---------------------------------------------------------------
 
 
@@ -97,40 +98,11 @@ def _check_test_fraction(test_fraction: float) -> None:
         raise ConfigError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
 
 
-def _file_error(path: str, problem: object) -> DataError:
-    """The one-line error every bad file gets: ``bad dataset file PATH: PROBLEM``."""
-    text = " ".join(str(problem).split())
-    return DataError(f"bad dataset file {path}: {text}")
-
-
-@contextlib.contextmanager
-def _reading(path: str, corrupt: str) -> Iterator[None]:
-    """Turn the OS / decoder errors raised while reading ``path`` into DataErrors."""
-    try:
-        yield
-    except OSError as exc:
-        reason = next((r for t, r in _OS_REASONS if isinstance(exc, t)), None)
-        raise _file_error(path, reason or f"{corrupt} ({exc})") from exc
-    except _CORRUPT as exc:
-        raise _file_error(path, f"{corrupt} ({exc})") from exc
-
-
-def _read_bytes(path: str) -> bytes:
-    """Read a whole file, gunzipping it when its name ends in ``.gz``."""
-    gzipped = path.endswith(".gz")
-    with _reading(path, "corrupt gzip data" if gzipped else "cannot read"):
-        if gzipped:
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        with open(path, "rb") as f:
-            return f.read()
-
-
 def _n_classes(path: str, *labels: np.ndarray) -> int:
     """Classes = largest label + 1; a dataset with a single class cannot be trained on."""
     top = max(int(y.max()) for y in labels if y.size)
     if top + 1 < 2:
-        raise _file_error(path, f"labels define {top + 1} class; need at least 2")
+        raise file_error(path, f"labels define {top + 1} class; need at least 2")
     return top + 1
 
 
@@ -195,13 +167,13 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray, str]:
 
 def _parse_digits_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows of 64 pixel values then the label."""
-    text = _read_bytes(path).decode("ascii", errors="replace")
+    text = read_bytes(path).decode("ascii", errors="replace")
     try:
         table = np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float32, ndmin=2)
     except ValueError as exc:
-        raise _file_error(path, f"not a digits table ({exc})") from exc
+        raise file_error(path, f"not a digits table ({exc})") from exc
     if table.shape[0] == 0 or table.shape[1] != 65:
-        raise _file_error(path, f"expected rows of 64 pixels and a label, got shape {table.shape}")
+        raise file_error(path, f"expected rows of 64 pixels and a label, got shape {table.shape}")
     return table[:, :64], table[:, 64].astype(np.int64)
 
 
@@ -230,7 +202,7 @@ def _load_mnist(directory: str) -> Dataset:
     if x_tr.shape[1] != x_te.shape[1]:
         test_path = os.path.join(directory, _MNIST_TEST[0])
         problem = f"images have {x_te.shape[1]} pixels, train images have {x_tr.shape[1]}"
-        raise _file_error(test_path, problem)
+        raise file_error(test_path, problem)
     n_classes = _n_classes(os.path.join(directory, "*-labels-idx1-ubyte"), y_tr, y_te)
     return _make(x_tr, y_tr, x_te, y_te, n_classes)
 
@@ -238,13 +210,13 @@ def _load_mnist(directory: str) -> Dataset:
 def _read_idx_pair(directory: str, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """One split's images, flattened and scaled to [0, 1], and its labels."""
     images_path, labels_path = (_find_idx(directory, name) for name in names)
-    images = _parse_idx(images_path, _read_bytes(images_path), ndims=3)
-    labels = _parse_idx(labels_path, _read_bytes(labels_path), ndims=1)
+    images = _parse_idx(images_path, read_bytes(images_path), ndims=3)
+    labels = _parse_idx(labels_path, read_bytes(labels_path), ndims=1)
     if len(images) != len(labels):
         problem = f"has {len(labels)} labels but {images_path} has {len(images)} images"
-        raise _file_error(labels_path, problem)
+        raise file_error(labels_path, problem)
     if len(images) == 0 or images.shape[1] * images.shape[2] == 0:
-        raise _file_error(images_path, f"no data (shape {images.shape})")
+        raise file_error(images_path, f"no data (shape {images.shape})")
     x = images.reshape(len(images), -1).astype(np.float32)
     x /= np.float32(255)
     return x, labels.astype(np.int64)
@@ -256,27 +228,27 @@ def _find_idx(directory: str, name: str) -> str:
     for candidate in (path, path + ".gz"):
         if os.path.lexists(candidate):
             return candidate
-    raise _file_error(path, "file not found (nor with .gz)")
+    raise file_error(path, "file not found (nor with .gz)")
 
 
 def _parse_idx(path: str, data: bytes, ndims: int) -> np.ndarray:
     """Decode an unsigned-byte IDX file: 0x00 0x00 0x08 ndims, big-endian sizes, payload."""
     if len(data) < 4:
-        raise _file_error(path, f"truncated: {len(data)} bytes, too short for an IDX header")
+        raise file_error(path, f"truncated: {len(data)} bytes, too short for an IDX header")
     # Two zero bytes, type 0x08 (unsigned byte, the only one MNIST uses), number of dims.
     magic, expected = int.from_bytes(data[:4], "big"), 0x0800 | ndims
     if magic != expected:
         want = f"0x{expected:08X} for {_IDX_KIND[ndims]}"
         problem = f"bad magic number 0x{magic:08X} (expected {want})"
-        raise _file_error(path, problem)
+        raise file_error(path, problem)
     header = 4 + 4 * ndims
     if len(data) < header:
-        raise _file_error(path, f"truncated: header needs {header} bytes, file has {len(data)}")
+        raise file_error(path, f"truncated: header needs {header} bytes, file has {len(data)}")
     dims = struct.unpack(f">{ndims}I", data[4:header])
     want, have = math.prod(dims), len(data) - header
     if want != have:
         problem = "truncated" if have < want else "trailing bytes"
-        raise _file_error(path, f"{problem}: header says {want} bytes of data, file has {have}")
+        raise file_error(path, f"{problem}: header says {want} bytes of data, file has {have}")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -300,17 +272,22 @@ def _load_npz(path: str, seed: int, test_fraction: float) -> Dataset:
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     """The arrays we need from the archive; pickled objects are refused."""
     # Check for a zip ourselves: given anything else, np.load would try .npy, then pickle.
-    with _reading(path, "cannot read"), open(path, "rb") as f:
-        is_zip = f.read(2) == b"PK"
-    if not is_zip:
-        raise _file_error(path, "not an .npz archive (not a zip file)")
-    with _reading(path, "not a readable .npz archive"), np.load(path, allow_pickle=False) as npz:
+    with reading(path, "cannot read"), open_regular(path) as f:
+        if f.read(2) != b"PK":
+            raise file_error(path, "not an .npz archive (not a zip file)")
+        f.seek(0)
+        return _npz_arrays(path, f)
+
+
+def _npz_arrays(path: str, f: BinaryIO) -> dict[str, np.ndarray]:
+    """Every array we need, read while ``f`` (already checked to be a zip) is open."""
+    with reading(path, "not a readable .npz archive"), np.load(f, allow_pickle=False) as npz:
         names = set(npz.files)
         wanted = _NPZ_SPLIT if names >= set(_NPZ_SPLIT) else _NPZ_WHOLE
         if not names >= set(wanted):
             present = ", ".join(sorted(names)) or "nothing"
             expected = f"{', '.join(_NPZ_SPLIT)} or {', '.join(_NPZ_WHOLE)}"
-            raise _file_error(path, f"holds {present}; expected {expected}")
+            raise file_error(path, f"holds {present}; expected {expected}")
         return {name: npz[name] for name in wanted}
 
 
@@ -320,21 +297,21 @@ def _pair(
     """Validated features and labels, one label per row."""
     x, y = _features(path, x_name, arrays[x_name]), _labels(path, y_name, arrays[y_name])
     if len(x) != len(y):
-        raise _file_error(path, f"{x_name} has {len(x)} rows but {y_name} has {len(y)}")
+        raise file_error(path, f"{x_name} has {len(x)} rows but {y_name} has {len(y)}")
     return x, y
 
 
 def _features(path: str, name: str, x: np.ndarray) -> np.ndarray:
     """Numeric, at least 2-D (trailing dims flattened), finite, non-empty rows."""
     if x.dtype.kind not in "biuf":
-        raise _file_error(path, f"{name} has dtype {x.dtype}; expected a numeric array")
+        raise file_error(path, f"{name} has dtype {x.dtype}; expected a numeric array")
     if x.ndim < 2:
-        raise _file_error(path, f"{name} has shape {x.shape}; expected (samples, features...)")
+        raise file_error(path, f"{name} has shape {x.shape}; expected (samples, features...)")
     x = x.reshape(len(x), math.prod(x.shape[1:]))
     if x.shape[1] == 0:
-        raise _file_error(path, f"{name} has shape {x.shape}; expected at least 1 feature")
+        raise file_error(path, f"{name} has shape {x.shape}; expected at least 1 feature")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise _file_error(path, f"{name} contains NaN or infinite values")
+        raise file_error(path, f"{name} contains NaN or infinite values")
     return x
 
 
@@ -342,22 +319,22 @@ def _labels(path: str, name: str, y: np.ndarray) -> np.ndarray:
     """1-D integer labels (integral floats accepted) in [0, MAX_CLASSES)."""
     if y.ndim != 1 or y.dtype.kind not in "biuf":
         problem = f"{name} has shape {y.shape} and dtype {y.dtype}; expected 1-D integers"
-        raise _file_error(path, problem)
+        raise file_error(path, problem)
     if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.floor(y)).all()):
-        raise _file_error(path, f"{name} holds non-integral float labels")
+        raise file_error(path, f"{name} holds non-integral float labels")
     if y.size and (y.min() < 0 or y.max() >= MAX_CLASSES):
         problem = f"{name} labels span [{y.min()}, {y.max()}]; expected 0..{MAX_CLASSES - 1}"
-        raise _file_error(path, problem)
+        raise file_error(path, problem)
     return y.astype(np.int64)
 
 
 def _check_split_shapes(path: str, x_tr: np.ndarray, x_te: np.ndarray) -> None:
     """Both splits non-empty, with the same width."""
     if len(x_tr) == 0 or len(x_te) == 0:
-        raise _file_error(path, f"empty split: {len(x_tr)} train rows, {len(x_te)} test rows")
+        raise file_error(path, f"empty split: {len(x_tr)} train rows, {len(x_te)} test rows")
     if x_tr.shape[1] != x_te.shape[1]:
         problem = f"x_train has {x_tr.shape[1]} features but x_test has {x_te.shape[1]}"
-        raise _file_error(path, problem)
+        raise file_error(path, problem)
 
 
 def _normalise(path: str, x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -371,7 +348,7 @@ def _normalise(path: str, x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarra
         scale = np.where(std == 0, 1.0, std).astype(np.float32)
     out = tuple((x.astype(np.float32) - shift) / scale for x in (x_tr, x_te))
     if not all(np.isfinite(z).all() for z in out):
-        raise _file_error(path, "x values overflow float32 after normalising")
+        raise file_error(path, "x values overflow float32 after normalising")
     return out
 
 

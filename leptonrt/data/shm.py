@@ -11,17 +11,19 @@ later run can tell a stale segment (its owner is dead) from a live one.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
 import secrets
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..actors.tether import pid_alive
-from ..errors import DataError
+from ..errors import DataError, Interrupted
 
 PREFIX = "leptonrt-"
 _NAME = re.compile(r"^leptonrt-(\d+)x[0-9a-f]+-[A-Za-z0-9_.]+$")
@@ -68,35 +70,70 @@ def list_segments(run_id: str | None = None) -> list[str]:
 
 
 class SegmentWriter:
-    """Creates a run's segments and unlinks all of them on ``close()``."""
+    """Creates a run's segments and unlinks all of them on ``close()``.
+
+    Safe to use from several threads: loads run in worker threads while the event loop
+    evicts and closes. Once closed it creates nothing more, so a load that outlives its
+    cache cannot leave a segment behind.
+    """
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
-        self._names: list[str] = []
+        self._names: set[str] = set()
+        self._lock = threading.Lock()
+        self._closed = False
 
     def put(self, key: str, array: np.ndarray) -> str:
         """Copy ``array`` into a new segment named after ``key``; return the segment name."""
         name = f"{PREFIX}{self.run_id}-{key}"
         path = shm_dir() / name
         data = np.ascontiguousarray(array)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        self._names.append(name)
+        size = max(data.nbytes, 1)  # mmap cannot map zero bytes; an empty array gets 1 byte
         try:
-            # mmap cannot map zero bytes; an empty array still gets a (1-byte) segment
-            os.ftruncate(fd, max(data.nbytes, 1))
-            with mmap.mmap(fd, max(data.nbytes, 1)) as mm:
-                np.frombuffer(mm, dtype=np.uint8, count=data.nbytes)[:] = data.reshape(-1).view(np.uint8)
+            fd = self._create(name, path)
+            try:
+                _reserve(fd, size)
+                with mmap.mmap(fd, size) as mm:
+                    np.frombuffer(mm, dtype=np.uint8, count=data.nbytes)[:] = data.reshape(-1).view(np.uint8)
+            finally:
+                os.close(fd)
         except OSError as exc:
+            self.remove([name])
             raise DataError(f"cannot write shared-memory segment {path}: {exc.strerror}") from exc
-        finally:
-            os.close(fd)
         return name
 
+    def _create(self, name: str, path: Path) -> int:
+        with self._lock:  # a name is recorded before close() could miss it
+            if self._closed:
+                raise Interrupted(f"the dataset cache closed before segment {name} was written")
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            self._names.add(name)
+            return fd
+
+    def remove(self, names: list[str]) -> None:
+        """Unlink these segments now (mapped readers keep their pages until they unmap)."""
+        with self._lock:
+            for name in names:
+                (shm_dir() / name).unlink(missing_ok=True)
+                self._names.discard(name)
+
     def close(self) -> None:
-        """Unlink every segment this writer created (mapped readers keep their pages)."""
-        for name in self._names:
-            (shm_dir() / name).unlink(missing_ok=True)
-        self._names.clear()
+        """Unlink every segment this writer created, and create none from now on."""
+        with self._lock:
+            self._closed = True
+            names = list(self._names)
+        self.remove(names)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Give the segment its pages now: on a full tmpfs, writing through the mapping of a
+    merely truncated file is SIGBUS, while fallocate fails cleanly with ENOSPC."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except (AttributeError, OSError) as exc:  # no fallocate here (macOS, some filesystems)
+        if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)
 
 
 class SegmentReader:

@@ -11,7 +11,7 @@ import pytest
 
 from leptonrt.data.cache import DatasetCache
 from leptonrt.data.shm import SegmentReader, SegmentWriter, clean_stale, list_segments, new_run_id, shm_dir
-from leptonrt.errors import DataError
+from leptonrt.errors import DataError, Interrupted
 
 READER = textwrap.dedent("""
     import hashlib, sys
@@ -69,6 +69,20 @@ def test_close_unlinks_every_segment_of_the_run():
     w.put("b", np.zeros((0, 4), np.float32))   # empty arrays are fine too
     assert len(list_segments(w.run_id)) == 2
     w.close()
+    assert list_segments(w.run_id) == []
+
+
+def test_remove_unlinks_only_the_segments_it_names(writer):
+    keep, drop = writer.put("keep", np.ones(2, np.float32)), writer.put("drop", np.ones(2, np.float32))
+    writer.remove([drop])
+    assert list_segments(writer.run_id) == [keep]
+
+
+def test_a_closed_writer_creates_no_more_segments():
+    w = SegmentWriter(new_run_id())
+    w.close()
+    with pytest.raises(Interrupted):
+        w.put("late", np.ones(2, np.float32))
     assert list_segments(w.run_id) == []
 
 
