@@ -39,7 +39,8 @@ NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")   # the brief's [A-Za-z0-
 KEY_LINE = re.compile(rb"""^\s*(public|secret)-key\s*=\s*["']?([^"'\s]*)["']?\s*$""")
 Z85_KEY = re.compile(rb"[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40}")
 MAX_KEY_FILE_BYTES = 16 * 1024   # a certificate is a few hundred bytes; anything bigger is not one
-RACY_S = 2.0     # seconds: a directory changed this recently may change again within its mtime's tick
+RACY_S = 0.05    # seconds: a file changed this recently may change again within one timestamp tick (<= 10 ms
+                 # on Linux) and its mtime would not show it; RESCAN_S bounds what any clock does beyond
 RESCAN_S = 1.0   # seconds: the longest a key file edited in place (no directory change) goes unnoticed
 
 
