@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import keys
 from .config import OPTIMIZERS, PRECISIONS, TrainJob, parse_slowdown
 from .errors import ConfigError, LeptonError, UsageError
 
@@ -91,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_service(sub)
+    keys.add_parser(sub)
     return parser
 
 
@@ -364,7 +366,7 @@ def run_async(coro):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status}
+        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "keys": keys.run}
         return commands[args.command](args)
     except LeptonError as exc:
         print(f"leptonrt: {exc}", file=sys.stderr)
