@@ -22,6 +22,19 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _size(text: str) -> int:
+    """``4G``, ``512M``, ``1000000``: bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = (text[:-1], units[text[-1].upper()]) if text[-1:].upper() in units else (text, 1)
+    try:
+        value = int(float(number) * unit)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 4G or 512M, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
+    return value
+
+
 def _float_list(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -63,6 +76,7 @@ def _add_train(sub) -> None:
     p.add_argument("--checkpoint-dir", default=None, help="write checkpoints here (safetensors, atomic)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --checkpoint-dir")
+    _add_client_keys(p)
     p.add_argument("--connect", default=None, metavar="ADDR",
                    help="submit to the broker at ADDR (default: the one `leptonrt up` serves, if any; else run here)")
 
@@ -76,15 +90,28 @@ def _add_service(sub) -> None:
     p.add_argument("--listen", default=None, metavar="ADDR",
                    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// in your private runtime directory)")
     p.add_argument("--no-tui", action="store_true", help="print a plain status line every few seconds instead")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="this broker's key pair and allowed keys, for a tcp:// --listen (`leptonrt keys init`)")
+    p.add_argument("--cache-bytes", type=_size, default=None, metavar="N",
+                   help="shared memory the dataset cache may hold, e.g. 4G (default: half the free memory)")
     p.add_argument("--checkpoint-root", default=None, metavar="DIR",
                    help="keep clients' checkpoints under DIR (a client names one: --checkpoint-dir NAME); "
                         "without it, jobs with checkpoints are refused")
     p = sub.add_parser("top", help="show the live view of a running broker")
     p.add_argument("--connect", default=None, metavar="ADDR")
+    _add_client_keys(p)
     p.add_argument("--no-tui", action="store_true", help="plain status lines instead of the live view")
     p = sub.add_parser("status", help="print one snapshot of a running broker and exit")
     p.add_argument("--connect", default=None, metavar="ADDR")
+    _add_client_keys(p)
     p.add_argument("--json", action="store_true", help="the snapshot as JSON")
+
+
+def _add_client_keys(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server-key", default=None, metavar="FILE",
+                   help="the broker's public.key, for a tcp:// broker (CURVE)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="this user's key pair, for a tcp:// broker (default: ~/.config/leptonrt/keys)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -151,14 +178,14 @@ def _write_json(path: str, result: dict) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .broker.address import check_address, default_address, ipc_path, token
+    from .broker.address import check_address, default_address, ipc_path
     from .broker.service import probe
     address = args.connect
     if address is not None:
         check_address(address)
     else:   # a running `leptonrt up` takes the job; otherwise it runs here
         default = default_address()
-        if ipc_path(default).exists() and run_async(probe(default, token())) is not None:
+        if ipc_path(default).exists() and run_async(probe(default)) is not None:
             address = default
     job = _job_from(args, remote=address is not None)
     if address is not None:
@@ -243,7 +270,7 @@ def _train_remote(args: argparse.Namespace, job: TrainJob, address: str) -> int:
     on_event = _on_epoch(args, label)
 
     async def submit_and_follow() -> dict:
-        async with connect(address) as broker:
+        async with connect(address, server_key=args.server_key, keys=args.keys) as broker:
             remote = await broker.submit(job)
             print(f"leptonrt: job {remote.id} submitted to {address}"
                   + (f" ({remote.ahead} ahead of it)" if remote.ahead else ""), file=sys.stderr)
@@ -258,13 +285,19 @@ def _train_remote(args: argparse.Namespace, job: TrainJob, address: str) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from .broker.address import check_listen, default_address, token
-    address, secret = args.listen or default_address(), token()
-    check_listen(address, secret)
-    return run_async(_up(args, address, secret))
+    from .broker.address import check_listen, default_address
+    # the private ipc socket is always served: local commands need no keys
+    addresses = [default_address()]
+    if args.listen:
+        check_listen(args.listen)
+        addresses = [args.listen] if args.listen.startswith("ipc://") else addresses + [args.listen]
+    if any(a.startswith("tcp://") for a in addresses):
+        from .keys import load_keypair
+        load_keypair(args.keys)   # no keys, or unsafe ones: refused now, before any actor starts
+    return run_async(_up(args, addresses))
 
 
-async def _up(args: argparse.Namespace, address: str, secret: str) -> int:
+async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
     import signal
 
     from .broker.embedded import Broker
@@ -272,7 +305,8 @@ async def _up(args: argparse.Namespace, address: str, secret: str) -> int:
     from .view import watch
     loop, main_task = asyncio.get_running_loop(), asyncio.current_task()
     stop, seen, broken = asyncio.Event(), [], []
-    broker = Broker(args.gpus, args.cpu_actors, address=address, pin=not args.no_pin)
+    broker = Broker(args.gpus, args.cpu_actors, address=" ".join(addresses), pin=not args.no_pin,
+                    cache_bytes=args.cache_bytes)
     for note in broker.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
 
@@ -292,9 +326,9 @@ async def _up(args: argparse.Namespace, address: str, secret: str) -> int:
         loop.add_signal_handler(signum, on_signal, code)
     try:
         broker.on_broken = on_broken
-        async with broker, Service(broker, address, secret, checkpoint_root=args.checkpoint_root,
+        async with broker, Service(broker, *addresses, keys=args.keys, checkpoint_root=args.checkpoint_root,
                                    on_broken=on_broken):
-            print(f"leptonrt: serving at {address} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            print(f"leptonrt: serving at {' and '.join(addresses)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             view = asyncio.create_task(watch(broker.snapshot, stop=stop, plain=True if args.no_tui else None))
             try:
                 await stop.wait()
@@ -327,7 +361,7 @@ async def _top(args: argparse.Namespace) -> int:
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         loop.add_signal_handler(signum, lambda c=code: (seen.append(c), stop.set()))
     try:
-        async with connect(args.connect) as broker:
+        async with connect(args.connect, server_key=args.server_key, keys=args.keys) as broker:
             await watch(broker.status, stop=stop, plain=True if args.no_tui else None)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -339,7 +373,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from .client import connect
 
     async def once():
-        async with connect(args.connect) as broker:
+        async with connect(args.connect, server_key=args.server_key, keys=args.keys) as broker:
             return await broker.status()
     snapshot = run_async(once())
     if args.json:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from . import messages as protocol
-from .broker.address import check_address, default_address, token
+from .broker.address import check_address, default_address
 from .broker.embedded import JobHandle
 from .broker.run import ActorLost, EpochEvent, Recovered, SplitChanged
 from .broker.stats import Snapshot
@@ -86,10 +87,17 @@ class RemoteJob(JobHandle):
 class RemoteBroker:
     """A connection to a running broker's service socket."""
 
-    def __init__(self, address: str | None = None, secret: str | None = None) -> None:
+    def __init__(self, address: str | None = None, *, server_key: str | Path | None = None,
+                 keys: str | Path | None = None) -> None:
         self.address = address or default_address()
         check_address(self.address)
-        self.secret = token() if secret is None else secret
+        # a TCP broker admits only allowed CURVE keys: its public key, and ours
+        self.curve = self.address.startswith("tcp://")
+        if self.curve and server_key is None:
+            raise ConfigError(f"{self.address} is a TCP address: give the broker's public key "
+                              "(--server-key FILE, from `leptonrt keys show` on the broker's host)")
+        self.server_key, self.keys = server_key, keys
+        self.sock = None
         self._jobs: dict[int, RemoteJob] = {}
         self._replies: asyncio.Queue = asyncio.Queue()   # Accepted / Rejected, in request order
         self._status: list[asyncio.Future] = []
@@ -104,14 +112,42 @@ class RemoteBroker:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, SERVICE_LIMITS.frame_bytes)
-        self.sock.connect(self.address)
-        self._reader = asyncio.get_running_loop().create_task(self._read(), name="leptonrt-client")
         try:
+            if self.curve:
+                await self._connect_curve()
+            else:
+                self.sock.connect(self.address)
+            self._reader = asyncio.get_running_loop().create_task(self._read(), name="leptonrt-client")
             await self.status()   # fail now, clearly, if nobody is there
         except BaseException:
             await self.aclose()
             raise
         return self
+
+    async def _connect_curve(self) -> None:
+        """Connect with CURVE and wait for the handshake: a broker that refuses our key is a
+        clear ConfigError (78) at once, not silence."""
+        from . import curve, keys
+        curve.arm_client(self.sock, keys.read_public_key(self.server_key), keys.load_keypair(self.keys))
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                               | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                               | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        try:
+            self.sock.connect(self.address)
+            deadline = time.monotonic() + DEAD_S
+            while (left := deadline - time.monotonic()) > 0:
+                if not await monitor.poll(int(left * 1000) + 1):
+                    break
+                event = parse_monitor_message(await monitor.recv_multipart())["event"]
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    return
+                raise ConfigError(f"the broker at {self.address} refused this key (or the --server-key is not its "
+                                  "key): on the broker's host, `leptonrt keys allow NAME FILE` with FILE this "
+                                  "host's public.key")
+            raise NoDeviceError(f"no leptonrt broker is answering at {self.address}")
+        finally:
+            self.sock.disable_monitor()
+            monitor.close(linger=0)
 
     async def __aexit__(self, *exc_info) -> None:
         await self.aclose()
@@ -121,15 +157,17 @@ class RemoteBroker:
             self._reader.cancel()
             await asyncio.wait({self._reader})
             self._reader = None
+        if self.sock is not None:
             self.sock.close(linger=0)
             self.ctx.term()
+            self.sock = None
 
     async def status(self) -> Snapshot:
         """The broker's current statistics snapshot."""
         self._check()
         future = asyncio.get_running_loop().create_future()
         self._status.append(future)
-        await self.sock.send(protocol.encode(StatusRequest(token=self.secret)))
+        await self.sock.send(protocol.encode(StatusRequest()))
         return Snapshot.from_dict(await future)
 
     async def submit(self, spec: TrainJob) -> RemoteJob:
@@ -137,7 +175,7 @@ class RemoteBroker:
         has a ``save`` path, the weights come back and are written here, by this process."""
         self._check()
         self._submitting += 1
-        request = Submit(token=self.secret, job=dataclasses.replace(spec, save=None), want_weights=spec.save is not None)
+        request = Submit(job=dataclasses.replace(spec, save=None), want_weights=spec.save is not None)
         try:
             await self.sock.send(protocol.encode(request))
             reply = await self._replies.get()
@@ -179,7 +217,7 @@ class RemoteBroker:
                     break
                 if quiet > SILENCE_S and now - probe_sent > SILENCE_S:
                     probe_sent = now
-                    await self.sock.send(protocol.encode(StatusRequest(token=self.secret)))
+                    await self.sock.send(protocol.encode(StatusRequest()))
                     self._status.append(asyncio.get_running_loop().create_future())   # a probe nobody awaits
         finally:
             self._fail_all(NoDeviceError(f"no leptonrt broker is answering at {self.address}"))
@@ -231,6 +269,9 @@ def _write_atomically(path: str, data: bytes) -> None:
         raise ConfigError(f"cannot write the weights to {target}: {exc.strerror or exc}") from None
 
 
-def connect(address: str | None = None, secret: str | None = None) -> RemoteBroker:
-    """``async with leptonrt.connect(ADDR) as broker``: submit/events/result on a running `up`."""
-    return RemoteBroker(address, secret)
+def connect(address: str | None = None, *, server_key: str | Path | None = None,
+            keys: str | Path | None = None) -> RemoteBroker:
+    """``async with leptonrt.connect(ADDR) as broker``: submit/events/result on a running `up`.
+    A ``tcp://`` address needs the broker's public key (``server_key``, a file) and our own
+    key pair (``keys``, a directory; default: the user's)."""
+    return RemoteBroker(address, server_key=server_key, keys=keys)

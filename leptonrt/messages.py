@@ -456,7 +456,6 @@ class StoreReply:
 @dataclass(frozen=True, slots=True)
 class Submit:
     """Client -> service: queue a job; its updates come back on this connection."""
-    token: str = _field(max_len=256)  # the shared secret when the service requires one; may be empty
     job: TrainJob  # the job (its save must be empty: the broker writes no file a client names)
     want_weights: bool = _given(False)  # send the final weights back (Weights messages)
 
@@ -496,7 +495,6 @@ class Weights:
 @dataclass(frozen=True, slots=True)
 class StatusRequest:
     """Client -> service: send me a statistics snapshot."""
-    token: str = _field(max_len=256)
 
 
 @dataclass(frozen=True, slots=True)

@@ -591,12 +591,12 @@ def test_a_job_the_wire_would_refuse_cannot_be_built(changes, named):
 @FAST
 @given(spec=train_jobs())
 def test_every_job_that_can_be_built_can_be_sent(spec):
-    sent = Submit(token="", job=spec)
+    sent = Submit(job=spec)
     assert decode(encode(sent), CLIENT_LIMITS) == sent
 
 
 def test_a_job_that_breaks_its_own_rules_on_the_wire_is_a_protocol_error():
-    fields = wire_fields(Submit(token="", job=TrainJob()))
+    fields = wire_fields(Submit(job=TrainJob()))
     fields["job"]["align"] = 1000
     with pytest.raises(ProtocolError, match="alignment"):
         decode(frame_of("Submit", fields), CLIENT_LIMITS)

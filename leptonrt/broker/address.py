@@ -1,14 +1,13 @@
 """Where a running broker listens: the per-user default, and who may listen where.
 
 The default is an ``ipc://`` socket in a private runtime directory (mode 0700, owned by
-the user), so only that user can submit jobs. ``tcp://`` on a loopback address works as
-is; anything beyond loopback needs a shared token (``LEPTONRT_TOKEN``), which every
-request must carry.
+the user), so only that user can submit jobs. A ``tcp://`` address, loopback included
+(every local user can reach loopback), admits only clients whose CURVE key is allowed
+(``leptonrt keys``).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import stat
 import tempfile
@@ -41,11 +40,6 @@ def default_address() -> str:
     return f"ipc://{runtime_dir()}/broker.sock"
 
 
-def token() -> str:
-    """The shared secret clients send and the service checks ('' when none is set)."""
-    return os.environ.get("LEPTONRT_TOKEN", "")
-
-
 def ipc_path(address: str) -> Path | None:
     return Path(address.removeprefix("ipc://")) if address.startswith("ipc://") else None
 
@@ -63,21 +57,6 @@ def check_address(address: str) -> None:
     raise UsageError(f"expected ipc://PATH or tcp://HOST:PORT, got {address!r}")
 
 
-def is_loopback(address: str) -> bool:
-    if not address.startswith("tcp://"):
-        return True   # ipc sockets live in the user's private directory
-    host = address[6:].rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False   # a host name or '*': could be anything
-
-
-def check_listen(address: str, secret: str) -> None:
-    """Refuse to listen beyond loopback without a token."""
+def check_listen(address: str) -> None:
+    """A usable address to listen on (TCP ones get CURVE: see leptonrt.curve)."""
     check_address(address)
-    if not is_loopback(address) and len(secret) < 16:
-        raise ConfigError(f"listening on {address} reaches beyond this machine: set LEPTONRT_TOKEN to a secret "
-                          "of at least 16 characters (clients send the same), or listen on 127.0.0.1")

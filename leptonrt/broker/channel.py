@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from typing import Callable
 
 import zmq
 
@@ -35,7 +36,8 @@ class Channel:
     caller can act on it.
     """
 
-    def __init__(self, address: str, max_frame_bytes: int, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, address: str, max_frame_bytes: int, ctx: zmq.Context | None = None,
+                 configure: Callable[[zmq.Socket], None] | None = None) -> None:
         self._own_ctx = ctx is None
         self.ctx = zmq.Context() if ctx is None else ctx
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -44,6 +46,8 @@ class Channel:
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        if configure is not None:
+            configure(self.sock)   # options that must be set before the socket binds (CURVE)
         self._loop: asyncio.AbstractEventLoop | None = None   # where our reader is registered
         self._waiter: asyncio.Future | None = None
         try:
@@ -65,10 +69,11 @@ class Channel:
             raise
         return True
 
-    def recv_nowait(self) -> list[bytes] | None:
-        """The next message's frames, or None if none is queued."""
+    def recv_nowait(self, copy: bool = True) -> list | None:
+        """The next message's frames (``zmq.Frame``s when not ``copy``: they carry the
+        connection's metadata), or None if none is queued."""
         try:
-            return self.sock.recv_multipart(flags=zmq.NOBLOCK)
+            return self.sock.recv_multipart(flags=zmq.NOBLOCK, copy=copy)
         except zmq.Again:
             return None
 

@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from dataclasses import asdict
 from typing import AsyncIterator, Callable
 
 import logging
@@ -100,9 +101,10 @@ class Broker:
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
                  actor_env: dict[str, str] | None = None,
-                 address: str = "embedded", pin: bool = True, runner: type[JobRunner] = JobRunner) -> None:
+                 address: str = "embedded", pin: bool = True, runner: type[JobRunner] = JobRunner,
+                 cache_bytes: int | None = None) -> None:
         # device selection errors surface here; pin=False leaves CPU actors to the scheduler
-        self.pool = ActorPool(gpus, cpu_actors, actor_env, pin)
+        self.pool = ActorPool(gpus, cpu_actors, actor_env, pin, cache_bytes=cache_bytes)
         self.address = address
         self._runner_type = runner   # what runs each job (a test may give one that fails on purpose)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -268,7 +270,8 @@ class Broker:
                         jobs_done=sum(j.state == "done" for j in self._jobs),
                         jobs_failed=sum(j.state == "failed" for j in self._jobs),
                         counters={"actor_bad_messages": core.bad_messages if core is not None else 0,
-                                  **self.counters()})
+                                  **self.counters()},
+                        cache=asdict(self.pool.cache.statistics()) if self.pool.started else {})
         return snap
 
     def _sample_throughput(self, now: float, done: int) -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +23,7 @@ from ..actors.devices import Selection, allowed_cores, core_sets, select
 from ..actors.spawn import Supervisor
 from ..actors.tether import clean_stale_run_dirs, make_run_dir
 from .. import messages as protocol
+from ..data.background import run_in_daemon_thread
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
 from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError, RestartBudgetExceeded
@@ -74,7 +76,8 @@ class ActorPool:
     SPARE_AFTER_S = 20.0
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
-                 actor_env: dict[str, str] | None = None, pin: bool = True) -> None:
+                 actor_env: dict[str, str] | None = None, pin: bool = True, cache_bytes: int | None = None) -> None:
+        self.cache_bytes = cache_bytes   # the dataset cache's budget (None: from free memory)
         self.selection: Selection = select(gpus, cpu_actors)
         # each CPU actor on cores of its own (its replacements too); None: not pinned
         self.cores = core_sets(self.selection, allowed_cores()) if pin else [None] * len(self.selection.actors)
@@ -107,7 +110,7 @@ class ActorPool:
         clean_stale_run_dirs()
         self.run_id = new_run_id()
         self.run_dir = Path(make_run_dir())
-        self.cache = DatasetCache(self.run_id)
+        self.cache = DatasetCache(self.run_id, budget_bytes=self.cache_bytes)
         self.supervisor = Supervisor(self.run_dir, f"ipc://{self.run_dir}/broker.sock")
         self.started = True
         self.channel = Channel(self.supervisor.connect, ACTOR_LIMITS.frame_bytes)
@@ -253,6 +256,7 @@ class JobRunner:
         self.notes: list[str] = [self.selection.note] if self.selection.note else []
         self.core: TrainingRun | None = None
         self._namespace: str | None = None   # the store's open namespace (the group's generation)
+        self._data: protocol.DatasetInfo | None = None   # the dataset this job holds pinned in the cache
         # the leader writes the weights into the broker's private run directory; from there
         # they go to job.save (the caller's own path: this process is the client) or stay for
         # the caller to take (weights_path), e.g. to stream them back to a remote client
@@ -280,6 +284,9 @@ class JobRunner:
             if pool.started:
                 for identity, reply in pool.store.close():
                     pool.send(identity, reply)
+                if self._data is not None:
+                    pool.cache.release(self._data)
+                    self._data = None
             if self._own_pool:
                 await pool.close()
             elif self.core is not None:
@@ -335,14 +342,16 @@ class JobRunner:
 
     async def _start(self) -> TrainingRun:
         job, pool = self.job, self.pool
-        data = await asyncio.to_thread(pool.cache.get, job.dataset, seed=job.seed, test_fraction=job.test_fraction)
+        # pinned while the job runs: the cache never evicts it meanwhile
+        self._data = data = await pool.cache.acquire(job.dataset, seed=job.seed, test_fraction=job.test_fraction)
         world = pool.world
         split = initial_split(job, world)
         n_train = data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
         planner = Planner(world, job.batch_size, PlannerConfig(align=job.align)) if job.planned and world > 1 else None
         start_step, prior, resume_from = 0, [], None
         if job.resume:
-            found = await asyncio.to_thread(checkpoint.latest, job.checkpoint_dir)
+            found = await run_in_daemon_thread(partial(checkpoint.latest, job.checkpoint_dir),
+                                               name="leptonrt-checkpoint")
             if found is not None:
                 checkpoint.check_fingerprint(found, job.fingerprint())
                 start_step, resume_from = found.step, str(found.path)

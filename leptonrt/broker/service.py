@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import re
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -53,7 +52,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KINDS = {EpochEvent: "epoch", SplitChanged: "split", ActorLost: "lost", Recovered: "recovered"}
 
 
-async def probe(address: str, secret: str = "", wait_ms: int = PROBE_MS) -> dict | None:
+async def probe(address: str, wait_ms: int = PROBE_MS) -> dict | None:
     """The snapshot of a broker answering at ``address``, or None if none answers."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -61,7 +60,7 @@ async def probe(address: str, secret: str = "", wait_ms: int = PROBE_MS) -> dict
     sock.setsockopt(zmq.MAXMSGSIZE, SERVICE_LIMITS.frame_bytes)
     try:
         sock.connect(address)
-        sock.send(messages.encode(StatusRequest(token=secret)))
+        sock.send(messages.encode(StatusRequest()))
         deadline = time.monotonic() + wait_ms / 1000
         while (left := deadline - time.monotonic()) > 0:
             if not sock.poll(max(int(left * 1000), 1)):
@@ -82,23 +81,45 @@ async def probe(address: str, secret: str = "", wait_ms: int = PROBE_MS) -> dict
         ctx.term()
 
 
-class Service:
-    """Serves one Broker to clients at ``address`` until closed."""
+@dataclass
+class _Endpoint:
+    """One address the service answers on: an ipc socket (same user only), or a TCP one
+    that admits only allowed CURVE keys."""
 
-    def __init__(self, broker: Broker, address: str, secret: str = "", *,
+    address: str
+    channel: Channel
+    auth: object | None = None   # the CURVE authenticator (leptonrt.curve.Authenticator) of a TCP endpoint
+    owns_path: Path | None = None   # the ipc socket file to remove at close
+
+    def sender_allowed(self, frames: list) -> bool:
+        return self.auth is None or self.auth.sender(frames[1]) is not None
+
+
+Peer = tuple[_Endpoint, bytes]   # where a reply goes: the endpoint a request came in on, and its identity
+
+
+class Service:
+    """Serves one Broker to clients at ``addresses`` until closed: ipc ones to this user,
+    TCP ones to holders of an allowed CURVE key (``keys``: the key directory)."""
+
+    def __init__(self, broker: Broker, *addresses: str, keys: str | Path | None = None,
                  checkpoint_root: str | Path | None = None, gate: GateConfig = GateConfig(),
                  on_broken: Callable[[BaseException], None] | None = None) -> None:
-        check_listen(address, secret)
-        self.broker, self.address, self.secret = broker, address, secret
+        if not addresses:
+            raise InternalError("a service needs at least one address")
+        for address in addresses:
+            check_listen(address)
+        self.broker, self.addresses, self.keys = broker, addresses, keys
         self.checkpoint_root = Path(checkpoint_root).resolve() if checkpoint_root is not None else None
         self.gate = Gate(gate)
         self.on_broken = on_broken or (lambda exc: None)
         self.broken: BaseException | None = None
-        self.handler_errors = 0
-        self._forwarders: dict[asyncio.Task, tuple[bytes, Job]] = {}
+        self.handler_errors = self.unauthorised = 0
+        self._forwarders: dict[asyncio.Task, tuple[Peer, Job]] = {}
         self._task: asyncio.Task | None = None
         self._snapshot: tuple[float, bytes] | None = None
-        self.channel: Channel | None = None
+        self._endpoints: list[_Endpoint] = []
+        self._ctx: zmq.Context | None = None
 
     async def __aenter__(self) -> "Service":
         await self.start()
@@ -109,41 +130,82 @@ class Service:
 
     def statistics(self) -> dict[str, int]:
         """The service's counters (they go into every snapshot)."""
-        return {**asdict(self.gate.statistics()), "handler_errors": self.handler_errors}
+        return {**asdict(self.gate.statistics()), "handler_errors": self.handler_errors,
+                "unauthorised": self.unauthorised}
 
     async def start(self) -> None:
-        path = ipc_path(self.address)
-        if path is not None and path.exists():
-            if await probe(self.address, self.secret) is not None:
-                raise ConfigError(f"another leptonrt broker is already serving at {self.address}")
-            path.unlink(missing_ok=True)   # left behind by a broker that was killed
+        self._ctx = zmq.Context()
         try:
-            self.channel = Channel(self.address, messages.CLIENT_LIMITS.frame_bytes)
-        except zmq.ZMQError as exc:
-            raise ConfigError(f"cannot listen on {self.address}: {exc}") from None
-        self._owns_path = path
+            for address in self.addresses:
+                self._endpoints.append(await self._open(address))
+        except BaseException:
+            self._close_endpoints()
+            raise
         self.broker.counters = self.statistics
         serve = supervise(self._serve, name="the leptonrt service loop", restarts=RESTARTS, window_s=RESTART_WINDOW_S,
                           on_broken=self._broken)
         self._task = asyncio.get_running_loop().create_task(serve, name="leptonrt-service")
+
+    async def _open(self, address: str) -> _Endpoint:
+        path = ipc_path(address)
+        if path is not None and path.exists():
+            if await probe(address) is not None:
+                raise ConfigError(f"another leptonrt broker is already serving at {address}")
+            path.unlink(missing_ok=True)   # left behind by a broker that was killed
+        if address.startswith("tcp://"):
+            return await self._open_curve(address)
+        return _Endpoint(address, self._bind(address), owns_path=path)
+
+    async def _open_curve(self, address: str) -> _Endpoint:
+        """A TCP endpoint: CURVE armed before it binds, then proven at once (a rogue key and a
+        client without CURVE must be refused) or the service does not start."""
+        from .. import curve, keys
+        pair = keys.load_keypair(self.keys)
+        auth = curve.Authenticator(self._ctx, keys.AuthorizedKeys(keys.keys_dir(self.keys) / "authorized")).start()
+        try:
+            channel = self._bind(address, lambda sock: curve.arm_server(sock, pair, auth))
+            endpoint = _Endpoint(address, channel, auth)
+            await asyncio.to_thread(curve.self_test, channel.sock.last_endpoint.decode(), pair.public, auth)
+        except BaseException:
+            if "channel" in locals():
+                channel.close()
+            auth.close()
+            raise
+        return endpoint
+
+    def _bind(self, address: str, configure=None) -> Channel:
+        try:
+            return Channel(address, messages.CLIENT_LIMITS.frame_bytes, ctx=self._ctx, configure=configure)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"cannot listen on {address}: {exc}") from None
 
     async def close(self) -> None:
         """Stop serving. Every client still following a job is told at once that the broker
         closed (its own exit code), rather than left to notice the silence."""
         if self._task is None:
             return
-        for identity, job in list(self._forwarders.values()):
+        for peer, job in list(self._forwarders.values()):
             if not job.done():
-                self._send(identity, _failed(job.id, BrokerClosed(f"job {job.id}: the broker closed")))
+                self._send(peer, _failed(job.id, BrokerClosed(f"job {job.id}: the broker closed")))
         tasks = [self._task, *self._forwarders]
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks)
         self._forwarders.clear()
         self._task = None
-        self.channel.close()
-        if self._owns_path is not None:
-            self._owns_path.unlink(missing_ok=True)
+        self._close_endpoints()
+
+    def _close_endpoints(self) -> None:
+        for endpoint in self._endpoints:
+            endpoint.channel.close()
+            if endpoint.auth is not None:
+                endpoint.auth.close()
+            if endpoint.owns_path is not None:
+                endpoint.owns_path.unlink(missing_ok=True)
+        self._endpoints = []
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
 
     # -- the serving loop -------------------------------------------------------------
 
@@ -152,44 +214,52 @@ class Service:
         self.on_broken(error)
 
     async def _serve(self) -> None:
+        loops = [asyncio.ensure_future(self._serve_endpoint(e)) for e in self._endpoints]
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()   # re-raise what killed it, for the supervisor
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.wait(loops)
+
+    async def _serve_endpoint(self, endpoint: _Endpoint) -> None:
         while True:
-            if not await self.channel.wait_readable(1000):
+            if not await endpoint.channel.wait_readable(1000):
                 continue
             for _ in range(BATCH):
-                frames = self.channel.recv_nowait()
+                frames = endpoint.channel.recv_nowait(copy=endpoint.auth is None)
                 if frames is None:
                     break
-                self._guarded(frames)
+                self._guarded(endpoint, frames)
             await asyncio.sleep(0)   # the actors' channel and the running job go next
 
-    def _guarded(self, frames: list[bytes]) -> None:
+    def _guarded(self, endpoint: _Endpoint, frames: list) -> None:
         """Handle one message; whatever it raises is a counted rejection, never a dead loop."""
-        identity = frames[0]
+        if not endpoint.sender_allowed(frames):   # a key revoked since its connection opened
+            self.unauthorised += 1
+            return
+        frames = [f if isinstance(f, bytes) else f.bytes for f in frames]
+        peer = (endpoint, frames[0])
         try:
-            self._handle(identity, frames[1:], time.monotonic())
+            self._handle(peer, frames[1:], time.monotonic())
         except Exception as exc:
             self.handler_errors += 1
             log.exception("leptonrt service: handling a request failed")
-            self._send(identity, Rejected(message=f"internal error handling the request ({type(exc).__name__}); "
-                                                  "the service goes on", exit_code=70))
+            self._send(peer, Rejected(message=f"internal error handling the request ({type(exc).__name__}); "
+                                              "the service goes on", exit_code=70))
 
-    def _handle(self, identity: bytes, rest: list[bytes], now: float) -> None:
-        admission = self.gate.admit(identity, rest, now)
+    def _handle(self, peer: Peer, rest: list[bytes], now: float) -> None:
+        admission = self.gate.admit(peer[1], rest, now)
         if admission.verdict is Verdict.DROP:
             return
         if admission.verdict is Verdict.REJECT:
-            self._send(identity, Rejected(message=admission.reason, exit_code=70))
-            return
-        msg = admission.message
-        if not hmac.compare_digest(msg.token.encode("utf-8", "surrogatepass"), self.secret.encode("utf-8")):
-            self._send(identity, Rejected(message="wrong or missing token (LEPTONRT_TOKEN)", exit_code=78))
-        elif isinstance(msg, Submit):
-            self._submit(identity, msg)
+            self._send(peer, Rejected(message=admission.reason, exit_code=70))
+        elif isinstance(admission.message, Submit):
+            self._submit(peer, admission.message)
         else:
-            try:
-                self.channel.send_nowait(identity, self._status_frame(now))
-            except PeerGone:
-                pass
+            self._send_frame(peer, self._status_frame(now))
 
     def _status_frame(self, now: float) -> bytes:
         """The latest snapshot, encoded at most every SNAPSHOT_EVERY_S however often it is asked for."""
@@ -200,17 +270,17 @@ class Service:
 
     # -- jobs -------------------------------------------------------------------------
 
-    def _submit(self, identity: bytes, msg: Submit) -> None:
+    def _submit(self, peer: Peer, msg: Submit) -> None:
         try:
             job = self.broker.submit_nowait(self._server_side(msg.job), keep_weights=msg.want_weights)
         except LeptonError as exc:
-            self._send(identity, Rejected(message=str(exc)[:4000], exit_code=exc.exit_code))
+            self._send(peer, Rejected(message=str(exc)[:4000], exit_code=exc.exit_code))
             return
         ahead = sum(j.state in ("queued", "running") for j in self.broker.jobs() if j.id < job.id)
-        self._send(identity, Accepted(job_id=job.id, ahead=ahead))
-        task = asyncio.get_running_loop().create_task(self._forward(identity, job, msg.want_weights),
+        self._send(peer, Accepted(job_id=job.id, ahead=ahead))
+        task = asyncio.get_running_loop().create_task(self._forward(peer, job, msg.want_weights),
                                                       name=f"leptonrt-job-{job.id}")
-        self._forwarders[task] = (identity, job)
+        self._forwarders[task] = (peer, job)
         task.add_done_callback(lambda t: self._forwarders.pop(t, None))
 
     def _server_side(self, job: TrainJob) -> TrainJob:
@@ -219,7 +289,7 @@ class Service:
             raise ConfigError("a running broker writes no file for its clients: leave out save "
                               "(ask for the weights with want_weights; `leptonrt train --save` does)")
         if job.checkpoint_dir is None:
-            return dataclasses.replace(job, save=None)
+            return job
         if self.checkpoint_root is None:
             raise ConfigError("this broker keeps no checkpoints: start it with `leptonrt up --checkpoint-root DIR`")
         if not _NAME.match(job.checkpoint_dir):
@@ -227,34 +297,36 @@ class Service:
                               f"--checkpoint-root; give a plain name (letters, digits, '_', '-', '.')")
         return dataclasses.replace(job, checkpoint_dir=str(self.checkpoint_root / job.checkpoint_dir))
 
-    async def _forward(self, identity: bytes, job: Job, want_weights: bool) -> None:
+    async def _forward(self, peer: Peer, job: Job, want_weights: bool) -> None:
         async for event in job.events():
             kind = _KINDS.get(type(event))
-            if kind is not None and not await self._deliver(identity, JobUpdate(
+            if kind is not None and not await self._deliver(peer, JobUpdate(
                     job_id=job.id, kind=kind, data=messages.Plain(asdict(event)))):
                 return   # the client is gone: its job goes on
         try:
             result = await job.result()
         except LeptonError as exc:
-            await self._deliver(identity, _failed(job.id, exc))
+            await self._deliver(peer, _failed(job.id, exc))
             return
-        if want_weights and job.weights_path is not None and not await self._send_weights(identity, job):
+        if want_weights and job.weights_path is not None and not await self._send_weights(peer, job):
             return
-        await self._deliver(identity, JobUpdate(job_id=job.id, kind="finished", data=messages.Plain(result)))
+        await self._deliver(peer, JobUpdate(job_id=job.id, kind="finished", data=messages.Plain(result)))
 
-    async def _send_weights(self, identity: bytes, job: Job) -> bool:
+    async def _send_weights(self, peer: Peer, job: Job) -> bool:
         data = await asyncio.to_thread(job.weights_path.read_bytes)
+        job.weights_path.unlink(missing_ok=True)   # handed over: the client keeps them now
         for offset in range(0, max(len(data), 1), WEIGHTS_CHUNK):
             piece = Weights(job_id=job.id, offset=offset, total=len(data), data=data[offset:offset + WEIGHTS_CHUNK])
-            if not await self._deliver(identity, piece):
+            if not await self._deliver(peer, piece):
                 return False
         return True
 
-    async def _deliver(self, identity: bytes, msg: messages.Message) -> bool:
+    async def _deliver(self, peer: Peer, msg: messages.Message) -> bool:
         """Send, waiting while the client's queue is full; False once it is gone or stuck."""
+        endpoint, identity = peer
         payload, deadline = messages.encode(msg), time.monotonic() + SEND_PATIENCE_S
         try:
-            while not self.channel.send_nowait(identity, payload):
+            while not endpoint.channel.send_nowait(identity, payload):
                 if time.monotonic() > deadline:
                     return False
                 await asyncio.sleep(0.01)
@@ -262,9 +334,13 @@ class Service:
             return False
         return True
 
-    def _send(self, identity: bytes, msg: messages.Message) -> None:
+    def _send(self, peer: Peer, msg: messages.Message) -> None:
+        self._send_frame(peer, messages.encode(msg))
+
+    def _send_frame(self, peer: Peer, frame: bytes) -> None:
+        endpoint, identity = peer
         try:
-            self.channel.send_nowait(identity, messages.encode(msg))
+            endpoint.channel.send_nowait(identity, frame)
         except PeerGone:
             pass   # it asked and left: nobody to answer
 

@@ -77,6 +77,7 @@ class Snapshot:
     jobs_done: int = 0
     jobs_failed: int = 0
     counters: dict = field(default_factory=dict)   # name -> count: rejected, dropped and failed messages, restarts
+    cache: dict = field(default_factory=dict)      # the dataset cache: budget, bytes, entries (in use or not)
 
     @property
     def uptime_s(self) -> float:
@@ -103,12 +104,13 @@ class Snapshot:
                 throughput=tuple((float(t), float(v)) for t, v in d.pop("throughput", ())),
                 events=tuple(Event(**e) for e in d.pop("events", ())),
                 counters={str(k): int(v) for k, v in dict(d.pop("counters", {})).items()},
+                cache=dict(d.pop("cache", {})),
                 **{k: v for k, v in d.items() if k in _SCALARS},
             )
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"malformed status snapshot: {exc}") from None
 
 
-_SCALARS = {f.name for f in fields(Snapshot)} - {"job", "queued", "actors", "throughput", "events", "counters"}
+_SCALARS = {f.name for f in fields(Snapshot)} - {"job", "queued", "actors", "throughput", "events", "counters", "cache"}
 
 __all__ = ["ActorStats", "Event", "JobStats", "QueuedJob", "Snapshot"]

@@ -6,12 +6,12 @@ from leptonrt import messages
 from leptonrt.broker.gate import Gate, GateConfig, Verdict
 from leptonrt.messages import Heartbeat, StatusRequest, Submit, TrainJob
 
-STATUS = messages.encode(StatusRequest(token=""))
+STATUS = messages.encode(StatusRequest())
 
 
 def test_a_valid_request_is_accepted_and_decoded():
     admission = Gate().admit(b"c", [STATUS], now=0.0)
-    assert admission.verdict is Verdict.ACCEPT and admission.message == StatusRequest(token="")
+    assert admission.verdict is Verdict.ACCEPT and admission.message == StatusRequest()
 
 
 def test_garbage_a_wrong_frame_count_and_an_actors_message_are_each_one_counted_rejection():
@@ -64,7 +64,7 @@ def test_the_clients_remembered_are_bounded():
 
 
 def test_a_submit_with_an_invalid_job_is_rejected_with_the_field_named():
-    fields = msgpack.unpackb(messages.encode(Submit(token="", job=TrainJob())))[2]
+    fields = msgpack.unpackb(messages.encode(Submit(job=TrainJob())))[2]
     fields["job"]["lr"] = float("nan")
     admission = Gate().admit(b"c", [msgpack.packb([messages.VERSION, "Submit", fields])], now=0.0)
     assert admission.verdict is Verdict.REJECT and "job.lr" in admission.reason

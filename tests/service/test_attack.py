@@ -48,7 +48,7 @@ def _status_seconds(runtime):
     try:
         sock.connect(f"ipc://{runtime}/broker.sock")
         started = time.monotonic()
-        sock.send(messages.encode(StatusRequest(token="")))
+        sock.send(messages.encode(StatusRequest()))
         assert sock.poll(30_000), "no status answer within 30 s"
         reply = messages.decode(sock.recv(), messages.SERVICE_LIMITS)
         return time.monotonic() - started, dict(reply.snapshot)
@@ -69,7 +69,7 @@ ATTACKS = {
 ATTACKER = """
 import os, sys, msgpack, zmq
 from leptonrt import messages
-flood = messages.encode(messages.StatusRequest(token=""))
+flood = messages.encode(messages.StatusRequest())
 parts = {parts}
 ctx = zmq.Context(); sock = ctx.socket(zmq.DEALER)
 sock.setsockopt(zmq.LINGER, 0); sock.setsockopt(zmq.SNDTIMEO, 5000)

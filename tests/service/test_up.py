@@ -157,10 +157,11 @@ def test_nothing_listening_is_a_clear_error(tmp_path, leptonrt_cli):
         assert "no leptonrt broker is answering" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_listening_beyond_loopback_needs_a_token(tmp_path, leptonrt_cli):
-    out = leptonrt_cli("up", "--gpus", "none", "--cpu-actors", "1", "--listen", "tcp://0.0.0.0:5999",
-                       env=_env(tmp_path / "rt"))
-    assert out.returncode == 78 and "LEPTONRT_TOKEN" in out.stderr
+def test_listening_on_tcp_without_keys_is_refused_before_anything_starts(tmp_path, leptonrt_cli):
+    # loopback included: every local user can reach it, so only CURVE keys get in
+    out = leptonrt_cli("up", "--gpus", "none", "--cpu-actors", "1", "--listen", "tcp://127.0.0.1:5999",
+                       "--keys", tmp_path / "nokeys", env=_env(tmp_path / "rt"))
+    assert out.returncode == 78 and "keys init" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_killing_the_broker_takes_its_actors_and_shared_memory_with_it(tmp_path, leptonrt_cli, no_leftovers):
@@ -243,3 +244,36 @@ def _actors_of(broker_pid):
 def _run_dir_of(pid):
     """The broker's private run directory, from an actor's command line (--connect ipc://DIR/broker.sock)."""
     return Path(_actor_option(pid, "--connect").removeprefix("ipc://")).parent
+
+
+def test_stopping_up_with_jobs_queued_tells_every_client_at_once_and_prints_no_traceback(tmp_path, no_leftovers):
+    runtime = tmp_path / "rt"
+    up = subprocess.Popen([sys.executable, "-m", "leptonrt", "up", "--gpus", "none", "--cpu-actors", "1", "--no-tui"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(runtime))
+    clients = []
+    try:
+        _status(runtime)
+        job = ["train", "--dataset", "synthetic:20000,32,4", "--epochs", "200", "--quiet"]
+        for _ in range(4):   # one runs, three wait in the queue
+            clients.append(subprocess.Popen([sys.executable, "-m", "leptonrt", *job], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, text=True, env=_env(runtime)))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            snap = json.loads(subprocess.run([sys.executable, "-m", "leptonrt", "status", "--json"], capture_output=True,
+                                             text=True, env=_env(runtime), timeout=60).stdout)
+            if snap["job"] is not None and len(snap["queued"]) == 3:
+                break
+        up.send_signal(signal.SIGINT)
+        codes = [c.wait(timeout=60) for c in clients]
+        assert up.wait(timeout=60) == 130
+    finally:
+        for proc in [up, *clients]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    errors = [c.stderr.read() for c in clients]
+    # the running one stops at a step boundary (130); the queued ones are told at once (75)
+    assert sorted(codes) == [75, 75, 75, 130], errors
+    assert all("the broker closed" in e for c, e in zip(codes, errors) if c == 75), errors
+    broker_err = up.stderr.read()
+    assert "Traceback" not in broker_err and "never retrieved" not in broker_err, broker_err
