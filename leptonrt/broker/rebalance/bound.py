@@ -5,10 +5,20 @@ split whose slowest actor is i (predicted to take t_i), a candidate (a split, ma
 another group) saves at least ``min_j (t_i - t_j(candidate))`` over the candidate's busy
 actors j, plus what the collective saves. Each difference has its own sd: for j != i the
 two predictions' spreads add; for j = i only the slope matters (the same actor at fewer
-rows: ``c_i * shed`` with sd ``shed * sd(c_i)``). The bound is the minimum of the
-differences less z sd each, with the z of a Bonferroni split of the stated confidence: half
-of the tail to the slowest actor's own term, half shared by the others. It holds with at
-least that confidence for all of them at once.
+rows: ``c_i * shed`` with sd ``shed * sd(c_i)``). Any actor's time now bounds the current
+step from below, not only the slowest's: so each j may instead be weighed against its own
+time now (``c_j * shed``, sd ``shed * sd(c_j)``), whichever bound is higher. A
+near-critical actor that the candidate also relieves then does not sink the bound by the
+doubt whether it, and not i, is the slowest.
+
+The bound is the minimum of the differences less z sd each, with the z of a Bonferroni
+split of the stated confidence. The levels (each actor's time at its rows now) err
+independently: one share of the tail per actor. The slopes are taken to err together: where
+rows never varied, every actor's slope is the prior's split of a step between fixed cost
+and cost per row, one statement about the job (its model, its kernels) rather than about
+each device, so it is one event with half of the tail. Without that, N actors whose slopes
+were never measured could never be shown to gain from any move at large N, and none
+would ever teach one.
 """
 
 from __future__ import annotations
@@ -48,33 +58,39 @@ def slowest(ranks: np.ndarray, theta: np.ndarray, rows: np.ndarray) -> Slowest:
     return Slowest(int(ranks[i]), r, float(mean[i]), max(var, 0.0), float(theta[1, i]), float(theta[4, i]))
 
 
-def bounded_savings(base: Slowest, ranks: np.ndarray, theta: np.ndarray, rows: np.ndarray,
+def bounded_savings(base: Slowest, ranks: np.ndarray, theta: np.ndarray, rows: np.ndarray, before: np.ndarray,
                     confidence: float, collective: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
-    """Lower confidence bounds on the seconds per step each candidate saves against ``base``.
+    """Lower confidence bounds on the seconds per step each candidate saves against the base.
 
     ``ranks``/``theta``: the candidates' group and its models; ``rows``: one candidate per row
-    (m x n, real-valued rows allowed); ``collective``: (mean, variance) of what the
-    collective saves going to this group.
+    (m x n, real-valued rows allowed); ``before``: each of those actors' rows at the base split
+    (0 for one not in it); ``collective``: (mean, variance) of what the collective saves.
     """
     rows = np.atleast_2d(rows).astype(float)
     a, c, paa, pac, pcc = theta
     busy = rows > 0
-    diff = base.mean - (a + c * rows) + collective[0]
-    var = base.var + paa + 2 * rows * pac + rows * rows * pcc + collective[1]
+    saved, doubt = collective
+    # Bonferroni: half the tail to the slopes (one event: see the module's docstring), half
+    # shared by the comparisons with the base's slowest actor, one per busy actor
     tail = 1.0 - confidence
-    count = busy.sum(axis=1)
+    z_slope = z_above(tail / 2)
+    z_level = np.array([z_above(tail / 2 / max(k, 1)) for k in busy.sum(axis=1).tolist()])[:, None]
+    # against the base's slowest actor: its time now, less j's time in the candidate
+    var = paa + rows * (2 * pac + rows * pcc)
+    var += base.var + doubt
+    np.maximum(var, 0.0, out=var)
+    vs_base = (base.mean + saved) - (a + c * rows) - z_level * np.sqrt(var)
+    # against j's own time now: what its shed rows save (no better than nothing if it gains)
+    shed = before - rows
+    if doubt > 0:
+        vs_own = c * shed + saved - z_slope * np.sqrt(shed * shed * pcc + doubt)
+    else:
+        vs_own = shed * c - z_slope * np.abs(shed) * np.sqrt(pcc)
     at = np.flatnonzero(ranks == base.rank)
-    own = np.zeros(len(rows), dtype=bool)
-    if at.size:
-        j = int(at[0])
-        shed = base.rows - rows[:, j]
-        diff[:, j] = base.c * shed + collective[0]
-        var[:, j] = shed * shed * base.var_c + collective[1]
-        own = busy[:, j]
-    others = np.maximum(count - own, 1)
-    z = np.empty_like(diff)
-    z[:] = np.array([z_above(tail / 2 / k if o else tail / k) for k, o in zip(others.tolist(), own.tolist())])[:, None]
-    if at.size:
-        z[:, int(at[0])] = np.array([z_above(tail / 2 if k > 1 else tail) for k in count.tolist()])
-    bound = np.where(busy, diff - z * np.sqrt(np.maximum(var, 0.0)), np.inf)
+    if at.size:    # the base actor's two terms are one: the same actor at other rows
+        j, shed_j = int(at[0]), base.rows - rows[:, int(at[0])]
+        vs_base[:, j] = base.c * shed_j + saved - z_slope * np.sqrt(shed_j * shed_j * base.var_c + doubt)
+    bound = np.maximum(vs_base, vs_own, out=vs_base) if before.all() else \
+        np.maximum(vs_base, np.where(before > 0, vs_own, -np.inf), out=vs_base)
+    bound[~busy] = np.inf
     return bound.min(axis=1)

@@ -24,7 +24,12 @@ class Measurements:
     def __init__(self, world: int, config: RebalanceConfig) -> None:
         self.models = [CostModel(config.forgetting, config.false_alarm) for _ in range(world)]
         self.collective = CollectiveModel(config.forgetting)
-        self.theta = np.zeros((5, world))       # mirror of each model: a, c, var a, cov ac, var c
+        # per rank, kept as lists (cheap to touch once per report) and mirrored into arrays
+        # (cheap to read once per decision) whenever a step completes
+        self._rows, self._settled, self._seen = [-1] * world, [0] * world, [0] * world
+        self._fresh = [0] * world                          # steps at the latest rows still left out
+        self._dirty: set[int] = set()                      # ranks fitted since the last mirror
+        self.theta = np.zeros((5, world))       # each model's a, c, var a, cov ac, var c
         self.rows = np.full(world, -1, dtype=np.int64)     # rows of each rank's latest step
         self.settled = np.zeros(world, dtype=np.int64)     # steps fitted at those rows
         self.seen = np.zeros(world, dtype=np.int64)        # complete steps before each rank's last fit
@@ -32,7 +37,6 @@ class Measurements:
         self.steps = 0                                     # complete steps seen
         self.step_s = 0.0                                  # a step's wall time, smoothed over ~10 steps
         self.news: dict[int, float] = {}                   # rank -> ratio of a change not yet acted on
-        self._fresh = np.zeros(world, dtype=np.int64)     # steps at the latest rows still left out
         self._round: dict[int, tuple[int, float, float]] = {}   # rank -> (rows, collective_s, step_s)
         self._probe: list[float] | None = None             # wall times of the steps after a decision...
         self._probe_split: dict[int, int] = {}            # ...at the split it decided
@@ -41,8 +45,9 @@ class Measurements:
 
     def observe(self, rank: int, rows: int, compute_s: float, collective_s: float, step_s: float,
                 group_size: int) -> None:
-        if rows != self.rows[rank]:
-            self.rows[rank], self.settled[rank], self._fresh[rank] = rows, 0, FRESH_STEPS
+        if rows != self._rows[rank]:
+            self._rows[rank], self._settled[rank], self._fresh[rank] = rows, 0, FRESH_STEPS
+        self._dirty.add(rank)
         if rows > 0:
             if self._fresh[rank] > 0:
                 self._fresh[rank] -= 1
@@ -56,16 +61,28 @@ class Measurements:
 
     def _fit(self, rank: int, rows: int, compute_s: float) -> None:
         model = self.models[rank]
-        idle = int(self.steps - self.seen[rank])
+        idle = self.steps - self._seen[rank]
         if idle > 1 and model.started:
             model.age(idle - 1)    # steps it took no part in, or whose times were left out
         model.update(rows, compute_s)
-        self.theta[:, rank] = model.state()
-        self.started[rank] = True
-        self.settled[rank] += 1
-        self.seen[rank] = self.steps
+        self._settled[rank] += 1
+        self._seen[rank] = self.steps
         if model.changed():
             self.news[rank] = model.last_change
+
+    def _mirror(self) -> None:
+        """Copy what changed since the last mirror into the arrays the policy reads."""
+        if not self._dirty:
+            return
+        ranks = sorted(self._dirty)
+        self._dirty = set()
+        at = np.array(ranks, dtype=np.int64)
+        models = [self.models[r] for r in ranks]
+        self.theta[:, at] = np.array([m.state() if m.started else (0.0,) * 5 for m in models]).T
+        self.started[at] = [m.started for m in models]
+        self.rows[at] = [self._rows[r] for r in ranks]
+        self.settled[at] = [self._settled[r] for r in ranks]
+        self.seen[at] = [self._seen[r] for r in ranks]
 
     def _complete(self, group_size: int) -> None:
         reports, self._round = self._round, {}
@@ -74,6 +91,7 @@ class Measurements:
             self.collective.update(group_size, min(c for _, c, _ in reports.values()))
         self.step_s = wall if self.steps == 0 else 0.9 * self.step_s + 0.1 * wall
         self.steps += 1
+        self._mirror()
         if self._probe is not None:
             self._measure(wall, {rank: rows for rank, (rows, _, _) in reports.items()})
 
@@ -118,13 +136,20 @@ class Measurements:
 
     # -- the models, as the policy reads them -----------------------------------------
 
+    def measured(self) -> np.ndarray:
+        """Per rank, whether it was ever fitted."""
+        self._mirror()
+        return self.started
+
     def shown(self, ranks: np.ndarray, rows: np.ndarray) -> bool:
         """Whether every member's latest step ran at its share of ``rows``, and every busy one
         was fitted there at least once: a split is judged on measurements of it."""
+        self._mirror()
         return bool(np.all(self.rows[ranks] == rows) and np.all((rows == 0) | (self.settled[ranks] > 0)))
 
     def view(self, ranks: np.ndarray) -> np.ndarray:
         """(a, c, var a, cov, var c) x len(ranks), each model aged by the steps since its last fit."""
+        self._mirror()
         theta = self.theta[:, ranks].copy()
         idle = self.steps - self.seen[ranks]
         for i in np.flatnonzero((idle > 1) & self.started[ranks]).tolist():
@@ -133,4 +158,8 @@ class Measurements:
 
     def predict(self, rank: int, rows: float) -> float:
         """The mean compute seconds of ``rank`` at ``rows``, aged like ``view``."""
-        return self.models[rank].predict(rows, int(self.steps - self.seen[rank]))[0]
+        return self.models[rank].predict(rows, self.steps - self._seen[rank])[0]
+
+    def idle(self, rank: int) -> int:
+        """Complete steps since ``rank`` was last fitted."""
+        return self.steps - self._seen[rank]

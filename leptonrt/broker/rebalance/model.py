@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from functools import lru_cache
 from statistics import median
 
 # Model assumptions (not tuning knobs; each is a statement about step times):
@@ -42,6 +43,7 @@ def huber_variance(k: float = HUBER) -> float:
 _KAPPA = huber_variance()
 
 
+@lru_cache(maxsize=64)
 def cusum_threshold(false_alarm: float, reference: float = CUSUM_REFERENCE) -> float:
     """The threshold ``h`` of a two-sided CUSUM on N(0, 1) residuals that raises a false alarm
     with probability ``false_alarm`` per step: each side's average run length is
@@ -63,6 +65,11 @@ class CostModel:
     the sd of that mean (what the fit does not know, not the spread of one step: that is
     ``noise * mean``); ``changed()`` says whether the latest step completed a change of regime.
     """
+
+    __slots__ = ("forgetting", "threshold", "observations", "changes", "last_change", "noise", "a", "c",
+                 "_changed", "_started", "_up", "_down", "_up_steps", "_down_steps", "_recent", "_noise_sum",
+                 "_noise_weight", "_jaa", "_jac", "_jcc", "_ha", "_hc", "_qaa", "_qac", "_qcc", "_qa", "_qc",
+                 "_paa", "_pac", "_pcc")
 
     def __init__(self, forgetting: float = 0.99, false_alarm: float = 1e-6) -> None:
         self.forgetting = forgetting        # per-step weight of the past: memory ~ 1/(1 - forgetting) steps
@@ -173,13 +180,16 @@ class CostModel:
 
     def _fit(self, rows: int, seconds: float, info: float, forget: bool = True) -> None:
         """One recursive least-squares step in information form: J <- lam J + (1 - lam) J0 + w x x'."""
-        lam = self.forgetting if forget else 1.0
-        self._jaa = lam * self._jaa + (1 - lam) * self._qaa + info
-        self._jac = lam * self._jac + (1 - lam) * self._qac + info * rows
-        self._jcc = lam * self._jcc + (1 - lam) * self._qcc + info * rows * rows
-        self._ha = lam * self._ha + (1 - lam) * self._qa + info * seconds
-        self._hc = lam * self._hc + (1 - lam) * self._qc + info * seconds * rows
-        self.a, self.c, self._paa, self._pac, self._pcc = _solve(self._jaa, self._jac, self._jcc, self._ha, self._hc)
+        lam, keep = (self.forgetting, 1 - self.forgetting) if forget else (1.0, 0.0)
+        jaa = lam * self._jaa + keep * self._qaa + info
+        jac = lam * self._jac + keep * self._qac + info * rows
+        jcc = lam * self._jcc + keep * self._qcc + info * rows * rows
+        ha = lam * self._ha + keep * self._qa + info * seconds
+        hc = lam * self._hc + keep * self._qc + info * seconds * rows
+        self._jaa, self._jac, self._jcc, self._ha, self._hc = jaa, jac, jcc, ha, hc
+        det = jaa * jcc - jac * jac
+        paa, pac, pcc = jcc / det, -jac / det, jaa / det
+        self.a, self.c, self._paa, self._pac, self._pcc = paa * ha + pac * hc, pac * ha + pcc * hc, paa, pac, pcc
 
     def _test(self, z: float) -> bool:
         """The CUSUM step: True when either side crosses the threshold."""

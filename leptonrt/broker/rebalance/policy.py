@@ -126,7 +126,7 @@ class Rebalancer:
         (after a loss or a rejoin); None while some member was never measured."""
         ranks = np.array(sorted(members), dtype=np.int64)
         caps = self._caps[ranks]
-        if not self._m.started[ranks].all() or caps.sum() < self.batch:
+        if not self._m.measured()[ranks].all() or caps.sum() < self.batch:
             return None
         theta = self._m.view(ranks)
         return self._full(ranks, best_split(theta[0], theta[1], caps, self.batch, self.align))
@@ -160,23 +160,41 @@ class Rebalancer:
     def _room(self, ranks: np.ndarray, rows: np.ndarray, stale: frozenset[int]) -> np.ndarray:
         """The most rows each member may be given: its cap, or no more than now for a stale
         member (a silent actor's old figures earn it nothing) and for one never measured."""
-        held = ~self._m.started[ranks]
+        held = ~self._m.measured()[ranks]
         if stale:
             held |= np.isin(ranks, np.fromiter(stale, dtype=np.int64, count=len(stale)))
         return np.where(held, np.minimum(self._caps[ranks], rows), self._caps[ranks])
 
     def _best_move(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate:
-        """The split within the group with the largest bounded saving: the one that equalises
-        predicted times, or a half or a quarter of the way to it (weighed real-valued first,
-        then the best rounded and weighed again)."""
-        real = rows + np.array([[1.0], [0.5], [0.25]]) * (target - rows)
-        savings = bounded_savings(base, ranks, theta, real, self.config.confidence)
+        """The split within the group with the largest bounded saving, among the one that
+        equalises predicted times, the one that equalises them with every actor that might be
+        the slowest counted as slow as the slowest, and a half or a quarter of the way to
+        either (weighed real-valued first, then the best rounded and weighed again)."""
+        robust = equalise_measured(theta[0] + self._doubt(ranks, rows, theta, base), theta[1], room,
+                                   self.batch, self.align)
+        steps = np.array([[1.0], [0.5], [0.25]])
+        real = np.vstack([rows + steps * (target - rows), rows + steps * (robust - rows)])
+        savings = bounded_savings(base, ranks, theta, real, rows, self.config.confidence)
         k, cost = int(np.argmax(savings)), self._m.move_cost_s()
         if horizon * savings[k] <= cost:
             return _Candidate(ranks, rows, float(savings[k]), cost)
         new = round_split(real[k], theta[0], theta[1], room, self.batch, self.align)
-        saving = float(bounded_savings(base, ranks, theta, new, self.config.confidence)[0])
+        saving = float(bounded_savings(base, ranks, theta, new, rows, self.config.confidence)[0])
         return _Candidate(ranks, new, saving if not np.array_equal(new, rows) else -math.inf, cost)
+
+    def _doubt(self, ranks, rows, theta, base) -> np.ndarray:
+        """Seconds to add to each actor's time so that a split equalising the sums relieves
+        every actor that might be the slowest. A saving is bounded only if each of those sheds
+        rows (one that keeps its rows might be what the step waits for): an actor within its
+        confidence margin of the slowest is counted as slow as the slowest, and one clear of
+        it as slower by its margin (so it is not loaded up to that margin)."""
+        mean = finish_times(theta[0], theta[1], rows)
+        var = theta[2] + 2 * rows * theta[3] + rows * rows * theta[4]
+        z = z_above((1.0 - self.config.confidence) / 2 / len(ranks))
+        margin = z * np.sqrt(np.maximum(base.var + var, 0.0))
+        shift = np.clip(np.minimum(margin, base.mean - mean), 0.0, None)
+        shift[ranks == base.rank] = 0.0
+        return shift
 
     def _best_regroup(self, ranks, rows, room, theta, base, target, horizon, stale) -> _Candidate | None:
         """Standby of the member that carries least, the fastest member alone, or the
@@ -187,49 +205,62 @@ class Rebalancer:
         gap = base.mean - float(np.max(finish_times(theta[0], theta[1], target)))
         best: _Candidate | None = None
         own: Slowest | None = None
-        for group, group_room, compute in self._groups(ranks, rows, room, theta, base, gap, target, stale):
-            collective = self._collective_saving(len(ranks), len(group))
-            if collective is None or group_room.sum() < self.batch:
-                continue
+        for size, compute, make in self._groups(ranks, rows, room, theta, base, gap, target, stale):
+            collective = self._collective_saving(len(ranks), size)
             # a ceiling on the bound skips hopeless candidates cheaply: ``compute`` bounds the
             # compute a group saves, and every term of the bound carries the collective's sd
-            if horizon * (compute + collective[0] - floor_z * math.sqrt(collective[1])) <= cost:
+            if collective is None or horizon * (compute + collective[0] - floor_z * math.sqrt(collective[1])) <= cost:
+                continue
+            group, group_room = make()
+            if group_room.sum() < self.batch:
                 continue
             group_theta = self._m.view(group)
             new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
-            saving = float(bounded_savings(base, group, group_theta, new, self.config.confidence, collective)[0])
+            before = self._before(ranks, rows, group)
+            saving = float(bounded_savings(base, group, group_theta, new, before, self.config.confidence,
+                                           collective)[0])
             if horizon * saving <= cost or (best is not None and saving <= best.saving):
                 continue
             if own is None:
-                own = slowest(ranks, theta, round_split(target, theta[0], theta[1], room, self.batch, self.align))
-            beyond = float(bounded_savings(own, group, group_theta, new, self.config.confidence, collective)[0])
+                best_rows = round_split(target, theta[0], theta[1], room, self.batch, self.align)
+                own = slowest(ranks, theta, best_rows)
+            beyond = float(bounded_savings(own, group, group_theta, new, self._before(ranks, best_rows, group),
+                                           self.config.confidence, collective)[0])
             if horizon * beyond > regroup:
                 best = _Candidate(group, new, saving, cost)
         return best
 
     def _groups(self, ranks, rows, room, theta, base, gap, target, stale):
-        """The candidate groups, the rows each member may take there, and a ceiling on the
-        compute seconds each saves: at most three, so a decision stays cheap at any size.
-        Without a member, a group's compute can do no better than its own best split (``gap``
-        is what that saves); alone, an actor takes its time at the whole batch."""
+        """The candidate groups: (size, a ceiling on the compute seconds it saves, a function
+        giving its ranks and the rows each may take). At most three, so a decision stays
+        cheap at any size. Without a member, a group's compute can do no better than its own
+        best split (``gap`` is what that saves); alone, an actor takes its time at the batch."""
         groups = []
-        if len(ranks) >= 2:
+        n = len(ranks)
+        if n >= 2:
             least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
-            groups.append((np.delete(ranks, least), np.delete(room, least), gap))
-            if len(ranks) >= 3:
-                alone = np.where(room >= self.batch, theta[0] + theta[1] * self.batch, np.inf)
-                fastest = int(np.argmin(alone))
-                if np.isfinite(alone[fastest]):
-                    groups.append((ranks[[fastest]], room[[fastest]], min(gap, base.mean - alone[fastest])))
-        outside = self._m.started & (self._caps > 0)
+            groups.append((n - 1, gap, lambda: (np.delete(ranks, least), np.delete(room, least))))
+        if n >= 3:
+            alone = np.where(room >= self.batch, theta[0] + theta[1] * self.batch, np.inf)
+            fastest = int(np.argmin(alone))
+            if np.isfinite(alone[fastest]):
+                groups.append((1, min(gap, base.mean - alone[fastest]), lambda: (ranks[[fastest]], room[[fastest]])))
+        outside = self._m.measured() & (self._caps > 0)
         outside[ranks] = False
         candidates = [r for r in np.flatnonzero(outside).tolist() if r not in stale]
         if candidates:
-            share = self.batch / (len(ranks) + 1)
-            back = min(candidates, key=lambda r: self._m.predict(r, share))
+            back = min(candidates, key=lambda r: self._m.predict(r, self.batch / (n + 1)))
             at = int(np.searchsorted(ranks, back))
-            groups.append((np.insert(ranks, at, back), np.insert(room, at, self._caps[back]), base.mean))
+            groups.append((n + 1, base.mean,
+                           lambda: (np.insert(ranks, at, back), np.insert(room, at, self._caps[back]))))
         return groups
+
+    @staticmethod
+    def _before(ranks: np.ndarray, rows: np.ndarray, group: np.ndarray) -> np.ndarray:
+        """The rows each member of ``group`` has at the split ``rows`` of ``ranks`` (0 if none)."""
+        at = np.searchsorted(ranks, group)
+        inside = (at < len(ranks)) & (ranks[np.minimum(at, len(ranks) - 1)] == group)
+        return np.where(inside, rows[np.minimum(at, len(ranks) - 1)], 0)
 
     def _collective_saving(self, size: int, new_size: int) -> tuple[float, float] | None:
         """(mean, variance) of the seconds per step the collective saves going to ``new_size``."""
@@ -242,7 +273,7 @@ class Rebalancer:
         """The current split breaks a cap, or a member may not be one (cap 0): the best
         feasible split, whatever it saves (one never measured keeps no rows)."""
         keep = ranks[self._caps[ranks] > 0]
-        room = np.where(self._m.started[keep], self._caps[keep], 0)
+        room = np.where(self._m.measured()[keep], self._caps[keep], 0)
         if room.sum() < self.batch:
             return None
         theta = self._m.view(keep)
@@ -290,7 +321,7 @@ class Rebalancer:
     def statistics(self) -> RebalanceStatistics:
         ranks = []
         for rank, model in enumerate(self._m.models):
-            a, c, paa, _, pcc = model.state(int(self._m.steps - self._m.seen[rank])) if model.started else (0.0,) * 5
+            a, c, paa, _, pcc = model.state(self._m.idle(rank)) if model.started else (0.0,) * 5
             ranks.append(RankStatistics(rank, a, c, math.sqrt(max(paa, 0.0)), math.sqrt(max(pcc, 0.0)),
                                         model.noise, model.observations, model.changes))
         collective = tuple((size, mean, sd) for size, mean, sd, _ in self._m.collective.sizes())
