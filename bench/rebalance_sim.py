@@ -43,7 +43,8 @@ def _line(runs: list[dict], **extra) -> dict:
         "regret_frac": round(statistics.mean(r["regret_frac"] for r in runs), 5),
         "regret_frac_max": round(max(r["regret_frac"] for r in runs), 5),
         "detect_steps": max(detects) if detects else None,
-        "detect_answered": all(r["detect_answered"] for r in runs) if detects else None,
+        "detect_answered": all(r["detect_answered"] for r in runs if r["detect_answered"] is not None)
+                           if detects else None,
         "false_moves_per_10k": (round(sum(r["moves"] + r["regroups"] for r in runs) * 10_000 / steps, 3)
                                 if first["false_moves_per_10k"] is not None else None),
         "decision_ms_p50": round(statistics.median(r["decision_ms_p50"] for r in runs), 4),

@@ -21,7 +21,7 @@ from functools import lru_cache
 from statistics import median
 
 # Model assumptions (not tuning knobs; each is a statement about step times):
-HUBER = 3.0                 # residuals beyond this many noise sd are down-weighted in the fit and
+HUBER = 4.0                 # residuals beyond this many noise sd are down-weighted in the fit and
                             # clipped in the change test: a lone spike moves neither much
 CUSUM_REFERENCE = 0.5       # the change test's reference, in noise sd: tuned to a shift of 1 sd
                             # (reference = shift / 2); a larger shift shows sooner

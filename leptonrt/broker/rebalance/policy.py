@@ -201,17 +201,9 @@ class Rebalancer:
         re-admission of the fastest actor on standby: the one with the largest bounded saving
         among those that also beat the members' own best split by a regroup's cost."""
         cost, regroup = self._m.regroup_cost_s() + self._m.move_cost_s(), self._m.regroup_cost_s()
-        floor_z = z_above((1.0 - self.config.confidence) / 2)
-        gap = base.mean - float(np.max(finish_times(theta[0], theta[1], target)))
         best: _Candidate | None = None
         own: Slowest | None = None
-        for size, compute, make in self._groups(ranks, rows, room, theta, base, gap, target, stale):
-            collective = self._collective_saving(len(ranks), size)
-            # a ceiling on the bound skips hopeless candidates cheaply: ``compute`` bounds the
-            # compute a group saves, and every term of the bound carries the collective's sd
-            if collective is None or horizon * (compute + collective[0] - floor_z * math.sqrt(collective[1])) <= cost:
-                continue
-            group, group_room = make()
+        for group, group_room, collective in self._groups(ranks, rows, room, theta, base, target, horizon, cost, stale):
             if group_room.sum() < self.batch:
                 continue
             group_theta = self._m.view(group)
@@ -230,30 +222,44 @@ class Rebalancer:
                 best = _Candidate(group, new, saving, cost)
         return best
 
-    def _groups(self, ranks, rows, room, theta, base, gap, target, stale):
-        """The candidate groups: (size, a ceiling on the compute seconds it saves, a function
-        giving its ranks and the rows each may take). At most three, so a decision stays
-        cheap at any size. Without a member, a group's compute can do no better than its own
-        best split (``gap`` is what that saves); alone, an actor takes its time at the batch."""
-        groups = []
-        n = len(ranks)
-        if n >= 2:
+    def _groups(self, ranks, rows, room, theta, base, target, horizon, cost, stale):
+        """The candidate groups worth weighing: (ranks, the rows each may take, what the
+        collective saves). At most three, and each skipped cheaply when a ceiling on its bound
+        cannot pay: a group's compute saves no more than the gap to the members' own best split
+        when it has fewer of them, an actor alone takes its time at the batch, and every term
+        of the bound carries the collective's sd."""
+        n, floor_z, groups = len(ranks), z_above((1.0 - self.config.confidence) / 2), []
+
+        def collective_if_worth(size: int, compute: float) -> tuple[float, float] | None:
+            collective = self._collective_saving(n, size)
+            if collective is None or horizon * (compute + collective[0] - floor_z * math.sqrt(collective[1])) <= cost:
+                return None
+            return collective
+
+        gap = base.mean - float(np.max(finish_times(theta[0], theta[1], target))) if n >= 2 else 0.0
+        if n >= 2 and (collective := collective_if_worth(n - 1, gap)) is not None:
             least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
-            groups.append((n - 1, gap, lambda: (np.delete(ranks, least), np.delete(room, least))))
-        if n >= 3:
+            groups.append((np.delete(ranks, least), np.delete(room, least), collective))
+        if n >= 3 and collective_if_worth(1, gap) is not None:
             alone = np.where(room >= self.batch, theta[0] + theta[1] * self.batch, np.inf)
             fastest = int(np.argmin(alone))
-            if np.isfinite(alone[fastest]):
-                groups.append((1, min(gap, base.mean - alone[fastest]), lambda: (ranks[[fastest]], room[[fastest]])))
+            if (collective := collective_if_worth(1, min(gap, base.mean - alone[fastest]))) is not None:
+                groups.append((ranks[[fastest]], room[[fastest]], collective))
+        back = self._readmission(ranks, stale)
+        if back is not None and (collective := collective_if_worth(n + 1, base.mean)) is not None:
+            at = int(np.searchsorted(ranks, back))
+            groups.append((np.insert(ranks, at, back), np.insert(room, at, self._caps[back]), collective))
+        return groups
+
+    def _readmission(self, ranks: np.ndarray, stale: frozenset[int]) -> int | None:
+        """The actor on standby predicted fastest at a member's share (measured, not stale)."""
         outside = self._m.measured() & (self._caps > 0)
         outside[ranks] = False
+        if not outside.any():
+            return None
         candidates = [r for r in np.flatnonzero(outside).tolist() if r not in stale]
-        if candidates:
-            back = min(candidates, key=lambda r: self._m.predict(r, self.batch / (n + 1)))
-            at = int(np.searchsorted(ranks, back))
-            groups.append((n + 1, base.mean,
-                           lambda: (np.insert(ranks, at, back), np.insert(room, at, self._caps[back]))))
-        return groups
+        share = self.batch / (len(ranks) + 1)
+        return min(candidates, key=lambda r: self._m.predict(r, share)) if candidates else None
 
     @staticmethod
     def _before(ranks: np.ndarray, rows: np.ndarray, group: np.ndarray) -> np.ndarray:

@@ -34,9 +34,10 @@ def changes_case(n: int, seed: int = 0, steps: int = 2400) -> Scenario:
 
     Speeds spread 0.7-1.4x, fixed shares 5-50%, noise 5-20% CV per actor, spikes of 3-10x (about
     one step in twenty has one somewhere), a quarter of the actors two-speed (+-15% on
-    alternate steps), an eighth capped near their even share. Then: rank 0 2x slower from step
-    400 (lasting), rank 1 3x slower for 40 steps from 900 (comes and goes), rank 2 drifting to
-    1.4x over steps 1200-1800 (lasting), rank 3 0.6x from 1500 (faster, lasting).
+    alternate steps), an eighth capped near their even share. Then, in a run of 2400 steps
+    (other lengths scale the times): rank 0 2x slower from step 400 (lasting), rank 1 3x
+    slower for 40 steps from 900 (comes and goes), rank 2 drifting to 1.4x over steps
+    1200-1800 (lasting), rank 3 0.6x from 1500 (faster, lasting).
     """
     rng = np.random.default_rng(1000 + seed)
     speed = np.exp(rng.uniform(np.log(0.7), np.log(1.4), n))
@@ -50,8 +51,9 @@ def changes_case(n: int, seed: int = 0, steps: int = 2400) -> Scenario:
     if n == 2:
         caps[1] = int(2 * ROWS_PER_ACTOR * 0.62)   # the faster-to-be must stop short of its ideal share
     ranks = [0, 1, 2, 3] if n >= 4 else [0, 1, 0, 1][:4]
-    changes = (Change(400, ranks[0], 2.0), Change(900, ranks[1], 3.0, steps=40),
-               Change(1200, ranks[2], 1.4, ramp=600), Change(1500, ranks[3], 0.6))
+    at = (lambda step: int(step * steps / 2400))
+    changes = (Change(at(400), ranks[0], 2.0), Change(at(900), ranks[1], 3.0, steps=40),
+               Change(at(1200), ranks[2], 1.4, ramp=at(600)), Change(at(1500), ranks[3], 0.6))
     return Scenario(case=f"changes-{n}", a=tuple(a), c=tuple(c), batch=ROWS_PER_ACTOR * n, steps=steps,
                     cv=tuple(rng.uniform(0.05, 0.20, n)), spike_p=min(0.01, 0.05 / n), two_speed=tuple(two),
                     changes=changes, caps=tuple(caps), persistent_change=True)

@@ -29,16 +29,18 @@ def equalise(a: np.ndarray, c: np.ndarray, caps: np.ndarray, batch: int) -> np.n
     if batch <= 0:
         return np.zeros(len(a))
     inv, full = 1.0 / c, a + c * caps
-    free, top = caps > 0, np.zeros(len(a), dtype=bool)
+    a_inv = a * inv
+    free, top = (caps > 0).astype(float), np.zeros(len(a))
     for _ in range(6):
-        weight = inv[free].sum()
+        weight = inv @ free
         if weight <= 0:
             break
-        finish = (batch - caps[top].sum() + (a[free] * inv[free]).sum()) / weight
+        finish = (batch - caps @ top + a_inv @ free) / weight
         rows = np.clip((finish - a) * inv, 0.0, caps)
-        if abs(rows.sum() - batch) <= 1e-9 * batch:
+        if abs(np.add.reduce(rows) - batch) <= 1e-9 * batch:
             return rows
-        free, top = (finish > a) & (finish < full), (finish >= full) & (caps > 0)
+        free = ((finish > a) & (finish < full)).astype(float)
+        top = ((finish >= full) & (caps > 0)).astype(float)
     return _equalise_sorted(a, c, caps, batch)
 
 
