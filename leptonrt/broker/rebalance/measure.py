@@ -27,6 +27,7 @@ class Measurements:
         # per rank, kept as lists (cheap to touch once per report) and mirrored into arrays
         # (cheap to read once per decision) whenever a step completes
         self._rows, self._settled, self._seen = [-1] * world, [0] * world, [0] * world
+        self.changed_at: list[int | None] = [None] * world   # complete steps seen at each rank's last change
         self._fresh = [0] * world                          # steps at the latest rows still left out
         self._dirty: set[int] = set()                      # ranks fitted since the last mirror
         self.theta = np.zeros((5, world))       # each model's a, c, var a, cov ac, var c
@@ -69,6 +70,7 @@ class Measurements:
         self._seen[rank] = self.steps
         if model.changed():
             self.news[rank] = model.last_change
+            self.changed_at[rank] = self.steps
 
     def _mirror(self) -> None:
         """Copy what changed since the last mirror into the arrays the policy reads."""
@@ -159,6 +161,11 @@ class Measurements:
     def predict(self, rank: int, rows: float) -> float:
         """The mean compute seconds of ``rank`` at ``rows``, aged like ``view``."""
         return self.models[rank].predict(rows, self.steps - self._seen[rank])[0]
+
+    def regime_age(self, ranks) -> int | None:
+        """Steps since the latest change of speed detected among ``ranks`` (None: none ever)."""
+        ages = [self.steps - at for at in (self.changed_at[r] for r in ranks) if at is not None]
+        return min(ages) if ages else None
 
     def idle(self, rank: int) -> int:
         """Complete steps since ``rank`` was last fitted."""

@@ -242,7 +242,8 @@ class CollectiveModel:
     Per size, a robust exponentially weighted mean of the step's smallest collective time over
     its members (the last to arrive waits only for the collective itself). A size never seen
     is read from the nearest one seen, scaled by log2(size) (a tree or recursive-doubling
-    all-reduce), with a sd of half its value: a guess, and priced as one.
+    all-reduce), with a sd of half the change that scaling makes (on top of the seen size's):
+    a guess, and priced as one.
     """
 
     def __init__(self, forgetting: float = 0.99) -> None:
@@ -275,8 +276,9 @@ class CollectiveModel:
         if not self._sizes:
             return None
         near = min(self._sizes, key=lambda s: (abs(math.log2(s) - math.log2(size)), s))
-        mean = self._sizes[near][1] * math.log2(size) / math.log2(near)
-        return mean, 0.5 * mean
+        seen, seen_sd = self.predict(near)  # type: ignore[misc]
+        mean = seen * math.log2(size) / math.log2(near)
+        return mean, seen_sd + 0.5 * abs(mean - seen)
 
     def sizes(self) -> tuple[tuple[int, float, float, float], ...]:
         """(size, mean s, sd of the mean s, weight in steps) per size seen."""

@@ -88,6 +88,11 @@ class _Candidate:
     rows: np.ndarray              # rows per member
     saving: float = -math.inf     # bounded saving per step (s)
     cost: float = 0.0             # cost of acting (s)
+    horizon: int = 0              # steps it is weighed over
+
+    def net(self) -> float:
+        """Seconds it is expected to save at least, over its horizon, net of its cost."""
+        return self.horizon * self.saving - self.cost
 
 
 class Rebalancer:
@@ -151,11 +156,11 @@ class Rebalancer:
         target = equalise_measured(theta[0], theta[1], room, self.batch, self.align)
         chosen = self._best_move(ranks, rows, room, theta, base, target, horizon)
         regroup = self._best_regroup(ranks, rows, room, theta, base, target, horizon, stale)
-        if regroup is not None and horizon * regroup.saving - regroup.cost > horizon * chosen.saving - chosen.cost:
+        if regroup is not None and regroup.net() > chosen.net():
             chosen = regroup
-        if horizon * chosen.saving <= chosen.cost:
+        if chosen.net() <= 0:
             return None
-        return self._emit(chosen, ranks, rows, theta, horizon)
+        return self._emit(chosen, ranks, rows, theta)
 
     def _room(self, ranks: np.ndarray, rows: np.ndarray, stale: frozenset[int]) -> np.ndarray:
         """The most rows each member may be given: its cap, or no more than now for a stale
@@ -177,10 +182,10 @@ class Rebalancer:
         savings = bounded_savings(base, ranks, theta, real, rows, self.config.confidence)
         k, cost = int(np.argmax(savings)), self._m.move_cost_s()
         if horizon * savings[k] <= cost:
-            return _Candidate(ranks, rows, float(savings[k]), cost)
+            return _Candidate(ranks, rows, float(savings[k]), cost, horizon)
         new = round_split(real[k], theta[0], theta[1], room, self.batch, self.align)
         saving = float(bounded_savings(base, ranks, theta, new, rows, self.config.confidence)[0])
-        return _Candidate(ranks, new, saving if not np.array_equal(new, rows) else -math.inf, cost)
+        return _Candidate(ranks, new, saving if not np.array_equal(new, rows) else -math.inf, cost, horizon)
 
     def _doubt(self, ranks, rows, theta, base) -> np.ndarray:
         """Seconds to add to each actor's time so that a split equalising the sums relieves
@@ -211,23 +216,35 @@ class Rebalancer:
             before = self._before(ranks, rows, group)
             saving = float(bounded_savings(base, group, group_theta, new, before, self.config.confidence,
                                            collective)[0])
-            if horizon * saving <= cost or (best is not None and saving <= best.saving):
+            lasting = self._lasting(ranks, group, base, horizon)
+            if lasting * saving <= cost or (best is not None and lasting * saving - cost <= best.net()):
                 continue
             if own is None:
                 best_rows = round_split(target, theta[0], theta[1], room, self.batch, self.align)
                 own = slowest(ranks, theta, best_rows)
             beyond = float(bounded_savings(own, group, group_theta, new, self._before(ranks, best_rows, group),
                                            self.config.confidence, collective)[0])
-            if horizon * beyond > regroup:
-                best = _Candidate(group, new, saving, cost)
+            if lasting * beyond > regroup:
+                best = _Candidate(group, new, saving, cost, lasting)
         return best
+
+    def _lasting(self, ranks: np.ndarray, group: np.ndarray, base: Slowest, horizon: int) -> int:
+        """The steps a regroup is weighed over. A regroup is undone only at a cost, and an
+        actor on standby is no longer measured: when what calls for it is a change of speed
+        (of an actor that leaves or joins, or of the slowest), it is weighed over no more steps
+        than that regime has lasted so far, which it outlasts as often as not. This is
+        ski rental: pay the dearer step until it has cost what the regroup costs, then regroup;
+        it never pays more than twice the best choice made knowing the regime's length."""
+        moved = set(ranks.tolist()) ^ set(group.tolist())
+        age = self._m.regime_age(moved | {base.rank})
+        return horizon if age is None else max(min(horizon, age), 1)
 
     def _groups(self, ranks, rows, room, theta, base, target, horizon, cost, stale):
         """The candidate groups worth weighing: (ranks, the rows each may take, what the
         collective saves). At most three, and each skipped cheaply when a ceiling on its bound
-        cannot pay: a group's compute saves no more than the gap to the members' own best split
-        when it has fewer of them, an actor alone takes its time at the batch, and every term
-        of the bound carries the collective's sd."""
+        cannot pay: without a member the others finish no sooner than at the members' own best
+        split (they only gain its rows), an actor alone takes its time at the batch, and every
+        term of the bound carries the collective's sd."""
         n, floor_z, groups = len(ranks), z_above((1.0 - self.config.confidence) / 2), []
 
         def collective_if_worth(size: int, compute: float) -> tuple[float, float] | None:
@@ -236,14 +253,16 @@ class Rebalancer:
                 return None
             return collective
 
-        gap = base.mean - float(np.max(finish_times(theta[0], theta[1], target))) if n >= 2 else 0.0
-        if n >= 2 and (collective := collective_if_worth(n - 1, gap)) is not None:
+        finish = finish_times(theta[0], theta[1], target)
+        if n >= 2:
             least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
-            groups.append((np.delete(ranks, least), np.delete(room, least), collective))
-        if n >= 3 and collective_if_worth(1, gap) is not None:
+            others = float(np.max(np.delete(finish, least)))    # they only gain its rows
+            if (collective := collective_if_worth(n - 1, base.mean - others)) is not None:
+                groups.append((np.delete(ranks, least), np.delete(room, least), collective))
+        if n >= 3:
             alone = np.where(room >= self.batch, theta[0] + theta[1] * self.batch, np.inf)
             fastest = int(np.argmin(alone))
-            if (collective := collective_if_worth(1, min(gap, base.mean - alone[fastest]))) is not None:
+            if (collective := collective_if_worth(1, base.mean - alone[fastest])) is not None:
                 groups.append((ranks[[fastest]], room[[fastest]], collective))
         back = self._readmission(ranks, stale)
         if back is not None and (collective := collective_if_worth(n + 1, base.mean)) is not None:
@@ -293,20 +312,20 @@ class Rebalancer:
         self.moves += 1
         return Move(self._full(keep, new), 0.0, horizon, cost, "over a memory cap")
 
-    def _emit(self, chosen: _Candidate, ranks, rows, theta, horizon) -> Move | Regroup:
+    def _emit(self, chosen: _Candidate, ranks, rows, theta) -> Move | Regroup:
         split, saving = self._full(chosen.members, chosen.rows), max(chosen.saving, 0.0)
         if np.array_equal(chosen.members, ranks):
             reason = self._reason(ranks, rows, theta, chosen.rows)
             self.moves += 1
             self._m.acted(chosen.members, chosen.rows)
-            return Move(split, saving, horizon, chosen.cost, reason)
+            return Move(split, saving, chosen.horizon, chosen.cost, reason)
         left = sorted(set(ranks.tolist()) - set(chosen.members.tolist()))
         joined = sorted(set(chosen.members.tolist()) - set(ranks.tolist()))
         reason = (f"rank {joined[0]} re-admitted" if joined else
                   f"rank {left[0]} to standby" if len(left) == 1 else f"{len(left)} ranks to standby")
         self.regroups += 1
         self._m.acted(chosen.members, chosen.rows)
-        return Regroup(tuple(chosen.members.tolist()), split, saving, horizon, chosen.cost, reason)
+        return Regroup(tuple(chosen.members.tolist()), split, saving, chosen.horizon, chosen.cost, reason)
 
     def _reason(self, ranks, rows, theta, new_rows) -> str:
         inside = set(ranks.tolist())

@@ -186,3 +186,14 @@ def test_the_best_split_of_a_group_has_no_hysteresis():
 def test_a_rank_outside_the_world_is_refused():
     with pytest.raises(ValueError):
         Rebalancer(2, 64).observe(2, rows=1, compute_s=1e-3, collective_s=0.0, step_s=1e-3, group_size=1)
+
+
+def test_a_standby_called_for_by_a_change_of_speed_is_weighed_over_how_long_the_change_has_lasted():
+    fixed = [(3e-3, 1e-6), (3e-3, 1e-6)]              # mostly fixed cost: shedding rows barely helps
+    group = Group(fixed, 1024, collective_s=0.5e-3).run(50)
+    group.slow(1, 4.0)
+    group.run(400)
+    regroups = [d for d in group.decisions if isinstance(d, Regroup)]
+    assert regroups and regroups[0].members == (0,)
+    assert regroups[0].horizon < RebalanceConfig().horizon      # not the whole horizon at once
+    assert regroups[0].horizon * regroups[0].saving_s > regroups[0].cost_s
