@@ -5,8 +5,6 @@ Targets: regret at most 3% of the oracle's step time over a run with persistent 
 pure noise (here: none in the shorter runs); the membership cases of the 2-core box.
 """
 
-from dataclasses import replace
-
 import pytest
 
 from leptonrt.broker.rebalance import RebalanceConfig, scenarios
@@ -55,7 +53,7 @@ def test_the_readme_job_is_at_least_as_fast_as_a_fixed_even_split():
 
 def test_a_rebalancer_that_never_acts_is_judged_for_it():
     idle = RebalanceConfig(horizon=0)
-    verdict = simulate(replace(scenarios.slowdown_case(8, steps=400, at=100)), seed=0, config=idle)
+    verdict = simulate(scenarios.slowdown_case(8, steps=400, at=100), seed=0, config=idle)
     assert verdict.moves == verdict.regroups == 0
     assert verdict.detect_answered is False and verdict.regret_frac > 0.2
 
