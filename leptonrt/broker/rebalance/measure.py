@@ -1,0 +1,172 @@
+"""What the step reports say: every actor's cost model, the collective's, and the costs of acting.
+
+One report is one member's step. A step is complete once every member of the group that ran
+it has reported; from a complete step come the collective's own cost (the smallest
+collective time over the members: the last to arrive waits for nothing else) and the step's
+wall time (what a decision's cost is measured in).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import RebalanceConfig
+from .model import CollectiveModel, CostModel
+
+FRESH_STEPS = 2      # the first steps after an actor's share changes are the move's cost, not its
+                     # speed: they stay out of its fit (on a 2-core box the first 1-2 ran ~10% slow)
+SETTLED_STEPS = 4    # the steps after those, whose median is what a decision's cost is measured against
+
+
+class Measurements:
+    """The models the policy decides with, kept up to date from step reports."""
+
+    def __init__(self, world: int, config: RebalanceConfig) -> None:
+        self.models = [CostModel(config.forgetting, config.false_alarm) for _ in range(world)]
+        self.collective = CollectiveModel(config.forgetting)
+        # per rank, kept as lists (cheap to touch once per report) and mirrored into arrays
+        # (cheap to read once per decision) whenever a step completes
+        self._rows, self._settled, self._seen = [-1] * world, [0] * world, [0] * world
+        self.changed_at: list[int | None] = [None] * world   # complete steps seen at each rank's last change
+        self._fresh = [0] * world                          # steps at the latest rows still left out
+        self._dirty: set[int] = set()                      # ranks fitted since the last mirror
+        self.theta = np.zeros((5, world))       # each model's a, c, var a, cov ac, var c
+        self.rows = np.full(world, -1, dtype=np.int64)     # rows of each rank's latest step
+        self.settled = np.zeros(world, dtype=np.int64)     # steps fitted at those rows
+        self.seen = np.zeros(world, dtype=np.int64)        # complete steps before each rank's last fit
+        self.started = np.zeros(world, dtype=bool)         # measured at least once
+        self.steps = 0                                     # complete steps seen
+        self.step_s = 0.0                                  # a step's wall time, smoothed over ~10 steps
+        self.news: dict[int, float] = {}                   # rank -> ratio of a change not yet acted on
+        self._round: dict[int, tuple[int, float, float]] = {}   # rank -> (rows, collective_s, step_s)
+        self._probe: list[float] | None = None             # wall times of the steps after a decision...
+        self._probe_split: dict[int, int] = {}            # ...at the split it decided
+        self._move_costs = [config.move_cost_steps, 1.0]   # [sum in steps, count]: the prior is one
+        self._regroup_costs = [config.regroup_cost_s, 1.0]
+
+    def observe(self, rank: int, rows: int, compute_s: float, collective_s: float, step_s: float,
+                group_size: int) -> None:
+        if rows != self._rows[rank]:
+            self._rows[rank], self._settled[rank], self._fresh[rank] = rows, 0, FRESH_STEPS
+        self._dirty.add(rank)
+        if rows > 0:
+            if self._fresh[rank] > 0:
+                self._fresh[rank] -= 1
+            else:
+                self._fit(rank, rows, compute_s)
+        if rank in self._round:
+            self._round.clear()    # a member's next step before the others' reports: start over
+        self._round[rank] = (rows, collective_s, step_s)
+        if len(self._round) >= group_size:
+            self._complete(group_size)
+
+    def _fit(self, rank: int, rows: int, compute_s: float) -> None:
+        model = self.models[rank]
+        idle = self.steps - self._seen[rank]
+        if idle > 1 and model.started:
+            model.age(idle - 1)    # steps it took no part in, or whose times were left out
+        model.update(rows, compute_s)
+        self._settled[rank] += 1
+        self._seen[rank] = self.steps
+        if model.changed():
+            self.news[rank] = model.last_change
+            self.changed_at[rank] = self.steps
+
+    def _mirror(self) -> None:
+        """Copy what changed since the last mirror into the arrays the policy reads."""
+        if not self._dirty:
+            return
+        ranks = sorted(self._dirty)
+        self._dirty = set()
+        at = np.array(ranks, dtype=np.int64)
+        models = [self.models[r] for r in ranks]
+        self.theta[:, at] = np.array([m.state() if m.started else (0.0,) * 5 for m in models]).T
+        self.started[at] = [m.started for m in models]
+        self.rows[at] = [self._rows[r] for r in ranks]
+        self.settled[at] = [self._settled[r] for r in ranks]
+        self.seen[at] = [self._seen[r] for r in ranks]
+
+    def _complete(self, group_size: int) -> None:
+        reports, self._round = self._round, {}
+        wall = max(s for _, _, s in reports.values())
+        if group_size >= 2:
+            self.collective.update(group_size, min(c for _, c, _ in reports.values()))
+        self.step_s = wall if self.steps == 0 else 0.9 * self.step_s + 0.1 * wall
+        self.steps += 1
+        self._mirror()
+        if self._probe is not None:
+            self._measure(wall, {rank: rows for rank, (rows, _, _) in reports.items()})
+
+    # -- the costs of acting ----------------------------------------------------------
+
+    def acted(self, members: np.ndarray, rows: np.ndarray) -> None:
+        """A decision was made: measure what its first steps lose, once they run."""
+        self._probe = []
+        self._probe_split = {int(r): int(n) for r, n in zip(members.tolist(), rows.tolist())}
+        self.news.clear()
+
+    def _measure(self, wall: float, rows: dict[int, int]) -> None:
+        """A decision's cost: its first FRESH_STEPS steps against the median of the next ones."""
+        if any(self._probe_split.get(rank, 0) != r for rank, r in rows.items()):
+            if self._probe:
+                self._probe = None    # the split moved on before the measurement was done
+            return
+        self._probe.append(wall)
+        if len(self._probe) < FRESH_STEPS + SETTLED_STEPS:
+            return
+        settled = float(np.median(self._probe[FRESH_STEPS:]))
+        lost = sum(self._probe[:FRESH_STEPS]) - FRESH_STEPS * settled
+        if not self.news and settled > 0:   # a change of speed meanwhile would be read as cost
+            self._move_costs[0] += max(lost, 0.0) / settled
+            self._move_costs[1] += 1
+        self._probe = None
+
+    def regrouped(self, cost_s: float) -> None:
+        if cost_s >= 0:
+            self._regroup_costs[0] += cost_s
+            self._regroup_costs[1] += 1
+
+    def move_cost_s(self) -> float:
+        """What a move costs (s): the mean of its measurements in steps, prior included, at
+        the current step's length."""
+        steps, n = self._move_costs
+        return steps / n * self.step_s
+
+    def regroup_cost_s(self) -> float:
+        total, n = self._regroup_costs
+        return total / n
+
+    # -- the models, as the policy reads them -----------------------------------------
+
+    def measured(self) -> np.ndarray:
+        """Per rank, whether it was ever fitted."""
+        self._mirror()
+        return self.started
+
+    def shown(self, ranks: np.ndarray, rows: np.ndarray) -> bool:
+        """Whether every member's latest step ran at its share of ``rows``, and every busy one
+        was fitted there at least once: a split is judged on measurements of it."""
+        self._mirror()
+        return bool(np.all(self.rows[ranks] == rows) and np.all((rows == 0) | (self.settled[ranks] > 0)))
+
+    def view(self, ranks: np.ndarray) -> np.ndarray:
+        """(a, c, var a, cov, var c) x len(ranks), each model aged by the steps since its last fit."""
+        self._mirror()
+        theta = self.theta[:, ranks].copy()
+        idle = self.steps - self.seen[ranks]
+        for i in np.flatnonzero((idle > 1) & self.started[ranks]).tolist():
+            theta[:, i] = self.models[int(ranks[i])].state(int(idle[i]))
+        return theta
+
+    def predict(self, rank: int, rows: float) -> float:
+        """The mean compute seconds of ``rank`` at ``rows``, aged like ``view``."""
+        return self.models[rank].predict(rows, self.steps - self._seen[rank])[0]
+
+    def regime_age(self, ranks) -> int | None:
+        """Steps since the latest change of speed detected among ``ranks`` (None: none ever)."""
+        ages = [self.steps - at for at in (self.changed_at[r] for r in ranks) if at is not None]
+        return min(ages) if ages else None
+
+    def idle(self, rank: int) -> int:
+        """Complete steps since ``rank`` was last fitted."""
+        return self.steps - self._seen[rank]

@@ -1,0 +1,354 @@
+"""The rebalancer: one decision rule over the cost models.
+
+Act when the confidence-bounded saving per step, times the steps it will be enjoyed (the
+horizon), exceeds the measured cost of acting. Everything the broker can do is weighed by
+that rule:
+
+- a Move (a new split in the same group) costs what the first steps at a new split lose
+  against the steps after them, measured after every decision (a prior until then);
+- a Regroup (an actor to standby, or one re-admitted) costs the wall time of leaving and
+  re-forming the group, measured by the broker (a prior until then), plus a move's. It must
+  also beat the group's own best split by its cost: an actor goes on standby when what its
+  rows save at best is less than what its place in the collective costs everyone, and comes
+  back when it would pay.
+
+The bound (see ``bound.py``) is tight where the models know a split well and wide where a
+candidate extrapolates, e.g. far from the rows an actor has trained, while its fixed cost was
+never told from its cost per row. So a first move may go only a half or a quarter of the way,
+and each move teaches the slope; and undoing a move needs evidence (hysteresis).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .bound import Slowest, bounded_savings, slowest, z_above
+from .config import RebalanceConfig
+from .measure import Measurements
+from .split import best_split, equalise_measured, finish_times, round_split
+
+__all__ = ["Move", "RankStatistics", "RebalanceConfig", "RebalanceStatistics", "Rebalancer", "Regroup"]
+
+
+@dataclass(frozen=True)
+class Move:
+    """A new split inside the same gradient group."""
+
+    split: tuple[int, ...]        # rows per rank, len == world, 0 for non-members; sums to batch
+    saving_s: float               # confidence-bounded saving per step it was judged on (s)
+    horizon: int                  # steps it was weighed over
+    cost_s: float                 # the cost of acting it beat (s)
+    reason: str                   # short, for people: "rank 1 slowed 2.0x", "imbalance 12%"
+
+
+@dataclass(frozen=True)
+class Regroup:
+    """A change of membership (standby or re-admission)."""
+
+    members: tuple[int, ...]      # ranks of the new gradient group, ascending
+    split: tuple[int, ...]        # its split (0 for ranks outside it)
+    saving_s: float               # confidence-bounded saving per step it was judged on (s)
+    horizon: int                  # steps it was weighed over
+    cost_s: float                 # the cost of acting it beat (s): a regroup's and a move's
+    reason: str                   # short, for people: "rank 1 to standby", "rank 1 re-admitted"
+
+
+@dataclass(frozen=True)
+class RankStatistics:
+    """What the rebalancer knows of one actor's compute."""
+
+    rank: int
+    a_s: float                    # fixed seconds per step
+    c_s: float                    # seconds per row
+    a_sd_s: float                 # sd of a
+    c_sd_s: float                 # sd of c
+    noise: float                  # relative noise of one step (sd / mean)
+    observations: int             # steps fitted
+    changes: int                  # changes of regime detected
+
+
+@dataclass(frozen=True)
+class RebalanceStatistics:
+    ranks: tuple[RankStatistics, ...]
+    collective: tuple[tuple[int, float, float], ...]   # (group size, mean s, sd of the mean s)
+    moves: int                    # Moves decided
+    regroups: int                 # Regroups decided
+    move_cost_s: float            # what a move costs, as now estimated (s)
+    regroup_cost_s: float         # what a regroup costs, as now estimated (s)
+    steps: int                    # complete steps seen (every member of the group reported)
+
+
+@dataclass
+class _Candidate:
+    members: np.ndarray           # ranks, ascending
+    rows: np.ndarray              # rows per member
+    saving: float = -math.inf     # bounded saving per step (s)
+    cost: float = 0.0             # cost of acting (s)
+    horizon: int = 0              # steps it is weighed over
+
+    def net(self) -> float:
+        """Seconds it is expected to save at least, over its horizon, net of its cost."""
+        return self.horizon * self.saving - self.cost
+
+
+class Rebalancer:
+    """Per-actor cost models, the collective's cost, and the one decision rule."""
+
+    def __init__(self, world: int, batch: int, *, align: int = 1,
+                 caps: Sequence[int | None] | None = None,
+                 config: RebalanceConfig = RebalanceConfig()) -> None:
+        self.world, self.batch, self.align, self.config = world, batch, align, config
+        self._m = Measurements(world, config)
+        self.set_caps(caps if caps is not None else [None] * world)
+        self.moves = self.regroups = 0
+
+    def observe(self, rank: int, *, rows: int, compute_s: float, collective_s: float,
+                step_s: float, group_size: int) -> None:
+        """One step of one member. ``compute_s``: its compute before the collective;
+        ``collective_s``: its wall time in the all-reduce (waiting included); ``step_s``: the
+        whole step; ``group_size``: members in the group that ran it (1: no collective)."""
+        if not 0 <= rank < self.world:
+            raise ValueError(f"rank {rank} outside a world of {self.world}")
+        self._m.observe(rank, rows, compute_s, collective_s, step_s, group_size)
+
+    def regrouped(self, cost_s: float) -> None:
+        """The measured wall cost of the last regroup (s)."""
+        self._m.regrouped(cost_s)
+
+    def set_caps(self, caps: Sequence[int | None]) -> None:
+        """Rows that fit on each device (None: not tracked; 0: never a member)."""
+        if len(caps) != self.world:
+            raise ValueError(f"{len(caps)} caps for {self.world} ranks")
+        self._caps = np.array([self.batch if cap is None else min(max(int(cap), 0), self.batch)
+                               for cap in caps], dtype=np.int64)
+
+    def best(self, members: Sequence[int]) -> tuple[int, ...] | None:
+        """The split for ``members`` that equalises predicted finish times, with no hysteresis
+        (after a loss or a rejoin); None while some member was never measured."""
+        ranks = np.array(sorted(members), dtype=np.int64)
+        caps = self._caps[ranks]
+        if not self._m.measured()[ranks].all() or caps.sum() < self.batch:
+            return None
+        theta = self._m.view(ranks)
+        return self._full(ranks, best_split(theta[0], theta[1], caps, self.batch, self.align))
+
+    def decide(self, split: Sequence[int], members: Sequence[int], *, steps_left: int,
+               stale: frozenset[int] = frozenset()) -> Move | Regroup | None:
+        """A Move, a Regroup, or None to keep the current split and group. ``split`` is the one
+        last decided: until the members' latest steps show it, None. ``stale``: ranks not heard
+        from lately (never given more rows, never re-admitted)."""
+        ranks = np.array(sorted(members), dtype=np.int64)
+        rows = np.asarray(split, dtype=np.int64)[ranks]
+        if not self._m.shown(ranks, rows):
+            return None
+        horizon = min(self.config.horizon, steps_left)
+        if np.any(self._caps[ranks] == 0) or np.any(rows > self._caps[ranks]):
+            return self._forced(ranks, horizon)
+        room = self._room(ranks, rows, stale)
+        if horizon <= 0 or room.sum() < self.batch:
+            return None
+        theta = self._m.view(ranks)
+        base = slowest(ranks, theta, rows)
+        target = equalise_measured(theta[0], theta[1], room, self.batch, self.align)
+        chosen = self._best_move(ranks, rows, room, theta, base, target, horizon)
+        regroup = self._best_regroup(ranks, rows, room, theta, base, target, horizon, stale)
+        if regroup is not None and regroup.net() > chosen.net():
+            chosen = regroup
+        if chosen.net() <= 0:
+            return None
+        return self._emit(chosen, ranks, rows, theta)
+
+    def _room(self, ranks: np.ndarray, rows: np.ndarray, stale: frozenset[int]) -> np.ndarray:
+        """The most rows each member may be given: its cap, or no more than now for a stale
+        member (a silent actor's old figures earn it nothing) and for one never measured."""
+        held = ~self._m.measured()[ranks]
+        if stale:
+            held |= np.isin(ranks, np.fromiter(stale, dtype=np.int64, count=len(stale)))
+        return np.where(held, np.minimum(self._caps[ranks], rows), self._caps[ranks])
+
+    def _best_move(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate:
+        """The split within the group with the largest bounded saving, among the one that
+        equalises predicted times, the one that equalises them with every actor that might be
+        the slowest counted as slow as the slowest, and a half or a quarter of the way to
+        either (weighed real-valued first, then the best rounded and weighed again)."""
+        robust = equalise_measured(theta[0] + self._doubt(ranks, rows, theta, base), theta[1], room,
+                                   self.batch, self.align)
+        steps = np.array([[1.0], [0.5], [0.25]])
+        real = np.vstack([rows + steps * (target - rows), rows + steps * (robust - rows)])
+        savings = bounded_savings(base, ranks, theta, real, rows, self.config.confidence)
+        k, cost = int(np.argmax(savings)), self._m.move_cost_s()
+        if horizon * savings[k] <= cost:
+            return _Candidate(ranks, rows, float(savings[k]), cost, horizon)
+        new = round_split(real[k], theta[0], theta[1], room, self.batch, self.align)
+        saving = float(bounded_savings(base, ranks, theta, new, rows, self.config.confidence)[0])
+        return _Candidate(ranks, new, saving if not np.array_equal(new, rows) else -math.inf, cost, horizon)
+
+    def _doubt(self, ranks, rows, theta, base) -> np.ndarray:
+        """Seconds to add to each actor's time so that a split equalising the sums relieves
+        every actor that might be the slowest. A saving is bounded only if each of those sheds
+        rows (one that keeps its rows might be what the step waits for): an actor within its
+        confidence margin of the slowest is counted as slow as the slowest, and one clear of
+        it as slower by its margin (so it is not loaded up to that margin)."""
+        mean = finish_times(theta[0], theta[1], rows)
+        var = theta[2] + 2 * rows * theta[3] + rows * rows * theta[4]
+        z = z_above((1.0 - self.config.confidence) / 2 / len(ranks))
+        margin = z * np.sqrt(np.maximum(base.var + var, 0.0))
+        shift = np.clip(np.minimum(margin, base.mean - mean), 0.0, None)
+        shift[ranks == base.rank] = 0.0
+        return shift
+
+    def _best_regroup(self, ranks, rows, room, theta, base, target, horizon, stale) -> _Candidate | None:
+        """Standby of the member that carries least, the fastest member alone, or the
+        re-admission of the fastest actor on standby: the one with the largest bounded saving
+        among those that also beat the members' own best split by a regroup's cost."""
+        cost, regroup = self._m.regroup_cost_s() + self._m.move_cost_s(), self._m.regroup_cost_s()
+        best: _Candidate | None = None
+        own: Slowest | None = None
+        for group, group_room, collective in self._groups(ranks, rows, room, theta, base, target, horizon, cost, stale):
+            if group_room.sum() < self.batch:
+                continue
+            group_theta = self._m.view(group)
+            new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
+            before = self._before(ranks, rows, group)
+            saving = float(bounded_savings(base, group, group_theta, new, before, self.config.confidence,
+                                           collective)[0])
+            lasting = self._lasting(ranks, group, base, horizon)
+            if lasting * saving <= cost or (best is not None and lasting * saving - cost <= best.net()):
+                continue
+            if own is None:
+                best_rows = round_split(target, theta[0], theta[1], room, self.batch, self.align)
+                own = slowest(ranks, theta, best_rows)
+            beyond = float(bounded_savings(own, group, group_theta, new, self._before(ranks, best_rows, group),
+                                           self.config.confidence, collective)[0])
+            if lasting * beyond > regroup:
+                best = _Candidate(group, new, saving, cost, lasting)
+        return best
+
+    def _lasting(self, ranks: np.ndarray, group: np.ndarray, base: Slowest, horizon: int) -> int:
+        """The steps a regroup is weighed over. A regroup is undone only at a cost, and an
+        actor on standby is no longer measured: when what calls for it is a change of speed
+        (of an actor that leaves or joins, or of the slowest), it is weighed over no more steps
+        than that regime has lasted so far, which it outlasts as often as not. This is
+        ski rental: pay the dearer step until it has cost what the regroup costs, then regroup;
+        it never pays more than twice the best choice made knowing the regime's length."""
+        moved = set(ranks.tolist()) ^ set(group.tolist())
+        age = self._m.regime_age(moved | {base.rank})
+        return horizon if age is None else max(min(horizon, age), 1)
+
+    def _groups(self, ranks, rows, room, theta, base, target, horizon, cost, stale):
+        """The candidate groups worth weighing: (ranks, the rows each may take, what the
+        collective saves). At most three, and each skipped cheaply when a ceiling on its bound
+        cannot pay: without a member the others finish no sooner than at the members' own best
+        split (they only gain its rows), an actor alone takes its time at the batch, and every
+        term of the bound carries the collective's sd."""
+        n, floor_z, groups = len(ranks), z_above((1.0 - self.config.confidence) / 2), []
+
+        def collective_if_worth(size: int, compute: float) -> tuple[float, float] | None:
+            collective = self._collective_saving(n, size)
+            if collective is None or horizon * (compute + collective[0] - floor_z * math.sqrt(collective[1])) <= cost:
+                return None
+            return collective
+
+        finish = finish_times(theta[0], theta[1], target)
+        if n >= 2:
+            least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
+            others = float(np.max(np.delete(finish, least)))    # they only gain its rows
+            if (collective := collective_if_worth(n - 1, base.mean - others)) is not None:
+                groups.append((np.delete(ranks, least), np.delete(room, least), collective))
+        if n >= 3:
+            alone = np.where(room >= self.batch, theta[0] + theta[1] * self.batch, np.inf)
+            fastest = int(np.argmin(alone))
+            if (collective := collective_if_worth(1, base.mean - alone[fastest])) is not None:
+                groups.append((ranks[[fastest]], room[[fastest]], collective))
+        back = self._readmission(ranks, stale)
+        if back is not None and (collective := collective_if_worth(n + 1, base.mean)) is not None:
+            at = int(np.searchsorted(ranks, back))
+            groups.append((np.insert(ranks, at, back), np.insert(room, at, self._caps[back]), collective))
+        return groups
+
+    def _readmission(self, ranks: np.ndarray, stale: frozenset[int]) -> int | None:
+        """The actor on standby predicted fastest at a member's share (measured, not stale)."""
+        outside = self._m.measured() & (self._caps > 0)
+        outside[ranks] = False
+        if not outside.any():
+            return None
+        candidates = [r for r in np.flatnonzero(outside).tolist() if r not in stale]
+        share = self.batch / (len(ranks) + 1)
+        return min(candidates, key=lambda r: self._m.predict(r, share)) if candidates else None
+
+    @staticmethod
+    def _before(ranks: np.ndarray, rows: np.ndarray, group: np.ndarray) -> np.ndarray:
+        """The rows each member of ``group`` has at the split ``rows`` of ``ranks`` (0 if none)."""
+        at = np.searchsorted(ranks, group)
+        inside = (at < len(ranks)) & (ranks[np.minimum(at, len(ranks) - 1)] == group)
+        return np.where(inside, rows[np.minimum(at, len(ranks) - 1)], 0)
+
+    def _collective_saving(self, size: int, new_size: int) -> tuple[float, float] | None:
+        """(mean, variance) of the seconds per step the collective saves going to ``new_size``."""
+        now, then = self._m.collective.predict(size), self._m.collective.predict(new_size)
+        if now is None or then is None:
+            return None
+        return now[0] - then[0], now[1] ** 2 + then[1] ** 2
+
+    def _forced(self, ranks: np.ndarray, horizon: int) -> Move | Regroup | None:
+        """The current split breaks a cap, or a member may not be one (cap 0): the best
+        feasible split, whatever it saves (one never measured keeps no rows)."""
+        keep = ranks[self._caps[ranks] > 0]
+        room = np.where(self._m.measured()[keep], self._caps[keep], 0)
+        if room.sum() < self.batch:
+            return None
+        theta = self._m.view(keep)
+        new = best_split(theta[0], theta[1], room, self.batch, self.align)
+        cost = self._m.move_cost_s()
+        self._m.acted(keep, new)
+        if len(keep) < len(ranks):
+            self.regroups += 1
+            return Regroup(tuple(keep.tolist()), self._full(keep, new), 0.0, horizon,
+                           cost + self._m.regroup_cost_s(), "cap 0: not a member")
+        self.moves += 1
+        return Move(self._full(keep, new), 0.0, horizon, cost, "over a memory cap")
+
+    def _emit(self, chosen: _Candidate, ranks, rows, theta) -> Move | Regroup:
+        split, saving = self._full(chosen.members, chosen.rows), max(chosen.saving, 0.0)
+        if np.array_equal(chosen.members, ranks):
+            reason = self._reason(ranks, rows, theta, chosen.rows)
+            self.moves += 1
+            self._m.acted(chosen.members, chosen.rows)
+            return Move(split, saving, chosen.horizon, chosen.cost, reason)
+        left = sorted(set(ranks.tolist()) - set(chosen.members.tolist()))
+        joined = sorted(set(chosen.members.tolist()) - set(ranks.tolist()))
+        reason = (f"rank {joined[0]} re-admitted" if joined else
+                  f"rank {left[0]} to standby" if len(left) == 1 else f"{len(left)} ranks to standby")
+        self.regroups += 1
+        self._m.acted(chosen.members, chosen.rows)
+        return Regroup(tuple(chosen.members.tolist()), split, saving, chosen.horizon, chosen.cost, reason)
+
+    def _reason(self, ranks, rows, theta, new_rows) -> str:
+        inside = set(ranks.tolist())
+        changed = [(abs(math.log(k)), r, k) for r, k in self._m.news.items() if r in inside]
+        if changed:
+            _, rank, k = max(changed)
+            return f"rank {rank} {'slowed' if k > 1 else 'sped up'} {max(k, 1 / k):.1f}x"
+        before = float(np.max(finish_times(theta[0], theta[1], rows)))
+        after = float(np.max(finish_times(theta[0], theta[1], new_rows)))
+        return f"imbalance {100 * (before - after) / max(before, 1e-12):.0f}%"
+
+    def _full(self, members: np.ndarray, rows: np.ndarray) -> tuple[int, ...]:
+        out = [0] * self.world
+        for rank, n in zip(members.tolist(), rows.tolist()):
+            out[rank] = int(n)
+        return tuple(out)
+
+    def statistics(self) -> RebalanceStatistics:
+        ranks = []
+        for rank, model in enumerate(self._m.models):
+            a, c, paa, _, pcc = model.state(self._m.idle(rank)) if model.started else (0.0,) * 5
+            ranks.append(RankStatistics(rank, a, c, math.sqrt(max(paa, 0.0)), math.sqrt(max(pcc, 0.0)),
+                                        model.noise, model.observations, model.changes))
+        collective = tuple((size, mean, sd) for size, mean, sd, _ in self._m.collective.sizes())
+        return RebalanceStatistics(tuple(ranks), collective, self.moves, self.regroups, self._m.move_cost_s(),
+                                   self._m.regroup_cost_s(), self._m.steps)
