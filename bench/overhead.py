@@ -28,8 +28,8 @@ from torch.nn import functional as F
 
 from leptonrt.actors.devices import cpu_cores
 from leptonrt.actors.heap import keep_heap
-from leptonrt.broker.plan import epoch_permutation
-from leptonrt.broker.server import JobRunner
+from leptonrt.nn.order import epoch_permutation
+from leptonrt.broker.runner import JobRunner
 from leptonrt.config import TrainJob
 from leptonrt.data.loaders import load_dataset
 from leptonrt.nn.model import build_mlp

@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from recovery_baseline import restart_all  # noqa: E402
 
 from leptonrt import Broker, Interrupted, TrainJob  # noqa: E402
-from leptonrt.broker.run import Recovered  # noqa: E402
+from leptonrt.broker.events import Recovered  # noqa: E402
 
 DATASET, HIDDEN, BATCH = "synthetic:60000,784,10", 128, 1024
 

@@ -13,7 +13,7 @@ no torchelastic code. The agent logic mirrors torchrun's defaults:
   (torchrun also re-runs its rendezvous; here a new TCPStore on a fresh port stands in.)
 
 The workers train exactly like leptonrt: same dataset, MLP, Adam, per-step global batch
-and per-rank rows (``leptonrt.broker.plan``), loss summed and divided by the global
+and per-rank rows (``leptonrt.batches``), loss summed and divided by the global
 batch's rows, gradients all-reduced (SUM) as one flat buffer over gloo, 1 thread each.
 Rank 0 writes a checkpoint every ``checkpoint_every`` steps (safetensors weights,
 ``torch.save`` optimizer state, each written to a temp file and ``os.replace``-d, then a
@@ -101,7 +101,8 @@ def _worker(spec_json: str) -> None:
     import torch.distributed as dist
     from torch.nn import functional as F
 
-    from leptonrt.broker.plan import batch_rows, epoch_permutation, even_split, piece, steps_per_epoch
+    from leptonrt.batches import batch_rows, even_split, piece, steps_per_epoch
+    from leptonrt.nn.order import epoch_permutation
     from leptonrt.data.loaders import load_dataset
     from leptonrt.nn.model import build_mlp
     from leptonrt.nn.step import make_optimizer

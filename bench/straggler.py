@@ -60,8 +60,9 @@ from torch.nn import functional as F
 from leptonrt.actors.devices import allowed_cores, core_sets, select
 from leptonrt.actors.heap import keep_heap
 from leptonrt.actors.spawn import pin
-from leptonrt.broker.plan import batch_rows, epoch_permutation, even_split, piece, steps_per_epoch
-from leptonrt.broker.server import JobRunner
+from leptonrt.batches import batch_rows, even_split, piece, steps_per_epoch
+from leptonrt.nn.order import epoch_permutation
+from leptonrt.broker.runner import JobRunner
 from leptonrt.config import TrainJob
 from leptonrt.data.loaders import load_dataset
 from leptonrt.nn.model import build_mlp

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 _HOMES = {
     "Broker": ".broker.embedded", "BrokerClosed": ".broker.embedded", "Job": ".broker.embedded",
-    "ActorLost": ".broker.run", "EpochEvent": ".broker.run", "Recovered": ".broker.run",
-    "SplitChanged": ".broker.run",
+    "ActorLost": ".broker.events", "EpochEvent": ".broker.events", "Recovered": ".broker.events",
+    "SplitChanged": ".broker.events",
     "Snapshot": ".broker.stats",
     "RemoteBroker": ".client", "RemoteJob": ".client", "RemoteJobFailed": ".client", "connect": ".client",
     "TrainJob": ".config",
@@ -63,7 +63,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from .broker.embedded import Broker, BrokerClosed, Job
-    from .broker.run import ActorLost, EpochEvent, Recovered, SplitChanged
+    from .broker.events import ActorLost, EpochEvent, Recovered, SplitChanged
     from .broker.stats import Snapshot
     from .client import RemoteBroker, RemoteJob, RemoteJobFailed, connect
     from .config import TrainJob

@@ -194,7 +194,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _on_epoch(args: argparse.Namespace, label: str):
-    from .broker.run import ActorLost, EpochEvent, Recovered
+    from .broker.events import ActorLost, EpochEvent, Recovered
 
     def on_event(event) -> None:
         if isinstance(event, EpochEvent) and not args.quiet:
@@ -213,7 +213,7 @@ def _report(args: argparse.Namespace, result: dict, label: str) -> int:
 
 
 def _train_here(args: argparse.Namespace, job: TrainJob) -> int:
-    from .broker.server import JobRunner
+    from .broker.runner import JobRunner
     label = describe_slowdowns(job)
     runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=_on_epoch(args, label),
                        pin=not args.no_pin)

@@ -26,7 +26,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import messages as protocol
 from .broker.address import check_address, default_address
 from .broker.embedded import JobHandle
-from .broker.run import ActorLost, EpochEvent, Recovered, SplitChanged
+from .broker.events import ActorLost, EpochEvent, Recovered, SplitChanged
 from .broker.stats import Snapshot
 from .errors import ConfigError, LeptonError, NoDeviceError, ProtocolError
 from .messages import (SERVICE_LIMITS, Accepted, JobUpdate, Rejected, StatusReply, StatusRequest, Submit, TrainJob,

@@ -33,7 +33,7 @@ import msgpack
 
 from leptonrt.errors import ConfigError, InternalError, ProtocolError
 
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -220,6 +220,13 @@ class StepStat:
     step_s: float = _field(min=0.0)  # seconds of the whole step incl. all-reduce and optimizer
     simulated_s: float = _field(min=0.0)  # part of compute_s that was an injected (simulated) wait
     version: int = _given(0, min=0)  # the version of the split the step used (see Grant)
+    collective_s: float = _given(0.0, min=0.0)  # seconds in the gradient sum (waiting for the others included)
+    start: int = _given(0, min=0)  # the piece of the global batch it trained: positions [start, stop)
+    stop: int = _given(0, min=0)
+
+    def check(self) -> None:
+        if self.stop < self.start:
+            raise ProtocolError(f"piece [{self.start}, {self.stop}) is backwards")
 
 
 # --- top-level messages: broker <-> actors --------------------------------------------
@@ -252,6 +259,7 @@ class Welcome:
     start_step: int = _given(0, min=0)  # first global step to train
     source_rank: int | None = _given(None, min=0)  # rank that sends weights and optimizer state; None: init/resume
     resume_from: str | None = _given(None, min_len=1, max_len=4096)  # the checkpoint (its step directory) to load first
+    history: str = _given("", max_len=64)  # hex digest of the history before start_step (a resumed job's)
     snapshot_every: int = _given(8, min=1, max=1_000_000)  # in-memory snapshot every this many steps
     members: list[int] | None = _given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the gradient group; None: all
     gradient_sync: str = _given("allreduce", choices=_SYNCS)  # how the group sums gradients
@@ -330,6 +338,7 @@ class Finished:
     samples: int = _field(min=0)  # training rows this rank processed
     seconds: float = _field(min=0.0)  # wall time this rank spent on the job
     saved: bool  # whether this rank wrote the weights
+    digest: str = _given("", max_len=64)  # hex digest of the history its weights trained (batches.fold)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +388,7 @@ class Regroup:
     source_rank: int = _field(min=0)  # the rank whose state everybody takes after the restore
     members: list[int] | None = _given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the new group; None: all
     gradient_sync: str = _given("allreduce", choices=_SYNCS)  # how the new group sums gradients
+    history: str = _given("", max_len=64)  # hex digest of the committed history before rewind_step
 
     def check(self) -> None:
         """The receiver and the source must both be in the new group."""
@@ -386,6 +396,14 @@ class Regroup:
             raise ProtocolError(f"rank {self.rank} is not below world_size {self.world_size}")
         _check_members(self.members, self.rank, self.world_size)
         _check_members(self.members, self.source_rank, self.world_size)
+
+
+@dataclass(frozen=True, slots=True)
+class Standby:
+    """Broker -> an actor: leave the gradient group at the boundary the group is re-forming at,
+    and wait, alive, until a Regroup takes you back (or the job ends)."""
+    job_id: int = _field(min=0)
+    generation: int = _field(min=1)  # the generation of the group that goes on without you
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,7 +523,7 @@ class StatusReply:
 
 Message = Union[
     Hello, Welcome, Grant, Resplit, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, GroupFailed, Regroup,
-    CheckpointNow, Checkpointed, Adopt, Release, Shutdown, StoreRequest, StoreReply,
+    Standby, CheckpointNow, Checkpointed, Adopt, Release, Shutdown, StoreRequest, StoreReply,
     Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}

@@ -26,8 +26,8 @@ MAX_REFRESH_HZ = 4.0
 WINDOW_S = 60.0            # the throughput history covers this much time
 SPARK_WIDTH = 30           # characters in the sparkline, so 2 s a character
 BLOCKS = "▁▂▃▄▅▆▇█"
-STATE_STYLES = {"training": "green", "lost": "bold red", "restarting": "yellow",
-                "idle": "dim", "stopped": "dim", "stopping": "yellow"}
+STATE_STYLES = {"training": "green", "lost": "bold red", "restarting": "yellow", "joining": "yellow",
+                "standby": "cyan", "idle": "dim", "stopped": "dim", "finished": "dim", "stopping": "yellow"}
 
 SnapshotSource = Callable[[], Union[Snapshot, Awaitable[Snapshot]]]
 

@@ -25,10 +25,11 @@ def test_two_cpu_actors_reach_95_percent_on_digits(leptonrt_cli, tmp_path, no_le
     assert result["epochs"] == 30 and result["steps"] == 30 * 23
     assert result["samples_per_s"] > 0 and result["wall_s"] > 0
     assert [(a["rank"], a["device"]) for a in result["actors"]] == [(0, "cpu"), (1, "cpu")]
-    assert sum(a["share"] for a in result["actors"]) == 1.0 and all(a["share"] > 0 for a in result["actors"])
-    assert result["rebalances"] == sum(c["why"] == "planner" for c in result["split_changes"])
-    assert [c["why"] for c in result["split_changes"]][:3] == ["probe"] * 3   # the planner's warm-up probe
-    assert all(a["samples_per_s"] > 0 for a in result["actors"])
+    assert sum(a["share"] for a in result["actors"]) == 1.0
+    assert result["rebalances"] == sum(c["why"] == "rebalance" for c in result["split_changes"])
+    assert len(result["history_digest"]) == 64
+    # a member trains a share; one the rebalancer put on standby trains none (and says so)
+    assert all((a["share"] > 0) == a["in_group"] and a["in_group"] != a["standby"] for a in result["actors"])
 
 
 def _weights(leptonrt_cli, tmp_path, name, *args):
@@ -65,23 +66,25 @@ def test_splits_that_change_during_the_run_train_the_same_weights_as_one_actor(l
 
 
 def test_splits_the_actors_agree_on_before_their_grants_end_train_the_same_weights(leptonrt_cli, tmp_path,
-                                                                                    monkeypatch, no_leftovers):
+                                                                                    no_leftovers):
     """Once every step is granted, a new split can only take effect through the broker's
     Resplit and the members' vote in the gradient sum: a member that switched alone would
     train rows twice or not at all, and the weights would differ."""
     import asyncio
-    from leptonrt.broker.run import TrainingRun
-    from leptonrt.broker.server import JobRunner
+    from leptonrt.broker.job import JobConfig
+    from leptonrt.broker.runner import JobRunner
     from leptonrt.config import TrainJob
-    single = _weights(leptonrt_cli, tmp_path, "one", "--cpu-actors", "1")
-    monkeypatch.setattr(TrainingRun, "window", lambda self: self.max_window)   # grants up to 256 steps ahead
+    single = _weights(leptonrt_cli, tmp_path, "one", "--cpu-actors", "1", "--hidden", "512")
+    far_ahead = JobConfig(min_window=256, max_window=256)   # grants up to 256 steps ahead
     path = tmp_path / "agreed.safetensors"
-    job = TrainJob(dataset="digits", epochs=4, batch_size=64, precision="fp32", save=str(path),
-                   slowdowns=((1, 4.0, 40, None),))   # SIMULATED, after the planner's warm-up probe
-    result = asyncio.run(JobRunner(job, gpus="none", cpu_actors=2).run())
-    moves = [c for c in result["split_changes"] if c["why"] == "planner"]
+    # a wider model than _weights' own: its cost per row is what a SIMULATED 4x straggler makes
+    # worth moving (in the small one the gradient sum's fixed cost dominates)
+    job = TrainJob(dataset="digits", hidden=(512,), epochs=4, batch_size=64, precision="fp32", save=str(path),
+                   slowdowns=((1, 8.0, 20, None),))
+    result = asyncio.run(JobRunner(job, gpus="none", cpu_actors=2, core_config=far_ahead).run())
+    moves = [c for c in result["split_changes"] if c["why"] == "rebalance"]
     assert moves and all(c["step"] < result["steps"] for c in moves), result["split_changes"]
-    assert any(c["split"][0] > c["split"][1] for c in moves if c["step"] > 40)   # rank 1 slowed 4x
+    assert any(c["split"][0] > c["split"][1] for c in moves if c["step"] > 20)   # rank 1 slowed 8x
     agreed = load_file(path)
     for key, ref in single.items():
         rel = float((agreed[key] - ref).abs().max() / ref.abs().max())

@@ -16,6 +16,8 @@ import signal
 import sys
 import tempfile
 
+from ..pids import pid_alive
+
 RUN_PREFIX = "leptonrt-run-"   # a broker's run directory (socket, actor logs): leptonrt-run-<broker pid>-<random>
 _RUN_NAME = re.compile(r"^leptonrt-run-(\d+)-[A-Za-z0-9_]+$")
 
@@ -69,17 +71,6 @@ def clean_stale_run_dirs() -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists (someone else's live process counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def die_with_parent(parent_pid: int, connect: str) -> None:

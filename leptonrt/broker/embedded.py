@@ -25,8 +25,10 @@ import logging
 
 from ..errors import InternalError, LeptonError
 from ..messages import TrainJob
-from .run import ActorLost, Recovered, SplitChanged
-from .server import ActorPool, JobRunner
+from .events import ActorLost, Benched, Recovered, SplitChanged
+from .lifecycle import JobState
+from .pool import ActorPool
+from .runner import JobRunner
 from .stats import ActorStats, Event, JobStats, QueuedJob, Snapshot
 
 _DONE = object()  # ends a job's event stream
@@ -205,7 +207,7 @@ class Broker:
             if isinstance(event, SplitChanged):
                 shares = "/".join(f"{b / job.spec.batch_size:.2f}" for b in event.split)
                 self._log(f"job {job.id}: split {shares} from step {event.step}")
-            elif isinstance(event, (ActorLost, Recovered)):
+            elif isinstance(event, (ActorLost, Recovered, Benched)):
                 self._log(f"job {job.id}: {event.describe()}")
             job._emit(event)
 
@@ -242,7 +244,7 @@ class Broker:
         runner, job = self._runner, self._running
         core = runner.core if runner is not None else None
         job_stats, rate = None, None
-        if core is not None and job is not None and core.state != "gathering":
+        if core is not None and job is not None and core.state != JobState.GATHERING:
             self._sample_throughput(now, core.samples_done())
             rate = self._rate[-1][1] if self._rate else None
             last = core.last_epoch
@@ -287,19 +289,19 @@ class Broker:
     def _actor_stats(self, core, rate: float | None) -> tuple[ActorStats, ...]:
         pool = self.pool
         pids = pool.supervisor.pids() if pool.started else {}
-        view = {a["actor_id"]: a for a in core.actor_view()} if core is not None else {}
+        view = {s.actor_id: s for s in core.statistics().slots} if core is not None else {}
         out = []
         for rank, (actor_id, plan) in enumerate(zip(pool.ids, pool.selection.actors)):
             hello = pool.known.get(actor_id)
             v = view.get(actor_id)
-            if v is not None:
-                state = "lost" if v["lost"] else "restarting" if v["restarting"] else "training"
+            if v is not None:   # in the job: its slot's state ("training", "standby", "joining", ...)
+                state = {"starting": "restarting", "ready": "restarting"}.get(v.state, v.state)
             else:
                 state = "idle" if actor_id in pool.hellos else "starting"
-            share = v["share"] if v else 0.0
+            share = v.share if v is not None and v.member else 0.0
             out.append(ActorStats(
                 rank=rank, device=plan.device, device_name=hello.device_name if hello and hello.device != "cpu" else None,
-                pid=pids.get(actor_id), state=state, share=share, compute_ms=v["compute_ms"] if v else None,
+                pid=pids.get(actor_id), state=state, share=share, compute_ms=v.compute_ms if v else None,
                 samples_per_s=rate * share if rate is not None and v else None,
                 memory_bytes=None if plan.device == "cpu" else (hello.memory_bytes if hello else None),
                 restarts=pool.restarts.get(actor_id, 0)))

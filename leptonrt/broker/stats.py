@@ -114,3 +114,33 @@ class Snapshot:
 _SCALARS = {f.name for f in fields(Snapshot)} - {"job", "queued", "actors", "throughput", "events", "counters", "cache"}
 
 __all__ = ["ActorStats", "Event", "JobStats", "QueuedJob", "Snapshot"]
+
+
+@dataclass(frozen=True)
+class SlotStatistics:
+    """One rank of a running job, as its core sees it."""
+
+    rank: int
+    actor_id: str
+    state: str                       # starting | ready | joining | training | standby | finished | lost
+    share: float                     # fraction of the global batch in the current split
+    compute_ms: float | None         # median pure compute per step, recent window
+    restarts: int
+    member: bool                     # in the gradient group
+    standby: bool                    # kept out of the group by the rebalancer
+
+
+@dataclass(frozen=True)
+class JobStatistics:
+    """A running job's core, at one instant."""
+
+    state: str                       # gathering | running | stopping | done | failed
+    generation: int                  # how many times the group has formed again
+    committed: int                   # the last committed step
+    total_steps: int
+    replayed_steps: int
+    rebalances: int                  # splits the rebalancer decided
+    regroups: int                    # times the group re-formed (losses, rejoins, standby)
+    bad_messages: int                # messages from actors dropped as not fitting
+    history_digest: str              # hex digest of the committed history
+    slots: tuple[SlotStatistics, ...]

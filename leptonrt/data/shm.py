@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..actors.tether import pid_alive
+from ..pids import pid_alive
 from ..errors import DataError, Interrupted
 
 PREFIX = "leptonrt-"

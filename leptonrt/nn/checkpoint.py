@@ -43,7 +43,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import load_file, save_file
 
-from leptonrt.data.shm import pid_alive
+from leptonrt.pids import pid_alive
 from leptonrt.errors import ConfigError, DataError, InternalError
 
 FORMAT = 1

@@ -13,6 +13,7 @@ whether all of them voted the same: the actors agree on a new split that way).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -48,6 +49,34 @@ def make_optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: f
         return kinds[name](params, foreach=True, **kwargs)
 
 
+@dataclass(frozen=True)
+class LossScale:
+    """fp16's dynamic loss scale: one record, so a snapshot, a checkpoint or a hand-over
+    copies all of it at once."""
+
+    scale: float = 1.0         # the loss is multiplied by this before backward
+    clean_steps: int = 0       # steps since the last overflow (the scale doubles after 2,000)
+    skipped: int = 0           # steps skipped for overflow, in all
+
+    GROW_AFTER = 2000
+
+    def overflowed(self) -> "LossScale":
+        return LossScale(max(self.scale / 2.0, 1.0), 0, self.skipped + 1)
+
+    def clean(self) -> "LossScale":
+        if self.clean_steps + 1 >= self.GROW_AFTER:
+            return replace(self, scale=self.scale * 2.0, clean_steps=0)
+        return replace(self, clean_steps=self.clean_steps + 1)
+
+    def as_list(self) -> list[float]:
+        return [self.scale, float(self.clean_steps), float(self.skipped)]
+
+    @classmethod
+    def from_list(cls, values) -> "LossScale":
+        scale, clean, skipped = values
+        return cls(float(scale), int(clean), int(skipped))
+
+
 class FusedStep:
     """Owns the flat gradient buffer, the optimizer and the fp16 loss scale of one model."""
 
@@ -64,9 +93,8 @@ class FusedStep:
         self._bind_grad_views()
         self.optimizer = make_optimizer(self.params, optimizer, lr, momentum, weight_decay)
         self.loss_sum = torch.zeros((), device=self.device)  # global loss sum since last take
-        self.scale = 2.0 ** 16 if self.precision == "fp16" else 1.0
-        self._clean_steps = 0
-        self.skipped = 0
+        self.loss_scale = LossScale(2.0 ** 16 if self.precision == "fp16" else 1.0)
+        self.collective_s = 0.0   # wall time of the last step's gradient sum (waiting for the others included)
 
     def _bind_grad_views(self) -> None:
         offset = 0
@@ -87,7 +115,7 @@ class FusedStep:
         with self._autocast():
             logits = self.model(x)                                            # (b, C)
         loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")        # fp32 scalar
-        (loss_sum * (self.scale / global_rows)).backward()
+        (loss_sum * (self.loss_scale.scale / global_rows)).backward()
         self.flat[_LOSS] = loss_sum.detach()
         if self.precision == "fp16":
             self.flat[_FLAG] = (~torch.isfinite(self.flat[:self.n_grads])).any().float()
@@ -103,7 +131,9 @@ class FusedStep:
         self._vote = vote
         if vote:
             self.flat[_VOTE], self.flat[_VOTE2] = float(vote), float(vote * vote)
+        started = time.perf_counter()
         pending = self.allreduce(self.flat) if self.allreduce is not None else None
+        self.collective_s = time.perf_counter() - started
         if meanwhile is not None:
             meanwhile()
         if pending is not None and hasattr(pending, "wait"):
@@ -126,16 +156,11 @@ class FusedStep:
     def _apply_scaled(self) -> bool:
         # host sync: every actor reads the same all-reduced flag, so all skip together
         if self.flat[_FLAG].item() > 0:
-            self.scale = max(self.scale / 2.0, 1.0)
-            self._clean_steps = 0
-            self.skipped += 1
+            self.loss_scale = self.loss_scale.overflowed()
             return False
-        self.flat[:self.n_grads].div_(self.scale)
+        self.flat[:self.n_grads].div_(self.loss_scale.scale)
         self.optimizer.step()
-        self._clean_steps += 1
-        if self._clean_steps >= 2000:
-            self.scale *= 2.0
-            self._clean_steps = 0
+        self.loss_scale = self.loss_scale.clean()
         return True
 
     def take_loss_sum(self) -> float:

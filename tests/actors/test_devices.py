@@ -71,7 +71,7 @@ def test_actors_that_do_not_fit_side_by_side_or_run_several_threads_are_not_pinn
 
 
 def test_no_pin_leaves_every_actor_to_the_scheduler():
-    from leptonrt.broker.server import ActorPool
+    from leptonrt.broker.pool import ActorPool
     assert ActorPool("none", 2, pin=False).cores == [None, None]
     pinned = ActorPool("none", 2).cores     # what this machine allows: one core each, or none if they do not fit
     assert all(c is None for c in pinned) or [len(c) for c in pinned] == [1, 1]

@@ -7,7 +7,7 @@ import uvloop
 
 import leptonrt
 from leptonrt import Broker, BrokerClosed, EpochEvent, TrainJob
-from leptonrt.broker.server import JobRunner
+from leptonrt.broker.runner import JobRunner
 from leptonrt.errors import DataError, InternalError
 
 pytestmark = pytest.mark.process

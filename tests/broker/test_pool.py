@@ -2,7 +2,7 @@
 
 import pytest
 
-from leptonrt.broker.server import ActorPool
+from leptonrt.broker.pool import ActorPool
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_a_job_that_runs_long_enough_gets_a_spare_and_a_short_one_none(monkeypat
     import asyncio
 
     from leptonrt.actors.spawn import Supervisor
-    from leptonrt.broker.server import JobRunner
+    from leptonrt.broker.runner import JobRunner
     from leptonrt.config import TrainJob
 
     started = []

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from leptonrt.broker.plan import piece
+from leptonrt.batches import piece
 from leptonrt.nn.model import build_mlp
-from leptonrt.nn.step import FusedStep, evaluate, resolve_precision
+from leptonrt.nn.step import LossScale, FusedStep, evaluate, resolve_precision
 
 
 def data(n=96, d=12, c=5, seed=3):
@@ -97,7 +97,7 @@ def test_fp16_overflow_skips_the_step_halves_the_scale_and_leaves_weights_alone(
     step = FusedStep(model, optimizer="sgd", lr=0.1, precision="fp16")
     before = copy.deepcopy(model.state_dict())
     x, y = data(16)
-    scale = step.scale
+    scale = step.loss_scale.scale
 
     def poison(flat):  # another actor overflowed: its flag arrives through the all-reduce
         flat[-1] += 1.0
@@ -105,7 +105,7 @@ def test_fp16_overflow_skips_the_step_halves_the_scale_and_leaves_weights_alone(
     step.allreduce = poison
     step.compute(x, y, global_rows=16)
     assert step.apply() is False
-    assert step.scale == scale / 2 and step.skipped == 1
+    assert step.loss_scale.scale == scale / 2 and step.loss_scale.skipped == 1
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
 
@@ -114,7 +114,7 @@ def test_fp16_step_without_overflow_unscales_gradients_before_the_update():
     x, y = data(16)
     ref = FusedStep(build_mlp(12, [16], 5, seed=0), optimizer="sgd", lr=0.1, precision="fp32")
     fp16 = FusedStep(build_mlp(12, [16], 5, seed=0), optimizer="sgd", lr=0.1, precision="fp16")
-    fp16.scale = 1024.0
+    fp16.loss_scale = LossScale(1024.0)
     for step in (ref, fp16):
         step.compute(x, y, global_rows=16)
         assert step.apply()

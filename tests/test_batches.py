@@ -4,8 +4,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leptonrt.broker.plan import (batch_rows, epoch_permutation, even_split, piece, scale_split,
-                                  split_from_fractions, steps_per_epoch)
+from leptonrt.batches import (batch_rows, even_split, fold, history_start, piece, scale_split,
+                              split_from_fractions, steps_per_epoch)
+from leptonrt.nn.order import epoch_permutation
 
 
 @given(st.lists(st.integers(0, 500), min_size=1, max_size=8).filter(lambda s: sum(s) > 0), st.data())
@@ -46,3 +47,16 @@ def test_the_epoch_permutation_depends_only_on_seed_and_epoch():
     assert torch.equal(epoch_permutation(100, 5, 2), epoch_permutation(100, 5, 2))
     assert not torch.equal(epoch_permutation(100, 5, 2), epoch_permutation(100, 5, 3))
     assert sorted(epoch_permutation(100, 5, 2).tolist()) == list(range(100))
+
+
+def test_the_history_digest_depends_on_the_steps_and_their_order_not_on_anything_else():
+    def digest(steps, seed=0):
+        d = history_start(seed, 1000, 64)
+        for g in steps:
+            d = fold(d, g, 1000, 64)
+        return d
+    assert digest(range(40)) == digest(range(40))
+    assert digest(range(40)) != digest([*range(20), 19, *range(20, 40)])   # a step trained twice
+    assert digest(range(40)) != digest([*range(19), *range(20, 40)])       # a step lost
+    assert digest(range(40)) != digest([1, 0, *range(2, 40)])              # two steps swapped
+    assert digest(range(40)) != digest(range(40), seed=1)                  # another data order

@@ -1,14 +1,23 @@
-"""Pure arithmetic of a global batch: how many steps, and which rows each actor takes.
+"""Pure arithmetic of a global batch, shared by the broker and the actors: how many steps,
+which rows each actor takes, and the digest of a history of steps.
 
 Global batch ``t`` of epoch ``e`` is ``perm_e[t*B : t*B + rows_t]`` where ``perm_e`` is a
-permutation derived from (seed, epoch). A split ``[b_1, ..., b_n]`` with ``sum = B`` cuts
-it into contiguous pieces, rank order. The last batch of an epoch may be short; its split
-is derived from the full one by largest remainders, the same way in every process.
+permutation derived from (seed, epoch) (``leptonrt.nn.order``). A split ``[b_1, ..., b_n]``
+with ``sum = B`` cuts it into contiguous pieces, rank order. The last batch of an epoch may
+be short; its split is derived from the full one by largest remainders, the same way in
+every process.
+
+The history digest chains, for each step trained, which positions of which epoch's
+permutation it trained (``fold``). It is the same for any split and any membership, so two
+runs have equal digests exactly when their committed histories trained the same rows in
+the same order: that is how exactly-once is shown, not by comparing weights (whose bits
+depend on the order of the sums, and so on the split).
 """
 
 from __future__ import annotations
 
-import torch
+import hashlib
+import struct
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
@@ -71,7 +80,15 @@ def split_from_fractions(batch_size: int, fractions: list[float]) -> list[int]:
     return _largest_remainder(fractions, batch_size)
 
 
-def epoch_permutation(n_train: int, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of epoch ``epoch``; identical in every process for the same (seed, epoch)."""
-    gen = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
-    return torch.randperm(n_train, generator=gen)
+def history_start(seed: int, n_train: int, batch_size: int) -> bytes:
+    """The digest of an empty history of a job with this data order."""
+    return hashlib.sha256(b"leptonrt history 1" + struct.pack(">QQQ", seed, n_train, batch_size)).digest()
+
+
+def fold(digest: bytes, step: int, n_train: int, batch_size: int) -> bytes:
+    """The digest after global ``step`` trained its whole global batch on top of ``digest``."""
+    spe = steps_per_epoch(n_train, batch_size)
+    epoch, t = divmod(step, spe)
+    first = t * batch_size
+    return hashlib.sha256(digest + struct.pack(">QQQQ", step, epoch, first, first + batch_rows(n_train, batch_size, t))
+                          ).digest()

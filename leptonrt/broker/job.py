@@ -1,0 +1,636 @@
+"""The broker's decisions for one training job, with no I/O: messages in, effects out.
+
+The shell feeds every decoded message (with the sender's ROUTER identity), every observed
+process exit and the passing of time into a ``JobCore`` and carries out the effects it
+returns (``events.Send``, ``Kill``, ``Respawn``, ``Emit``). Time is a parameter, so tests
+drive it with plain numbers. The job's lifecycle and each actor's are tables
+(``lifecycle``); the committed history is the ``Ledger``'s; who is hung is ``Liveness``'s;
+how rows are split, and who is worth having in the group, the ``Rebalancer``'s.
+
+Recovery: actors snapshot their state in memory every ``snapshot_every`` steps. When a
+member is lost, the others re-form the group without it at once, at the newest snapshot at
+or before the first uncommitted step, and train the steps after it again (the ledger's
+history is truncated there too). A replacement starts meanwhile; when it says hello, the
+broker grants nothing past the next snapshot boundary and the group re-forms there with
+it (nothing is replayed; it takes the lowest member's state). A change of membership the
+rebalancer decides (an actor to standby, or back) happens the same way, at a boundary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from statistics import median
+
+from ..batches import share_among
+from ..errors import InternalError
+from ..messages import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, GroupFailed, Heartbeat,
+                        Hello, JobSpec, Message, Regroup, Reports, Resplit, Standby, Stop, Welcome)
+from .events import ActorLost, Benched, Effect, Emit, EpochEvent, Kill, Recovered, Respawn, Send, SplitChanged
+from .capacity import rows_that_fit
+from .ledger import HistoryBroken, Ledger
+from .lifecycle import JOB, MEMBER_STATES, SLOT, JobState, SlotState
+from .liveness import Liveness, Watched
+from .rebalance import Move, Rebalancer, Regroup as Membership
+from .splits import Splits
+from .stats import JobStatistics, SlotStatistics
+
+
+@dataclass
+class _Slot:
+    """One rank of the job and the actor process that holds it now."""
+
+    actor_id: str
+    rank: int
+    threads: int
+    state: SlotState = SlotState.STARTING
+    identity: bytes | None = None
+    hello: Hello | None = None
+    seen: Hello | None = None  # the last hello this rank ever sent (its device, while a replacement starts)
+    last_step: int = -1        # the last step it reported in the current group
+    last_heard: float = 0.0
+    compute: deque = field(default_factory=lambda: deque(maxlen=64))   # recent compute seconds per step
+    restarts: int = 0
+    has_state: bool = True     # holds the training state (a replacement: once it has trained a step)
+    killed: bool = False       # taken for hung or unreachable; its exit is awaited
+    finished: Finished | None = None
+
+
+@dataclass
+class JobConfig:
+    """How the core grants, plans and judges; every field has a meaning, none a story."""
+
+    window_s: float = 0.03          # grant roughly this much time of work ahead of the slowest actor...
+    max_window: int = 256           # ...but never more steps than this, nor fewer than min_window
+    min_window: int = 4
+    plan_every_s: float = 0.02      # decisions at most 50 times a second: one costs ~0.5 ms (bench/rebalance_sim.py)
+    snapshot_every: int = 8         # actors snapshot their state in memory this often (steps)
+    hang_timeout_s: float = 3.0     # --hang-timeout
+    max_restarts: int = 3           # replacements allowed per actor within restart_window_s...
+    restart_window_s: float = 60.0  # ...beyond that the job fails (exit code 70)
+
+
+class JobCore:
+    """State of one job across its actors; ``handle``, ``exited``, ``unreachable`` and
+    ``tick`` are the only ways in."""
+
+    def __init__(self, *, job: JobSpec, data: DatasetInfo, actor_ids: list[str], threads: list[int],
+                 split: list[int], n_train: int, steps_per_epoch: int, config: JobConfig = JobConfig(),
+                 rebalancer: Rebalancer | None = None, save_path: str | None = None, start_step: int = 0,
+                 resume_from: str | None = None, prior_epochs: tuple = (), history: bytes | None = None) -> None:
+        settings = job.job
+        if len(split) != len(actor_ids) or sum(split) != settings.batch_size:
+            raise InternalError(f"split {split} does not fit {len(actor_ids)} actors and batch {settings.batch_size}")
+        self.job, self.data, self.config, self.rebalancer = job, data, config, rebalancer
+        self.batch, self.n_train, self.steps_per_epoch = settings.batch_size, n_train, steps_per_epoch
+        self.total_steps = settings.epochs * steps_per_epoch
+        self.save_path, self.start_step, self.resume_from = save_path, start_step, resume_from
+        self.state = JobState.GATHERING
+        self._slots = {a: _Slot(a, r, t, last_step=start_step - 1) for r, (a, t) in enumerate(zip(actor_ids, threads))}
+        self._by_identity: dict[bytes, _Slot] = {}
+        self.ledger = Ledger(n_train=n_train, batch_size=self.batch, seed=settings.seed, start_step=start_step,
+                             digest=history, snapshot_every=config.snapshot_every)
+        self.liveness = Liveness(config.hang_timeout_s)
+        self.splits = Splits(start_step, split)
+        self._base_split = list(split)          # the shares a full group starts from (even, or the user's)
+        self._caps: list[int | None] = [None] * len(actor_ids)
+        self.generation, self.group_start, self._granted = 0, start_step, start_step
+        self._boundary: int | None = None       # grants stop here: the group re-forms at it
+        self._change: Membership | None = None  # ...with the members the rebalancer chose, if that is why
+        self._benched: set[int] = set()         # ranks the rebalancer keeps out of the group
+        self._formed_at: float | None = None    # when the last planned regroup began (its cost is measured)
+        self._planned_at = -math.inf
+        self._step_s: float | None = None       # smoothed wall time of one step, for the window
+        self._restart_times: dict[int, list[float]] = {}
+        self._group_failed: tuple[_Slot, str, float] | None = None
+        self._epochs: list[EpochResult] = list(prior_epochs)
+        self.replayed_steps = self.bad_messages = self.rebalances = self.regroups = 0
+        self.interrupted = self.budget_exceeded = False
+        self.problems: list[str] = []   # every failure seen: lost processes first, then in order
+        self.lost: dict[int, str] = {}  # rank -> how its process ended, when that failed the job
+        self.checkpointed = None        # the leader's answer to checkpoint_now()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+
+    # -- input -----------------------------------------------------------------------
+
+    def handle(self, identity: bytes, msg: Message, now: float) -> list[Effect]:
+        """React to one message from ``identity``; one that does not fit is counted and dropped."""
+        if self.started_at is None:
+            self.started_at = now
+        handler = getattr(self, f"_on_{type(msg).__name__.lower()}", None)
+        if handler is None:
+            return self._drop()
+        if self.state in (JobState.DONE, JobState.FAILED) and not isinstance(msg, Failure):
+            return []   # late traffic of a finished job is expected, not bad
+        slot = self._by_identity.get(identity)
+        if not isinstance(msg, Hello) and not self._sender_matches(slot, msg):
+            return self._drop()
+        if slot is not None:
+            slot.last_heard = now
+        return handler(slot, identity, msg, now)
+
+    def exited(self, actor_id: str, how: str, now: float) -> list[Effect]:
+        """A supervised process ended: replace it and go on, or fail the job."""
+        slot = self._slots.get(actor_id)
+        if self.state == JobState.DONE or slot is None or slot.state in (SlotState.FINISHED, SlotState.LOST):
+            return []
+        if slot.killed:
+            how = f"taken for hung, then {how}"
+        if self.state == JobState.RUNNING and self._may_restart(slot, now):
+            return self._lose(slot, how, now)
+        # a lost process is a root cause: it goes before the collective errors it provoked
+        self.problems.insert(len(self.lost), f"rank {slot.rank} (actor {actor_id}) exited: {how}")
+        self.lost[slot.rank] = how
+        return self._fail(None, now)
+
+    def unreachable(self, identity: bytes, now: float) -> list[Effect]:
+        """A send to ``identity`` failed (its socket is gone): take it for lost, by killing it
+        (its exit then goes the usual way)."""
+        slot = self._by_identity.get(identity)
+        if slot is None or slot.killed or self.state in (JobState.DONE, JobState.FAILED):
+            return []
+        slot.killed = True
+        self.problems.append(f"rank {slot.rank}: a message to it could not be delivered")
+        return [Kill(slot.actor_id)]
+
+    def tick(self, now: float) -> list[Effect]:
+        """The passing of time: hung actors, and collective failures nobody explained."""
+        out = []
+        if self._group_failed is not None:
+            failed_slot, _message, at = self._group_failed
+            if self.state != JobState.RUNNING or failed_slot.state == SlotState.LOST:
+                self._group_failed = None   # a loss explained it; that recovery covers it
+            elif now - at > self.liveness.group_failed_grace():
+                out += self._regroup_all(now)
+        if self.state in (JobState.RUNNING, JobState.STOPPING):
+            out += self._judge_silence(now)
+        return out
+
+    def interrupt(self) -> None:
+        """Grant no further steps; the actors stop at the end of what they hold."""
+        self.interrupted = True
+
+    def fail(self, reason: str, now: float) -> None:
+        """End the job as failed for a reason seen outside the messages (a timeout)."""
+        if self.state not in (JobState.DONE, JobState.FAILED):
+            self._fail(reason, now)
+
+    def checkpoint_now(self) -> list[Effect]:
+        """Ask the leader for a checkpoint of the drained boundary (the answer lands in ``checkpointed``)."""
+        self.checkpointed = None
+        return [Send(self._leader().identity, CheckpointNow(job_id=self.job.job_id, step=self._granted))]
+
+    # -- queries -----------------------------------------------------------------------
+
+    def committed(self) -> int:
+        """The last step every member of the group has reported (start_step - 1 before any)."""
+        return self.ledger.committed
+
+    def drained(self) -> bool:
+        """Every member has trained every step it was granted (meaningful once interrupted)."""
+        return self.state == JobState.RUNNING and self.committed() + 1 >= self._granted
+
+    def identities(self) -> list[bytes]:
+        """ROUTER identities of every actor that said hello (members and standby alike)."""
+        return list(self._by_identity)
+
+    @property
+    def failure(self) -> str | None:
+        return "; ".join(self.problems) or None
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self._epochs)
+
+    @property
+    def last_epoch(self) -> EpochResult | None:
+        return self._epochs[-1] if self._epochs else None
+
+    def samples_done(self) -> int:
+        """Training samples in the committed steps."""
+        epochs, steps = divmod(self.committed() + 1, self.steps_per_epoch)
+        return epochs * self.n_train + min(steps * self.batch, self.n_train)
+
+    def statistics(self) -> JobStatistics:
+        """One immutable record of the job now (the live view, status --json and tests read it)."""
+        slots = tuple(SlotStatistics(
+            rank=s.rank, actor_id=s.actor_id, state=s.state.value, share=self.splits.current[s.rank] / self.batch,
+            compute_ms=median(s.compute) * 1000 if s.compute else None, restarts=s.restarts,
+            member=s.state in MEMBER_STATES, standby=s.rank in self._benched) for s in self._ranked())
+        return JobStatistics(state=self.state.value, generation=self.generation, committed=self.committed(),
+                             total_steps=self.total_steps, replayed_steps=self.replayed_steps,
+                             rebalances=self.rebalances, regroups=self.regroups, bad_messages=self.bad_messages,
+                             history_digest=self.ledger.digest(), slots=slots)
+
+    def result(self) -> dict:
+        """The job's final figures (meaningful once done)."""
+        last = self._epochs[-1] if self._epochs else None
+        steady = self._epochs[1:] or self._epochs  # the first epoch pays for warm-up
+        seconds = sum(e.seconds for e in steady)
+        trained = self.committed() + 1
+        changes = self.splits.changes(trained)
+        final = self.splits.at(max(trained - 1, self.start_step))
+        return {
+            "test_accuracy": last.test_accuracy if last else None,
+            "test_loss": last.test_loss if last else None,
+            "train_loss": last.train_loss if last else None,
+            "epochs": len(self._epochs),
+            "steps": trained,
+            "wall_s": (self.ended_at or 0.0) - (self.started_at or 0.0),
+            "samples_per_s": self.n_train * len(steady) / seconds if seconds > 0 else None,
+            "rebalances": sum(c.why == "rebalance" for c in changes),
+            "regroups": self.regroups,
+            "replayed_steps": self.replayed_steps,
+            "history_digest": self.ledger.digest(),
+            "split_changes": [{"step": c.first, "split": list(c.split), "why": c.why} for c in changes],
+            "actors": [self._actor_result(s, final) for s in self._ranked()],
+        }
+
+    # -- handlers ----------------------------------------------------------------------
+
+    def _on_hello(self, _slot, identity: bytes, msg: Hello, now: float) -> list[Effect]:
+        slot = self._slots.get(msg.actor_id)
+        if slot is None or slot.state != SlotState.STARTING or identity in self._by_identity \
+                or self.state not in (JobState.GATHERING, JobState.RUNNING, JobState.STOPPING):
+            return self._drop()
+        slot.state = SLOT.apply(slot.state, "said_hello")
+        slot.identity, slot.hello, slot.seen, slot.last_heard = identity, msg, msg, now
+        self._by_identity[identity] = slot
+        if self.state != JobState.GATHERING:   # a replacement: it joins at the next boundary
+            if slot.rank in self._benched:
+                return []   # ...unless the rank is on standby: it waits until it is asked back
+            return self._schedule_boundary() + self._maybe_reform(now)
+        if any(s.hello is None for s in self._slots.values()):
+            return []
+        return self._start(now)
+
+    def _on_reports(self, slot: _Slot, _identity, msg: Reports, now: float) -> list[Effect]:
+        if msg.generation != self.generation or slot.state not in (SlotState.JOINING, SlotState.TRAINING):
+            return []   # steps of a group that broke (they will be replayed), or of one on standby
+        for stat in msg.steps:
+            self.ledger.record(slot.rank, stat)
+            slot.last_step = max(slot.last_step, stat.step)
+            slot.compute.append(stat.compute_s)
+            self._step_s = stat.step_s if self._step_s is None else 0.8 * self._step_s + 0.2 * stat.step_s
+            self.liveness.stepped(stat.step_s)
+            self.splits.used(stat.version, stat.step)
+        if msg.steps:
+            slot.has_state = True
+            slot.state = SLOT.apply(slot.state, "reported")
+        try:
+            self._commit(now)
+        except HistoryBroken as exc:
+            return self._fail(f"exactly-once is broken: {exc}", now)
+        return self._rebalance(now) + self._grant_more() + self._maybe_stop() + self._maybe_reform(now)
+
+    def _on_epochresult(self, slot: _Slot, _identity, msg: EpochResult, now: float) -> list[Effect]:
+        leader = slot is self._leader()
+        if leader and msg.epoch < len(self._epochs):
+            return []   # evaluated again after a rewind or resume to an epoch boundary
+        if not leader or msg.epoch != len(self._epochs) or msg.generation != self.generation:
+            return self._drop()
+        self._epochs.append(msg)
+        shares = tuple(b / self.batch for b in self.splits.at((msg.epoch + 1) * self.steps_per_epoch - 1))
+        rate = self.n_train / msg.seconds if msg.seconds > 0 else 0.0
+        return [Emit(EpochEvent(msg.epoch + 1, self.job.job.epochs, msg.train_loss, msg.test_loss,
+                                msg.test_accuracy, msg.seconds, rate, shares))] + self._maybe_done(now)
+
+    def _on_finished(self, slot: _Slot, _identity, msg: Finished, now: float) -> list[Effect]:
+        if self.state != JobState.STOPPING or slot.state not in (SlotState.JOINING, SlotState.TRAINING):
+            return self._drop()
+        if msg.digest != self.ledger.digest():
+            return self._fail(f"exactly-once is broken: rank {slot.rank}'s weights trained the history "
+                              f"{msg.digest[:12] or '(none)'}, the committed history is {self.ledger.digest()[:12]}", now)
+        slot.finished = msg
+        slot.state = SLOT.apply(slot.state, "stopped")
+        return self._maybe_done(now)
+
+    def _on_failure(self, slot: _Slot, _identity, msg: Failure, now: float) -> list[Effect]:
+        return self._fail(f"rank {slot.rank} failed: {msg.message}", now)
+
+    def _on_groupfailed(self, slot: _Slot, _identity, msg: GroupFailed, now: float) -> list[Effect]:
+        """A collective failed. Usually a peer died and its exit is about to be seen; if every
+        actor is still here after a short grace, the same group re-forms from the last snapshot."""
+        if self.state == JobState.RUNNING and msg.generation == self.generation and self._group_failed is None:
+            self._group_failed = (slot, msg.message, now)
+        return []
+
+    def _on_checkpointed(self, slot: _Slot, _identity, msg, now: float) -> list[Effect]:
+        self.checkpointed = msg
+        return []
+
+    def _on_heartbeat(self, slot: _Slot, _identity, msg: Heartbeat, now: float) -> list[Effect]:
+        return []
+
+    # -- the job's course ------------------------------------------------------------------
+
+    def _start(self, now: float) -> list[Effect]:
+        """Every actor said hello: welcome them all into one group, and grant the first steps."""
+        self.state = JOB.apply(self.state, "all_said_hello")
+        self._caps = [rows_that_fit(s.hello.memory_bytes, self.data.n_features, list(self.job.job.hidden),
+                                    self.data.n_classes) for s in self._ranked()]
+        if self.rebalancer is not None:
+            self.rebalancer.set_caps(self._caps)
+        for slot in self._ranked():
+            slot.last_heard = now   # the clock of silence starts for everyone now
+            slot.state = SLOT.apply(slot.state, "welcomed")
+        return [Send(s.identity, self._welcome(s)) for s in self._ranked()] + self._grant_more()
+
+    def _commit(self, now: float) -> None:
+        members = [s.rank for s in self._members()]
+        for done in self.ledger.advance(members):
+            if self.rebalancer is not None:
+                for rank, stat in sorted(done.stats.items()):
+                    self.rebalancer.observe(rank, rows=stat.rows, compute_s=stat.compute_s,
+                                            collective_s=stat.collective_s, step_s=stat.step_s,
+                                            group_size=len(members))
+        if self._formed_at is not None and self.committed() >= self.group_start:
+            if self.rebalancer is not None:
+                self.rebalancer.regrouped(now - self._formed_at)   # what re-forming the group cost
+            self._formed_at = None
+        self.ledger.forget_before(self._rewind_floor())
+
+    def _maybe_stop(self) -> list[Effect]:
+        if self.state != JobState.RUNNING or self.committed() < self.total_steps - 1:
+            return []
+        self.state = JOB.apply(self.state, "last_step_committed")
+        stop = Stop(job_id=self.job.job_id, save=self.save_path is not None)
+        return [Send(s.identity, stop) for s in self._members()]
+
+    def _maybe_done(self, now: float) -> list[Effect]:
+        finished = all(s.state == SlotState.FINISHED for s in self._members())
+        if self.state == JobState.STOPPING and finished and len(self._epochs) == self.job.job.epochs:
+            self.state, self.ended_at = JOB.apply(self.state, "all_finished"), now
+        return []
+
+    def _fail(self, reason: str | None, now: float) -> list[Effect]:
+        if reason is not None:
+            self.problems.append(reason)
+        if self.state not in (JobState.DONE, JobState.FAILED):
+            self.state, self.ended_at = JOB.apply(self.state, "failed"), now
+        return []
+
+    def _drop(self) -> list[Effect]:
+        self.bad_messages += 1
+        return []
+
+    # -- grants and splits --------------------------------------------------------------
+
+    def window(self) -> int:
+        """Steps to grant ahead: enough never to starve an actor, few enough that a new split
+        or a boundary takes effect soon; with no rebalancer and no boundary, far ahead."""
+        if self.rebalancer is None and self._boundary is None \
+                and not any(s.state == SlotState.STARTING for s in self._slots.values()):
+            return self.config.max_window
+        if self._step_s is None or self._step_s <= 0:
+            return self.config.min_window
+        return max(self.config.min_window, min(self.config.max_window, math.ceil(self.config.window_s / self._step_s)))
+
+    def _grant_more(self, force: bool = False) -> list[Effect]:
+        if self.state != JobState.RUNNING or self.interrupted or self._granted >= self.total_steps:
+            return []
+        window = self.window()
+        # with a rebalancer the window is short (a new split waits behind it), so keep it
+        # topped up; without one it is long, and half of it is plenty of slack
+        slack = window - max(1, window // 4) if self.rebalancer is not None else window // 2
+        if not force and self._granted - (self.committed() + 1) > slack:
+            return []
+        first = self._granted
+        end = min(self.total_steps, max(first + 1, self.committed() + 1 + window))
+        if self._boundary is not None:   # the group re-forms there: nothing past it yet
+            end = min(end, self._boundary)
+            if end <= first:
+                return []
+        self._granted = end
+        grant = Grant(job_id=self.job.job_id, first_step=first, end_step=end, split=list(self.splits.current),
+                      committed=self.committed(), version=self.splits.version)
+        return [Send(s.identity, grant) for s in self._members()]
+
+    def _rebalance(self, now: float) -> list[Effect]:
+        if self.rebalancer is None or self.state != JobState.RUNNING or self._boundary is not None \
+                or now - self._planned_at < self.config.plan_every_s:
+            return []
+        self._planned_at = now
+        members = [s.rank for s in self._members()]
+        stale = frozenset(s.rank for s in self._members() if now - s.last_heard > self.liveness.hang_bound() / 4)
+        decision = self.rebalancer.decide(self.splits.current, members, steps_left=self.total_steps - self.committed() - 1,
+                                          stale=stale)
+        if isinstance(decision, Move):
+            return self._move(decision)
+        if isinstance(decision, Membership):
+            self._change = decision
+            return self._schedule_boundary()
+        return []
+
+    def _move(self, move: Move) -> list[Effect]:
+        before = self.splits.current
+        version = self.splits.decide(self._granted, list(move.split), "rebalance")
+        self.rebalances += 1
+        step_s = self._step_s or 0.0
+        gain = move.saving_s / step_s if step_s > 0 else 0.0
+        resplit = Resplit(job_id=self.job.job_id, generation=self.generation, version=version, split=list(move.split))
+        out: list[Effect] = [Emit(SplitChanged(self._granted, tuple(move.split), gain, move.reason))]
+        out += [Send(s.identity, resplit) for s in self._members()]
+        return out + self._grant_more(force=before != self.splits.current)
+
+    # -- losing actors, and re-forming the group ------------------------------------------
+
+    def _may_restart(self, slot: _Slot, now: float, lost: bool = True) -> bool:
+        times = [t for t in self._restart_times.get(slot.rank, []) if now - t <= self.config.restart_window_s]
+        times.append(now)
+        self._restart_times[slot.rank] = times
+        if len(times) > self.config.max_restarts:
+            self.budget_exceeded = True
+            self.problems.append(f"rank {slot.rank} was lost {len(times)} times within "
+                                 f"{self.config.restart_window_s:g} s (--max-restarts {self.config.max_restarts})")
+            return False
+        survivors = [s for s in self._members() if (s is not slot or not lost) and s.has_state]
+        if not survivors:
+            self.problems.append("no actor with the training state survived; nothing to recover from")
+            return False
+        return True
+
+    def _lose(self, slot: _Slot, how: str, now: float) -> list[Effect]:
+        """Start a replacement; if the lost actor was a member, the others re-form the group
+        now without it (and replay what it had not committed), taking over its share."""
+        member = slot.state in MEMBER_STATES
+        slot.restarts += 1
+        out: list[Effect] = [Emit(ActorLost(slot.rank, how, self.committed())), Respawn(slot.actor_id)]
+        if slot.identity is not None:
+            self._by_identity.pop(slot.identity, None)
+        slot.state = SLOT.apply(SLOT.apply(slot.state, "exited"), "respawned")
+        slot.identity, slot.hello, slot.killed, slot.has_state = None, None, False, False
+        slot.compute.clear()
+        if not member:
+            return out   # a replacement or a standby actor lost: the group is not affected
+        return out + self._form(now, self._rewind_floor(), self._members(), self._waiting(), [])
+
+    def _regroup_all(self, now: float) -> list[Effect]:
+        slot, message, _at = self._group_failed
+        self._group_failed = None
+        self.problems.append(f"rank {slot.rank}: collective failed: {message}")
+        if not self._may_restart(slot, now, lost=False):
+            return self._fail(None, now)
+        return self._form(now, self._rewind_floor(), self._members(), self._waiting(), [])
+
+    def _waiting(self) -> list[_Slot]:
+        """Replacements that said hello and may join (not kept out by the rebalancer)."""
+        return [s for s in self._ranked() if s.state == SlotState.READY and s.rank not in self._benched]
+
+    def _rewind_floor(self) -> int:
+        """The newest snapshot at or before the first uncommitted step."""
+        every = self.config.snapshot_every
+        return max((self.committed() + 1) // every * every, self.group_start)
+
+    def _schedule_boundary(self) -> list[Effect]:
+        """Stop granting at the next snapshot boundary, where the group re-forms (with a
+        replacement that said hello, or with the members the rebalancer chose)."""
+        if self.state != JobState.RUNNING or self._boundary is not None:
+            return []
+        every = self.config.snapshot_every
+        at = max(-(-self._granted // every) * every, self.group_start)
+        if at < self.total_steps:   # otherwise the job ends first, and the change with it
+            self._boundary = at
+        else:
+            self._change = None
+        return []
+
+    def _maybe_reform(self, now: float) -> list[Effect]:
+        if self._boundary is None or self.state != JobState.RUNNING or self.committed() + 1 < self._boundary:
+            return []
+        change, self._change = self._change, None
+        staying = self._members()
+        if change is not None:
+            wanted = set(change.members)
+            benched = [s for s in staying if s.rank not in wanted]
+            back = [s for s in self._ranked() if s.rank in wanted and s.state == SlotState.STANDBY]
+            self._benched = (self._benched | {s.rank for s in benched}) - wanted
+            staying = [s for s in staying if s.rank in wanted]
+        else:
+            benched, back = [], []
+        joiners = back + self._waiting()
+        self._formed_at = now
+        return self._form(now, self._boundary, staying, joiners, benched,
+                          split=list(change.split) if change is not None else None,
+                          reason=change.reason if change is not None else "")
+
+    def _form(self, now: float, rewind: int, staying: list[_Slot], joiners: list[_Slot], benched: list[_Slot],
+              split: list[int] | None = None, reason: str = "") -> list[Effect]:
+        """The next generation of the group, from ``rewind``: ``staying`` members restore the
+        snapshot there, ``joiners`` take the lowest member's state, ``benched`` go on standby."""
+        self.generation += 1
+        self.regroups += 1
+        self._group_failed = None   # the new group answers any failure the old one reported
+        self.replayed_steps += max(self.ledger.high_water + 1 - rewind, 0)
+        self.ledger.high_water = rewind - 1
+        self.ledger.rewind(rewind)
+        self.group_start, self._granted, self._boundary = rewind, rewind, None
+        self._change = None   # a change the rebalancer wanted is weighed again for this group
+        members = sorted(staying + joiners, key=lambda s: s.rank)
+        ranks = [s.rank for s in members]
+        source = next(s.rank for s in members if s.has_state)
+        self.splits.reset(rewind, split or self._split_for(ranks))
+        out: list[Effect] = []
+        for slot in benched:
+            slot.state = SLOT.apply(slot.state, "benched")
+            out.append(Send(slot.identity, Standby(job_id=self.job.job_id, generation=self.generation)))
+        fresh = {s.rank for s in members if s.state == SlotState.READY}   # new processes: a Welcome
+        for slot in members:   # every member's state first: each message describes the whole new group
+            event = "welcomed" if slot.state in (SlotState.READY, SlotState.STANDBY) else "regrouped"
+            slot.state = SLOT.apply(slot.state, event)
+            slot.last_step, slot.last_heard = rewind - 1, now   # forming a group: its own clock of silence
+        for slot in members:
+            out.append(Send(slot.identity, self._welcome(slot, source) if slot.rank in fresh else Regroup(
+                job_id=self.job.job_id, generation=self.generation, rank=slot.rank, world_size=len(self._slots),
+                rewind_step=rewind, source_rank=source, members=ranks, gradient_sync=self._gradient_sync(),
+                history=self.ledger.digest())))
+        if benched:
+            out.append(Emit(Benched(rewind, tuple(s.rank for s in benched), tuple(ranks), reason)))
+        out.append(Emit(Recovered(self.generation, rewind, self.replayed_steps, tuple(ranks),
+                                  tuple(s.rank for s in joiners))))
+        return out + self._grant_more(force=True)
+
+    def _split_for(self, ranks: list[int]) -> list[int]:
+        """A new group's split: the rebalancer's best guess when it has measured every member,
+        else the starting shares renormalised over the members."""
+        members = set(ranks)
+        if self.rebalancer is not None:
+            best = self.rebalancer.best(ranks)
+            if best is not None:
+                return list(best)
+        return share_among(self._base_split, members, self.batch, self.job.job.align if self.job.job.planned else 1)
+
+    def _judge_silence(self, now: float) -> list[Effect]:
+        watched = [Watched(s.rank, s.last_heard, s.state == SlotState.JOINING) for s in self._ranked()
+                   if s.state in (SlotState.JOINING, SlotState.TRAINING, SlotState.STANDBY) and not s.killed]
+        verdict = self.liveness.judge(watched, now, stopping=self.state == JobState.STOPPING)
+        if verdict.fail is not None:
+            return self._fail(verdict.fail, now)
+        out: list[Effect] = []
+        for rank in verdict.kill:
+            slot = self._ranked()[rank]
+            slot.killed = True
+            self.problems.append(f"rank {rank} sent nothing for {now - slot.last_heard:.1f} s: taken for hung")
+            out.append(Kill(slot.actor_id))
+        return out
+
+    # -- messages out ---------------------------------------------------------------------
+
+    def _welcome(self, slot: _Slot, source: int | None = None) -> Welcome:
+        ranks = [s.rank for s in self._members()] or [s.rank for s in self._ranked()]
+        if slot.rank not in ranks:
+            ranks = sorted(ranks + [slot.rank])
+        return Welcome(rank=slot.rank, world_size=len(self._slots), job=self.job, data=self.data,
+                       steps_per_epoch=self.steps_per_epoch, threads=slot.threads, backend=self._backend(),
+                       collective_timeout_s=self.liveness.collective_timeout(), generation=self.generation,
+                       start_step=self.group_start, source_rank=source,
+                       resume_from=self.resume_from if self.generation == 0 else None,
+                       snapshot_every=self.config.snapshot_every, members=ranks,
+                       gradient_sync=self._gradient_sync(), save_path=self.save_path, history=self.ledger.digest())
+
+    def _gradient_sync(self) -> str:
+        """A group of 2 to 4 CPU actors exchanges gradients point to point (one round of
+        messages; gloo's ring all-reduce takes two, and on a few local processes latency is
+        what costs); anything else uses the backend's all-reduce."""
+        devices = [s.hello.device for s in self._members() if s.hello is not None]
+        return "exchange" if 2 <= len(devices) <= 4 and all(d == "cpu" for d in devices) else "allreduce"
+
+    def _backend(self) -> str:
+        """NCCL when every actor is a GPU; gloo (which also takes CUDA tensors) for mixed groups."""
+        devices = [s.hello.device for s in self._slots.values() if s.hello is not None]
+        return "nccl" if devices and all(d.startswith("cuda") for d in devices) else "gloo"
+
+    def _actor_result(self, slot: _Slot, split: tuple[int, ...]) -> dict:
+        fin, hello, seen = slot.finished, slot.hello, slot.seen
+        return {
+            "rank": slot.rank,
+            "device": seen.device if seen else None,
+            "device_name": seen.device_name if seen else None,
+            "pid": hello.pid if hello else None,   # None: its replacement never said hello
+            "share": split[slot.rank] / self.batch,   # at the last step
+            "samples_per_s": fin.samples / fin.seconds if fin and fin.seconds > 0 else None,
+            "restarts": slot.restarts,
+            "in_group": slot.state in MEMBER_STATES,
+            "standby": slot.state == SlotState.STANDBY,
+        }
+
+    # -- who is who -------------------------------------------------------------------------
+
+    def _sender_matches(self, slot: _Slot | None, msg: Message) -> bool:
+        if slot is None:
+            return False
+        return getattr(msg, "rank", slot.rank) == slot.rank and getattr(msg, "job_id", self.job.job_id) == self.job.job_id
+
+    def _ranked(self) -> list[_Slot]:
+        return sorted(self._slots.values(), key=lambda s: s.rank)
+
+    def _members(self) -> list[_Slot]:
+        """The gradient group, by rank."""
+        return [s for s in self._ranked() if s.state in MEMBER_STATES]
+
+    def _leader(self) -> _Slot:
+        """The lowest member: it evaluates for the job, writes checkpoints and the weights."""
+        return self._members()[0]
+

@@ -1,0 +1,208 @@
+"""The broker's long-lived half: one actor process per device, the channel they talk to,
+the rendezvous store they form groups through, and the shared-memory dataset cache."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from pathlib import Path
+
+import zmq
+
+from .. import messages as protocol
+from ..actors.devices import Selection, allowed_cores, core_sets, select
+from ..actors.spawn import Supervisor
+from ..actors.tether import clean_stale_run_dirs, make_run_dir
+from ..data.cache import DatasetCache
+from ..data.shm import clean_stale, new_run_id
+from ..errors import ProtocolError
+from ..messages import ACTOR_LIMITS, Shutdown, StoreRequest
+from .channel import Channel, PeerGone
+from .store import StoreCore
+
+
+class ActorPool:
+    """The broker's long-lived half: one actor process per device, the socket they talk to,
+    the store where they form gradient groups and the shared-memory dataset cache.
+
+    Actors outlive jobs: after each job they say hello again and wait for the next one.
+    An idle actor that dies is started again; after a failed job every actor is replaced
+    (a survivor may still sit in a broken collective). With more than one CPU actor, one
+    spare CPU process waits, started and warmed up: a lost CPU actor is replaced by
+    adopting it (milliseconds) instead of starting a process (seconds).
+
+    The spare's start-up takes over two seconds of CPU, and the CPU actors have every core
+    between them, so it would come out of a running job: even at idle priority it cost a
+    2-actor job on 2 cores about a tenth of its speed while it got ready. So it starts at
+    idle priority, and only while the pool is idle (between jobs) or once a job has run
+    ``SPARE_AFTER_S``. A job shorter than that has no spare: a lost actor is replaced by a
+    new process (seconds).
+    """
+
+    SPARE = "spare"
+    SPARE_AFTER_S = 20.0
+
+    def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
+                 actor_env: dict[str, str] | None = None, pin: bool = True, cache_bytes: int | None = None) -> None:
+        self.cache_bytes = cache_bytes   # the dataset cache's budget (None: from free memory)
+        self.selection: Selection = select(gpus, cpu_actors)
+        # each CPU actor on cores of its own (its replacements too); None: not pinned
+        self.cores = core_sets(self.selection, allowed_cores()) if pin else [None] * len(self.selection.actors)
+        self.actor_env = actor_env or {}
+        self.ids = [f"a{rank}" for rank in range(len(self.selection.actors))]
+        self.hellos: dict[str, tuple[bytes, protocol.Hello]] = {}   # idle actors: identity and hello
+        self.known: dict[str, protocol.Hello] = {}                   # the last hello of every actor
+        self.restarts = dict.fromkeys(self.ids, 0)
+        self.exits: list[tuple[str, str]] = []                      # exits seen while idle, for the log
+        self._job_ids = itertools.count(1)
+        self.started = False
+        self.channel: Channel | None = None
+        cpu_plans = [p for p in self.selection.actors if p.device == "cpu"]
+        self.spare_plan = cpu_plans[0] if len(self.selection.actors) > 1 and cpu_plans else None
+        self.spare: tuple[bytes, protocol.Hello] | None = None   # the spare's identity and hello, once ready
+        self._spare_process = False   # a spare process is running (ready or getting ready)
+        self.outbox: list[tuple[bytes, protocol.Message]] = []   # messages the pool wants sent
+        self._spare_starts: list[float] = []
+
+    @property
+    def world(self) -> int:
+        return len(self.ids)
+
+    def next_job_id(self) -> int:
+        return next(self._job_ids)
+
+    async def start(self) -> None:
+        """Create the socket, the store and the cache, and start every actor."""
+        clean_stale()
+        clean_stale_run_dirs()
+        self.run_id = new_run_id()
+        self.run_dir = Path(make_run_dir())
+        self.cache = DatasetCache(self.run_id, budget_bytes=self.cache_bytes)
+        self.supervisor = Supervisor(self.run_dir, f"ipc://{self.run_dir}/broker.sock")
+        self.started = True
+        self.channel = Channel(self.supervisor.connect, ACTOR_LIMITS.frame_bytes)
+        self.store = StoreCore()   # groups form through it, on this channel (nothing else listens)
+        for actor_id, plan, cores in zip(self.ids, self.selection.actors, self.cores):
+            self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": "0"}, cores)
+
+    def job_running(self, seconds: float) -> None:
+        """A job has run for ``seconds``: long enough to give it a spare?"""
+        if seconds >= self.SPARE_AFTER_S:
+            self._start_spare()
+
+    def _start_spare(self) -> None:
+        """Start a spare if there is none (called while idle, or once a job has run long enough)."""
+        if self._spare_process or self.spare_plan is None:
+            return   # one is running, or this pool has none (called on every tick of a long job)
+        now = time.monotonic()
+        self._spare_starts = [t for t in self._spare_starts if now - t < 60.0]
+        if len(self._spare_starts) >= 5:
+            return   # it keeps dying: replacements start from scratch
+        self._spare_starts.append(now)
+        self._spare_process = True
+        # a spare is never an actor's first process: injected faults (but `start`) stay off
+        # it gets ready at idle priority (see leptonrt.actors.__main__): never at a job's expense
+        self.supervisor.spawn(self.SPARE, self.spare_plan,
+                              {**self.actor_env, "LEPTONRT_INCARNATION": "1", "LEPTONRT_SPARE": "1"})
+
+    def exited(self, actor_id: str) -> bool:
+        """Handle an exit if it was the spare's (True); other exits are the caller's."""
+        if actor_id != self.SPARE:
+            return False
+        self.spare, self._spare_process = None, False
+        return True
+
+    def flush(self) -> None:
+        """Send what the pool queued (adoptions)."""
+        while self.outbox:
+            identity, message = self.outbox.pop(0)
+            self.send(identity, message)
+
+    def send(self, identity: bytes, message: protocol.Message) -> bool:
+        """Send one message to an actor; False if it is gone or not reading (its exit or
+        its silence is what the job then acts on)."""
+        try:
+            return self.channel.send_nowait(identity, protocol.encode(message))
+        except PeerGone:
+            return False
+
+    def store_request(self, identity: bytes, message: StoreRequest) -> None:
+        for to, reply in self.store.handle(identity, message):
+            self.send(to, reply)
+
+    async def idle(self, wait_ms: int) -> None:
+        """Between jobs: take hellos, drop late traffic of past jobs, restart dead actors."""
+        if await self.channel.wait_readable(wait_ms):
+            while (frames := self.channel.recv_nowait()) is not None:
+                self.note(frames)
+        for actor_id, how in self.supervisor.exited():
+            if not self.exited(actor_id):
+                self.exits.append((actor_id, how))
+                self.respawn(actor_id)
+        self._start_spare()
+        self.flush()
+
+    def note(self, frames: list[bytes]) -> None:
+        """A message for the pool rather than a job (a hello while idle, the spare's hello)."""
+        try:
+            message = protocol.decode(frames[1], ACTOR_LIMITS) if len(frames) == 2 else None
+        except ProtocolError:
+            return
+        if isinstance(message, StoreRequest):
+            self.store_request(frames[0], message)
+        elif isinstance(message, protocol.Hello) and message.actor_id == self.SPARE:
+            self.spare = (frames[0], message)
+        elif isinstance(message, protocol.Hello) and message.actor_id in self.restarts:
+            self.hellos[message.actor_id] = (frames[0], message)
+            self.known[message.actor_id] = message
+
+    def respawn(self, actor_id: str) -> None:
+        """Start ``actor_id`` again: adopt the warm spare if it fits, else a new process."""
+        plan, cores = self.selection.actors[self.ids.index(actor_id)], self.cores[self.ids.index(actor_id)]
+        self.hellos.pop(actor_id, None)
+        self.restarts[actor_id] += 1
+        if self.spare is not None and plan == self.spare_plan:
+            identity, _hello = self.spare
+            self.spare, self._spare_process = None, False
+            self.supervisor.rename(self.SPARE, actor_id)
+            self.supervisor.pin(actor_id, cores)   # the spare floats until it takes a place
+            self.outbox.append((identity, protocol.Adopt(actor_id=actor_id)))
+            return
+        # faults injected by tests fire in an actor's first process only
+        self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": str(self.restarts[actor_id])},
+                              cores)
+
+    def replace_all(self) -> None:
+        """Stop every actor and start a fresh one in its place (after a failed job)."""
+        self.supervisor.close()
+        self.supervisor.exited()   # the exits we caused are not news
+        self.hellos.clear()
+        self.spare, self._spare_process = None, False
+        for actor_id in self.ids:
+            self.respawn(actor_id)
+
+    def take_hellos(self) -> list[tuple[bytes, protocol.Hello]]:
+        """The idle actors' hellos, for a starting job; they are its actors now."""
+        out, self.hellos = list(self.hellos.values()), {}
+        return out
+
+    async def close(self) -> None:
+        """Tell every actor to exit, then make sure of it; unlink every segment and file."""
+        if not self.started:
+            return
+        self.started = False
+        bye = protocol.encode(Shutdown(reason="broker closing"))
+        try:
+            idle = list(self.hellos.values()) + ([self.spare] if self.spare else [])
+            for identity, _hello in idle:   # idle actors; busy ones get SIGTERM
+                try:
+                    self.channel.send_nowait(identity, bye)
+                except (zmq.ZMQError, PeerGone):
+                    pass
+        finally:
+            self.supervisor.close()
+            if self.channel is not None:
+                self.channel.close()
+            self.cache.close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -1,0 +1,252 @@
+"""JobCore: the broker's decisions for one job, driven with plain messages and numbers."""
+
+import pytest
+
+from leptonrt.batches import fold, history_start, piece
+from leptonrt.broker.events import ActorLost, Benched, EpochEvent, Kill, Recovered, Respawn, Send, SplitChanged
+from leptonrt.broker.job import JobConfig, JobCore
+from leptonrt.broker.lifecycle import JobState
+from leptonrt.errors import InternalError
+from leptonrt.messages import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, GroupFailed, Hello,
+                               JobSpec, Regroup, Reports, Resplit, Standby, StepStat, Stop, TrainJob, Welcome)
+
+
+def _ref(name, dtype="float32", shape=(10, 4)):
+    return ArrayRef(segment=f"leptonrt-1x0-{name}", dtype=dtype, shape=list(shape))
+
+
+DATA = DatasetInfo(spec="synthetic:12,4,3", n_features=4, n_classes=3, x_train=_ref("xt"),
+                   y_train=_ref("yt", "int64", (10,)), x_test=_ref("xs", shape=(2, 4)), y_test=_ref("ys", "int64", (2,)))
+N_TRAIN = 20
+
+
+def make_core(world=2, epochs=2, batch=4, window=4, split=None, rebalancer=None, **config):
+    settings = TrainJob(dataset=DATA.spec, hidden=(8,), epochs=epochs, batch_size=batch, lr=0.1, optimizer="sgd",
+                        momentum=0.0, precision="fp32", seed=1, align=1)
+    cfg = JobConfig(min_window=window, max_window=window, **config)
+    return JobCore(job=JobSpec(job_id=7, job=settings), data=DATA, actor_ids=[f"a{i}" for i in range(world)],
+                   threads=[1] * world, split=split or [batch // world] * world, n_train=N_TRAIN,
+                   steps_per_epoch=-(-N_TRAIN // batch), config=cfg, rebalancer=rebalancer, save_path="/tmp/w")
+
+
+def hello(i):
+    return Hello(actor_id=f"a{i}", pid=100 + i, device="cpu", device_name="cpu", threads=1, memory_bytes=0, bf16=False)
+
+
+def sends(effects, kind=None):
+    return [e.message for e in effects if isinstance(e, Send) and (kind is None or isinstance(e.message, kind))]
+
+
+def emitted(effects, kind):
+    return [e.event for e in effects if hasattr(e, "event") and isinstance(e.event, kind)]
+
+
+class Cluster:
+    """The actors of one job, faked: they report the pieces their splits give them."""
+
+    def __init__(self, core, world):
+        self.core, self.world, self.now = core, world, 0.0
+        self.splits = {}   # step -> split in use
+        self.generation = 0
+
+    def start(self):
+        out = []
+        for i in range(self.world):
+            out += self.core.handle(f"id{i}".encode(), hello(i), now=self.now)
+        return out
+
+    def report(self, rank, *steps, split=None, generation=None, version=0, compute_s=0.001):
+        batch = self.core.batch
+        stats = []
+        for g in steps:
+            rows = min(batch, N_TRAIN - (g % self.core.steps_per_epoch) * batch)
+            lo, hi = piece(split or self.core.splits.at(g), rows, rank)
+            stats.append(StepStat(step=g, rows=hi - lo, compute_s=compute_s, step_s=2 * compute_s, simulated_s=0.0,
+                                  version=version, collective_s=compute_s / 2, start=lo, stop=hi))
+        msg = Reports(job_id=7, rank=rank, steps=stats, memory_bytes=0, queued=0,
+                      generation=self.core.generation if generation is None else generation)
+        return self.core.handle(f"id{rank}".encode(), msg, now=self.now)
+
+    def everyone(self, *steps, **kw):
+        out = []
+        for rank in range(self.world):
+            out += self.report(rank, *steps, **kw)
+        return out
+
+
+def started(world=2, **kw):
+    core = make_core(world, **kw)
+    cluster = Cluster(core, world)
+    return core, cluster, cluster.start()
+
+
+def test_nothing_is_sent_until_every_actor_has_said_hello():
+    core = make_core(2)
+    assert core.handle(b"id0", hello(0), now=0.0) == []
+    assert core.state == JobState.GATHERING
+
+
+def test_all_hellos_bring_welcomes_in_rank_order_and_a_first_grant():
+    core, _c, out = started(2)
+    welcomes = sends(out, Welcome)
+    assert [w.rank for w in welcomes] == [0, 1] and all(w.members == [0, 1] for w in welcomes)
+    assert sends(out, Grant)[0] == Grant(job_id=7, first_step=0, end_step=4, split=[2, 2], committed=-1, version=0)
+    assert core.state == JobState.RUNNING
+
+
+def test_a_step_is_committed_only_once_every_member_reported_it_and_grants_follow():
+    core, cluster, _ = started(2)
+    cluster.report(0, 0, 1, 2)
+    assert core.committed() == -1
+    out = cluster.report(1, 0, 1)
+    assert core.committed() == 1
+    assert sends(out, Grant)[0].first_step == 4
+
+
+def test_the_history_digest_is_folded_over_committed_steps_in_order():
+    core, cluster, _ = started(2)
+    cluster.everyone(0, 1, 2)
+    expected = history_start(1, N_TRAIN, 4)
+    for g in range(3):
+        expected = fold(expected, g, N_TRAIN, 4)
+    assert core.ledger.digest() == expected.hex()
+
+
+def test_pieces_that_do_not_tile_the_batch_fail_the_job_loudly():
+    core, cluster, _ = started(2)
+    cluster.report(0, 0, split=[2, 2])
+    cluster.report(1, 0, split=[3, 1])   # rank 1 trained rows 3..4, rank 0 rows 0..2: row 2 twice... and row 3? no
+    assert core.state == JobState.FAILED and "exactly-once" in core.failure
+
+
+def test_the_job_stops_after_the_last_step_and_is_done_when_every_member_finished():
+    core, cluster, _ = started(2, epochs=1)
+    spe = core.steps_per_epoch
+    out = cluster.everyone(*range(spe))
+    assert sends(out, Stop) == [Stop(job_id=7, save=True)] * 2 and core.state == JobState.STOPPING
+    core.handle(b"id0", EpochResult(7, 0, 0, 0.5, 0.6, 0.9, 1.0), now=1.0)
+    digest = core.ledger.digest()
+    for rank in range(2):
+        core.handle(f"id{rank}".encode(), Finished(7, rank, 10, 1.0, rank == 0, digest=digest), now=1.0)
+    assert core.state == JobState.DONE and core.result()["history_digest"] == digest
+
+
+def test_a_member_whose_weights_trained_another_history_fails_the_job():
+    core, cluster, _ = started(2, epochs=1)
+    cluster.everyone(*range(core.steps_per_epoch))
+    core.handle(b"id0", EpochResult(7, 0, 0, 0.5, 0.6, 0.9, 1.0), now=1.0)
+    core.handle(b"id0", Finished(7, 0, 10, 1.0, True, digest="ab" * 32), now=1.0)
+    assert core.state == JobState.FAILED and "exactly-once" in core.failure
+
+
+def test_an_epoch_result_from_a_rank_other_than_the_leader_is_dropped():
+    core, cluster, _ = started(2)
+    core.handle(b"id1", EpochResult(7, 1, 0, 0.5, 0.6, 0.9, 1.0), now=1.0)
+    assert core.bad_messages == 1 and core.epochs_done == 0
+
+
+def test_a_duplicate_hello_an_unknown_actor_and_a_report_claiming_another_rank_are_dropped_and_counted():
+    core, cluster, _ = started(2)
+    core.handle(b"id0", hello(0), now=0.0)
+    core.handle(b"idX", Hello("zz", 9, "cpu", "", 1, 0, False), now=0.0)
+    core.handle(b"id0", Reports(job_id=7, rank=1, steps=[], memory_bytes=0, queued=0), now=0.0)
+    core.handle(b"nobody", Reports(job_id=7, rank=0, steps=[], memory_bytes=0, queued=0), now=0.0)
+    assert core.bad_messages == 4
+
+
+def test_an_actor_failure_fails_the_job_with_its_message():
+    core, _c, _ = started(2)
+    core.handle(b"id1", Failure(job_id=7, rank=1, message="boom"), now=1.0)
+    assert core.state == JobState.FAILED and "boom" in core.failure
+
+
+def test_a_lost_member_is_replaced_and_the_rest_rewind_to_the_snapshot_before_the_first_uncommitted_step():
+    core, cluster, _ = started(2, epochs=4, snapshot_every=4)
+    cluster.everyone(0, 1, 2, 3, 4)
+    cluster.report(0, 5, 6)
+    out = core.exited("a1", "killed by SIGKILL", now=2.0)
+    assert emitted(out, ActorLost)[0].rank == 1 and any(isinstance(e, Respawn) for e in out)
+    regroups = sends(out, Regroup)
+    assert [(r.rank, r.rewind_step, r.members) for r in regroups] == [(0, 4, [0])]
+    recovered = emitted(out, Recovered)[0]
+    assert recovered.rewind_step == 4 and recovered.replayed_steps == 3   # steps 4, 5 and 6 again
+    assert sends(out, Grant)[-1].split == [4, 0]
+
+
+def test_a_replacement_joins_at_the_next_snapshot_boundary_without_replaying_anything():
+    core, cluster, _ = started(2, epochs=4, snapshot_every=4)
+    cluster.everyone(0, 1)
+    core.exited("a1", "exit code 17", now=1.0)   # the survivor goes back to step 0 and trains 0 and 1 again
+    cluster.report(0, 0, 1, 2, 3, 4, 5)
+    core.handle(b"new1", hello(1), now=2.0)   # the replacement: nothing is granted past the next boundary
+    granted = core._granted
+    boundary = -(-granted // 4) * 4
+    out, step = [], 6
+    while not sends(out, Welcome):
+        out = cluster.report(0, step)
+        assert sends(out, Welcome) or all(g.end_step <= boundary for g in sends(out, Grant))
+        step += 1
+    welcome = sends(out, Welcome)[0]
+    assert step == boundary and welcome.start_step == boundary
+    assert welcome.source_rank == 0 and welcome.members == [0, 1]
+    assert sends(out, Regroup)[0].rewind_step == boundary
+    assert core.replayed_steps == 2   # the loss's replay (steps 0 and 1); the rejoin replays nothing
+
+
+# --- hypothesis: a stream of valid and invalid messages; the invalid ones change nothing ------
+
+import dataclasses  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
+
+
+def _state(core):
+    """What an invalid message must not change (the drop counter aside)."""
+    stats = dataclasses.replace(core.statistics(), bad_messages=0)
+    return stats, core.splits.history, core._granted, core.state
+
+
+INVALID = st.sampled_from([
+    (b"stranger", Reports(job_id=7, rank=0, steps=[], memory_bytes=0, queued=0)),        # unknown identity
+    (b"id0", Reports(job_id=7, rank=1, steps=[], memory_bytes=0, queued=0)),             # someone else's rank
+    (b"id0", Reports(job_id=8, rank=0, steps=[], memory_bytes=0, queued=0)),             # another job
+    (b"id0", hello(0)),                                                                    # a second hello
+    (b"id1", EpochResult(7, 1, 0, 0.5, 0.5, 0.5, 1.0)),                                   # not the leader
+    (b"id0", Finished(7, 0, 1, 1.0, False, digest="")),                                   # finished while running
+    (b"id1", Stop(job_id=7, save=False)),                                                 # a kind actors never send
+])
+
+
+class MixedTraffic(RuleBasedStateMachine):
+    """Valid reports advance the job; every invalid message leaves it exactly as it was."""
+
+    def __init__(self):
+        super().__init__()
+        self.core, self.cluster, _ = started(2, epochs=50)
+        self.next = [0, 0]
+
+    @rule(rank=st.integers(0, 1), count=st.integers(1, 3))
+    def a_member_reports_its_next_steps(self, rank, count):
+        granted = self.core._granted
+        steps = [g for g in range(self.next[rank], self.next[rank] + count) if g < granted]
+        if steps:
+            self.cluster.report(rank, *steps)
+            self.next[rank] = steps[-1] + 1
+
+    @rule(message=INVALID)
+    def an_invalid_message_changes_nothing(self, message):
+        identity, msg = message
+        before, drops = _state(self.core), self.core.bad_messages
+        effects = self.core.handle(identity, msg, now=self.cluster.now)
+        assert effects == [] and _state(self.core) == before and self.core.bad_messages == drops + 1
+
+    @invariant()
+    def committed_is_what_both_members_reported(self):
+        assert self.core.committed() == min(self.next) - 1
+
+
+TestMixedTraffic = MixedTraffic.TestCase
+TestMixedTraffic.settings = settings(max_examples=30, stateful_step_count=40, deadline=None,
+                                     suppress_health_check=[HealthCheck.too_slow])
