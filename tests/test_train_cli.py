@@ -55,10 +55,12 @@ def test_splits_that_change_during_the_run_train_the_same_weights_as_one_actor(l
                                                                               no_leftovers):
     single = _weights(leptonrt_cli, tmp_path, "one", "--cpu-actors", "1")
     out = tmp_path / "r.json"
-    # a SIMULATED straggler that comes and goes makes the planner move rows both ways
+    # a SIMULATED straggler that comes and goes makes the rebalancer move rows (or the
+    # straggler to standby) and back
     moving = _weights(leptonrt_cli, tmp_path, "moving", "--cpu-actors", "2", "--json-out", out,
                       "--simulate-slowdown", "1=4@5-60")
-    assert json.loads(out.read_text())["rebalances"] >= 1
+    result = json.loads(out.read_text())
+    assert result["rebalances"] + result["regroups"] >= 1, result["split_changes"]
     for key, ref in single.items():
         rel = float((moving[key] - ref).abs().max() / ref.abs().max())
         assert rel < 1e-5, (key, rel)

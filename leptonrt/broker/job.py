@@ -336,6 +336,9 @@ class JobCore:
         for slot in self._ranked():
             slot.last_heard = now   # the clock of silence starts for everyone now
             slot.state = SLOT.apply(slot.state, "welcomed")
+        # forming the first group is the first measurement of what forming a group costs
+        # (to the first committed step: the first steps' own slowness is part of the cost)
+        self._formed_at = now
         return [Send(s.identity, self._welcome(s)) for s in self._ranked()] + self._grant_more()
 
     def _commit(self, now: float) -> None:

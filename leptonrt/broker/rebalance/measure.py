@@ -8,6 +8,8 @@ wall time (what a decision's cost is measured in).
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 from .config import RebalanceConfig
@@ -37,6 +39,7 @@ class Measurements:
         self.started = np.zeros(world, dtype=bool)         # measured at least once
         self.steps = 0                                     # complete steps seen
         self.step_s = 0.0                                  # a step's wall time, smoothed over ~10 steps
+        self.walls: deque[float] = deque(maxlen=64)       # the latest complete steps' wall times
         self.news: dict[int, float] = {}                   # rank -> ratio of a change not yet acted on
         self._round: dict[int, tuple[int, float, float]] = {}   # rank -> (rows, collective_s, step_s)
         self._probe: list[float] | None = None             # wall times of the steps after a decision...
@@ -92,6 +95,7 @@ class Measurements:
         if group_size >= 2:
             self.collective.update(group_size, min(c for _, c, _ in reports.values()))
         self.step_s = wall if self.steps == 0 else 0.9 * self.step_s + 0.1 * wall
+        self.walls.append(wall)
         self.steps += 1
         self._mirror()
         if self._probe is not None:
@@ -161,6 +165,11 @@ class Measurements:
     def predict(self, rank: int, rows: float) -> float:
         """The mean compute seconds of ``rank`` at ``rows``, aged like ``view``."""
         return self.models[rank].predict(rows, self.steps - self._seen[rank])[0]
+
+    def last_change(self, ranks) -> int | None:
+        """Complete steps seen at the latest change of speed detected among ``ranks`` (None: none ever)."""
+        seen = [at for at in (self.changed_at[r] for r in ranks) if at is not None]
+        return max(seen) if seen else None
 
     def regime_age(self, ranks) -> int | None:
         """Steps since the latest change of speed detected among ``ranks`` (None: none ever)."""

@@ -30,6 +30,7 @@ from .bound import Slowest, bounded_savings, slowest, z_above
 from .config import RebalanceConfig
 from .measure import Measurements
 from .split import best_split, equalise_measured, finish_times, round_split
+from .trial import Trials
 
 __all__ = ["Move", "RankStatistics", "RebalanceConfig", "RebalanceStatistics", "Rebalancer", "Regroup"]
 
@@ -89,6 +90,7 @@ class _Candidate:
     saving: float = -math.inf     # bounded saving per step (s)
     cost: float = 0.0             # cost of acting (s)
     horizon: int = 0              # steps it is weighed over
+    reason: str = ""              # what to add to the decision's reason
 
     def net(self) -> float:
         """Seconds it is expected to save at least, over its horizon, net of its cost."""
@@ -105,6 +107,7 @@ class Rebalancer:
         self._m = Measurements(world, config)
         self.set_caps(caps if caps is not None else [None] * world)
         self.moves = self.regroups = 0
+        self._trials = Trials()
 
     def observe(self, rank: int, *, rows: int, compute_s: float, collective_s: float,
                 step_s: float, group_size: int) -> None:
@@ -151,16 +154,65 @@ class Rebalancer:
         room = self._room(ranks, rows, stale)
         if horizon <= 0 or room.sum() < self.batch:
             return None
+        undo = self._trials.judge(list(self._m.walls), self._m.steps)
+        if undo is not None:   # the smaller group was measured slower: the old one comes back
+            return self._undo_trial(undo)
         theta = self._m.view(ranks)
         base = slowest(ranks, theta, rows)
         target = equalise_measured(theta[0], theta[1], room, self.batch, self.align)
         chosen = self._best_move(ranks, rows, room, theta, base, target, horizon)
-        regroup = self._best_regroup(ranks, rows, room, theta, base, target, horizon, stale)
-        if regroup is not None and regroup.net() > chosen.net():
-            chosen = regroup
+        if self._trials.running is None:   # (a trial is judged by its measurements alone)
+            regroup = self._best_regroup(ranks, rows, room, theta, base, target, horizon, stale)
+            if regroup is not None and regroup.net() > chosen.net():
+                chosen = regroup
         if chosen.net() <= 0:
-            return None
+            chosen = self._trial(ranks, rows, room, theta, base, target, horizon)
+            if chosen is None:
+                return None
         return self._emit(chosen, ranks, rows, theta)
+
+    def _trial(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate | None:
+        """A smaller group to try (see ``trial.py``): without the member that carries least,
+        when the models expect its place in the collective to cost more than its rows save,
+        by a saving the walls can show, and by more over the horizon than a failed trial
+        costs."""
+        age = self._m.regime_age(ranks.tolist())
+        if len(ranks) < 2 or (self._m.steps if age is None else age) < 1.0 / (1.0 - self.config.forgetting):
+            return None   # the fits are young, or a change of speed is still being learned (within one memory)
+        least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
+        group, group_room = np.delete(ranks, least), np.delete(room, least)
+        collective = self._collective_saving(len(ranks), len(group))
+        key = tuple(group.tolist())
+        if collective is None or group_room.sum() < self.batch or \
+                not self._trials.may_try(key, self._m.last_change(ranks.tolist())):
+            return None
+        group_theta = self._m.view(group)
+        new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
+        # what leaving out the member saves whoever is slow: the collective's cost, less the
+        # compute its rows add to the others (a slow member is the bounded rule's business)
+        now = float(np.max(finish_times(group_theta[0], group_theta[1], np.delete(rows, least))))
+        finish = finish_times(group_theta[0], group_theta[1], new)
+        expected = collective[0] - (float(np.max(finish)) - now)
+        judged = self._trials.judged_steps(list(self._m.walls), expected)
+        if judged is None:
+            return None   # the models expect nothing from it, or nothing the walls could show
+        # what a failed trial costs at most: there and back, and its steps as much slower
+        # as they were expected to be faster
+        worst = 2 * self._m.regroup_cost_s() + self._m.move_cost_s() + self._trials.steps_at_stake(judged) * expected
+        lasting = self._lasting(ranks, group, base, horizon)
+        if lasting * expected <= worst:
+            return None
+        self._trials.start(tuple(ranks.tolist()), tuple(rows.tolist()), list(self._m.walls), key, self._m.steps, judged)
+        return _Candidate(group, new, expected, worst, lasting, reason=" (a trial: measured before it is kept)")
+
+    def _undo_trial(self, trial_before) -> Regroup:
+        members = np.array(trial_before.before, dtype=np.int64)
+        rows = np.array(trial_before.split, dtype=np.int64)
+        self.regroups += 1
+        self._m.acted(members, rows)
+        return Regroup(trial_before.before, self._full(members, rows), 0.0, 0, self._m.regroup_cost_s(),
+                       f"rank(s) {','.join(str(r) for r in sorted(set(trial_before.before) - set(trial_before.group)))}"
+                       " re-admitted: the smaller group was measured slower")
 
     def _room(self, ranks: np.ndarray, rows: np.ndarray, stale: frozenset[int]) -> np.ndarray:
         """The most rows each member may be given: its cap, or no more than now for a stale
@@ -322,7 +374,7 @@ class Rebalancer:
         left = sorted(set(ranks.tolist()) - set(chosen.members.tolist()))
         joined = sorted(set(chosen.members.tolist()) - set(ranks.tolist()))
         reason = (f"rank {joined[0]} re-admitted" if joined else
-                  f"rank {left[0]} to standby" if len(left) == 1 else f"{len(left)} ranks to standby")
+                  f"rank {left[0]} to standby" if len(left) == 1 else f"{len(left)} ranks to standby") + chosen.reason
         self.regroups += 1
         self._m.acted(chosen.members, chosen.rows)
         return Regroup(tuple(chosen.members.tolist()), split, saving, chosen.horizon, chosen.cost, reason)
