@@ -4,46 +4,25 @@ A frame is ``msgpack([VERSION, kind, {field: value}])``; ``kind`` is the class n
 nested records are maps too. No I/O here: socket loops call ``encode`` and ``decode``.
 docs/protocol.md describes the same rules for someone writing a client.
 
-Validation is generic, driven by each field's annotation and the metadata of its
-``dataclasses.field``: ``min``/``max`` (inclusive), ``choices``, ``min_len``/``max_len``
-(string, bytes or list length), ``item_min``/``item_max`` (list elements) and
-``allow_nonfinite`` (floats). ``tuple[X, ...]`` fields travel as lists; ``Plain`` fields
-hold msgpack-native data (maps with string keys, lists, scalars) of bounded depth. A record
-may add ``check()`` for a cheap cross-field rule; it raises ``ProtocolError`` and runs
-after the field checks. A bad incoming frame is the peer's fault (``ProtocolError``); an
-invalid outgoing message is our bug (``InternalError``).
-
-Caps come before decoding: a frame longer than its channel's ``Limits`` is refused
-unread, and msgpack itself refuses arrays, maps, strings and byte strings longer than the
-limits (so a frame of a million empty arrays costs nothing to refuse).
+Validation is generic (``leptonrt/wire.py``), driven by each field's annotation and the
+ranges in its metadata. A bad incoming frame is the peer's fault (``ProtocolError``); an
+invalid outgoing message is our bug (``InternalError``). A frame longer than its channel's
+``Limits`` is refused unread.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import types
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import cache, partial
-from typing import Any, NoReturn, Union
+from dataclasses import dataclass
+from typing import Any, Union
 
 import msgpack
 
 from leptonrt.errors import ConfigError, InternalError, ProtocolError
+from leptonrt.wire import (Limits, Plain, describe, given, record_from_map, record_to_map,
+                           required, rules, unpack)
 
 VERSION = 3
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one channel accepts, checked before and while decoding."""
-
-    frame_bytes: int        # longest frame (the socket's MAXMSGSIZE too: a longer one disconnects the peer)
-    frames: int             # frames in one message, the routing identity included
-    array_len: int          # longest msgpack array...
-    map_len: int            # ...and map (entries) in a frame
 
 
 # clients -> the service: small requests only
@@ -54,31 +33,6 @@ SERVICE_LIMITS = Limits(frame_bytes=4 * 1024 * 1024, frames=2, array_len=65536, 
 ACTOR_LIMITS = Limits(frame_bytes=1024 * 1024, frames=2, array_len=16384, map_len=64)
 WEIGHTS_CHUNK = 1024 * 1024
 MAX_REPORT_STEPS = 1024   # steps in one Reports message
-MAX_PLAIN_DEPTH = 8       # nesting of a Plain value
-
-
-class Plain(dict):
-    """Annotation for a field of msgpack-native data: a map with string keys whose values are
-    maps, lists, strings, numbers, booleans or None, at most ``MAX_PLAIN_DEPTH`` deep."""
-
-
-_META_KEYS = frozenset(
-    {"min", "max", "choices", "min_len", "max_len", "item_min", "item_max", "allow_nonfinite"}
-)
-# msgpack carries integers in this range only; nothing outside it can be sent at all.
-_WIRE_INT_MIN, _WIRE_INT_MAX = -(2**63), 2**64 - 1
-# check(value, where, outgoing) -> the value converted for the other side of the wire
-_Check = Callable[[Any, str, bool], Any]
-
-
-def _field(**meta: Any) -> Any:
-    """A required field whose metadata holds its validation ranges."""
-    return field(metadata=meta)
-
-
-def _given(default: Any, **meta: Any) -> Any:
-    """A field our code may leave out when building a message; it is still always sent."""
-    return field(default=default, metadata=meta)
 
 
 # "allreduce": torch.distributed.all_reduce; "exchange": every member sends its gradients to
@@ -94,17 +48,17 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 @dataclass(frozen=True, slots=True)
 class ArrayRef:
     """One array in the shared-memory dataset cache."""
-    segment: str = _field(min_len=1, max_len=255)  # name of the shared-memory segment file
-    dtype: str = _field(choices=frozenset({"float32", "int64"}))  # element type
-    shape: list[int] = _field(min_len=1, max_len=4, item_min=0)  # size of each dimension
+    segment: str = required(min_len=1, max_len=255)  # name of the shared-memory segment file
+    dtype: str = required(choices=frozenset({"float32", "int64"}))  # element type
+    shape: list[int] = required(min_len=1, max_len=4, item_min=0)  # size of each dimension
 
 
 @dataclass(frozen=True, slots=True)
 class DatasetInfo:
     """A dataset loaded into shared memory, as train and test arrays."""
-    spec: str = _field(min_len=1, max_len=4096)  # the dataset spec it was loaded from
-    n_features: int = _field(min=1)  # width of one input row
-    n_classes: int = _field(min=2)  # number of target classes
+    spec: str = required(min_len=1, max_len=4096)  # the dataset spec it was loaded from
+    n_features: int = required(min=1)  # width of one input row
+    n_classes: int = required(min=2)  # number of target classes
     x_train: ArrayRef  # training inputs
     y_train: ArrayRef  # training labels
     x_test: ArrayRef  # test inputs
@@ -114,10 +68,10 @@ class DatasetInfo:
 @dataclass(frozen=True, slots=True)
 class Slowdown:
     """A simulated straggler (for tests and benchmarks), always labelled as simulated."""
-    rank: int = _field(min=0, max=4095)  # rank that is slowed
-    factor: float = _field(min=1.0, max=1000.0)  # its steps take this many times their compute time
-    from_step: int = _field(min=0, max=2**62)  # first global step slowed
-    to_step: int | None = _field(min=1, max=2**62)  # one past the last slowed step; None: to the end
+    rank: int = required(min=0, max=4095)  # rank that is slowed
+    factor: float = required(min=1.0, max=1000.0)  # its steps take this many times their compute time
+    from_step: int = required(min=0, max=2**62)  # first global step slowed
+    to_step: int | None = required(min=1, max=2**62)  # one past the last slowed step; None: to the end
 
     def check(self) -> None:
         if self.to_step is not None and self.to_step <= self.from_step:
@@ -129,28 +83,28 @@ class TrainJob:
     """One training job: what to train, on what data, for how long. Every setting is checked
     here, by the same rules the wire enforces, so a job that can be built can be sent."""
 
-    dataset: str = _given("digits", min_len=1, max_len=4096)  # digits, mnist:DIR, npz:PATH, synthetic:N,D,C
-    hidden: tuple[int, ...] = _given((128,), min_len=1, max_len=16, item_min=1, item_max=65536)  # hidden widths
-    epochs: int = _given(10, min=1, max=1_000_000)  # passes over the training split
-    batch_size: int = _given(64, min=1, max=10_000_000)  # global batch, split across actors
-    lr: float = _given(1e-3, min=1e-12, max=10.0)  # learning rate
-    optimizer: str = _given("adam", choices=frozenset(OPTIMIZERS))  # adam | adamw | sgd
-    momentum: float = _given(0.9, min=0.0, max=1.0)  # SGD momentum (ignored by adam/adamw)
-    weight_decay: float = _given(0.0, min=0.0, max=10.0)  # L2 / decoupled decay
-    precision: str = _given("auto", choices=frozenset(PRECISIONS))  # auto | fp32 | bf16 | fp16
-    seed: int = _given(0, min=0, max=2**63 - 1)  # seeds init, permutations and the data split
-    test_fraction: float = _given(0.2, min=1e-6, max=1 - 1e-6)  # held-out share when the data has no test split
-    split: tuple[float, ...] | None = _given(None, min_len=1, max_len=4096, item_min=0.0, item_max=1e9)  # fixed shares; None: even
-    rebalance: bool = _given(True)  # let the planner resize shares (off when split is fixed)
-    align: int = _given(8, min=1, max=10_000_000)  # shares move in units of this many rows
-    slowdowns: tuple[Slowdown, ...] = _given((), max_len=64)  # SIMULATED stragglers
-    save: str | None = _given(None, min_len=1, max_len=4096)  # write final weights here (local jobs only)
-    checkpoint_dir: str | None = _given(None, min_len=1, max_len=4096)  # where the leader writes checkpoints...
-    checkpoint_every: int = _given(0, min=0, max=2**62)  # ...every this many steps (0: never)
-    resume: bool = _given(False)  # start from the newest complete checkpoint in checkpoint_dir
-    max_restarts: int = _given(3, min=0, max=1000)  # replacements per actor within restart_window_s
-    restart_window_s: float = _given(60.0, min=0.001, max=86400.0)
-    hang_timeout_s: float = _given(3.0, min=0.1, max=3600.0)  # an actor silent this long is taken for hung
+    dataset: str = given("digits", min_len=1, max_len=4096)  # digits, mnist:DIR, npz:PATH, synthetic:N,D,C
+    hidden: tuple[int, ...] = given((128,), min_len=1, max_len=16, item_min=1, item_max=65536)  # hidden widths
+    epochs: int = given(10, min=1, max=1_000_000)  # passes over the training split
+    batch_size: int = given(64, min=1, max=10_000_000)  # global batch, split across actors
+    lr: float = given(1e-3, min=1e-12, max=10.0)  # learning rate
+    optimizer: str = given("adam", choices=frozenset(OPTIMIZERS))  # adam | adamw | sgd
+    momentum: float = given(0.9, min=0.0, max=1.0)  # SGD momentum (ignored by adam/adamw)
+    weight_decay: float = given(0.0, min=0.0, max=10.0)  # L2 / decoupled decay
+    precision: str = given("auto", choices=frozenset(PRECISIONS))  # auto | fp32 | bf16 | fp16
+    seed: int = given(0, min=0, max=2**63 - 1)  # seeds init, permutations and the data split
+    test_fraction: float = given(0.2, min=1e-6, max=1 - 1e-6)  # held-out share when the data has no test split
+    split: tuple[float, ...] | None = given(None, min_len=1, max_len=4096, item_min=0.0, item_max=1e9)  # fixed shares; None: even
+    rebalance: bool = given(True)  # let the planner resize shares (off when split is fixed)
+    align: int = given(8, min=1, max=10_000_000)  # shares move in units of this many rows
+    slowdowns: tuple[Slowdown, ...] = given((), max_len=64)  # SIMULATED stragglers
+    save: str | None = given(None, min_len=1, max_len=4096)  # write final weights here (local jobs only)
+    checkpoint_dir: str | None = given(None, min_len=1, max_len=4096)  # where the leader writes checkpoints...
+    checkpoint_every: int = given(0, min=0, max=2**62)  # ...every this many steps (0: never)
+    resume: bool = given(False)  # start from the newest complete checkpoint in checkpoint_dir
+    max_restarts: int = given(3, min=0, max=1000)  # replacements per actor within restart_window_s
+    restart_window_s: float = given(60.0, min=0.001, max=86400.0)
+    hang_timeout_s: float = given(3.0, min=0.1, max=3600.0)  # an actor silent this long is taken for hung
 
     def __post_init__(self) -> None:
         # the Python API takes lists and bare tuples too; the record holds its own types
@@ -163,7 +117,7 @@ class TrainJob:
                 s if isinstance(s, Slowdown) or not isinstance(s, (list, tuple)) else Slowdown(*s)
                 for s in self.slowdowns))
         try:
-            _record_to_map(TrainJob, self, "TrainJob")
+            record_to_map(TrainJob, self, "TrainJob")
         except ProtocolError as exc:
             raise ConfigError(str(exc).replace("TrainJob.", "job setting ", 1)) from None
 
@@ -206,23 +160,23 @@ class TrainJob:
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """What the actors train, as the broker tells them."""
-    job_id: int = _field(min=0)  # id the broker gave the job
+    job_id: int = required(min=0)  # id the broker gave the job
     job: TrainJob  # the job's settings (checkpoint_dir resolved by the broker; save always empty)
-    fingerprint: str = _given("", max_len=64)  # identifies the job's mathematics, for checkpoints
+    fingerprint: str = given("", max_len=64)  # identifies the job's mathematics, for checkpoints
 
 
 @dataclass(frozen=True, slots=True)
 class StepStat:
     """One step's measurement from one actor."""
-    step: int = _field(min=0)  # global step index
-    rows: int = _field(min=0)  # rows of the batch this actor processed
-    compute_s: float = _field(min=0.0)  # seconds of forward+backward before the all-reduce
-    step_s: float = _field(min=0.0)  # seconds of the whole step incl. all-reduce and optimizer
-    simulated_s: float = _field(min=0.0)  # part of compute_s that was an injected (simulated) wait
-    version: int = _given(0, min=0)  # the version of the split the step used (see Grant)
-    collective_s: float = _given(0.0, min=0.0)  # seconds in the gradient sum (waiting for the others included)
-    start: int = _given(0, min=0)  # the piece of the global batch it trained: positions [start, stop)
-    stop: int = _given(0, min=0)
+    step: int = required(min=0)  # global step index
+    rows: int = required(min=0)  # rows of the batch this actor processed
+    compute_s: float = required(min=0.0)  # seconds of forward+backward before the all-reduce
+    step_s: float = required(min=0.0)  # seconds of the whole step incl. all-reduce and optimizer
+    simulated_s: float = required(min=0.0)  # part of compute_s that was an injected (simulated) wait
+    version: int = given(0, min=0)  # the version of the split the step used (see Grant)
+    collective_s: float = given(0.0, min=0.0)  # seconds in the gradient sum (waiting for the others included)
+    start: int = given(0, min=0)  # the piece of the global batch it trained: positions [start, stop)
+    stop: int = given(0, min=0)
 
     def check(self) -> None:
         if self.stop < self.start:
@@ -235,35 +189,35 @@ class StepStat:
 @dataclass(frozen=True, slots=True)
 class Hello:
     """Actor -> broker, the first message an actor sends."""
-    actor_id: str = _field(min_len=1, max_len=64)  # the actor's name for itself
-    pid: int = _field(min=1)  # OS process id of the actor
-    device: str = _field(min_len=1, max_len=32)  # device it runs on, e.g. "cpu", "cuda:0"
-    device_name: str = _field(max_len=256)  # human-readable device name; may be empty
-    threads: int = _field(min=1)  # CPU threads available to the actor
-    memory_bytes: int = _field(min=0)  # device memory in bytes
+    actor_id: str = required(min_len=1, max_len=64)  # the actor's name for itself
+    pid: int = required(min=1)  # OS process id of the actor
+    device: str = required(min_len=1, max_len=32)  # device it runs on, e.g. "cpu", "cuda:0"
+    device_name: str = required(max_len=256)  # human-readable device name; may be empty
+    threads: int = required(min=1)  # CPU threads available to the actor
+    memory_bytes: int = required(min=0)  # device memory in bytes
     bf16: bool  # whether the device computes in bf16
 
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
     """Broker -> actor: the actor's place in a job."""
-    rank: int = _field(min=0)  # this actor's rank, below world_size
-    world_size: int = _field(min=1, max=4096)  # number of ranks in the job
+    rank: int = required(min=0)  # this actor's rank, below world_size
+    world_size: int = required(min=1, max=4096)  # number of ranks in the job
     job: JobSpec  # what to train
     data: DatasetInfo  # where the dataset lies in shared memory
-    steps_per_epoch: int = _field(min=1)  # global steps in one epoch
-    threads: int = _field(min=1)  # CPU threads the actor should use
-    backend: str = _field(choices=frozenset({"gloo", "nccl"}))  # torch.distributed backend of the group
-    collective_timeout_s: float = _field(min=0.1, max=3600.0)  # a collective waiting this long fails
-    generation: int = _given(0, min=0)  # how many times the group has been re-formed
-    start_step: int = _given(0, min=0)  # first global step to train
-    source_rank: int | None = _given(None, min=0)  # rank that sends weights and optimizer state; None: init/resume
-    resume_from: str | None = _given(None, min_len=1, max_len=4096)  # the checkpoint (its step directory) to load first
-    history: str = _given("", max_len=64)  # hex digest of the history before start_step (a resumed job's)
-    snapshot_every: int = _given(8, min=1, max=1_000_000)  # in-memory snapshot every this many steps
-    members: list[int] | None = _given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the gradient group; None: all
-    gradient_sync: str = _given("allreduce", choices=_SYNCS)  # how the group sums gradients
-    save_path: str | None = _given(None, min_len=1, max_len=4096)  # the leader writes the weights here at the end
+    steps_per_epoch: int = required(min=1)  # global steps in one epoch
+    threads: int = required(min=1)  # CPU threads the actor should use
+    backend: str = required(choices=frozenset({"gloo", "nccl"}))  # torch.distributed backend of the group
+    collective_timeout_s: float = required(min=0.1, max=3600.0)  # a collective waiting this long fails
+    generation: int = given(0, min=0)  # how many times the group has been re-formed
+    start_step: int = given(0, min=0)  # first global step to train
+    source_rank: int | None = given(None, min=0)  # rank that sends weights and optimizer state; None: init/resume
+    resume_from: str | None = given(None, min_len=1, max_len=4096)  # the checkpoint (its step directory) to load first
+    history: str = given("", max_len=64)  # hex digest of the history before start_step (a resumed job's)
+    snapshot_every: int = given(8, min=1, max=1_000_000)  # in-memory snapshot every this many steps
+    members: list[int] | None = given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the gradient group; None: all
+    gradient_sync: str = given("allreduce", choices=_SYNCS)  # how the group sums gradients
+    save_path: str | None = given(None, min_len=1, max_len=4096)  # the leader writes the weights here at the end
 
     def check(self) -> None:
         """A rank must index into the world, and belong to the group it is told to join."""
@@ -284,12 +238,12 @@ def _check_members(members: list[int] | None, rank: int, world_size: int) -> Non
 @dataclass(frozen=True, slots=True)
 class Grant:
     """Broker -> actors: steps [first_step, end_step) use this split of the global batch."""
-    job_id: int = _field(min=0)  # job the grant belongs to
-    first_step: int = _field(min=0)  # first global step covered
-    end_step: int = _field(min=1)  # one past the last global step covered
-    split: list[int] = _field(min_len=1, max_len=4096, item_min=0)  # rows per rank, by rank
-    committed: int = _given(-1, min=-1)  # the last step every actor has reported (older snapshots may go)
-    version: int = _given(0, min=0)  # the broker numbers its splits; a newer one wins (see Resplit)
+    job_id: int = required(min=0)  # job the grant belongs to
+    first_step: int = required(min=0)  # first global step covered
+    end_step: int = required(min=1)  # one past the last global step covered
+    split: list[int] = required(min_len=1, max_len=4096, item_min=0)  # rows per rank, by rank
+    committed: int = given(-1, min=-1)  # the last step every actor has reported (older snapshots may go)
+    version: int = given(0, min=0)  # the broker numbers its splits; a newer one wins (see Resplit)
 
     def check(self) -> None:
         """An empty or backwards step range is never meant."""
@@ -302,67 +256,67 @@ class Grant:
 @dataclass(frozen=True, slots=True)
 class Reports:
     """Actor -> broker: measurements of the steps since the last report."""
-    job_id: int = _field(min=0)  # job the steps belong to
-    rank: int = _field(min=0)  # rank that measured them
-    steps: list[StepStat] = _field(max_len=MAX_REPORT_STEPS)  # one entry per step, oldest first
-    memory_bytes: int = _field(min=0)  # device memory in use now (0 on CPU: not tracked)
-    queued: int = _field(min=0)  # granted steps not yet run
-    generation: int = _given(0, min=0)  # the group generation the steps ran in
+    job_id: int = required(min=0)  # job the steps belong to
+    rank: int = required(min=0)  # rank that measured them
+    steps: list[StepStat] = required(max_len=MAX_REPORT_STEPS)  # one entry per step, oldest first
+    memory_bytes: int = required(min=0)  # device memory in use now (0 on CPU: not tracked)
+    queued: int = required(min=0)  # granted steps not yet run
+    generation: int = given(0, min=0)  # the group generation the steps ran in
 
 
 @dataclass(frozen=True, slots=True)
 class EpochResult:
     """Actor (rank 0) -> broker: the outcome of one epoch."""
-    job_id: int = _field(min=0)  # job the epoch belongs to
-    rank: int = _field(min=0)  # rank that reports it
-    epoch: int = _field(min=0)  # epoch index, from 0
-    train_loss: float = _field(allow_nonfinite=True)  # mean training loss; NaN if diverged
-    test_loss: float = _field(allow_nonfinite=True)  # mean test loss; NaN if diverged
-    test_accuracy: float = _field(min=0.0, max=1.0)  # fraction of test rows right
-    seconds: float = _field(min=0.0)  # wall time of the epoch
-    generation: int = _given(0, min=0)  # the group generation it ran in
+    job_id: int = required(min=0)  # job the epoch belongs to
+    rank: int = required(min=0)  # rank that reports it
+    epoch: int = required(min=0)  # epoch index, from 0
+    train_loss: float = required(allow_nonfinite=True)  # mean training loss; NaN if diverged
+    test_loss: float = required(allow_nonfinite=True)  # mean test loss; NaN if diverged
+    test_accuracy: float = required(min=0.0, max=1.0)  # fraction of test rows right
+    seconds: float = required(min=0.0)  # wall time of the epoch
+    generation: int = given(0, min=0)  # the group generation it ran in
 
 
 @dataclass(frozen=True, slots=True)
 class Stop:
     """Broker -> actors: finish the job now."""
-    job_id: int = _field(min=0)  # job to stop
-    save: bool = _given(False)  # the leader writes the weights to the Welcome's save_path
+    job_id: int = required(min=0)  # job to stop
+    save: bool = given(False)  # the leader writes the weights to the Welcome's save_path
 
 
 @dataclass(frozen=True, slots=True)
 class Finished:
     """Actor -> broker: the actor has stopped working on the job."""
-    job_id: int = _field(min=0)  # job that finished
-    rank: int = _field(min=0)  # rank that reports it
-    samples: int = _field(min=0)  # training rows this rank processed
-    seconds: float = _field(min=0.0)  # wall time this rank spent on the job
+    job_id: int = required(min=0)  # job that finished
+    rank: int = required(min=0)  # rank that reports it
+    samples: int = required(min=0)  # training rows this rank processed
+    seconds: float = required(min=0.0)  # wall time this rank spent on the job
     saved: bool  # whether this rank wrote the weights
-    digest: str = _given("", max_len=64)  # hex digest of the history its weights trained (batches.fold)
+    digest: str = given("", max_len=64)  # hex digest of the history its weights trained (batches.fold)
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
     """Actor -> broker: the job failed on this actor."""
-    job_id: int = _field(min=0)  # job that failed
-    rank: int = _field(min=0)  # rank it failed on
-    message: str = _field(max_len=65536)  # what went wrong, for a person to read
+    job_id: int = required(min=0)  # job that failed
+    rank: int = required(min=0)  # rank it failed on
+    message: str = required(max_len=65536)  # what went wrong, for a person to read
 
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """Actor -> broker: still alive and where it is."""
-    rank: int = _field(min=0)  # rank of the sender
-    step: int = _field(min=0)  # global step it is working on
+    rank: int = required(min=0)  # rank of the sender
+    step: int = required(min=0)  # global step it is working on
 
 
 @dataclass(frozen=True, slots=True)
 class GroupFailed:
     """Actor -> broker: my collective failed though nobody told me of a loss; regroup us."""
-    job_id: int = _field(min=0)
-    rank: int = _field(min=0)
-    generation: int = _field(min=0)  # the generation whose collective failed
-    message: str = _field(max_len=4096)
+    job_id: int = required(min=0)
+    rank: int = required(min=0)
+    generation: int = required(min=0)  # the generation whose collective failed
+    message: str = required(max_len=4096)
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,24 +325,24 @@ class Resplit:
     members switch to it together, from the step after the one whose gradient sum shows
     that every member has it (until then, and for any member that missed it, the grants'
     splits stand)."""
-    job_id: int = _field(min=0)
-    generation: int = _field(min=0)  # the group it is for
-    version: int = _field(min=1)  # above every version granted before it
-    split: list[int] = _field(min_len=1, max_len=4096, item_min=0)  # rows per rank, by rank
+    job_id: int = required(min=0)
+    generation: int = required(min=0)  # the group it is for
+    version: int = required(min=1)  # above every version granted before it
+    split: list[int] = required(min_len=1, max_len=4096, item_min=0)  # rows per rank, by rank
 
 
 @dataclass(frozen=True, slots=True)
 class Regroup:
     """Broker -> surviving actors: form the group again and go on from ``rewind_step``."""
-    job_id: int = _field(min=0)
-    generation: int = _field(min=1)  # prefix of the new group's rendezvous keys
-    rank: int = _field(min=0)  # this actor's rank in the new group
-    world_size: int = _field(min=1, max=4096)
-    rewind_step: int = _field(min=0)  # restore the snapshot taken before this step and train from it
-    source_rank: int = _field(min=0)  # the rank whose state everybody takes after the restore
-    members: list[int] | None = _given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the new group; None: all
-    gradient_sync: str = _given("allreduce", choices=_SYNCS)  # how the new group sums gradients
-    history: str = _given("", max_len=64)  # hex digest of the committed history before rewind_step
+    job_id: int = required(min=0)
+    generation: int = required(min=1)  # prefix of the new group's rendezvous keys
+    rank: int = required(min=0)  # this actor's rank in the new group
+    world_size: int = required(min=1, max=4096)
+    rewind_step: int = required(min=0)  # restore the snapshot taken before this step and train from it
+    source_rank: int = required(min=0)  # the rank whose state everybody takes after the restore
+    members: list[int] | None = given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the new group; None: all
+    gradient_sync: str = given("allreduce", choices=_SYNCS)  # how the new group sums gradients
+    history: str = given("", max_len=64)  # hex digest of the committed history before rewind_step
 
     def check(self) -> None:
         """The receiver and the source must both be in the new group."""
@@ -402,43 +356,43 @@ class Regroup:
 class Standby:
     """Broker -> an actor: leave the gradient group at the boundary the group is re-forming at,
     and wait, alive, until a Regroup takes you back (or the job ends)."""
-    job_id: int = _field(min=0)
-    generation: int = _field(min=1)  # the generation of the group that goes on without you
+    job_id: int = required(min=0)
+    generation: int = required(min=1)  # the generation of the group that goes on without you
 
 
 @dataclass(frozen=True, slots=True)
 class CheckpointNow:
     """Broker -> rank 0, the job stopped at a step boundary: write a checkpoint of it."""
-    job_id: int = _field(min=0)
-    step: int = _field(min=0)  # steps done at the boundary
+    job_id: int = required(min=0)
+    step: int = required(min=0)  # steps done at the boundary
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpointed:
     """Rank 0 -> broker: the answer to CheckpointNow."""
-    job_id: int = _field(min=0)
-    rank: int = _field(min=0)
-    step: int = _field(min=0)
-    path: str = _field(max_len=4096)  # the checkpoint directory written; empty if none
-    message: str = _field(max_len=4096)  # why not, if not
+    job_id: int = required(min=0)
+    rank: int = required(min=0)
+    step: int = required(min=0)
+    path: str = required(max_len=4096)  # the checkpoint directory written; empty if none
+    message: str = required(max_len=4096)  # why not, if not
 
 
 @dataclass(frozen=True, slots=True)
 class Adopt:
     """Broker -> the idle spare actor: you are ``actor_id`` now; say hello as it."""
-    actor_id: str = _field(min_len=1, max_len=64)
+    actor_id: str = required(min_len=1, max_len=64)
 
 
 @dataclass(frozen=True, slots=True)
 class Release:
     """Broker -> actor: the job is over; leave its group, say hello again and wait for the next."""
-    job_id: int = _field(min=0)  # the job that ended
+    job_id: int = required(min=0)  # the job that ended
 
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
     """Broker -> actors: exit the process."""
-    reason: str = _field(max_len=1024)  # why, for the log
+    reason: str = required(max_len=1024)  # why, for the log
 
 
 # --- the rendezvous store: actors -> broker (torch.distributed forms groups through it) ---
@@ -449,23 +403,23 @@ _STORE_OPS = frozenset({"set", "get", "add", "check", "compare_set", "delete", "
 @dataclass(frozen=True, slots=True)
 class StoreRequest:
     """Actor -> broker: one operation on the rendezvous store (see leptonrt/actors/store.py)."""
-    seq: int = _field(min=0)  # echoed in the reply, so a late answer to a timed-out wait is recognised
-    op: str = _field(choices=_STORE_OPS)
-    keys: list[str] = _field(max_len=64)  # the key(s) it concerns
-    value: bytes = _given(b"", max_len=256 * 1024)  # set: the value; compare_set: the desired value
-    expected: bytes = _given(b"", max_len=256 * 1024)  # compare_set: the value expected now
-    amount: int = _given(0, min=-(2**62), max=2**62)  # add: the increment
-    wait: bool = _given(False)  # get/check: answer only once every key exists
+    seq: int = required(min=0)  # echoed in the reply, so a late answer to a timed-out wait is recognised
+    op: str = required(choices=_STORE_OPS)
+    keys: list[str] = required(max_len=64)  # the key(s) it concerns
+    value: bytes = given(b"", max_len=256 * 1024)  # set: the value; compare_set: the desired value
+    expected: bytes = given(b"", max_len=256 * 1024)  # compare_set: the value expected now
+    amount: int = given(0, min=-(2**62), max=2**62)  # add: the increment
+    wait: bool = given(False)  # get/check: answer only once every key exists
 
 
 @dataclass(frozen=True, slots=True)
 class StoreReply:
     """Broker -> actor: the answer to a StoreRequest."""
-    seq: int = _field(min=0)
+    seq: int = required(min=0)
     ok: bool  # False: refused (the message says why)
-    value: bytes = _given(b"", max_len=256 * 1024)  # get / compare_set: the value now
-    number: int = _given(0, min=-(2**63), max=2**63 - 1)  # add: the new value; num_keys; check: 1 if all exist
-    message: str = _given("", max_len=1024)
+    value: bytes = given(b"", max_len=256 * 1024)  # get / compare_set: the value now
+    number: int = given(0, min=-(2**63), max=2**63 - 1)  # add: the new value; num_keys; check: 1 if all exist
+    message: str = given("", max_len=1024)
 
 
 # --- clients (``leptonrt train``, ``top``, ``status``, ``leptonrt.connect``) <-> the service ---
@@ -475,28 +429,28 @@ class StoreReply:
 class Submit:
     """Client -> service: queue a job; its updates come back on this connection."""
     job: TrainJob  # the job (its save must be empty: the broker writes no file a client names)
-    want_weights: bool = _given(False)  # send the final weights back (Weights messages)
+    want_weights: bool = given(False)  # send the final weights back (Weights messages)
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """Service -> client: the job is queued."""
-    job_id: int = _field(min=1)  # the broker's id for the job
-    ahead: int = _field(min=0)  # jobs queued or running before it
+    job_id: int = required(min=1)  # the broker's id for the job
+    ahead: int = required(min=0)  # jobs queued or running before it
 
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """Service -> client: the request was refused."""
-    message: str = _field(max_len=4096)  # why, for the user
-    exit_code: int = _field(min=1, max=255)  # the exit code the client should end with
+    message: str = required(max_len=4096)  # why, for the user
+    exit_code: int = required(min=1, max=255)  # the exit code the client should end with
 
 
 @dataclass(frozen=True, slots=True)
 class JobUpdate:
     """Service -> client: something happened to a submitted job."""
-    job_id: int = _field(min=1)
-    kind: str = _field(choices=frozenset({"epoch", "split", "lost", "recovered", "finished", "failed"}))
+    job_id: int = required(min=1)
+    kind: str = required(choices=frozenset({"epoch", "split", "lost", "recovered", "finished", "failed"}))
     data: Plain  # the event's fields, or the result
 
 
@@ -504,10 +458,10 @@ class JobUpdate:
 class Weights:
     """Service -> client: a piece of a finished job's weights (a safetensors file), in order,
     before its ``finished`` update."""
-    job_id: int = _field(min=1)
-    offset: int = _field(min=0)  # where this piece starts in the file
-    total: int = _field(min=0)  # the file's length
-    data: bytes = _field(max_len=WEIGHTS_CHUNK)
+    job_id: int = required(min=1)
+    offset: int = required(min=0)  # where this piece starts in the file
+    total: int = required(min=0)  # the file's length
+    data: bytes = required(max_len=WEIGHTS_CHUNK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,269 +502,31 @@ def decode(frame: bytes, limits: Limits = ACTOR_LIMITS) -> Message:
     if len(frame) > limits.frame_bytes:
         # Checked first so a hostile peer cannot make us unpack a huge frame.
         raise ProtocolError(f"frame of {len(frame)} bytes exceeds the limit of {limits.frame_bytes}")
-    envelope = _unpack(frame, limits)
+    envelope = unpack(frame, limits)
     if not isinstance(envelope, list) or len(envelope) != 3:
-        raise ProtocolError(f"a frame must be [version, kind, fields], got {_describe(envelope)}")
+        raise ProtocolError(f"a frame must be [version, kind, fields], got {describe(envelope)}")
     version, kind, fields = envelope
     if type(version) is not int or version != VERSION:
         raise ProtocolError(
-            f"unsupported protocol version {_describe(version)} (this side speaks {VERSION})"
+            f"unsupported protocol version {describe(version)} (this side speaks {VERSION})"
         )
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message kind {_describe(kind)}")
-    return _record_from_map(cls, fields, kind)
-
-
-# --- unpacking -----------------------------------------------------------------------
-
-
-def _unpack(frame: bytes, limits: Limits) -> Any:
-    """msgpack-decode a frame within ``limits``, turning every failure into ProtocolError."""
-    try:
-        return msgpack.unpackb(
-            frame, raw=False, strict_map_key=True, timestamp=0,  # a Timestamp fits no field
-            ext_hook=_refuse_ext, object_pairs_hook=_map_without_repeats,
-            max_str_len=limits.frame_bytes, max_bin_len=limits.frame_bytes, max_ext_len=0,
-            max_array_len=limits.array_len, max_map_len=limits.map_len,
-        )
-    except ProtocolError:
-        raise
-    except Exception as exc:
-        # The bytes came from outside, so whatever the unpacker trips over is the peer's fault.
-        detail = str(exc) or type(exc).__name__
-        raise ProtocolError(f"frame is not valid msgpack: {detail[:200]}") from exc
-
-
-def _refuse_ext(code: int, data: bytes) -> NoReturn:
-    """Extension types never appear in our protocol."""
-    raise ProtocolError(f"msgpack extension type {code} is not allowed")
-
-
-def _map_without_repeats(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    """Build a map, refusing a repeated key: which copy should win would be a guess."""
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ProtocolError("a map repeats a key")
-    return result
-
-
-# --- generic validation --------------------------------------------------------------
+        raise ProtocolError(f"unknown message kind {describe(kind)}")
+    return record_from_map(cls, fields, kind)
 
 
 def _outgoing_fields(msg: Any) -> dict[str, Any]:
     """Check a message of ours and return its field map for the wire."""
     cls = type(msg)
     if _KINDS.get(cls.__name__) is not cls:
-        raise InternalError(f"cannot send {_describe(msg)}: it is not a message kind")
+        raise InternalError(f"cannot send {describe(msg)}: it is not a message kind")
     try:
-        return _record_to_map(cls, msg, cls.__name__)
+        return record_to_map(cls, msg, cls.__name__)
     except ProtocolError as exc:
         raise InternalError(f"refusing to send an invalid message: {exc}") from exc
 
 
-@cache
-def _rules(cls: type) -> tuple[tuple[str, _Check], ...]:
-    """(field name, check) for each field of a record, in declaration order."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if unknown := set(f.metadata) - _META_KEYS:
-            raise InternalError(f"{cls.__name__}.{f.name}: unknown metadata {sorted(unknown)}")
-    return tuple((f.name, _compile(hints[f.name], f.metadata)) for f in dataclasses.fields(cls))
-
-
-def _compile(hint: Any, meta: Mapping[str, Any]) -> _Check:
-    """Turn an annotation and its ranges into a check function."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType) and len(args) == 2 and type(None) in args:
-        inner = _compile(args[0] if args[1] is type(None) else args[1], meta)
-        return lambda value, where, out: None if value is None else inner(value, where, out)
-    if origin in (list, tuple) and (origin is list or args[1:] == (Ellipsis,)):
-        item_meta = {"min": meta.get("item_min"), "max": meta.get("item_max")}
-        return partial(_check_list, item=_compile(args[0], item_meta), meta=meta, as_tuple=origin is tuple)
-    if dataclasses.is_dataclass(hint):
-        _rules(hint)  # compile now, so a schema mistake shows at import
-        return partial(_check_record, hint)
-    if hint is Plain:
-        return _check_plain
-    if hint in _SCALARS:
-        return partial(_SCALARS[hint], meta=meta)
-    raise InternalError(f"unsupported field type {hint!r}")
-
-
-def _record_from_map(cls: type, value: Any, where: str) -> Any:
-    """Build a record from its wire map."""
-    if not isinstance(value, dict):
-        _fail(where, f"expected a map of fields, got {_describe(value)}")
-    rules = _rules(cls)
-    for name, _ in rules:
-        if name not in value:
-            _fail(where, f"missing field {name!r}")
-    if len(value) != len(rules):
-        names = {name for name, _ in rules}
-        _fail(where, f"unknown field {_describe(next(k for k in value if k not in names))}")
-    fields = {name: check(value[name], f"{where}.{name}", False) for name, check in rules}
-    try:
-        record = cls(**fields)
-    except ConfigError as exc:   # a record that checks itself on construction (TrainJob)
-        raise ProtocolError(f"{where}: {exc}") from None
-    _run_own_check(record, where)
-    return record
-
-
-def _record_to_map(cls: type, value: Any, where: str) -> dict[str, Any]:
-    """Check a record of ours and return its wire map."""
-    if type(value) is not cls:
-        _fail(where, f"expected {cls.__name__}, got {_describe(value)}")
-    rules = _rules(cls)
-    fields = {name: check(getattr(value, name), f"{where}.{name}", True) for name, check in rules}
-    _run_own_check(value, where)
-    return fields
-
-
-def _run_own_check(record: Any, where: str) -> None:
-    """Run a record's cross-field ``check()``, if it has one, naming where it failed."""
-    if (check := getattr(record, "check", None)) is not None:
-        try:
-            check()
-        except ProtocolError as exc:
-            raise ProtocolError(f"{where}: {exc}") from None
-
-
-def _check_record(cls: type, value: Any, where: str, out: bool) -> Any:
-    return _record_to_map(cls, value, where) if out else _record_from_map(cls, value, where)
-
-
-def _check_list(value: Any, where: str, out: bool, *, item: _Check, meta: Mapping, as_tuple: bool) -> Any:
-    # the wire's is always a list; ours is the annotation's kind (tuple or list)
-    if not isinstance(value, tuple if out and as_tuple else list):
-        _fail(where, f"expected a {'tuple' if out and as_tuple else 'list'}, got {_describe(value)}")
-    _check_length(len(value), meta, where, "items")
-    items = [item(element, f"{where}[{i}]", out) for i, element in enumerate(value)]
-    return tuple(items) if as_tuple and not out else items
-
-
-def _check_int(value: Any, where: str, out: bool, *, meta: Mapping) -> int:
-    if not _is_wire_int(value):
-        _fail(where, f"expected a 64-bit integer, got {_describe(value)}")
-    _check_range(value, meta, where)
-    return value
-
-
-def _check_float(value: Any, where: str, out: bool, *, meta: Mapping) -> float:
-    # A peer may write a whole number as an integer; it means the same float.
-    if not (isinstance(value, float) or _is_wire_int(value)) or isinstance(value, bool):
-        _fail(where, f"expected a number, got {_describe(value)}")
-    try:
-        number = float(value)
-    except OverflowError:
-        _fail(where, f"{_describe(value)} is too large for a float")
-    if not math.isfinite(number) and not meta.get("allow_nonfinite", False):
-        _fail(where, f"{number} is not a finite number")
-    _check_range(number, meta, where)
-    return number
-
-
-def _check_str(value: Any, where: str, out: bool, *, meta: Mapping) -> str:
-    if not isinstance(value, str):
-        _fail(where, f"expected a string, got {_describe(value)}")
-    _check_length(len(value), meta, where, "characters")
-    _check_range(value, meta, where)
-    if out:
-        try:
-            value.encode("utf-8")  # a lone surrogate would make msgpack fail mid-encode
-        except UnicodeEncodeError:
-            _fail(where, f"{_describe(value)} cannot be encoded as UTF-8")
-    return str(value)
-
-
-def _check_bytes(value: Any, where: str, out: bool, *, meta: Mapping) -> bytes:
-    if not isinstance(value, bytes):
-        _fail(where, f"expected bytes, got {_describe(value)}")
-    _check_length(len(value), meta, where, "bytes")
-    return value
-
-
-def _check_bool(value: Any, where: str, out: bool, *, meta: Mapping) -> bool:
-    if type(value) is not bool:
-        _fail(where, f"expected true or false, got {_describe(value)}")
-    return value
-
-
-def _check_plain(value: Any, where: str, out: bool) -> Plain:
-    if not isinstance(value, dict):
-        _fail(where, f"expected a map, got {_describe(value)}")
-    return Plain(_plain(value, where, 1))
-
-
-def _plain(value: Any, where: str, depth: int) -> Any:
-    """``value`` if it is msgpack-native data of bounded depth (tuples become lists)."""
-    if value is None or type(value) in (bool, str):
-        return value
-    if type(value) is int:
-        if not _is_wire_int(value):
-            _fail(where, f"expected a 64-bit integer, got {_describe(value)}")
-        return value
-    if type(value) is float:
-        return value
-    if depth > MAX_PLAIN_DEPTH:
-        _fail(where, f"nested deeper than {MAX_PLAIN_DEPTH} levels")
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            _fail(where, "map keys must be strings")
-        return {k: _plain(v, f"{where}.{k}", depth + 1) for k, v in value.items()}
-    _fail(where, f"{_describe(value)} is not plain data")
-
-
-_SCALARS: dict[type, Callable[..., Any]] = {
-    int: _check_int, float: _check_float, str: _check_str, bool: _check_bool, bytes: _check_bytes,
-}
-
-
-def _is_wire_int(value: Any) -> bool:
-    """An integer msgpack can carry; ``type`` rather than isinstance, since bool is an int."""
-    return type(value) is int and _WIRE_INT_MIN <= value <= _WIRE_INT_MAX
-
-
-def _check_range(value: Any, meta: Mapping[str, Any], where: str) -> None:
-    """Enforce ``min``, ``max`` (inclusive) and ``choices``."""
-    low, high, choices = meta.get("min"), meta.get("max"), meta.get("choices")
-    if low is not None and value < low:
-        _fail(where, f"{_describe(value)} is below the minimum {low}")
-    if high is not None and value > high:
-        _fail(where, f"{_describe(value)} is above the maximum {high}")
-    if choices is not None and value not in choices:
-        _fail(where, f"{_describe(value)} is not one of {sorted(choices)}")
-
-
-def _check_length(length: int, meta: Mapping[str, Any], where: str, unit: str) -> None:
-    """Enforce ``min_len`` and ``max_len``."""
-    low, high = meta.get("min_len", 0), meta.get("max_len")
-    if length < low:
-        _fail(where, f"has {length} {unit}, fewer than the minimum {low}")
-    if high is not None and length > high:
-        _fail(where, f"has {length} {unit}, more than the maximum {high}")
-
-
-def _fail(where: str, problem: str) -> NoReturn:
-    raise ProtocolError(f"{where}: {problem}")
-
-
-def _describe(value: Any) -> str:
-    """A short, safe rendering of any value for an error message."""
-    if isinstance(value, int) and abs(value) >= 10**30:
-        return f"an integer of {value.bit_length()} bits"
-    if value is None or isinstance(value, (bool, int, float)):
-        return repr(value)
-    if isinstance(value, (str, bytes)):
-        return repr(value) if len(value) <= 64 else f"{value[:64]!r}... ({len(value)} long)"
-    if isinstance(value, (list, tuple, dict)):
-        return f"a {type(value).__name__} of {len(value)} items"
-    return f"a {type(value).__name__}"
-
-
 for _kind in _KINDS.values():
-    _rules(_kind)  # compile every schema at import, so a mistake in one fails loudly here
+    rules(_kind)  # compile every schema at import, so a mistake in one fails loudly here
 del _kind

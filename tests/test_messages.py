@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leptonrt import messages as protocol
+from leptonrt.wire import MAX_PLAIN_DEPTH
 from leptonrt.messages import (
     ACTOR_LIMITS,
     CLIENT_LIMITS,
-    MAX_PLAIN_DEPTH,
     MAX_REPORT_STEPS,
     VERSION,
     JobUpdate,

@@ -26,7 +26,7 @@ def _comments(cls) -> dict[str, str]:
 
 
 def _type(hint) -> str:
-    text = str(hint).replace("typing.", "").replace("leptonrt.messages.", "")
+    text = str(hint).replace("typing.", "").replace("leptonrt.messages.", "").replace("leptonrt.wire.", "")
     return text.replace("<class '", "").replace("'>", "").replace("NoneType", "None")
 
 
