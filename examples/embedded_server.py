@@ -1,10 +1,12 @@
 """A small asyncio application with leptonrt's broker embedded in it.
 
-It listens on 127.0.0.1:8765 for one-line requests and streams training progress back:
+It listens on a unix socket in your private runtime directory (mode 0700: only you can
+reach it; a TCP port would be open to every local user) for one-line requests, and streams
+training progress back:
 
     python examples/embedded_server.py &
-    printf 'train digits 5\\n' | nc 127.0.0.1 8765      # dataset spec, epochs
-    printf 'jobs\\n' | nc 127.0.0.1 8765
+    printf 'train digits 5\\n' | nc -U "$(python -c 'import leptonrt.broker.address as a; print(a.runtime_dir())')/example.sock"
+    printf 'jobs\\n' | nc -U ".../example.sock"
 
 Jobs from several clients are queued by the broker and run one after another. The broker
 lives on this application's event loop: no signal handlers or loop policy are installed by
@@ -16,6 +18,7 @@ import asyncio
 import json
 
 import leptonrt
+from leptonrt.broker.address import runtime_dir
 
 
 async def handle(broker: leptonrt.Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -42,10 +45,15 @@ async def handle(broker: leptonrt.Broker, reader: asyncio.StreamReader, writer: 
 
 async def main() -> None:
     async with leptonrt.Broker(gpus="all", cpu_actors=None) as broker:
-        server = await asyncio.start_server(lambda r, w: handle(broker, r, w), "127.0.0.1", 8765)
-        async with server:
-            print("listening on 127.0.0.1:8765")
-            await server.serve_forever()
+        path = runtime_dir() / "example.sock"
+        path.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(lambda r, w: handle(broker, r, w), path)
+        try:
+            async with server:
+                print(f"listening on {path}")
+                await server.serve_forever()
+        finally:
+            path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import keys
 from .config import OPTIMIZERS, PRECISIONS, TrainJob, parse_slowdown
-from .errors import ConfigError, LeptonError, UsageError
+from .errors import ConfigError, LeptonError
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -23,7 +23,7 @@ import traceback
 import torch
 
 from ..messages import (EpochResult, Failure, Finished, GroupFailed, Heartbeat, Hello, Adopt, Checkpointed,
-                        Regroup, Release, Reports, Shutdown, Standby, StepStat, Welcome)
+                        Regroup, Release, Reports, Shutdown, StepStat, Welcome)
 from ..nn.step import make_optimizer
 from .faults import Injector
 from .group import Group

@@ -37,7 +37,7 @@ from .address import check_listen, ipc_path
 from .channel import Channel, PeerGone
 from .embedded import Broker, BrokerClosed, Job
 from .gate import Gate, GateConfig, Verdict
-from .events import ActorLost, Benched, EpochEvent, Recovered, SplitChanged
+from .events import ActorLost, EpochEvent, Recovered, SplitChanged
 from .supervise import supervise
 
 log = logging.getLogger("leptonrt.service")

@@ -1,14 +1,12 @@
 """JobCore: the broker's decisions for one job, driven with plain messages and numbers."""
 
-import pytest
 
 from leptonrt.batches import fold, history_start, piece
-from leptonrt.broker.events import ActorLost, Benched, EpochEvent, Kill, Recovered, Respawn, Send, SplitChanged
+from leptonrt.broker.events import ActorLost, Recovered, Respawn, Send
 from leptonrt.broker.job import JobConfig, JobCore
 from leptonrt.broker.lifecycle import JobState
-from leptonrt.errors import InternalError
-from leptonrt.messages import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, GroupFailed, Hello,
-                               JobSpec, Regroup, Reports, Resplit, Standby, StepStat, Stop, TrainJob, Welcome)
+from leptonrt.messages import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
+                               Regroup, Reports, StepStat, Stop, TrainJob, Welcome)
 
 
 def _ref(name, dtype="float32", shape=(10, 4)):

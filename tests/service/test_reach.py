@@ -6,13 +6,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
 from leptonrt import Broker, TrainJob
-from leptonrt.broker.stats import Snapshot
 
 pytestmark = pytest.mark.process
 

@@ -1,0 +1,49 @@
+"""examples/embedded_server.py works as its docstring says, on a private unix socket."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "embedded_server.py"
+
+
+def ask(path: Path, line: str, timeout: float = 120) -> list[str]:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(line.encode() + b"\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.decode().splitlines()
+
+
+@pytest.mark.process
+def test_the_embedded_server_trains_on_request_and_stops_cleanly(private_runtime_dir, no_leftovers):
+    path = private_runtime_dir / "example.sock"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not path.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
+        lines = ask(path, "train digits 2")
+        assert lines[0] == "job 1 queued"
+        assert [line.split()[1] for line in lines[1:3]] == ["1/2", "2/2"]
+        result = json.loads(lines[3])
+        assert result["epochs"] == 2 and len(result["history_digest"]) == 64
+        assert ask(path, "jobs") == ["job 1 done digits"]
+        assert ask(path, "fly me to the moon") == ["usage: 'train SPEC [EPOCHS]' or 'jobs'"]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert not path.exists()
