@@ -149,7 +149,7 @@ def settled_step(result: dict, start: int, tolerance: float = 0.05) -> int | Non
     """First step >= start from which the split stays within ``tolerance`` x batch rows of its final value
     (None: the planner made no move from ``start`` on, e.g. an earlier split already suited the slowdown)."""
     tolerance = tolerance * sum(result["split_changes"][-1]["split"]) if result["split_changes"] else 0
-    changes = [c for c in result["split_changes"] if c["step"] >= start and c["why"] == "planner"]
+    changes = [c for c in result["split_changes"] if c["step"] >= start and c["why"] == "rebalance"]
     if not changes:
         return None
     final = changes[-1]["split"]
@@ -165,7 +165,7 @@ def absorbed_step(result: dict, start: int, hold: int = 32, tolerance: float = 0
     """First planner move >= start after which the split held (within ``tolerance`` x batch
     rows) for ``hold`` steps: the slowdown was absorbed, whatever later moves followed
     (on a shared machine, other devices' speeds change too, and the planner follows them)."""
-    changes = [c for c in result["split_changes"] if c["step"] >= start and c["why"] == "planner"]
+    changes = [c for c in result["split_changes"] if c["step"] >= start and c["why"] == "rebalance"]
     end = result["steps"]
     for i, change in enumerate(changes):
         tol = tolerance * sum(change["split"])
@@ -251,7 +251,7 @@ def main() -> None:
                 extra.update(slowdown_from_step=args.mid_run_step, settled_at_step=settled,
                              steps_to_settle=settle[-1], steps_to_absorb=absorb[-1],
                              split_changes=[(c["step"], c["split"]) for c in results[name]["split_changes"]
-                                            if c["why"] == "planner"])
+                                            if c["why"] == "rebalance"])
             emit(name, round=r, simulated=simulated, factor=args.factor if simulated else 1.0,
                  samples_per_s=round(results[name]["samples_per_s"]), **extra)
         rounds.append(results)

@@ -5,8 +5,10 @@ reach it; a TCP port would be open to every local user) for one-line requests, a
 training progress back:
 
     python examples/embedded_server.py &
-    printf 'train digits 5\\n' | nc -U "$(python -c 'import leptonrt.broker.address as a; print(a.runtime_dir())')/example.sock"
-    printf 'jobs\\n' | nc -U ".../example.sock"
+    python examples/embedded_server.py ask 'train digits 5'    # a client: dataset spec, epochs
+    python examples/embedded_server.py ask jobs
+
+(``nc -U PATH`` works as a client too, where it is installed.)
 
 Jobs from several clients are queued by the broker and run one after another. The broker
 lives on this application's event loop: no signal handlers or loop policy are installed by
@@ -16,15 +18,23 @@ running job's actors and frees its shared memory.
 
 import asyncio
 import json
+import socket
+import sys
 
 import leptonrt
 from leptonrt.broker.address import runtime_dir
 
 
+USAGE = b"usage: 'train SPEC [EPOCHS]' or 'jobs'\n"
+
+
 async def handle(broker: leptonrt.Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    words = (await reader.readline()).decode(errors="replace").split()
     try:
+        words = (await reader.readline()).decode(errors="replace").split()
         if words[:1] == ["train"] and len(words) in (2, 3):
+            if len(words) == 3 and not words[2].isdigit():
+                writer.write(USAGE)
+                return
             job = await broker.submit(leptonrt.TrainJob(dataset=words[1], epochs=int(words[2]) if len(words) == 3 else 5))
             writer.write(f"job {job.id} queued\n".encode())
             async for event in job.events():
@@ -35,12 +45,17 @@ async def handle(broker: leptonrt.Broker, reader: asyncio.StreamReader, writer: 
         elif words == ["jobs"]:
             writer.write("".join(f"job {j.id} {j.state} {j.spec.dataset}\n" for j in broker.jobs()).encode())
         else:
-            writer.write(b"usage: 'train SPEC [EPOCHS]' or 'jobs'\n")
-    except (leptonrt.LeptonError, ValueError) as exc:
+            writer.write(USAGE)
+    except leptonrt.LeptonError as exc:
         writer.write(f"error: {exc}\n".encode())
+    except ConnectionError:
+        pass   # the client went away; its job, if any, goes on
     finally:
-        await writer.drain()
-        writer.close()
+        try:
+            await writer.drain()
+            writer.close()
+        except ConnectionError:
+            pass
 
 
 async def main() -> None:
@@ -56,8 +71,22 @@ async def main() -> None:
             path.unlink(missing_ok=True)
 
 
+def ask(line: str) -> None:
+    """The client: send one request, print what comes back until the server hangs up."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(runtime_dir() / "example.sock"))
+        s.sendall(line.encode() + b"\n")
+        for reply in s.makefile("rb"):
+            print(reply.decode(errors="replace"), end="", flush=True)
+
+
 if __name__ == "__main__":
     try:
-        asyncio.run(main())
+        if sys.argv[1:2] == ["ask"]:
+            ask(" ".join(sys.argv[2:]))
+        else:
+            asyncio.run(main())
     except KeyboardInterrupt:
         pass
+    except (FileNotFoundError, ConnectionRefusedError):
+        sys.exit("no example server is listening: start one with `python examples/embedded_server.py`")

@@ -14,11 +14,45 @@ from .config import OPTIMIZERS, PRECISIONS, TrainJob, parse_slowdown
 from .errors import ConfigError, LeptonError
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Help with each option's default (where it has one worth saying) and the epilog as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" not in text and action.default not in (None, False, [], argparse.SUPPRESS) \
+                and action.option_strings:
+            default = ",".join(map(str, action.default)) if isinstance(action.default, tuple) else action.default
+            text += f" (default: {default})"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching (``--epoch`` is not ``--epochs``), defaults in the help, and a
+    suggestion for a mistyped command."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        import difflib
+        import re
+        if (m := re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)) is not None:
+            choices = re.findall(r"'?([\w-]+)'?", m.group(2))
+            close = difflib.get_close_matches(m.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        super().error(message)
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 256,128, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected one or more positive widths like 256,128, got {text!r}")
     return values
 
 
@@ -43,17 +77,19 @@ def _float_list(text: str) -> tuple[float, ...]:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train an MLP on a dataset across local actors")
+    p = sub.add_parser("train", help="train an MLP on a dataset across local actors",
+                       epilog="example:\n  leptonrt train --dataset digits --gpus none --cpu-actors 2 --epochs 30 "
+                              "--json-out result.json")
     p.add_argument("--dataset", default="digits", help="digits | mnist:DIR | npz:PATH | synthetic:N,D,C")
     p.add_argument("--hidden", type=_int_list, default=(128,), help="hidden widths, e.g. 128 or 256,128")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=64, help="global batch, split across actors")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimizer")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--precision", choices=PRECISIONS, default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 or fp16 on a GPU, fp32 on CPU")
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights, the data order and synthetic data")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out share when the data has no test split")
     p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
     p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
@@ -72,7 +108,7 @@ def _add_train(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     p.add_argument("--max-restarts", type=int, default=3,
                    help="replace a lost actor at most this many times within --restart-window (then exit 70)")
-    p.add_argument("--restart-window", type=float, default=60.0, metavar="SECONDS")
+    p.add_argument("--restart-window", type=float, default=60.0, metavar="SECONDS", help="the window --max-restarts counts in")
     p.add_argument("--checkpoint-dir", default=None, help="write checkpoints here (safetensors, atomic)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in --checkpoint-dir")
@@ -82,7 +118,9 @@ def _add_train(sub) -> None:
 
 
 def _add_service(sub) -> None:
-    p = sub.add_parser("up", help="start the broker and one actor per device, and serve jobs until stopped")
+    p = sub.add_parser("up", help="start the broker and one actor per device, and serve jobs until stopped",
+                       epilog="examples:\n  leptonrt up --gpus all\n"
+                              "  leptonrt up --listen tcp://0.0.0.0:7420 --keys ~/.config/leptonrt/keys")
     p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
     p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
     p.add_argument("--no-pin", action="store_true",
@@ -97,11 +135,13 @@ def _add_service(sub) -> None:
     p.add_argument("--checkpoint-root", default=None, metavar="DIR",
                    help="keep clients' checkpoints under DIR (a client names one: --checkpoint-dir NAME); "
                         "without it, jobs with checkpoints are refused")
-    p = sub.add_parser("top", help="show the live view of a running broker")
+    p = sub.add_parser("top", help="show the live view of a running broker",
+                       epilog="example:\n  leptonrt top")
     p.add_argument("--connect", default=None, metavar="ADDR")
     _add_client_keys(p)
     p.add_argument("--no-tui", action="store_true", help="plain status lines instead of the live view")
-    p = sub.add_parser("status", help="print one snapshot of a running broker and exit")
+    p = sub.add_parser("status", help="print one snapshot of a running broker and exit",
+                       epilog="example:\n  leptonrt status --json")
     p.add_argument("--connect", default=None, metavar="ADDR")
     _add_client_keys(p)
     p.add_argument("--json", action="store_true", help="the snapshot as JSON")
@@ -115,8 +155,11 @@ def _add_client_keys(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leptonrt", description="exact synchronous data-parallel training across every device you have")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from . import __version__
+    parser = _Parser(prog="leptonrt", description="synchronous data-parallel training across every device you have",
+                     epilog="example:\n  leptonrt train --dataset digits --gpus none --cpu-actors 2 --epochs 30")
+    parser.add_argument("--version", action="version", version=f"leptonrt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     _add_service(sub)
     keys.add_parser(sub)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from . import messages as protocol
-from .broker.address import check_address, default_address
+from .broker.address import check_address, default_address, ipc_path
 from .broker.embedded import JobHandle
 from .broker.events import ActorLost, EpochEvent, Recovered, SplitChanged
 from .broker.stats import Snapshot
@@ -116,6 +118,7 @@ class RemoteBroker:
             if self.curve:
                 await self._connect_curve()
             else:
+                _check_listening(self.address)
                 self.sock.connect(self.address)
             self._reader = asyncio.get_running_loop().create_task(self._read(), name="leptonrt-client")
             await self.status()   # fail now, clearly, if nobody is there
@@ -275,3 +278,19 @@ def connect(address: str | None = None, *, server_key: str | Path | None = None,
     A ``tcp://`` address needs the broker's public key (``server_key``, a file) and our own
     key pair (``keys``, a directory; default: the user's)."""
     return RemoteBroker(address, server_key=server_key, keys=keys)
+
+
+def _check_listening(address: str) -> None:
+    """An ipc address nobody listens on is known at once: its socket file is missing, or a
+    connect to it is refused (a broker that died left it). ZeroMQ would wait silently."""
+    path = ipc_path(address)
+    if path is None:
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
+                raise NoDeviceError(f"no leptonrt broker is answering at {address} "
+                                    "(start one with `leptonrt up`)") from None
+            raise NoDeviceError(f"cannot reach the leptonrt broker at {address}: {exc.strerror}") from None

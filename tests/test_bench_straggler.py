@@ -16,20 +16,20 @@ def _result(changes, steps=400):
 
 
 def test_a_move_that_holds_32_steps_absorbs_the_slowdown_and_a_later_small_move_does_not_undo_it():
-    r = _result([(150, [512, 512], "planner"), (157, [704, 320], "planner"), (300, [728, 296], "planner")])
+    r = _result([(150, [512, 512], "rebalance"), (157, [704, 320], "rebalance"), (300, [728, 296], "rebalance")])
     # the move at 150 itself is followed within 32 steps by one of 192 rows (over 5%): not it
     assert straggler.absorbed_step(r, 150) == 157
     assert straggler.settled_step(r, 150) == 157   # 728 vs 704: within 5% of 1024 rows
 
 
 def test_a_chain_of_moves_absorbs_only_at_the_one_that_held():
-    r = _result([(157, [688, 336], "planner"), (178, [760, 264], "planner")])
+    r = _result([(157, [688, 336], "rebalance"), (178, [760, 264], "rebalance")])
     assert straggler.absorbed_step(r, 150) == 178
-    # no planner move held 32 steps before the run ended: not absorbed
-    assert straggler.absorbed_step(_result([(157, [688, 336], "planner")], steps=180), 150) is None
-    # splits changed for other reasons (an actor lost or back, the warm-up probe) are not the planner's answer
+    # no move held 32 steps before the run ended: not absorbed
+    assert straggler.absorbed_step(_result([(157, [688, 336], "rebalance")], steps=180), 150) is None
+    # splits changed for other reasons (an actor lost or back, the start) are not the rebalancer's answer
     assert straggler.absorbed_step(_result([(157, [688, 336], "members")]), 150) is None
-    assert straggler.settled_step(_result([(16, [592, 432], "probe")]), 0) is None
+    assert straggler.settled_step(_result([(0, [592, 432], "start")]), 0) is None
 
 
 def test_targets_are_judged_on_the_median_and_counted_round_by_round():

@@ -29,7 +29,8 @@ def ask(path: Path, line: str, timeout: float = 120) -> list[str]:
 def test_the_embedded_server_trains_on_request_and_stops_cleanly(private_runtime_dir, no_leftovers):
     path = private_runtime_dir / "example.sock"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60
         while not path.exists():
@@ -42,8 +43,22 @@ def test_the_embedded_server_trains_on_request_and_stops_cleanly(private_runtime
         result = json.loads(lines[3])
         assert result["epochs"] == 2 and len(result["history_digest"]) == 64
         assert ask(path, "jobs") == ["job 1 done digits"]
-        assert ask(path, "fly me to the moon") == ["usage: 'train SPEC [EPOCHS]' or 'jobs'"]
+        usage = ["usage: 'train SPEC [EPOCHS]' or 'jobs'"]
+        assert ask(path, "fly me to the moon") == usage and ask(path, "train digits many") == usage
+        # a client that hangs up mid-job: its job goes on, and the server says nothing of it
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            s.sendall(b"train digits 3\n")
+            assert s.recv(100).startswith(b"job 2 queued")
+        client = subprocess.run([sys.executable, str(EXAMPLE), "ask", "jobs"], env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert client.returncode == 0 and client.stdout.startswith("job 1 done digits\njob 2 ")
+        deadline = time.monotonic() + 120
+        while ask(path, "jobs")[-1] != "job 2 done digits":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        out, _ = proc.communicate(timeout=60)
     assert not path.exists()
+    assert "Traceback" not in out

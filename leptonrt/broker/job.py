@@ -4,8 +4,10 @@ The shell feeds every decoded message (with the sender's ROUTER identity), every
 process exit and the passing of time into a ``JobCore`` and carries out the effects it
 returns (``events.Send``, ``Kill``, ``Respawn``, ``Emit``). Time is a parameter, so tests
 drive it with plain numbers. The job's lifecycle and each actor's are tables
-(``lifecycle``); the committed history is the ``Ledger``'s; who is hung is ``Liveness``'s;
-how rows are split, and who is worth having in the group, the ``Rebalancer``'s.
+(``lifecycle``); who holds which rank is the ``Roster``'s; the committed history is the
+``Ledger``'s; who is hung is ``Liveness``'s; how far ahead steps are granted, ``Grants``';
+how often a rank may be replaced, the ``RestartBudget``'s; how rows are split, and who is
+worth having in the group, the ``Rebalancer``'s.
 
 Recovery: actors snapshot their state in memory every ``snapshot_every`` steps. When a
 member is lost, the others re-form the group without it at once, at the newest snapshot at
@@ -19,42 +21,23 @@ rebalancer decides (an actor to standby, or back) happens the same way, at a bou
 from __future__ import annotations
 
 import math
-from collections import deque
-from dataclasses import dataclass, field
-from statistics import median
+from dataclasses import dataclass
 
 from ..batches import share_among
 from ..errors import InternalError
 from ..messages import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, GroupFailed, Heartbeat,
                         Hello, JobSpec, Message, Regroup, Reports, Resplit, Standby, Stop, Welcome)
+from .grants import Grants
 from .events import ActorLost, Benched, Effect, Emit, EpochEvent, Kill, Recovered, Respawn, Send, SplitChanged
 from .capacity import rows_that_fit
 from .ledger import HistoryBroken, Ledger
 from .lifecycle import JOB, MEMBER_STATES, SLOT, JobState, SlotState
 from .liveness import Liveness, Watched
 from .rebalance import Move, Rebalancer, Regroup as Membership
+from .restarts import RestartBudget
+from .roster import Roster, Slot
 from .splits import Splits
-from .stats import JobStatistics, SlotStatistics
-
-
-@dataclass
-class _Slot:
-    """One rank of the job and the actor process that holds it now."""
-
-    actor_id: str
-    rank: int
-    threads: int
-    state: SlotState = SlotState.STARTING
-    identity: bytes | None = None
-    hello: Hello | None = None
-    seen: Hello | None = None  # the last hello this rank ever sent (its device, while a replacement starts)
-    last_step: int = -1        # the last step it reported in the current group
-    last_heard: float = 0.0
-    compute: deque = field(default_factory=lambda: deque(maxlen=64))   # recent compute seconds per step
-    restarts: int = 0
-    has_state: bool = True     # holds the training state (a replacement: once it has trained a step)
-    killed: bool = False       # taken for hung or unreachable; its exit is awaited
-    finished: Finished | None = None
+from .stats import JobStatistics
 
 
 @dataclass
@@ -87,23 +70,21 @@ class JobCore:
         self.total_steps = settings.epochs * steps_per_epoch
         self.save_path, self.start_step, self.resume_from = save_path, start_step, resume_from
         self.state = JobState.GATHERING
-        self._slots = {a: _Slot(a, r, t, last_step=start_step - 1) for r, (a, t) in enumerate(zip(actor_ids, threads))}
-        self._by_identity: dict[bytes, _Slot] = {}
+        self.roster = Roster(actor_ids, threads, start_step)
         self.ledger = Ledger(n_train=n_train, batch_size=self.batch, seed=settings.seed, start_step=start_step,
                              digest=history, snapshot_every=config.snapshot_every)
         self.liveness = Liveness(config.hang_timeout_s)
         self.splits = Splits(start_step, split)
         self._base_split = list(split)          # the shares a full group starts from (even, or the user's)
         self._caps: list[int | None] = [None] * len(actor_ids)
-        self.generation, self.group_start, self._granted = 0, start_step, start_step
-        self._boundary: int | None = None       # grants stop here: the group re-forms at it
+        self.generation, self.group_start = 0, start_step
+        self.grants = Grants(config.window_s, config.min_window, config.max_window, granted=start_step)
         self._change: Membership | None = None  # ...with the members the rebalancer chose, if that is why
         self._benched: set[int] = set()         # ranks the rebalancer keeps out of the group
         self._formed_at: float | None = None    # when the last planned regroup began (its cost is measured)
         self._planned_at = -math.inf
-        self._step_s: float | None = None       # smoothed wall time of one step, for the window
-        self._restart_times: dict[int, list[float]] = {}
-        self._group_failed: tuple[_Slot, str, float] | None = None
+        self._restarts = RestartBudget(config.max_restarts, config.restart_window_s)
+        self._group_failed: tuple[Slot, str, float] | None = None
         self._epochs: list[EpochResult] = list(prior_epochs)
         self.replayed_steps = self.bad_messages = self.rebalances = self.regroups = 0
         self.interrupted = self.budget_exceeded = False
@@ -124,8 +105,8 @@ class JobCore:
             return self._drop()
         if self.state in (JobState.DONE, JobState.FAILED) and not isinstance(msg, Failure):
             return []   # late traffic of a finished job is expected, not bad
-        slot = self._by_identity.get(identity)
-        if not isinstance(msg, Hello) and not self._sender_matches(slot, msg):
+        slot = self.roster.sender(identity)
+        if not isinstance(msg, Hello) and not self.roster.sender_matches(slot, msg, self.job.job_id):
             return self._drop()
         if slot is not None:
             slot.last_heard = now
@@ -133,7 +114,7 @@ class JobCore:
 
     def exited(self, actor_id: str, how: str, now: float) -> list[Effect]:
         """A supervised process ended: replace it and go on, or fail the job."""
-        slot = self._slots.get(actor_id)
+        slot = self.roster.actor(actor_id)
         if self.state == JobState.DONE or slot is None or slot.state in (SlotState.FINISHED, SlotState.LOST):
             return []
         if slot.killed:
@@ -148,7 +129,7 @@ class JobCore:
     def unreachable(self, identity: bytes, now: float) -> list[Effect]:
         """A send to ``identity`` failed (its socket is gone): take it for lost, by killing it
         (its exit then goes the usual way)."""
-        slot = self._by_identity.get(identity)
+        slot = self.roster.sender(identity)
         if slot is None or slot.killed or self.state in (JobState.DONE, JobState.FAILED):
             return []
         slot.killed = True
@@ -180,7 +161,7 @@ class JobCore:
     def checkpoint_now(self) -> list[Effect]:
         """Ask the leader for a checkpoint of the drained boundary (the answer lands in ``checkpointed``)."""
         self.checkpointed = None
-        return [Send(self._leader().identity, CheckpointNow(job_id=self.job.job_id, step=self._granted))]
+        return [Send(self._leader().identity, CheckpointNow(job_id=self.job.job_id, step=self.grants.granted))]
 
     # -- queries -----------------------------------------------------------------------
 
@@ -190,11 +171,11 @@ class JobCore:
 
     def drained(self) -> bool:
         """Every member has trained every step it was granted (meaningful once interrupted)."""
-        return self.state == JobState.RUNNING and self.committed() + 1 >= self._granted
+        return self.state == JobState.RUNNING and self.committed() + 1 >= self.grants.granted
 
     def identities(self) -> list[bytes]:
         """ROUTER identities of every actor that said hello (members and standby alike)."""
-        return list(self._by_identity)
+        return self.roster.identities()
 
     @property
     def failure(self) -> str | None:
@@ -215,10 +196,8 @@ class JobCore:
 
     def statistics(self) -> JobStatistics:
         """One immutable record of the job now (the live view, status --json and tests read it)."""
-        slots = tuple(SlotStatistics(
-            rank=s.rank, actor_id=s.actor_id, state=s.state.value, share=self.splits.current[s.rank] / self.batch,
-            compute_ms=median(s.compute) * 1000 if s.compute else None, restarts=s.restarts,
-            member=s.state in MEMBER_STATES, standby=s.rank in self._benched) for s in self._ranked())
+        slots = tuple(s.statistics(self.splits.current[s.rank] / self.batch, s.rank in self._benched)
+                      for s in self._ranked())
         return JobStatistics(state=self.state.value, generation=self.generation, committed=self.committed(),
                              total_steps=self.total_steps, replayed_steps=self.replayed_steps,
                              rebalances=self.rebalances, regroups=self.regroups, bad_messages=self.bad_messages,
@@ -245,35 +224,34 @@ class JobCore:
             "replayed_steps": self.replayed_steps,
             "history_digest": self.ledger.digest(),
             "split_changes": [{"step": c.first, "split": list(c.split), "why": c.why} for c in changes],
-            "actors": [self._actor_result(s, final) for s in self._ranked()],
+            "actors": [s.result(final[s.rank] / self.batch) for s in self._ranked()],
         }
 
     # -- handlers ----------------------------------------------------------------------
 
     def _on_hello(self, _slot, identity: bytes, msg: Hello, now: float) -> list[Effect]:
-        slot = self._slots.get(msg.actor_id)
-        if slot is None or slot.state != SlotState.STARTING or identity in self._by_identity \
+        slot = self.roster.actor(msg.actor_id)
+        if slot is None or slot.state != SlotState.STARTING or self.roster.known(identity) \
                 or self.state not in (JobState.GATHERING, JobState.RUNNING, JobState.STOPPING):
             return self._drop()
         slot.state = SLOT.apply(slot.state, "said_hello")
-        slot.identity, slot.hello, slot.seen, slot.last_heard = identity, msg, msg, now
-        self._by_identity[identity] = slot
+        self.roster.said_hello(slot, identity, msg, now)
         if self.state != JobState.GATHERING:   # a replacement: it joins at the next boundary
             if slot.rank in self._benched:
                 return []   # ...unless the rank is on standby: it waits until it is asked back
             return self._schedule_boundary() + self._maybe_reform(now)
-        if any(s.hello is None for s in self._slots.values()):
+        if not self.roster.all_said_hello():
             return []
         return self._start(now)
 
-    def _on_reports(self, slot: _Slot, _identity, msg: Reports, now: float) -> list[Effect]:
+    def _on_reports(self, slot: Slot, _identity, msg: Reports, now: float) -> list[Effect]:
         if msg.generation != self.generation or slot.state not in (SlotState.JOINING, SlotState.TRAINING):
             return []   # steps of a group that broke (they will be replayed), or of one on standby
         for stat in msg.steps:
             self.ledger.record(slot.rank, stat)
             slot.last_step = max(slot.last_step, stat.step)
             slot.compute.append(stat.compute_s)
-            self._step_s = stat.step_s if self._step_s is None else 0.8 * self._step_s + 0.2 * stat.step_s
+            self.grants.stepped(stat.step_s)
             self.liveness.stepped(stat.step_s)
             self.splits.used(stat.version, stat.step)
         if msg.steps:
@@ -285,7 +263,7 @@ class JobCore:
             return self._fail(f"exactly-once is broken: {exc}", now)
         return self._rebalance(now) + self._grant_more() + self._maybe_stop() + self._maybe_reform(now)
 
-    def _on_epochresult(self, slot: _Slot, _identity, msg: EpochResult, now: float) -> list[Effect]:
+    def _on_epochresult(self, slot: Slot, _identity, msg: EpochResult, now: float) -> list[Effect]:
         leader = slot is self._leader()
         if leader and msg.epoch < len(self._epochs):
             return []   # evaluated again after a rewind or resume to an epoch boundary
@@ -297,7 +275,7 @@ class JobCore:
         return [Emit(EpochEvent(msg.epoch + 1, self.job.job.epochs, msg.train_loss, msg.test_loss,
                                 msg.test_accuracy, msg.seconds, rate, shares))] + self._maybe_done(now)
 
-    def _on_finished(self, slot: _Slot, _identity, msg: Finished, now: float) -> list[Effect]:
+    def _on_finished(self, slot: Slot, _identity, msg: Finished, now: float) -> list[Effect]:
         if self.state != JobState.STOPPING or slot.state not in (SlotState.JOINING, SlotState.TRAINING):
             return self._drop()
         if msg.digest != self.ledger.digest():
@@ -307,21 +285,21 @@ class JobCore:
         slot.state = SLOT.apply(slot.state, "stopped")
         return self._maybe_done(now)
 
-    def _on_failure(self, slot: _Slot, _identity, msg: Failure, now: float) -> list[Effect]:
+    def _on_failure(self, slot: Slot, _identity, msg: Failure, now: float) -> list[Effect]:
         return self._fail(f"rank {slot.rank} failed: {msg.message}", now)
 
-    def _on_groupfailed(self, slot: _Slot, _identity, msg: GroupFailed, now: float) -> list[Effect]:
+    def _on_groupfailed(self, slot: Slot, _identity, msg: GroupFailed, now: float) -> list[Effect]:
         """A collective failed. Usually a peer died and its exit is about to be seen; if every
         actor is still here after a short grace, the same group re-forms from the last snapshot."""
         if self.state == JobState.RUNNING and msg.generation == self.generation and self._group_failed is None:
             self._group_failed = (slot, msg.message, now)
         return []
 
-    def _on_checkpointed(self, slot: _Slot, _identity, msg, now: float) -> list[Effect]:
+    def _on_checkpointed(self, slot: Slot, _identity, msg, now: float) -> list[Effect]:
         self.checkpointed = msg
         return []
 
-    def _on_heartbeat(self, slot: _Slot, _identity, msg: Heartbeat, now: float) -> list[Effect]:
+    def _on_heartbeat(self, slot: Slot, _identity, msg: Heartbeat, now: float) -> list[Effect]:
         return []
 
     # -- the job's course ------------------------------------------------------------------
@@ -382,37 +360,26 @@ class JobCore:
     # -- grants and splits --------------------------------------------------------------
 
     def window(self) -> int:
-        """Steps to grant ahead: enough never to starve an actor, few enough that a new split
-        or a boundary takes effect soon; with no rebalancer and no boundary, far ahead."""
-        if self.rebalancer is None and self._boundary is None \
-                and not any(s.state == SlotState.STARTING for s in self._slots.values()):
-            return self.config.max_window
-        if self._step_s is None or self._step_s <= 0:
-            return self.config.min_window
-        return max(self.config.min_window, min(self.config.max_window, math.ceil(self.config.window_s / self._step_s)))
+        """Steps granted ahead now (see ``grants.py``)."""
+        return self.grants.window(self._far())
+
+    def _far(self) -> bool:
+        """Nothing can change the split soon: no rebalancer, and no actor still starting."""
+        return self.rebalancer is None and not self.roster.any_starting()
 
     def _grant_more(self, force: bool = False) -> list[Effect]:
-        if self.state != JobState.RUNNING or self.interrupted or self._granted >= self.total_steps:
+        if self.state != JobState.RUNNING or self.interrupted:
             return []
-        window = self.window()
-        # with a rebalancer the window is short (a new split waits behind it), so keep it
-        # topped up; without one it is long, and half of it is plenty of slack
-        slack = window - max(1, window // 4) if self.rebalancer is not None else window // 2
-        if not force and self._granted - (self.committed() + 1) > slack:
+        span = self.grants.next(self.committed(), self.total_steps, far=self._far(),
+                                topped_up=self.rebalancer is not None, force=force)
+        if span is None:
             return []
-        first = self._granted
-        end = min(self.total_steps, max(first + 1, self.committed() + 1 + window))
-        if self._boundary is not None:   # the group re-forms there: nothing past it yet
-            end = min(end, self._boundary)
-            if end <= first:
-                return []
-        self._granted = end
-        grant = Grant(job_id=self.job.job_id, first_step=first, end_step=end, split=list(self.splits.current),
+        grant = Grant(job_id=self.job.job_id, first_step=span[0], end_step=span[1], split=list(self.splits.current),
                       committed=self.committed(), version=self.splits.version)
         return [Send(s.identity, grant) for s in self._members()]
 
     def _rebalance(self, now: float) -> list[Effect]:
-        if self.rebalancer is None or self.state != JobState.RUNNING or self._boundary is not None \
+        if self.rebalancer is None or self.state != JobState.RUNNING or self.grants.boundary is not None \
                 or now - self._planned_at < self.config.plan_every_s:
             return []
         self._planned_at = now
@@ -429,25 +396,22 @@ class JobCore:
 
     def _move(self, move: Move) -> list[Effect]:
         before = self.splits.current
-        version = self.splits.decide(self._granted, list(move.split), "rebalance")
+        version = self.splits.decide(self.grants.granted, list(move.split), "rebalance")
         self.rebalances += 1
-        step_s = self._step_s or 0.0
+        step_s = self.grants.step_s or 0.0
         gain = move.saving_s / step_s if step_s > 0 else 0.0
         resplit = Resplit(job_id=self.job.job_id, generation=self.generation, version=version, split=list(move.split))
-        out: list[Effect] = [Emit(SplitChanged(self._granted, tuple(move.split), gain, move.reason))]
+        out: list[Effect] = [Emit(SplitChanged(self.grants.granted, tuple(move.split), gain, move.reason))]
         out += [Send(s.identity, resplit) for s in self._members()]
         return out + self._grant_more(force=before != self.splits.current)
 
     # -- losing actors, and re-forming the group ------------------------------------------
 
-    def _may_restart(self, slot: _Slot, now: float, lost: bool = True) -> bool:
-        times = [t for t in self._restart_times.get(slot.rank, []) if now - t <= self.config.restart_window_s]
-        times.append(now)
-        self._restart_times[slot.rank] = times
-        if len(times) > self.config.max_restarts:
+    def _may_restart(self, slot: Slot, now: float, lost: bool = True) -> bool:
+        problem = self._restarts.spend(slot.rank, now)
+        if problem is not None:
             self.budget_exceeded = True
-            self.problems.append(f"rank {slot.rank} was lost {len(times)} times within "
-                                 f"{self.config.restart_window_s:g} s (--max-restarts {self.config.max_restarts})")
+            self.problems.append(problem)
             return False
         survivors = [s for s in self._members() if (s is not slot or not lost) and s.has_state]
         if not survivors:
@@ -455,17 +419,14 @@ class JobCore:
             return False
         return True
 
-    def _lose(self, slot: _Slot, how: str, now: float) -> list[Effect]:
+    def _lose(self, slot: Slot, how: str, now: float) -> list[Effect]:
         """Start a replacement; if the lost actor was a member, the others re-form the group
         now without it (and replay what it had not committed), taking over its share."""
         member = slot.state in MEMBER_STATES
         slot.restarts += 1
         out: list[Effect] = [Emit(ActorLost(slot.rank, how, self.committed())), Respawn(slot.actor_id)]
-        if slot.identity is not None:
-            self._by_identity.pop(slot.identity, None)
+        self.roster.forget(slot)
         slot.state = SLOT.apply(SLOT.apply(slot.state, "exited"), "respawned")
-        slot.identity, slot.hello, slot.killed, slot.has_state = None, None, False, False
-        slot.compute.clear()
         if not member:
             return out   # a replacement or a standby actor lost: the group is not affected
         return out + self._form(now, self._rewind_floor(), self._members(), self._waiting(), [])
@@ -478,9 +439,8 @@ class JobCore:
             return self._fail(None, now)
         return self._form(now, self._rewind_floor(), self._members(), self._waiting(), [])
 
-    def _waiting(self) -> list[_Slot]:
-        """Replacements that said hello and may join (not kept out by the rebalancer)."""
-        return [s for s in self._ranked() if s.state == SlotState.READY and s.rank not in self._benched]
+    def _waiting(self) -> list[Slot]:
+        return self.roster.waiting(self._benched)
 
     def _rewind_floor(self) -> int:
         """The newest snapshot at or before the first uncommitted step."""
@@ -490,18 +450,18 @@ class JobCore:
     def _schedule_boundary(self) -> list[Effect]:
         """Stop granting at the next snapshot boundary, where the group re-forms (with a
         replacement that said hello, or with the members the rebalancer chose)."""
-        if self.state != JobState.RUNNING or self._boundary is not None:
+        if self.state != JobState.RUNNING or self.grants.boundary is not None:
             return []
         every = self.config.snapshot_every
-        at = max(-(-self._granted // every) * every, self.group_start)
+        at = max(-(-self.grants.granted // every) * every, self.group_start)
         if at < self.total_steps:   # otherwise the job ends first, and the change with it
-            self._boundary = at
+            self.grants.boundary = at
         else:
             self._change = None
         return []
 
     def _maybe_reform(self, now: float) -> list[Effect]:
-        if self._boundary is None or self.state != JobState.RUNNING or self.committed() + 1 < self._boundary:
+        if self.grants.boundary is None or self.state != JobState.RUNNING or self.committed() + 1 < self.grants.boundary:
             return []
         change, self._change = self._change, None
         staying = self._members()
@@ -515,11 +475,11 @@ class JobCore:
             benched, back = [], []
         joiners = back + self._waiting()
         self._formed_at = now
-        return self._form(now, self._boundary, staying, joiners, benched,
+        return self._form(now, self.grants.boundary, staying, joiners, benched,
                           split=list(change.split) if change is not None else None,
                           reason=change.reason if change is not None else "")
 
-    def _form(self, now: float, rewind: int, staying: list[_Slot], joiners: list[_Slot], benched: list[_Slot],
+    def _form(self, now: float, rewind: int, staying: list[Slot], joiners: list[Slot], benched: list[Slot],
               split: list[int] | None = None, reason: str = "") -> list[Effect]:
         """The next generation of the group, from ``rewind``: ``staying`` members restore the
         snapshot there, ``joiners`` take the lowest member's state, ``benched`` go on standby."""
@@ -529,7 +489,7 @@ class JobCore:
         self.replayed_steps += max(self.ledger.high_water + 1 - rewind, 0)
         self.ledger.high_water = rewind - 1
         self.ledger.rewind(rewind)
-        self.group_start, self._granted, self._boundary = rewind, rewind, None
+        self.group_start, self.grants.granted, self.grants.boundary = rewind, rewind, None
         self._change = None   # a change the rebalancer wanted is weighed again for this group
         members = sorted(staying + joiners, key=lambda s: s.rank)
         ranks = [s.rank for s in members]
@@ -546,8 +506,8 @@ class JobCore:
             slot.last_step, slot.last_heard = rewind - 1, now   # forming a group: its own clock of silence
         for slot in members:
             out.append(Send(slot.identity, self._welcome(slot, source) if slot.rank in fresh else Regroup(
-                job_id=self.job.job_id, generation=self.generation, rank=slot.rank, world_size=len(self._slots),
-                rewind_step=rewind, source_rank=source, members=ranks, gradient_sync=self._gradient_sync(),
+                job_id=self.job.job_id, generation=self.generation, rank=slot.rank, world_size=len(self.roster),
+                rewind_step=rewind, source_rank=source, members=ranks, gradient_sync=self.roster.gradient_sync(),
                 history=self.ledger.digest())))
         if benched:
             out.append(Emit(Benched(rewind, tuple(s.rank for s in benched), tuple(ranks), reason)))
@@ -581,59 +541,25 @@ class JobCore:
 
     # -- messages out ---------------------------------------------------------------------
 
-    def _welcome(self, slot: _Slot, source: int | None = None) -> Welcome:
+    def _welcome(self, slot: Slot, source: int | None = None) -> Welcome:
         ranks = [s.rank for s in self._members()] or [s.rank for s in self._ranked()]
         if slot.rank not in ranks:
             ranks = sorted(ranks + [slot.rank])
-        return Welcome(rank=slot.rank, world_size=len(self._slots), job=self.job, data=self.data,
-                       steps_per_epoch=self.steps_per_epoch, threads=slot.threads, backend=self._backend(),
+        return Welcome(rank=slot.rank, world_size=len(self.roster), job=self.job, data=self.data,
+                       steps_per_epoch=self.steps_per_epoch, threads=slot.threads, backend=self.roster.backend(),
                        collective_timeout_s=self.liveness.collective_timeout(), generation=self.generation,
                        start_step=self.group_start, source_rank=source,
                        resume_from=self.resume_from if self.generation == 0 else None,
                        snapshot_every=self.config.snapshot_every, members=ranks,
-                       gradient_sync=self._gradient_sync(), save_path=self.save_path, history=self.ledger.digest())
-
-    def _gradient_sync(self) -> str:
-        """A group of 2 to 4 CPU actors exchanges gradients point to point (one round of
-        messages; gloo's ring all-reduce takes two, and on a few local processes latency is
-        what costs); anything else uses the backend's all-reduce."""
-        devices = [s.hello.device for s in self._members() if s.hello is not None]
-        return "exchange" if 2 <= len(devices) <= 4 and all(d == "cpu" for d in devices) else "allreduce"
-
-    def _backend(self) -> str:
-        """NCCL when every actor is a GPU; gloo (which also takes CUDA tensors) for mixed groups."""
-        devices = [s.hello.device for s in self._slots.values() if s.hello is not None]
-        return "nccl" if devices and all(d.startswith("cuda") for d in devices) else "gloo"
-
-    def _actor_result(self, slot: _Slot, split: tuple[int, ...]) -> dict:
-        fin, hello, seen = slot.finished, slot.hello, slot.seen
-        return {
-            "rank": slot.rank,
-            "device": seen.device if seen else None,
-            "device_name": seen.device_name if seen else None,
-            "pid": hello.pid if hello else None,   # None: its replacement never said hello
-            "share": split[slot.rank] / self.batch,   # at the last step
-            "samples_per_s": fin.samples / fin.seconds if fin and fin.seconds > 0 else None,
-            "restarts": slot.restarts,
-            "in_group": slot.state in MEMBER_STATES,
-            "standby": slot.state == SlotState.STANDBY,
-        }
+                       gradient_sync=self.roster.gradient_sync(), save_path=self.save_path, history=self.ledger.digest())
 
     # -- who is who -------------------------------------------------------------------------
 
-    def _sender_matches(self, slot: _Slot | None, msg: Message) -> bool:
-        if slot is None:
-            return False
-        return getattr(msg, "rank", slot.rank) == slot.rank and getattr(msg, "job_id", self.job.job_id) == self.job.job_id
+    def _ranked(self) -> list[Slot]:
+        return self.roster.ranked()
 
-    def _ranked(self) -> list[_Slot]:
-        return sorted(self._slots.values(), key=lambda s: s.rank)
+    def _members(self) -> list[Slot]:
+        return self.roster.members()
 
-    def _members(self) -> list[_Slot]:
-        """The gradient group, by rank."""
-        return [s for s in self._ranked() if s.state in MEMBER_STATES]
-
-    def _leader(self) -> _Slot:
-        """The lowest member: it evaluates for the job, writes checkpoints and the weights."""
-        return self._members()[0]
-
+    def _leader(self) -> Slot:
+        return self.roster.leader()

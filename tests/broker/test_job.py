@@ -177,7 +177,7 @@ def test_a_replacement_joins_at_the_next_snapshot_boundary_without_replaying_any
     core.exited("a1", "exit code 17", now=1.0)   # the survivor goes back to step 0 and trains 0 and 1 again
     cluster.report(0, 0, 1, 2, 3, 4, 5)
     core.handle(b"new1", hello(1), now=2.0)   # the replacement: nothing is granted past the next boundary
-    granted = core._granted
+    granted = core.grants.granted
     boundary = -(-granted // 4) * 4
     out, step = [], 6
     while not sends(out, Welcome):
@@ -203,7 +203,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: 
 def _state(core):
     """What an invalid message must not change (the drop counter aside)."""
     stats = dataclasses.replace(core.statistics(), bad_messages=0)
-    return stats, core.splits.history, core._granted, core.state
+    return stats, core.splits.history, core.grants.granted, core.state
 
 
 INVALID = st.sampled_from([
@@ -227,7 +227,7 @@ class MixedTraffic(RuleBasedStateMachine):
 
     @rule(rank=st.integers(0, 1), count=st.integers(1, 3))
     def a_member_reports_its_next_steps(self, rank, count):
-        granted = self.core._granted
+        granted = self.core.grants.granted
         steps = [g for g in range(self.next[rank], self.next[rank] + count) if g < granted]
         if steps:
             self.cluster.report(rank, *steps)

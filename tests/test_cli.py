@@ -1,0 +1,42 @@
+"""Command-line conventions: --version, no prefix matching, a suggestion for a typo, defaults
+and an example in the help, and a clear refusal of a model with no hidden layer."""
+
+import pytest
+
+from leptonrt import __version__
+from leptonrt.cli import main
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out = capsys.readouterr()
+    return exit_.value.code, out.out, out.err
+
+
+def test_version(capsys):
+    assert run(capsys, "--version") == (0, f"leptonrt {__version__}\n", "")
+
+
+def test_an_option_is_never_taken_for_a_longer_one(capsys):
+    code, _, err = run(capsys, "train", "--epoch", "3")
+    assert code == 2 and "unrecognized arguments: --epoch 3" in err
+
+
+def test_a_mistyped_command_gets_a_suggestion(capsys):
+    code, _, err = run(capsys, "trian")
+    assert code == 2 and "did you mean 'train'?" in err
+
+
+@pytest.mark.parametrize("hidden", ["", ",", "0", "64,-1"])
+def test_hidden_widths_must_be_given_and_positive(capsys, hidden):
+    code, _, err = run(capsys, "train", "--hidden", hidden)
+    assert code == 2 and "expected one or more positive widths" in err
+
+
+@pytest.mark.parametrize("command", ["train", "up", "top", "status"])
+def test_every_help_shows_defaults_and_an_example(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and f"leptonrt {command}" in out.split("example")[-1]
+    if command in ("train", "up"):
+        assert "(default: all)" in out
