@@ -27,7 +27,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import messages as protocol
 from .broker.address import check_address, default_address, ipc_path
-from .broker.embedded import JobHandle
+from .broker.handle import JobHandle
 from .broker.events import ActorLost, EpochEvent, Recovered, SplitChanged
 from .broker.stats import Snapshot
 from .errors import ConfigError, LeptonError, NoDeviceError, ProtocolError

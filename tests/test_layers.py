@@ -54,3 +54,11 @@ def test_actors_do_not_import_the_broker():
     offenders = [str(p.relative_to(PACKAGE)) for p in (PACKAGE / "actors").rglob("*.py")
                  if any(m.startswith("leptonrt.broker") for m in _imports(p))]
     assert offenders == []
+
+
+@pytest.mark.parametrize("module", ["leptonrt.client", "leptonrt.cli"])
+def test_a_client_imports_no_torch(module):
+    """`status`, `top` and `train --connect` answer without loading torch (seconds of imports)."""
+    code = f"import sys, {module}\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
