@@ -241,8 +241,9 @@ def main() -> None:
             results[name] = fn()
             extra = {"mean_injected_wait_ms": results[name]["mean_injected_wait_ms"]} if name.startswith("ddp") else {}
             if name.startswith("leptonrt"):
-                extra = {"rebalances": results[name]["rebalances"],
-                         "final_shares": [a["share"] for a in results[name]["actors"]]}
+                extra = {"rebalances": results[name]["rebalances"], "regroups": results[name]["regroups"],
+                         "final_shares": [a["share"] for a in results[name]["actors"]],
+                         "first_changes": [(c["step"], c["split"], c["why"]) for c in results[name]["split_changes"][:3]]}
             if name == "leptonrt_mid_run_slowdown":
                 settled = settled_step(results[name], args.mid_run_step)
                 absorbed = absorbed_step(results[name], args.mid_run_step)

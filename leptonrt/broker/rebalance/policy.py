@@ -30,6 +30,7 @@ from .bound import Slowest, bounded_savings, slowest, z_above
 from .config import RebalanceConfig
 from .measure import Measurements
 from .split import best_split, equalise_measured, finish_times, round_split
+from .probe import safe_fractions, worst_finish
 from .trial import Trials
 
 __all__ = ["Move", "RankStatistics", "RebalanceConfig", "RebalanceStatistics", "Rebalancer", "Regroup"]
@@ -166,10 +167,28 @@ class Rebalancer:
             if regroup is not None and regroup.net() > chosen.net():
                 chosen = regroup
         if chosen.net() <= 0:
-            chosen = self._trial(ranks, rows, room, theta, base, target, horizon)
+            chosen = self._probe(ranks, rows, room, theta, base, target, horizon) \
+                or self._trial(ranks, rows, room, theta, base, target, horizon)
             if chosen is None:
                 return None
         return self._emit(chosen, ranks, rows, theta)
+
+    def _probe(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate | None:
+        """After a change of speed the bound cannot act on, the largest move toward the
+        target that cannot make a step slower (see ``probe.py``), if its expected saving over
+        the horizon beats a move's cost."""
+        if not any(r in self._m.news for r in ranks.tolist()):
+            return None
+        z = z_above((1.0 - self.config.confidence) / 2 / len(ranks))
+        cost = self._m.move_cost_s()
+        for step in safe_fractions(theta, rows, target, base.mean, z):
+            new = round_split(rows + step * (target - rows), theta[0], theta[1], room, self.batch, self.align)
+            worst = worst_finish(theta, rows, new, z)
+            expected = base.mean - float(np.max(finish_times(theta[0], theta[1], new)))
+            if not np.array_equal(new, rows) and np.all(worst[new > rows] <= base.mean) \
+                    and horizon * expected > cost:
+                return _Candidate(ranks, new, expected, cost, horizon)
+        return None
 
     def _trial(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate | None:
         """A smaller group to try (see ``trial.py``): without the member that carries least,
