@@ -177,15 +177,22 @@ class Rebalancer:
         """After a change of speed the bound cannot act on, the largest move toward the
         target that cannot make a step slower (see ``probe.py``), if its expected saving over
         the horizon beats a move's cost."""
-        if not any(r in self._m.news for r in ranks.tolist()):
+        if not self._m.news or not any(r in self._m.news for r in ranks.tolist()):
             return None
         z = z_above((1.0 - self.config.confidence) / 2 / len(ranks))
         cost = self._m.move_cost_s()
+        now = finish_times(theta[0], theta[1], rows)
+        var = np.maximum(theta[2] + 2 * rows * theta[3] + rows * rows * theta[4], 0.0)
+        # the slowest must be slower than each receiver beyond doubt: levels, not slopes, are
+        # what the steps measured well (a false alarm of the change test leaves a level
+        # known only from its few steps, and no probe)
+        clear = base.mean - now > z * np.sqrt(base.var + var)
         for step in safe_fractions(theta, rows, target, base.mean, z):
             new = round_split(rows + step * (target - rows), theta[0], theta[1], room, self.batch, self.align)
+            receivers = new > rows
             worst = worst_finish(theta, rows, new, z)
             expected = base.mean - float(np.max(finish_times(theta[0], theta[1], new)))
-            if not np.array_equal(new, rows) and np.all(worst[new > rows] <= base.mean) \
+            if np.any(receivers) and np.all(clear[receivers]) and np.all(worst[receivers] <= base.mean) \
                     and horizon * expected > cost:
                 return _Candidate(ranks, new, expected, cost, horizon)
         return None

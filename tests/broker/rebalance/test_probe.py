@@ -49,6 +49,7 @@ def test_a_2x_slowdown_after_a_long_even_stretch_is_answered_though_rows_never_v
     """The deadlock this breaks: the same rows since the start, so each slope is the prior's
     guess; under noisy steps its doubt outgrows it, and then the bound shows no move of any
     size to pay, however clear the slowdown (without the probe, 3 of these 20 seeds never
-    moved; with it, all do within 18 steps under 40% noise)."""
+    moved; with it, all do, within 6 to 22 steps under 40% noise: the probe waits until the
+    slowdown's level is known beyond doubt)."""
     answers = [_answer(seed) for seed in range(20)]
-    assert all(a is not None and a <= 20 for a in answers), answers
+    assert all(a is not None and a <= 30 for a in answers), answers
