@@ -212,6 +212,10 @@ class Rebalancer:
         if collective is None or group_room.sum() < self.batch or \
                 not self._trials.may_try(key, self._m.last_change(ranks.tolist())):
             return None
+        # the most it could save is the collective's part, over the whole horizon: when that
+        # does not pay for going there and back, nothing below can (and it costs a split)
+        if horizon * collective[0] <= 2 * self._m.regroup_cost_s() + self._m.move_cost_s():
+            return None
         group_theta = self._m.view(group)
         new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
         # what leaving out the member saves whoever is slow: the collective's cost, less the
