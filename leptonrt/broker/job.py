@@ -31,7 +31,7 @@ from .grants import Grants
 from .events import ActorLost, Benched, Effect, Emit, EpochEvent, Kill, Recovered, Respawn, Send, SplitChanged
 from .capacity import rows_that_fit
 from .ledger import HistoryBroken, Ledger
-from .lifecycle import JOB, MEMBER_STATES, SLOT, JobState, SlotState
+from .lifecycle import JOB, SLOT, JobState, SlotState
 from .liveness import Liveness, Watched
 from .rebalance import Move, Rebalancer, Regroup as Membership
 from .restarts import RestartBudget
@@ -161,7 +161,7 @@ class JobCore:
     def checkpoint_now(self) -> list[Effect]:
         """Ask the leader for a checkpoint of the drained boundary (the answer lands in ``checkpointed``)."""
         self.checkpointed = None
-        return [Send(self._leader().identity, CheckpointNow(job_id=self.job.job_id, step=self.grants.granted))]
+        return [Send(self.roster.leader().identity, CheckpointNow(job_id=self.job.job_id, step=self.grants.granted))]
 
     # -- queries -----------------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class JobCore:
     def statistics(self) -> JobStatistics:
         """One immutable record of the job now (the live view, status --json and tests read it)."""
         slots = tuple(s.statistics(self.splits.current[s.rank] / self.batch, s.rank in self._benched)
-                      for s in self._ranked())
+                      for s in self.roster.ranked())
         return JobStatistics(state=self.state.value, generation=self.generation, committed=self.committed(),
                              total_steps=self.total_steps, replayed_steps=self.replayed_steps,
                              rebalances=self.rebalances, regroups=self.regroups, bad_messages=self.bad_messages,
@@ -224,7 +224,7 @@ class JobCore:
             "replayed_steps": self.replayed_steps,
             "history_digest": self.ledger.digest(),
             "split_changes": [{"step": c.first, "split": list(c.split), "why": c.why} for c in changes],
-            "actors": [s.result(final[s.rank] / self.batch) for s in self._ranked()],
+            "actors": [s.result(final[s.rank] / self.batch) for s in self.roster.ranked()],
         }
 
     # -- handlers ----------------------------------------------------------------------
@@ -264,7 +264,7 @@ class JobCore:
         return self._rebalance(now) + self._grant_more() + self._maybe_stop() + self._maybe_reform(now)
 
     def _on_epochresult(self, slot: Slot, _identity, msg: EpochResult, now: float) -> list[Effect]:
-        leader = slot is self._leader()
+        leader = slot is self.roster.leader()
         if leader and msg.epoch < len(self._epochs):
             return []   # evaluated again after a rewind or resume to an epoch boundary
         if not leader or msg.epoch != len(self._epochs) or msg.generation != self.generation:
@@ -308,19 +308,19 @@ class JobCore:
         """Every actor said hello: welcome them all into one group, and grant the first steps."""
         self.state = JOB.apply(self.state, "all_said_hello")
         self._caps = [rows_that_fit(s.hello.memory_bytes, self.data.n_features, list(self.job.job.hidden),
-                                    self.data.n_classes) for s in self._ranked()]
+                                    self.data.n_classes) for s in self.roster.ranked()]
         if self.rebalancer is not None:
             self.rebalancer.set_caps(self._caps)
-        for slot in self._ranked():
+        for slot in self.roster.ranked():
             slot.last_heard = now   # the clock of silence starts for everyone now
             slot.state = SLOT.apply(slot.state, "welcomed")
         # forming the first group is the first measurement of what forming a group costs
         # (to the first committed step: the first steps' own slowness is part of the cost)
         self._formed_at = now
-        return [Send(s.identity, self._welcome(s)) for s in self._ranked()] + self._grant_more()
+        return [Send(s.identity, self._welcome(s)) for s in self.roster.ranked()] + self._grant_more()
 
     def _commit(self, now: float) -> None:
-        members = [s.rank for s in self._members()]
+        members = [s.rank for s in self.roster.members()]
         for done in self.ledger.advance(members):
             if self.rebalancer is not None:
                 for rank, stat in sorted(done.stats.items()):
@@ -338,10 +338,10 @@ class JobCore:
             return []
         self.state = JOB.apply(self.state, "last_step_committed")
         stop = Stop(job_id=self.job.job_id, save=self.save_path is not None)
-        return [Send(s.identity, stop) for s in self._members()]
+        return [Send(s.identity, stop) for s in self.roster.members()]
 
     def _maybe_done(self, now: float) -> list[Effect]:
-        finished = all(s.state == SlotState.FINISHED for s in self._members())
+        finished = all(s.state == SlotState.FINISHED for s in self.roster.members())
         if self.state == JobState.STOPPING and finished and len(self._epochs) == self.job.job.epochs:
             self.state, self.ended_at = JOB.apply(self.state, "all_finished"), now
         return []
@@ -376,15 +376,15 @@ class JobCore:
             return []
         grant = Grant(job_id=self.job.job_id, first_step=span[0], end_step=span[1], split=list(self.splits.current),
                       committed=self.committed(), version=self.splits.version)
-        return [Send(s.identity, grant) for s in self._members()]
+        return [Send(s.identity, grant) for s in self.roster.members()]
 
     def _rebalance(self, now: float) -> list[Effect]:
         if self.rebalancer is None or self.state != JobState.RUNNING or self.grants.boundary is not None \
                 or now - self._planned_at < self.config.plan_every_s:
             return []
         self._planned_at = now
-        members = [s.rank for s in self._members()]
-        stale = frozenset(s.rank for s in self._members() if now - s.last_heard > self.liveness.hang_bound() / 4)
+        members = [s.rank for s in self.roster.members()]
+        stale = frozenset(s.rank for s in self.roster.members() if now - s.last_heard > self.liveness.hang_bound() / 4)
         decision = self.rebalancer.decide(self.splits.current, members, steps_left=self.total_steps - self.committed() - 1,
                                           stale=stale)
         if isinstance(decision, Move):
@@ -402,7 +402,7 @@ class JobCore:
         gain = move.saving_s / step_s if step_s > 0 else 0.0
         resplit = Resplit(job_id=self.job.job_id, generation=self.generation, version=version, split=list(move.split))
         out: list[Effect] = [Emit(SplitChanged(self.grants.granted, tuple(move.split), gain, move.reason))]
-        out += [Send(s.identity, resplit) for s in self._members()]
+        out += [Send(s.identity, resplit) for s in self.roster.members()]
         return out + self._grant_more(force=before != self.splits.current)
 
     # -- losing actors, and re-forming the group ------------------------------------------
@@ -413,7 +413,7 @@ class JobCore:
             self.budget_exceeded = True
             self.problems.append(problem)
             return False
-        survivors = [s for s in self._members() if (s is not slot or not lost) and s.has_state]
+        survivors = [s for s in self.roster.members() if (s is not slot or not lost) and s.has_state]
         if not survivors:
             self.problems.append("no actor with the training state survived; nothing to recover from")
             return False
@@ -422,14 +422,14 @@ class JobCore:
     def _lose(self, slot: Slot, how: str, now: float) -> list[Effect]:
         """Start a replacement; if the lost actor was a member, the others re-form the group
         now without it (and replay what it had not committed), taking over its share."""
-        member = slot.state in MEMBER_STATES
+        member = slot.member
         slot.restarts += 1
         out: list[Effect] = [Emit(ActorLost(slot.rank, how, self.committed())), Respawn(slot.actor_id)]
         self.roster.forget(slot)
         slot.state = SLOT.apply(SLOT.apply(slot.state, "exited"), "respawned")
         if not member:
             return out   # a replacement or a standby actor lost: the group is not affected
-        return out + self._form(now, self._rewind_floor(), self._members(), self._waiting(), [])
+        return out + self._form(now, self._rewind_floor(), self.roster.members(), self.roster.waiting(self._benched), [])
 
     def _regroup_all(self, now: float) -> list[Effect]:
         slot, message, _at = self._group_failed
@@ -437,10 +437,7 @@ class JobCore:
         self.problems.append(f"rank {slot.rank}: collective failed: {message}")
         if not self._may_restart(slot, now, lost=False):
             return self._fail(None, now)
-        return self._form(now, self._rewind_floor(), self._members(), self._waiting(), [])
-
-    def _waiting(self) -> list[Slot]:
-        return self.roster.waiting(self._benched)
+        return self._form(now, self._rewind_floor(), self.roster.members(), self.roster.waiting(self._benched), [])
 
     def _rewind_floor(self) -> int:
         """The newest snapshot at or before the first uncommitted step."""
@@ -464,16 +461,16 @@ class JobCore:
         if self.grants.boundary is None or self.state != JobState.RUNNING or self.committed() + 1 < self.grants.boundary:
             return []
         change, self._change = self._change, None
-        staying = self._members()
+        staying = self.roster.members()
         if change is not None:
             wanted = set(change.members)
             benched = [s for s in staying if s.rank not in wanted]
-            back = [s for s in self._ranked() if s.rank in wanted and s.state == SlotState.STANDBY]
+            back = [s for s in self.roster.ranked() if s.rank in wanted and s.state == SlotState.STANDBY]
             self._benched = (self._benched | {s.rank for s in benched}) - wanted
             staying = [s for s in staying if s.rank in wanted]
         else:
             benched, back = [], []
-        joiners = back + self._waiting()
+        joiners = back + self.roster.waiting(self._benched)
         self._formed_at = now
         return self._form(now, self.grants.boundary, staying, joiners, benched,
                           split=list(change.split) if change is not None else None,
@@ -526,14 +523,14 @@ class JobCore:
         return share_among(self._base_split, members, self.batch, self.job.job.align if self.job.job.planned else 1)
 
     def _judge_silence(self, now: float) -> list[Effect]:
-        watched = [Watched(s.rank, s.last_heard, s.state == SlotState.JOINING) for s in self._ranked()
+        watched = [Watched(s.rank, s.last_heard, s.state == SlotState.JOINING) for s in self.roster.ranked()
                    if s.state in (SlotState.JOINING, SlotState.TRAINING, SlotState.STANDBY) and not s.killed]
         verdict = self.liveness.judge(watched, now, stopping=self.state == JobState.STOPPING)
         if verdict.fail is not None:
             return self._fail(verdict.fail, now)
         out: list[Effect] = []
         for rank in verdict.kill:
-            slot = self._ranked()[rank]
+            slot = self.roster.ranked()[rank]
             slot.killed = True
             self.problems.append(f"rank {rank} sent nothing for {now - slot.last_heard:.1f} s: taken for hung")
             out.append(Kill(slot.actor_id))
@@ -542,7 +539,7 @@ class JobCore:
     # -- messages out ---------------------------------------------------------------------
 
     def _welcome(self, slot: Slot, source: int | None = None) -> Welcome:
-        ranks = [s.rank for s in self._members()] or [s.rank for s in self._ranked()]
+        ranks = [s.rank for s in self.roster.members()] or [s.rank for s in self.roster.ranked()]
         if slot.rank not in ranks:
             ranks = sorted(ranks + [slot.rank])
         return Welcome(rank=slot.rank, world_size=len(self.roster), job=self.job, data=self.data,
@@ -552,14 +549,3 @@ class JobCore:
                        resume_from=self.resume_from if self.generation == 0 else None,
                        snapshot_every=self.config.snapshot_every, members=ranks,
                        gradient_sync=self.roster.gradient_sync(), save_path=self.save_path, history=self.ledger.digest())
-
-    # -- who is who -------------------------------------------------------------------------
-
-    def _ranked(self) -> list[Slot]:
-        return self.roster.ranked()
-
-    def _members(self) -> list[Slot]:
-        return self.roster.members()
-
-    def _leader(self) -> Slot:
-        return self.roster.leader()

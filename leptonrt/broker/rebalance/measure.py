@@ -173,8 +173,8 @@ class Measurements:
 
     def regime_age(self, ranks) -> int | None:
         """Steps since the latest change of speed detected among ``ranks`` (None: none ever)."""
-        ages = [self.steps - at for at in (self.changed_at[r] for r in ranks) if at is not None]
-        return min(ages) if ages else None
+        last = self.last_change(ranks)
+        return None if last is None else self.steps - last
 
     def idle(self, rank: int) -> int:
         """Complete steps since ``rank`` was last fitted."""

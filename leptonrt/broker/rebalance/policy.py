@@ -29,7 +29,7 @@ import numpy as np
 from .bound import Slowest, bounded_savings, slowest, z_above
 from .config import RebalanceConfig
 from .measure import Measurements
-from .split import best_split, equalise_measured, finish_times, round_split
+from .split import best_split, equalise_measured, finish_times, finish_vars, round_split
 from .probe import safe_fractions, worst_finish
 from .trial import Trials
 
@@ -181,12 +181,11 @@ class Rebalancer:
             return None
         z = z_above((1.0 - self.config.confidence) / 2 / len(ranks))
         cost = self._m.move_cost_s()
-        now = finish_times(theta[0], theta[1], rows)
-        var = np.maximum(theta[2] + 2 * rows * theta[3] + rows * rows * theta[4], 0.0)
         # the slowest must be slower than each receiver beyond doubt: levels, not slopes, are
         # what the steps measured well (a false alarm of the change test leaves a level
         # known only from its few steps, and no probe)
-        clear = base.mean - now > z * np.sqrt(base.var + var)
+        behind, margin = self._behind(rows, theta, base, z)
+        clear = behind > margin
         for step in safe_fractions(theta, rows, target, base.mean, z):
             new = round_split(rows + step * (target - rows), theta[0], theta[1], room, self.batch, self.align)
             receivers = new > rows
@@ -212,9 +211,10 @@ class Rebalancer:
         if collective is None or group_room.sum() < self.batch or \
                 not self._trials.may_try(key, self._m.last_change(ranks.tolist())):
             return None
+        there_and_back = 2 * self._m.regroup_cost_s() + self._m.move_cost_s()
         # the most it could save is the collective's part, over the whole horizon: when that
         # does not pay for going there and back, nothing below can (and it costs a split)
-        if horizon * collective[0] <= 2 * self._m.regroup_cost_s() + self._m.move_cost_s():
+        if horizon * collective[0] <= there_and_back:
             return None
         group_theta = self._m.view(group)
         new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
@@ -228,7 +228,7 @@ class Rebalancer:
             return None   # the models expect nothing from it, or nothing the walls could show
         # what a failed trial costs at most: there and back, and its steps as much slower
         # as they were expected to be faster
-        worst = 2 * self._m.regroup_cost_s() + self._m.move_cost_s() + self._trials.steps_at_stake(judged) * expected
+        worst = there_and_back + self._trials.steps_at_stake(judged) * expected
         lasting = self._lasting(ranks, group, base, horizon)
         if lasting * expected <= worst:
             return None
@@ -275,13 +275,17 @@ class Rebalancer:
         rows (one that keeps its rows might be what the step waits for): an actor within its
         confidence margin of the slowest is counted as slow as the slowest, and one clear of
         it as slower by its margin (so it is not loaded up to that margin)."""
-        mean = finish_times(theta[0], theta[1], rows)
-        var = theta[2] + 2 * rows * theta[3] + rows * rows * theta[4]
-        z = z_above((1.0 - self.config.confidence) / 2 / len(ranks))
-        margin = z * np.sqrt(np.maximum(base.var + var, 0.0))
-        shift = np.clip(np.minimum(margin, base.mean - mean), 0.0, None)
+        behind, margin = self._behind(rows, theta, base, z_above((1.0 - self.config.confidence) / 2 / len(ranks)))
+        shift = np.clip(np.minimum(margin, behind), 0.0, None)
         shift[ranks == base.rank] = 0.0
         return shift
+
+    @staticmethod
+    def _behind(rows, theta, base: Slowest, z: float) -> tuple[np.ndarray, np.ndarray]:
+        """How far each actor's predicted time at ``rows`` is behind the slowest's, and the
+        margin (z sd of the difference) it must exceed to be clear of it."""
+        return (base.mean - finish_times(theta[0], theta[1], rows),
+                z * np.sqrt(base.var + finish_vars(theta, rows)))
 
     def _best_regroup(self, ranks, rows, room, theta, base, target, horizon, stale) -> _Candidate | None:
         """Standby of the member that carries least, the fastest member alone, or the

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .split import finish_times
+from .split import finish_times, finish_vars
 
 STEPS = (1.0, 0.5, 0.25)   # fractions of the way to the target tried, largest first
 
@@ -27,9 +27,7 @@ def worst_finish(theta: np.ndarray, rows: np.ndarray, new: np.ndarray, z: float)
     """Each actor's time at ``new`` rows at worst (its time now plus z sd, scaled up by the
     rows it gains as if every second of it were per row; not scaled down for rows it gives);
     +inf for one that gains rows from none (nothing to scale)."""
-    now = finish_times(theta[0], theta[1], rows)
-    var = theta[2] + 2 * rows * theta[3] + rows * rows * theta[4]
-    high = now + z * np.sqrt(np.maximum(var, 0.0))
+    high = finish_times(theta[0], theta[1], rows) + z * np.sqrt(finish_vars(theta, rows))
     gain = new > rows
     scale = np.where(rows > 0, new / np.maximum(rows, 1), np.inf)
     return np.where(gain, high * scale, np.where(new > 0, high, 0.0))

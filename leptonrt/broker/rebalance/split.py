@@ -98,3 +98,9 @@ def best_split(a: np.ndarray, c: np.ndarray, caps: np.ndarray, batch: int, align
 def finish_times(a: np.ndarray, c: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Predicted compute seconds of each actor at ``rows`` (0 for an actor with none)."""
     return np.where(rows > 0, a + c * rows, 0.0)
+
+
+def finish_vars(theta: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The variance of each of those predictions (models' rows ``theta``: a, c, var a, cov,
+    var c), at least 0."""
+    return np.maximum(theta[2] + 2 * rows * theta[3] + rows * rows * theta[4], 0.0)
