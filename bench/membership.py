@@ -12,8 +12,9 @@ Jobs: the issue's two where the collective costs more than a second actor saves
 job (digits, batch 64), and a batch-1024 job with rank 1 SIMULATED 2x slower, where both
 actors are worth having and the planner must keep them.
 
-Each line: the job, the medians of samples/s (whole run, as ``--json-out`` reports it, so
-the planner's learning and its regroups are paid for), the per-round ratios
+Each line: the job, the medians of samples/s (as ``--json-out`` reports it: epochs 2
+onwards, so what the planner learns and regroups in the first epoch is not counted, and
+what it does later is), the per-round ratios
 ``planned/single`` and ``planned/even`` with their medians, and how many rounds ended with
 one actor on standby. Targets: ``planned/single >= 0.95`` on the first three jobs,
 ``planned/even >= 1.0`` on the README's job, and no standby on the straggler job.

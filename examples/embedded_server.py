@@ -25,6 +25,11 @@ import leptonrt
 from leptonrt.broker.address import runtime_dir
 
 
+def socket_path():
+    """Where the server listens: in the user's private runtime directory."""
+    return runtime_dir() / "example.sock"
+
+
 USAGE = b"usage: 'train SPEC [EPOCHS]' or 'jobs'\n"
 
 
@@ -60,7 +65,7 @@ async def handle(broker: leptonrt.Broker, reader: asyncio.StreamReader, writer: 
 
 async def main() -> None:
     async with leptonrt.Broker(gpus="all", cpu_actors=None) as broker:
-        path = runtime_dir() / "example.sock"
+        path = socket_path()
         path.unlink(missing_ok=True)
         server = await asyncio.start_unix_server(lambda r, w: handle(broker, r, w), path)
         try:
@@ -74,7 +79,7 @@ async def main() -> None:
 def ask(line: str) -> None:
     """The client: send one request, print what comes back until the server hangs up."""
     with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(runtime_dir() / "example.sock"))
+        s.connect(str(socket_path()))
         s.sendall(line.encode() + b"\n")
         for reply in s.makefile("rb"):
             print(reply.decode(errors="replace"), end="", flush=True)
