@@ -18,4 +18,4 @@ class RebalanceConfig:
     move_cost_steps: float = 0.2  # prior cost of a move, in steps at the current split, until
                                   # moves are measured (counts as one measurement)
     regroup_cost_s: float = 0.5   # prior wall cost of a regroup (s), until the broker measures
-                                  # them (counts as one measurement)
+                                  # one (forming the first group is the first measurement)

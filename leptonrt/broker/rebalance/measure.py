@@ -40,12 +40,15 @@ class Measurements:
         self.steps = 0                                     # complete steps seen
         self.step_s = 0.0                                  # a step's wall time, smoothed over ~10 steps
         self.walls: deque[float] = deque(maxlen=64)       # the latest complete steps' wall times
+        self._group: frozenset[int] = frozenset()          # the ranks of the latest complete step...
+        self.group_since = 0                               # ...and complete steps seen when it formed
         self.news: dict[int, float] = {}                   # rank -> ratio of a change not yet acted on
         self._round: dict[int, tuple[int, float, float]] = {}   # rank -> (rows, collective_s, step_s)
         self._probe: list[float] | None = None             # wall times of the steps after a decision...
         self._probe_split: dict[int, int] = {}            # ...at the split it decided
         self._move_costs = [config.move_cost_steps, 1.0]   # [sum in steps, count]: the prior is one
-        self._regroup_costs = [config.regroup_cost_s, 1.0]
+        self._regroup_prior = config.regroup_cost_s
+        self._regroup_costs = [0.0, 0]                      # [sum in s, count]: measured only
 
     def observe(self, rank: int, rows: int, compute_s: float, collective_s: float, step_s: float,
                 group_size: int) -> None:
@@ -91,6 +94,8 @@ class Measurements:
 
     def _complete(self, group_size: int) -> None:
         reports, self._round = self._round, {}
+        if frozenset(reports) != self._group:
+            self._group, self.group_since = frozenset(reports), self.steps
         wall = max(s for _, _, s in reports.values())
         if group_size >= 2:
             self.collective.update(group_size, min(c for _, c, _ in reports.values()))
@@ -137,8 +142,13 @@ class Measurements:
         return steps / n * self.step_s
 
     def regroup_cost_s(self) -> float:
+        """What a regroup costs (s): the prior until one is measured, then the mean of the
+        measurements. Unlike a move's cost (the difference of a few noisy steps), a regroup's is
+        one wall time read directly, and it differs between machines by orders of magnitude
+        (gloo on one host: tens of ms; NCCL across hosts: seconds), so one measurement says
+        more than any prior could."""
         total, n = self._regroup_costs
-        return total / n
+        return total / n if n else self._regroup_prior
 
     # -- the models, as the policy reads them -----------------------------------------
 
@@ -175,6 +185,13 @@ class Measurements:
         """Steps since the latest change of speed detected among ``ranks`` (None: none ever)."""
         last = self.last_change(ranks)
         return None if last is None else self.steps - last
+
+    def steady(self, ranks) -> int:
+        """Complete steps of the current group since it formed and since the latest change of
+        speed among ``ranks``: walls from which that group, as it is now, can be judged."""
+        age = self.regime_age(ranks)
+        since = self.steps - self.group_since
+        return since if age is None else min(since, age)
 
     def idle(self, rank: int) -> int:
         """Complete steps since ``rank`` was last fitted."""

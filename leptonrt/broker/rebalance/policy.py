@@ -155,7 +155,8 @@ class Rebalancer:
         room = self._room(ranks, rows, stale)
         if horizon <= 0 or room.sum() < self.batch:
             return None
-        undo = self._trials.judge(list(self._m.walls), self._m.steps)
+        undo = self._trials.judge(list(self._m.walls), tuple(ranks.tolist()), self._m.steps - self._m.group_since,
+                                  self._m.steps)
         if undo is not None:   # the smaller group was measured slower: the old one comes back
             return self._undo_trial(undo)
         theta = self._m.view(ranks)
@@ -201,9 +202,8 @@ class Rebalancer:
         when the models expect its place in the collective to cost more than its rows save,
         by a saving the walls can show, and by more over the horizon than a failed trial
         costs."""
-        age = self._m.regime_age(ranks.tolist())
-        if len(ranks) < 2 or (self._m.steps if age is None else age) < 1.0 / (1.0 - self.config.forgetting):
-            return None   # the fits are young, or a change of speed is still being learned (within one memory)
+        if len(ranks) < 2:
+            return None
         least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
         group, group_room = np.delete(ranks, least), np.delete(room, least)
         collective = self._collective_saving(len(ranks), len(group))
@@ -224,15 +224,15 @@ class Rebalancer:
         finish = finish_times(group_theta[0], group_theta[1], new)
         expected = collective[0] - (float(np.max(finish)) - now)
         judged = self._trials.judged_steps(list(self._m.walls), expected)
-        if judged is None:
-            return None   # the models expect nothing from it, or nothing the walls could show
+        if judged is None or self._m.steady(ranks.tolist()) < self._trials.steps_at_stake(judged):
+            return None   # nothing the walls could show, or not yet from walls of this group as it is now
         # what a failed trial costs at most: there and back, and its steps as much slower
         # as they were expected to be faster
         worst = there_and_back + self._trials.steps_at_stake(judged) * expected
         lasting = self._lasting(ranks, group, base, horizon)
         if lasting * expected <= worst:
             return None
-        self._trials.start(tuple(ranks.tolist()), tuple(rows.tolist()), list(self._m.walls), key, self._m.steps, judged)
+        self._trials.start(tuple(ranks.tolist()), tuple(rows.tolist()), list(self._m.walls), key, judged)
         return _Candidate(group, new, expected, worst, lasting, reason=" (a trial: measured before it is kept)")
 
     def _undo_trial(self, trial_before) -> Regroup:

@@ -30,7 +30,6 @@ class Trial:
     split: tuple[int, ...]         # their split (rows per rank)
     before_s: float                # the median wall time of their last ``judged`` steps
     group: tuple[int, ...]         # the members tried
-    started: int                   # complete steps seen when it started
     judged: int                    # steps its verdict is read from
 
 
@@ -65,14 +64,22 @@ class Trials:
         return FRESH_STEPS + judged
 
     def start(self, before: tuple[int, ...], split: tuple[int, ...], walls: list[float], group: tuple[int, ...],
-              steps: int, judged: int) -> None:
-        self.running = Trial(before, split, median(walls[-judged:]), group, steps, judged)
+              judged: int) -> None:
+        self.running = Trial(before, split, median(walls[-judged:]), group, judged)
 
-    def judge(self, walls: list[float], steps: int) -> Trial | None:
-        """The trial to undo, once it has run long enough and its group was measured slower
-        than the one before it; None otherwise (a faster group is kept)."""
+    def judge(self, walls: list[float], members: tuple[int, ...], formed: int, steps: int) -> Trial | None:
+        """The trial to undo, once its group has run long enough and was measured slower than
+        the one before it; None otherwise (a faster group is kept). ``members``: the group now,
+        and ``formed``: the complete steps it has run. The group re-forms at a step boundary, a
+        window of granted steps after the decision: until then the walls are the old group's.
+        A group that is neither (a loss re-formed it meanwhile) ends the trial unjudged."""
         trial = self.running
-        if trial is None or steps - trial.started < self.steps_at_stake(trial.judged):
+        if trial is None or members == trial.before:
+            return None
+        if members != trial.group:
+            self.running = None
+            return None
+        if formed < self.steps_at_stake(trial.judged):
             return None
         self.running = None
         if median(walls[-trial.judged:]) < trial.before_s:

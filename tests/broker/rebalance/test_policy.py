@@ -163,7 +163,9 @@ def test_the_measured_cost_of_a_regroup_replaces_the_prior():
     reb = Rebalancer(2, 64)
     assert reb.statistics().regroup_cost_s == pytest.approx(0.5)
     reb.regrouped(2.5)
-    assert reb.statistics().regroup_cost_s == pytest.approx((0.5 + 2.5) / 2)
+    assert reb.statistics().regroup_cost_s == pytest.approx(2.5)
+    reb.regrouped(0.5)
+    assert reb.statistics().regroup_cost_s == pytest.approx((2.5 + 0.5) / 2)
 
 
 def test_statistics_report_what_was_fitted():
