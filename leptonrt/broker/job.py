@@ -15,7 +15,8 @@ or before the first uncommitted step, and train the steps after it again (the le
 history is truncated there too). A replacement starts meanwhile; when it says hello, the
 broker grants nothing past the next snapshot boundary and the group re-forms there with
 it (nothing is replayed; it takes the lowest member's state). A change of membership the
-rebalancer decides (an actor to standby, or back) happens the same way, at a boundary.
+rebalancer decides (an actor to standby, or back) happens the same way, at a boundary. All of
+that is ``regroup.Regrouping``'s, the part of the core that changes who is in the group.
 """
 
 from __future__ import annotations
@@ -23,18 +24,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..batches import share_among
 from ..errors import InternalError
 from ..messages import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, GroupFailed, Heartbeat,
-                        Hello, JobSpec, Message, Regroup, Reports, Resplit, Standby, Stop, Welcome)
+                        Hello, JobSpec, Message, Reports, Resplit, Stop)
 from .grants import Grants
-from .events import ActorLost, Benched, Effect, Emit, EpochEvent, Kill, Recovered, Respawn, Send, SplitChanged
+from .events import Effect, Emit, EpochEvent, Kill, Send, SplitChanged
 from .capacity import rows_that_fit
 from .ledger import HistoryBroken, Ledger
 from .lifecycle import JOB, SLOT, JobState, SlotState
 from .liveness import Liveness, Watched
 from .rebalance import Move, Rebalancer, Regroup as Membership
 from .restarts import RestartBudget
+from .regroup import Regrouping
 from .roster import Roster, Slot
 from .splits import Splits
 from .stats import JobStatistics
@@ -54,7 +55,7 @@ class JobConfig:
     restart_window_s: float = 60.0  # ...beyond that the job fails (exit code 70)
 
 
-class JobCore:
+class JobCore(Regrouping):
     """State of one job across its actors; ``handle``, ``exited``, ``unreachable`` and
     ``tick`` are the only ways in."""
 
@@ -405,122 +406,7 @@ class JobCore:
         out += [Send(s.identity, resplit) for s in self.roster.members()]
         return out + self._grant_more(force=before != self.splits.current)
 
-    # -- losing actors, and re-forming the group ------------------------------------------
-
-    def _may_restart(self, slot: Slot, now: float, lost: bool = True) -> bool:
-        problem = self._restarts.spend(slot.rank, now)
-        if problem is not None:
-            self.budget_exceeded = True
-            self.problems.append(problem)
-            return False
-        survivors = [s for s in self.roster.members() if (s is not slot or not lost) and s.has_state]
-        if not survivors:
-            self.problems.append("no actor with the training state survived; nothing to recover from")
-            return False
-        return True
-
-    def _lose(self, slot: Slot, how: str, now: float) -> list[Effect]:
-        """Start a replacement; if the lost actor was a member, the others re-form the group
-        now without it (and replay what it had not committed), taking over its share."""
-        member = slot.member
-        slot.restarts += 1
-        out: list[Effect] = [Emit(ActorLost(slot.rank, how, self.committed())), Respawn(slot.actor_id)]
-        self.roster.forget(slot)
-        slot.state = SLOT.apply(SLOT.apply(slot.state, "exited"), "respawned")
-        if not member:
-            return out   # a replacement or a standby actor lost: the group is not affected
-        return out + self._form(now, self._rewind_floor(), self.roster.members(), self.roster.waiting(self._benched), [])
-
-    def _regroup_all(self, now: float) -> list[Effect]:
-        slot, message, _at = self._group_failed
-        self._group_failed = None
-        self.problems.append(f"rank {slot.rank}: collective failed: {message}")
-        if not self._may_restart(slot, now, lost=False):
-            return self._fail(None, now)
-        return self._form(now, self._rewind_floor(), self.roster.members(), self.roster.waiting(self._benched), [])
-
-    def _rewind_floor(self) -> int:
-        """The newest snapshot at or before the first uncommitted step."""
-        every = self.config.snapshot_every
-        return max((self.committed() + 1) // every * every, self.group_start)
-
-    def _schedule_boundary(self) -> list[Effect]:
-        """Stop granting at the next snapshot boundary, where the group re-forms (with a
-        replacement that said hello, or with the members the rebalancer chose)."""
-        if self.state != JobState.RUNNING or self.grants.boundary is not None:
-            return []
-        every = self.config.snapshot_every
-        at = max(-(-self.grants.granted // every) * every, self.group_start)
-        if at < self.total_steps:   # otherwise the job ends first, and the change with it
-            self.grants.boundary = at
-        else:
-            self._change = None
-        return []
-
-    def _maybe_reform(self, now: float) -> list[Effect]:
-        if self.grants.boundary is None or self.state != JobState.RUNNING or self.committed() + 1 < self.grants.boundary:
-            return []
-        change, self._change = self._change, None
-        staying = self.roster.members()
-        if change is not None:
-            wanted = set(change.members)
-            benched = [s for s in staying if s.rank not in wanted]
-            back = [s for s in self.roster.ranked() if s.rank in wanted and s.state == SlotState.STANDBY]
-            self._benched = (self._benched | {s.rank for s in benched}) - wanted
-            staying = [s for s in staying if s.rank in wanted]
-        else:
-            benched, back = [], []
-        joiners = back + self.roster.waiting(self._benched)
-        self._formed_at = now
-        return self._form(now, self.grants.boundary, staying, joiners, benched,
-                          split=list(change.split) if change is not None else None,
-                          reason=change.reason if change is not None else "")
-
-    def _form(self, now: float, rewind: int, staying: list[Slot], joiners: list[Slot], benched: list[Slot],
-              split: list[int] | None = None, reason: str = "") -> list[Effect]:
-        """The next generation of the group, from ``rewind``: ``staying`` members restore the
-        snapshot there, ``joiners`` take the lowest member's state, ``benched`` go on standby."""
-        self.generation += 1
-        self.regroups += 1
-        self._group_failed = None   # the new group answers any failure the old one reported
-        self.replayed_steps += max(self.ledger.high_water + 1 - rewind, 0)
-        self.ledger.high_water = rewind - 1
-        self.ledger.rewind(rewind)
-        self.group_start, self.grants.granted, self.grants.boundary = rewind, rewind, None
-        self._change = None   # a change the rebalancer wanted is weighed again for this group
-        members = sorted(staying + joiners, key=lambda s: s.rank)
-        ranks = [s.rank for s in members]
-        source = next(s.rank for s in members if s.has_state)
-        self.splits.reset(rewind, split or self._split_for(ranks))
-        out: list[Effect] = []
-        for slot in benched:
-            slot.state = SLOT.apply(slot.state, "benched")
-            out.append(Send(slot.identity, Standby(job_id=self.job.job_id, generation=self.generation)))
-        fresh = {s.rank for s in members if s.state == SlotState.READY}   # new processes: a Welcome
-        for slot in members:   # every member's state first: each message describes the whole new group
-            event = "welcomed" if slot.state in (SlotState.READY, SlotState.STANDBY) else "regrouped"
-            slot.state = SLOT.apply(slot.state, event)
-            slot.last_step, slot.last_heard = rewind - 1, now   # forming a group: its own clock of silence
-        for slot in members:
-            out.append(Send(slot.identity, self._welcome(slot, source) if slot.rank in fresh else Regroup(
-                job_id=self.job.job_id, generation=self.generation, rank=slot.rank, world_size=len(self.roster),
-                rewind_step=rewind, source_rank=source, members=ranks, gradient_sync=self.roster.gradient_sync(),
-                history=self.ledger.digest())))
-        if benched:
-            out.append(Emit(Benched(rewind, tuple(s.rank for s in benched), tuple(ranks), reason)))
-        out.append(Emit(Recovered(self.generation, rewind, self.replayed_steps, tuple(ranks),
-                                  tuple(s.rank for s in joiners))))
-        return out + self._grant_more(force=True)
-
-    def _split_for(self, ranks: list[int]) -> list[int]:
-        """A new group's split: the rebalancer's best guess when it has measured every member,
-        else the starting shares renormalised over the members."""
-        members = set(ranks)
-        if self.rebalancer is not None:
-            best = self.rebalancer.best(ranks)
-            if best is not None:
-                return list(best)
-        return share_among(self._base_split, members, self.batch, self.job.job.align if self.job.job.planned else 1)
+    # -- silence --------------------------------------------------------------------------
 
     def _judge_silence(self, now: float) -> list[Effect]:
         watched = [Watched(s.rank, s.last_heard, s.state == SlotState.JOINING) for s in self.roster.ranked()
@@ -535,17 +421,3 @@ class JobCore:
             self.problems.append(f"rank {rank} sent nothing for {now - slot.last_heard:.1f} s: taken for hung")
             out.append(Kill(slot.actor_id))
         return out
-
-    # -- messages out ---------------------------------------------------------------------
-
-    def _welcome(self, slot: Slot, source: int | None = None) -> Welcome:
-        ranks = [s.rank for s in self.roster.members()] or [s.rank for s in self.roster.ranked()]
-        if slot.rank not in ranks:
-            ranks = sorted(ranks + [slot.rank])
-        return Welcome(rank=slot.rank, world_size=len(self.roster), job=self.job, data=self.data,
-                       steps_per_epoch=self.steps_per_epoch, threads=slot.threads, backend=self.roster.backend(),
-                       collective_timeout_s=self.liveness.collective_timeout(), generation=self.generation,
-                       start_step=self.group_start, source_rank=source,
-                       resume_from=self.resume_from if self.generation == 0 else None,
-                       snapshot_every=self.config.snapshot_every, members=ranks,
-                       gradient_sync=self.roster.gradient_sync(), save_path=self.save_path, history=self.ledger.digest())
