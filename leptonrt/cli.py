@@ -82,6 +82,13 @@ def _add_train(sub) -> None:
                               "--json-out result.json")
     p.add_argument("--dataset", default="digits", help="digits | mnist:DIR | npz:PATH | synthetic:N,D,C")
     p.add_argument("--hidden", type=_int_list, default=(128,), help="hidden widths, e.g. 128 or 256,128")
+    p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
+                   help="your own model: FACTORY(n_features, n_classes) returns a torch.nn.Module mapping a float "
+                        "batch (b, n_features) to logits (b, n_classes); importable where the actors run (the "
+                        "directory you run from, or PYTHONPATH). Default: the built-in MLP of --hidden")
+    p.add_argument("--loss", default=None, metavar="MODULE:FUNCTION",
+                   help="your own loss: FUNCTION(logits, targets) returns per-sample losses, shape (b,) "
+                        "(default: cross-entropy)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=64, help="global batch, split across actors")
     p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
@@ -182,7 +189,8 @@ def _job_from(args: argparse.Namespace, remote: bool) -> TrainJob:
     checkpoints = args.checkpoint_dir
     if checkpoints and not remote:
         checkpoints = os.path.abspath(checkpoints)
-    return TrainJob(dataset=args.dataset, hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size,
+    return TrainJob(dataset=args.dataset, hidden=args.hidden, model=args.model, loss=args.loss,
+                    epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
                     precision=args.precision, seed=args.seed, test_fraction=args.test_fraction,
                     split=args.split, rebalance=args.rebalance == "on", align=args.align,

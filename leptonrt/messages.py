@@ -19,6 +19,7 @@ from typing import Any, Union
 import msgpack
 
 from leptonrt.errors import ConfigError, InternalError, ProtocolError
+from leptonrt.imports import check_ref
 from leptonrt.wire import (Limits, Plain, describe, given, record_from_map, record_to_map,
                            required, rules, unpack)
 
@@ -85,6 +86,8 @@ class TrainJob:
 
     dataset: str = given("digits", min_len=1, max_len=4096)  # digits, mnist:DIR, npz:PATH, synthetic:N,D,C
     hidden: tuple[int, ...] = given((128,), min_len=1, max_len=16, item_min=1, item_max=65536)  # hidden widths
+    model: str | None = given(None, min_len=3, max_len=256)  # package.module:factory; None: the built-in MLP
+    loss: str | None = given(None, min_len=3, max_len=256)  # package.module:function; None: cross-entropy
     epochs: int = given(10, min=1, max=1_000_000)  # passes over the training split
     batch_size: int = given(64, min=1, max=10_000_000)  # global batch, split across actors
     lr: float = given(1e-3, min=1e-12, max=10.0)  # learning rate
@@ -119,7 +122,8 @@ class TrainJob:
         try:
             record_to_map(TrainJob, self, "TrainJob")
         except ProtocolError as exc:
-            raise ConfigError(str(exc).replace("TrainJob.", "job setting ", 1)) from None
+            text = str(exc).removeprefix("TrainJob: ")   # a rule across fields says what it is about
+            raise ConfigError(text.replace("TrainJob.", "job setting ", 1)) from None
 
     def check(self) -> None:
         """Rules across fields: each is a user's mistake, named plainly."""
@@ -131,6 +135,12 @@ class TrainJob:
             raise ProtocolError("checkpoints (checkpoint_every) need a checkpoint directory")
         if self.resume and not self.checkpoint_dir:
             raise ProtocolError("resume needs a checkpoint directory")
+        for ref, what in ((self.model, "--model"), (self.loss, "--loss")):
+            if ref is not None:
+                try:
+                    check_ref(ref, what)
+                except ConfigError as exc:
+                    raise ProtocolError(str(exc)) from None
 
     @property
     def planned(self) -> bool:
@@ -145,6 +155,8 @@ class TrainJob:
                   "lr": self.lr, "optimizer": self.optimizer, "momentum": self.momentum,
                   "weight_decay": self.weight_decay, "precision": self.precision, "seed": self.seed,
                   "test_fraction": self.test_fraction}
+        # named code changes the mathematics; left out when unset, so older checkpoints still match
+        fields.update({k: v for k, v in (("model", self.model), ("loss", self.loss)) if v is not None})
         text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -301,6 +313,7 @@ class Failure:
     job_id: int = required(min=0)  # job that failed
     rank: int = required(min=0)  # rank it failed on
     message: str = required(max_len=65536)  # what went wrong, for a person to read
+    exit_code: int = given(1, min=1, max=255)  # 78: the job's own settings or code are unusable (no restart helps)
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,41 @@ def test_a_missing_dataset_file_is_one_line_and_exit_66(leptonrt_cli, tmp_path, 
     assert "Traceback" not in proc.stderr
 
 
+USER_MODEL = """
+import torch
+from torch import nn
+
+def build(n_features, n_classes):
+    return nn.Sequential(nn.Linear(n_features, 48), nn.Tanh(), nn.Linear(48, n_classes))
+
+def squared(logits, targets):
+    return (logits - nn.functional.one_hot(targets, logits.shape[1])).pow(2).sum(1)
+
+def wide(n_features, n_classes):
+    return nn.Linear(n_features, n_classes + 1)
+"""
+
+
+def test_a_users_own_model_and_loss_train_across_actors(leptonrt_cli, tmp_path, no_leftovers):
+    (tmp_path / "cli_user_models.py").write_text(USER_MODEL)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    out, weights = tmp_path / "r.json", tmp_path / "w.safetensors"
+    proc = leptonrt_cli("train", "--dataset", "digits", "--gpus", "none", "--cpu-actors", "2", "--epochs", "3",
+                        "--model", "cli_user_models:build", "--loss", "cli_user_models:squared", "--lr", "0.01",
+                        "--quiet", "--json-out", out, "--save", weights, env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["epochs"] == 3 and result["test_accuracy"] > 0.5 and len(result["history_digest"]) == 64
+    assert sorted(load_file(weights)) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+    assert load_file(weights)["0.weight"].shape == (48, 64)
+    proc = leptonrt_cli("train", "--dataset", "digits", "--gpus", "none", "--cpu-actors", "2",
+                        "--model", "cli_user_models:wide", env=env)
+    assert proc.returncode == 78 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "leptonrt: --model cli_user_models:wide: the module maps a (2, 64) batch to (2, 11); "
+        "it must return float logits of shape (2, 10)"]
+
+
 @pytest.mark.parametrize("args, code", [
     (["--lr", "-1"], 78),
     (["--cpu-actors", "2", "--split", "1,1,1"], 78),

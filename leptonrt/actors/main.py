@@ -22,6 +22,7 @@ import traceback
 
 import torch
 
+from ..errors import ConfigError
 from ..messages import (EpochResult, Failure, Finished, GroupFailed, Heartbeat, Hello, Adopt, Checkpointed,
                         Regroup, Release, Reports, Shutdown, StepStat, Welcome)
 from ..nn.step import make_optimizer
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)
     _warm_up(device)
-    link, job = Link(args.connect), None
+    link, job, welcome = Link(args.connect), None, None
     try:
         while True:   # one job after another, until the broker says goodbye
             _hello(link, args, device)
@@ -359,16 +360,20 @@ def main(argv: list[str] | None = None) -> int:
                 job.run()
             finally:
                 job.close()
-            job = None
+            job = welcome = None
     except BrokerGone as exc:
         print(f"actor {args.actor_id}: {exc}", file=sys.stderr)
         if os.getppid() != args.parent_pid:   # the broker died rather than said goodbye
             clean_after(args.parent_pid, args.connect)
         return 0
     except Exception as exc:  # report, then fail: the broker decides what happens next
-        traceback.print_exc()
-        job_id, rank = (job.job_id, job.rank) if job else (0, 0)
-        link.send(Failure(job_id=job_id, rank=rank, message=f"{type(exc).__name__}: {exc}"[:60000]))
+        if isinstance(exc, ConfigError):   # the job's own model or loss: the user's to fix, said in one line
+            message, code = str(exc), exc.exit_code
+        else:
+            traceback.print_exc()
+            message, code = f"{type(exc).__name__}: {exc}", 1
+        job_id, rank = (welcome.job.job_id, welcome.rank) if welcome is not None else (0, 0)
+        link.send(Failure(job_id=job_id, rank=rank, message=message[:60000], exit_code=code))
         return 1
     finally:
         link.close()

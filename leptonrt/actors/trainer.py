@@ -19,7 +19,7 @@ import torch
 from ..batches import batch_rows, fold, history_start, piece
 from ..data.shm import SegmentReader
 from ..messages import Welcome
-from ..nn.model import build_mlp
+from ..nn.model import build_model, load_loss
 from ..nn.order import epoch_permutation
 from ..nn.step import FusedStep, LossScale, StepTimer, evaluate
 from .group import Group
@@ -58,9 +58,12 @@ class Trainer:
         self.job, self.welcome, self.device, self.group = job, welcome, device, group
         self.reader = SegmentReader()
         self._map_data(welcome)
-        self.model = build_mlp(welcome.data.n_features, list(job.hidden), welcome.data.n_classes, job.seed).to(device)
+        self.model = build_model(welcome.data.n_features, welcome.data.n_classes, hidden=list(job.hidden),
+                                 seed=job.seed, model=job.model, device=device)
+        self.loss = load_loss(job.loss)
         self.step = FusedStep(self.model, optimizer=job.optimizer, lr=job.lr, momentum=job.momentum,
-                              weight_decay=job.weight_decay, precision=job.precision, allreduce=group.sum)
+                              weight_decay=job.weight_decay, precision=job.precision, allreduce=group.sum,
+                              loss=self.loss)
         self.timer = StepTimer(device)
         self.snapshots: dict[int, Snapshot] = {}
         self.lineage = bytes.fromhex(welcome.history) if welcome.history else history_start(
@@ -181,7 +184,7 @@ class Trainer:
         world, position = len(place.members), place.position
         lo, hi = n_test * position // world, n_test * (position + 1) // world   # this member's shard
         loss, correct = evaluate(self.model, self.x_test[lo:hi], self.y_test[lo:hi], self.step.precision,
-                                 between=heartbeat)
+                                 between=heartbeat, loss_fn=self.loss)
         totals = torch.tensor([loss, float(correct)], dtype=torch.float64, device=self.device)   # NCCL: device tensors
         if not self.group.all_reduce(totals):
             return None
@@ -214,5 +217,7 @@ class Trainer:
         from safetensors.torch import save_file
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
         tmp = f"{path}.tmp-{os.getpid()}"
-        save_file(tensors, tmp, metadata={"hidden": ",".join(map(str, self.job.hidden)), "dataset": self.job.dataset})
+        model = self.job.model or "mlp:" + ",".join(map(str, self.job.hidden))
+        save_file(tensors, tmp, metadata={"model": model, "hidden": ",".join(map(str, self.job.hidden)),
+                                          "dataset": self.job.dataset})
         os.replace(tmp, path)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import InternalError
+from ..errors import ConfigError, InternalError
 from ..messages import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, GroupFailed, Heartbeat,
                         Hello, JobSpec, Message, Reports, Resplit, Stop)
 from .grants import Grants
@@ -92,6 +92,7 @@ class JobCore(Regrouping):
         self.problems: list[str] = []   # every failure seen: lost processes first, then in order
         self.lost: dict[int, str] = {}  # rank -> how its process ended, when that failed the job
         self.checkpointed = None        # the leader's answer to checkpoint_now()
+        self.unusable: str | None = None   # why the job's own model or loss cannot run (an actor said)
         self.started_at: float | None = None
         self.ended_at: float | None = None
 
@@ -287,6 +288,8 @@ class JobCore(Regrouping):
         return self._maybe_done(now)
 
     def _on_failure(self, slot: Slot, _identity, msg: Failure, now: float) -> list[Effect]:
+        if msg.exit_code == ConfigError.exit_code and self.unusable is None:
+            self.unusable = msg.message   # every actor would say the same: the job cannot run as given
         return self._fail(f"rank {slot.rank} failed: {msg.message}", now)
 
     def _on_groupfailed(self, slot: Slot, _identity, msg: GroupFailed, now: float) -> list[Effect]:
@@ -308,8 +311,10 @@ class JobCore(Regrouping):
     def _start(self, now: float) -> list[Effect]:
         """Every actor said hello: welcome them all into one group, and grant the first steps."""
         self.state = JOB.apply(self.state, "all_said_hello")
-        self._caps = [rows_that_fit(s.hello.memory_bytes, self.data.n_features, list(self.job.job.hidden),
-                                    self.data.n_classes) for s in self.roster.ranked()]
+        # a user's model has a footprint only it knows: its caps are not tracked
+        self._caps = [None if self.job.job.model is not None else rows_that_fit(
+            s.hello.memory_bytes, self.data.n_features, list(self.job.job.hidden), self.data.n_classes)
+            for s in self.roster.ranked()]
         if self.rebalancer is not None:
             self.rebalancer.set_caps(self._caps)
         for slot in self.roster.ranked():
@@ -318,7 +323,10 @@ class JobCore(Regrouping):
         # forming the first group is the first measurement of what forming a group costs
         # (to the first committed step: the first steps' own slowness is part of the cost)
         self._formed_at = now
-        return [Send(s.identity, self._welcome(s)) for s in self.roster.ranked()] + self._grant_more()
+        # a user's factory may draw its weights from other than torch's seeded RNG: then every
+        # member takes the lowest one's, so the group starts from one set of weights
+        source = self.roster.ranked()[0].rank if self.job.job.model is not None and self.resume_from is None else None
+        return [Send(s.identity, self._welcome(s, source)) for s in self.roster.ranked()] + self._grant_more()
 
     def _commit(self, now: float) -> None:
         members = [s.rank for s in self.roster.members()]

@@ -165,6 +165,8 @@ class JobRunner:
             if core.interrupted and core.drained():
                 raise Interrupted(await self._stopped_at_boundary(core))
         if core.state == JobState.FAILED:
+            if core.unusable is not None:
+                raise ConfigError(core.unusable)
             await self._settle(core)
             error = RestartBudgetExceeded if core.budget_exceeded else JobFailed
             raise error(self._failure_report(core))

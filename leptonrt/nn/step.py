@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from .model import Loss, batch_loss
 
 AllReduce = Callable[[torch.Tensor], object]   # may return a handle with .wait() (an async collective)
 _VOTE, _VOTE2, _LOSS, _FLAG = -4, -3, -2, -1  # slots after the gradients in the flat buffer
@@ -81,8 +82,9 @@ class FusedStep:
     """Owns the flat gradient buffer, the optimizer and the fp16 loss scale of one model."""
 
     def __init__(self, model: nn.Module, *, optimizer: str, lr: float, momentum: float = 0.9,
-                 weight_decay: float = 0.0, precision: str = "fp32", allreduce: AllReduce | None = None) -> None:
-        self.model = model
+                 weight_decay: float = 0.0, precision: str = "fp32", allreduce: AllReduce | None = None,
+                 loss: Loss | None = None) -> None:
+        self.model, self.loss = model, loss
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = self.params[0].device
         self.precision = resolve_precision(precision, self.device)
@@ -114,7 +116,7 @@ class FusedStep:
             return  # an empty piece still joins the all-reduce, with zeros
         with self._autocast():
             logits = self.model(x)                                            # (b, C)
-        loss_sum = F.cross_entropy(logits.float(), y, reduction="sum")        # fp32 scalar
+        loss_sum = batch_loss(self.loss, logits, y)                           # fp32 scalar
         (loss_sum * (self.loss_scale.scale / global_rows)).backward()
         self.flat[_LOSS] = loss_sum.detach()
         if self.precision == "fp16":
@@ -209,7 +211,7 @@ class StepTimer:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str, chunk: int = 8192,
-             between: Callable[[], None] | None = None) -> tuple[float, int]:
+             between: Callable[[], None] | None = None, loss_fn: Loss | None = None) -> tuple[float, int]:
     """(sum of per-sample losses, number correct) over ``x``; the caller averages globally.
     ``between`` runs after each chunk (the actor's heartbeat)."""
     device = next(model.parameters()).device
@@ -220,7 +222,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str,
         xb, yb = x[i:i + chunk].to(device, non_blocking=True), y[i:i + chunk].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(xb)
-        loss += F.cross_entropy(logits.float(), yb, reduction="sum")
+        loss += batch_loss(loss_fn, logits, yb)
         correct += (logits.argmax(dim=1) == yb).sum()
         if between is not None:
             between()

@@ -18,9 +18,9 @@ DATA = DatasetInfo(spec="synthetic:12,4,3", n_features=4, n_classes=3, x_train=_
 N_TRAIN = 20
 
 
-def make_core(world=2, epochs=2, batch=4, window=4, split=None, rebalancer=None, **config):
+def make_core(world=2, epochs=2, batch=4, window=4, split=None, rebalancer=None, model=None, **config):
     settings = TrainJob(dataset=DATA.spec, hidden=(8,), epochs=epochs, batch_size=batch, lr=0.1, optimizer="sgd",
-                        momentum=0.0, precision="fp32", seed=1, align=1)
+                        momentum=0.0, precision="fp32", seed=1, align=1, model=model)
     cfg = JobConfig(min_window=window, max_window=window, **config)
     return JobCore(job=JobSpec(job_id=7, job=settings), data=DATA, actor_ids=[f"a{i}" for i in range(world)],
                    threads=[1] * world, split=split or [batch // world] * world, n_train=N_TRAIN,
@@ -90,6 +90,23 @@ def test_all_hellos_bring_welcomes_in_rank_order_and_a_first_grant():
     assert [w.rank for w in welcomes] == [0, 1] and all(w.members == [0, 1] for w in welcomes)
     assert sends(out, Grant)[0] == Grant(job_id=7, first_step=0, end_step=4, split=[2, 2], committed=-1, version=0)
     assert core.state == JobState.RUNNING
+
+
+def test_a_users_model_starts_every_member_from_the_lowest_members_weights():
+    _core, _c, out = started(2)
+    assert [w.source_rank for w in sends(out, Welcome)] == [None, None]      # the MLP: seeded alike
+    _core, _c, out = started(2, model="mypkg.models:build")
+    assert [w.source_rank for w in sends(out, Welcome)] == [0, 0]            # a factory: handed over
+
+
+def test_an_actor_that_finds_the_jobs_own_code_unusable_fails_the_job_with_its_one_line():
+    core, _c, _ = started(2, model="mypkg.models:build")
+    core.handle(b"id1", Failure(job_id=7, rank=1, message="--model mypkg.models:build: the factory failed: boom",
+                                exit_code=78), now=1.0)
+    assert core.state == JobState.FAILED and core.unusable == "--model mypkg.models:build: the factory failed: boom"
+    core, _c, _ = started(2)
+    core.handle(b"id1", Failure(job_id=7, rank=1, message="RuntimeError: segfault nearby"), now=1.0)
+    assert core.state == JobState.FAILED and core.unusable is None
 
 
 def test_a_step_is_committed_only_once_every_member_reported_it_and_grants_follow():
