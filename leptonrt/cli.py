@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import keys
+from . import keys, settings
 from .config import OPTIMIZERS, PRECISIONS, TrainJob, parse_slowdown
 from .errors import ConfigError, LeptonError
 
@@ -170,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_service(sub)
     keys.add_parser(sub)
+    settings.add_parser(sub)   # last: every option of train and up is a setting
     return parser
 
 
@@ -449,9 +450,10 @@ def run_async(coro):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
-        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "keys": keys.run}
+        args = settings.parse(_parser(), argv)
+        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "keys": keys.run,
+                    "config": settings.run}
         return commands[args.command](args)
     except LeptonError as exc:
         print(f"leptonrt: {exc}", file=sys.stderr)
