@@ -80,7 +80,11 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train an MLP on a dataset across local actors",
                        epilog="example:\n  leptonrt train --dataset digits --gpus none --cpu-actors 2 --epochs 30 "
                               "--json-out result.json")
-    p.add_argument("--dataset", default="digits", help="digits | mnist:DIR | npz:PATH | synthetic:N,D,C")
+    p.add_argument("--dataset", default="digits",
+                   help="digits | mnist:DIR | npz:PATH | csv:PATH | parquet:PATH | py:package.module:function "
+                        "| synthetic:N,D,C")
+    p.add_argument("--label-column", default="label", metavar="NAME",
+                   help="the class-id column of a csv: or parquet: table (no effect on other datasets)")
     p.add_argument("--hidden", type=_int_list, default=(128,), help="hidden widths, e.g. 128 or 256,128")
     p.add_argument("--model", default=None, metavar="MODULE:FACTORY",
                    help="your own model: FACTORY(n_features, n_classes) returns a torch.nn.Module mapping a float "
@@ -142,6 +146,9 @@ def _add_service(sub) -> None:
     p.add_argument("--checkpoint-root", default=None, metavar="DIR",
                    help="keep clients' checkpoints under DIR (a client names one: --checkpoint-dir NAME); "
                         "without it, jobs with checkpoints are refused")
+    p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
+                   help="let jobs run code from MODULE and its submodules (--dataset py:MODULE:function, "
+                        "--model, --loss); repeatable (default: none)")
     p = sub.add_parser("top", help="show the live view of a running broker",
                        epilog="example:\n  leptonrt top")
     p.add_argument("--connect", default=None, metavar="ADDR")
@@ -194,6 +201,7 @@ def _job_from(args: argparse.Namespace, remote: bool) -> TrainJob:
                     epochs=args.epochs, batch_size=args.batch_size,
                     lr=args.lr, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
                     precision=args.precision, seed=args.seed, test_fraction=args.test_fraction,
+                    label_column=args.label_column,
                     split=args.split, rebalance=args.rebalance == "on", align=args.align,
                     slowdowns=tuple(parse_slowdown(t) for t in args.simulate_slowdown),
                     save=os.path.abspath(args.save) if args.save else None, checkpoint_dir=checkpoints,
@@ -358,7 +366,7 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
     loop, main_task = asyncio.get_running_loop(), asyncio.current_task()
     stop, seen, broken = asyncio.Event(), [], []
     broker = Broker(args.gpus, args.cpu_actors, address=" ".join(addresses), pin=not args.no_pin,
-                    cache_bytes=args.cache_bytes)
+                    cache_bytes=args.cache_bytes, allow_imports=args.allow_import)
     for note in broker.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
 

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable
 from .errors import ConfigError
 
 # a dotted module path, a colon, a dotted attribute path: no spaces, no file names
-_REF = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+_DOTTED = r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*"
+_REF = re.compile(f"{_DOTTED}:{_DOTTED}")
+_MODULE = re.compile(_DOTTED)
 ANY = None  # ``allowed=ANY``: a local run, where the user's own code is theirs to run
 
 
@@ -27,6 +29,19 @@ def check_ref(ref: str, what: str) -> tuple[str, str]:
         raise ConfigError(f"{what} takes package.module:callable (e.g. mypkg.models:build), got {ref!r}")
     module, _, attribute = ref.partition(":")
     return module, attribute
+
+
+def allowed_modules(modules: Iterable[str] | None) -> tuple[str, ...] | None:
+    """An owner's ``--allow-import`` list, each a dotted module name (ConfigError otherwise)."""
+    if modules is ANY:
+        return ANY
+    if isinstance(modules, str):   # one name is not its characters
+        modules = (modules,)
+    modules = tuple(modules)
+    for module in modules:
+        if not isinstance(module, str) or _MODULE.fullmatch(module) is None:
+            raise ConfigError(f"--allow-import takes a module name like mypkg or mypkg.data, got {module!r}")
+    return modules
 
 
 def is_allowed(module: str, allowed: Iterable[str] | None) -> bool:

@@ -84,7 +84,7 @@ class TrainJob:
     """One training job: what to train, on what data, for how long. Every setting is checked
     here, by the same rules the wire enforces, so a job that can be built can be sent."""
 
-    dataset: str = given("digits", min_len=1, max_len=4096)  # digits, mnist:DIR, npz:PATH, synthetic:N,D,C
+    dataset: str = given("digits", min_len=1, max_len=4096)  # digits, mnist:DIR, npz:PATH, csv:PATH, parquet:PATH, py:pkg.mod:function, synthetic:N,D,C
     hidden: tuple[int, ...] = given((128,), min_len=1, max_len=16, item_min=1, item_max=65536)  # hidden widths
     model: str | None = given(None, min_len=3, max_len=256)  # package.module:factory; None: the built-in MLP
     loss: str | None = given(None, min_len=3, max_len=256)  # package.module:function; None: cross-entropy
@@ -97,6 +97,7 @@ class TrainJob:
     precision: str = given("auto", choices=frozenset(PRECISIONS))  # auto | fp32 | bf16 | fp16
     seed: int = given(0, min=0, max=2**63 - 1)  # seeds init, permutations and the data split
     test_fraction: float = given(0.2, min=1e-6, max=1 - 1e-6)  # held-out share when the data has no test split
+    label_column: str = given("label", min_len=1, max_len=256)  # the class-id column of a csv/parquet table; printable
     split: tuple[float, ...] | None = given(None, min_len=1, max_len=4096, item_min=0.0, item_max=1e9)  # fixed shares; None: even
     rebalance: bool = given(True)  # let the planner resize shares (off when split is fixed)
     align: int = given(8, min=1, max=10_000_000)  # shares move in units of this many rows
@@ -127,6 +128,13 @@ class TrainJob:
 
     def check(self) -> None:
         """Rules across fields: each is a user's mistake, named plainly."""
+        if not self.label_column.isprintable():   # it is named in one-line errors
+            raise ProtocolError(f"label column {self.label_column!r} holds control characters")
+        if self.dataset.startswith("py:"):
+            try:
+                check_ref(self.dataset[3:], "dataset py:")
+            except ConfigError as exc:
+                raise ProtocolError(str(exc)) from None
         if self.split is not None and not sum(self.split) > 0:
             raise ProtocolError(f"split shares must have a positive sum, got {list(self.split)}")
         if self.align > self.batch_size:
@@ -157,6 +165,8 @@ class TrainJob:
                   "test_fraction": self.test_fraction}
         # named code changes the mathematics; left out when unset, so older checkpoints still match
         fields.update({k: v for k, v in (("model", self.model), ("loss", self.loss)) if v is not None})
+        if self.label_column != "label":   # left out at its default: older checkpoints still resume
+            fields["label_column"] = self.label_column
         text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return hashlib.sha256(text.encode()).hexdigest()
 

@@ -40,3 +40,17 @@ def test_every_help_shows_defaults_and_an_example(capsys, command):
     assert code == 0 and f"leptonrt {command}" in out.split("example")[-1]
     if command in ("train", "up"):
         assert "(default: all)" in out
+
+
+def test_up_refuses_an_allow_import_that_is_not_a_module_name_before_starting(capsys):
+    assert main(["up", "--gpus", "none", "--allow-import", "mypkg", "--allow-import", "../evil.py"]) == 78
+    err = capsys.readouterr().err
+    assert "--allow-import takes a module name like mypkg or mypkg.data, got '../evil.py'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_train_help_says_what_the_label_column_applies_to(capsys):
+    code, out, _ = run(capsys, "train", "--help")
+    text = " ".join(out.split())   # as the terminal's width wraps it
+    assert code == 0 and "csv:PATH | parquet:PATH | py:package.module:function" in text
+    assert "--label-column NAME the class-id column of a csv: or parquet: table (no effect on other datasets)" in text

@@ -64,7 +64,9 @@ PLAIN = st.dictionaries(st.text(max_size=8), st.recursive(
 
 def train_jobs():
     """Valid jobs: their own rules (align within the batch, and so on) hold."""
-    return st.builds(TrainJob, dataset=st.text(min_size=1, max_size=SHORT),
+    return st.builds(TrainJob, dataset=st.text(min_size=1, max_size=SHORT).filter(lambda s: not s.startswith("py:")),
+                     label_column=st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1,
+                                          max_size=SHORT).filter(str.isprintable),
                      hidden=st.lists(st.integers(1, 65536), min_size=1, max_size=3).map(tuple),
                      epochs=st.integers(1, 1_000_000), batch_size=st.integers(8, 10_000_000),
                      lr=st.floats(1e-12, 10.0), align=st.integers(1, 8), seed=st.integers(0, 2**63 - 1),
@@ -581,7 +583,9 @@ def test_validate_accepts_a_valid_message():
     ({"split": (1e308, 1e308)}, "split[0]"), ({"epochs": 2_000_000}, "epochs"),
     ({"batch_size": 20_000_000}, "batch_size"), ({"hidden": (2_000_000,)}, "hidden[0]"), ({"hidden": ()}, "hidden"),
     ({"hang_timeout_s": math.inf}, "hang_timeout_s"), ({"align": 65, "batch_size": 64}, "alignment"),
-    ({"resume": True}, "resume needs"),
+    ({"resume": True}, "resume needs"), ({"label_column": ""}, "label_column"),
+    ({"label_column": "x" * 257}, "label_column"), ({"label_column": "a\nb"}, "control characters"),
+    ({"dataset": "py:not a module"}, "takes package.module:callable"),
 ])
 def test_a_job_the_wire_would_refuse_cannot_be_built(changes, named):
     with pytest.raises(ConfigError, match=re.escape(named)):
@@ -600,6 +604,23 @@ def test_a_job_that_breaks_its_own_rules_on_the_wire_is_a_protocol_error():
     fields["job"]["align"] = 1000
     with pytest.raises(ProtocolError, match="alignment"):
         decode(frame_of("Submit", fields), CLIENT_LIMITS)
+
+
+@pytest.mark.parametrize("field, value, says", [("dataset", "py:../evil.py", "takes package.module:callable"),
+                                                ("label_column", "a\x1b[2Jb", "control characters")])
+def test_a_dataset_setting_a_client_could_not_build_is_a_protocol_error_on_the_wire(field, value, says):
+    fields = wire_fields(Submit(job=TrainJob()))
+    fields["job"][field] = value
+    with pytest.raises(ProtocolError, match=re.escape(says)):
+        decode(frame_of("Submit", fields), CLIENT_LIMITS)
+
+
+def test_the_label_column_is_part_of_the_fingerprint_and_its_default_leaves_it_unchanged():
+    table = TrainJob(dataset="csv:t.csv")
+    assert table.fingerprint() != dataclasses.replace(table, label_column="kind").fingerprint()
+    # the fingerprint of a job that names no label column is what it was before the field
+    # existed, so checkpoints written then still resume
+    assert TrainJob().fingerprint() == "dd2c9aa60ac59c73dcd7a0cb6f1ae3b32d1400d4bb7e38d80636ed6bcaa4b9ee"
 
 
 # --- caps before and while decoding -------------------------------------------------------

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
@@ -159,6 +160,23 @@ def test_a_users_own_model_and_loss_train_across_actors(leptonrt_cli, tmp_path, 
     assert proc.stderr.strip().splitlines() == [
         "leptonrt: --model cli_user_models:wide: the module maps a (2, 64) batch to (2, 11); "
         "it must return float logits of shape (2, 10)"]
+
+
+def test_a_csv_with_its_own_label_column_trains_end_to_end(leptonrt_cli, tmp_path, no_leftovers):
+    """Columns: two features, then the class. "label" is a feature here: read as the label,
+    its fractional values would be refused, so the run passing shows the option arrived."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2))
+    kind = (x[:, 0] + x[:, 1] > 0).astype(int)
+    table = tmp_path / "points.csv"
+    table.write_text("label,b,kind\n" + "".join(f"{a:.6f},{b:.6f},{k}\n" for (a, b), k in zip(x, kind)))
+    out = tmp_path / "result.json"
+    proc = leptonrt_cli("train", "--dataset", f"csv:{table}", "--label-column", "kind", "--gpus", "none",
+                        "--cpu-actors", "1", "--epochs", "1", "--batch-size", "32", "--json-out", out)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["epochs"] == 1 and result["steps"] == 5   # 160 training rows in batches of 32
+    assert "epoch 1/1" in proc.stdout
 
 
 @pytest.mark.parametrize("args, code", [

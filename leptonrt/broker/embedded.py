@@ -18,12 +18,15 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Callable
 
 import logging
 
+from ..data.pyfunc import check_runnable
 from ..errors import InternalError, LeptonError
+from ..imports import check_allowed
 from ..messages import TrainJob
 from .handle import BrokerClosed, JobHandle
 from .events import ActorLost, Benched, Recovered, SplitChanged
@@ -58,14 +61,21 @@ class Broker:
 
     Entering the block starts one actor per selected device; they stay up, idle between
     jobs, until the block exits.
+
+    ``allow_imports``: the modules whose code a job's ``--dataset py:MODULE:function``,
+    ``--model MODULE:FACTORY`` or ``--loss MODULE:FUNCTION`` may run here (a module and its
+    submodules; the data in this process, the model and loss in the actors). The default is none, because whoever can
+    submit a job would otherwise run code in this process, and a ``Service`` (as
+    ``leptonrt up`` builds) lets other clients submit; pass ``leptonrt.imports.ANY`` only
+    when every job comes from your own code.
     """
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
                  actor_env: dict[str, str] | None = None,
                  address: str = "embedded", pin: bool = True, runner: type[JobRunner] = JobRunner,
-                 cache_bytes: int | None = None) -> None:
+                 cache_bytes: int | None = None, allow_imports: Iterable[str] | None = ()) -> None:
         # device selection errors surface here; pin=False leaves CPU actors to the scheduler
-        self.pool = ActorPool(gpus, cpu_actors, actor_env, pin, cache_bytes=cache_bytes)
+        self.pool = ActorPool(gpus, cpu_actors, actor_env, pin, cache_bytes=cache_bytes, allow_imports=allow_imports)
         self.address = address
         self._runner_type = runner   # what runs each job (a test may give one that fails on purpose)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -109,6 +119,10 @@ class Broker:
             raise BrokerClosed("the broker is not taking jobs" if self._worker is not None and not self.closed
                                else "the broker is not running (use `async with Broker(...)`)")
         spec.check_world(self.pool.world)
+        check_runnable(spec.dataset, self.pool.allow_imports)   # refused now, never imported
+        for ref, what in ((spec.model, "--model"), (spec.loss, "--loss")):
+            if ref is not None:
+                check_allowed(ref, what, self.pool.allow_imports)   # the actors import it: refused first
         job = Job(next(self._ids), spec, asyncio.get_running_loop())
         job.keep_weights = keep_weights
         self._jobs.append(job)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import zmq
@@ -17,6 +18,7 @@ from ..actors.tether import clean_stale_run_dirs, make_run_dir
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
 from ..errors import ProtocolError
+from ..imports import allowed_modules
 from ..messages import ACTOR_LIMITS, Shutdown, StoreRequest
 from .channel import Channel, PeerGone
 from .store import StoreCore
@@ -44,8 +46,11 @@ class ActorPool:
     SPARE_AFTER_S = 20.0
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
-                 actor_env: dict[str, str] | None = None, pin: bool = True, cache_bytes: int | None = None) -> None:
+                 actor_env: dict[str, str] | None = None, pin: bool = True, cache_bytes: int | None = None,
+                 allow_imports: Iterable[str] | None = ()) -> None:
         self.cache_bytes = cache_bytes   # the dataset cache's budget (None: from free memory)
+        # the modules a job's py: dataset may run code from (ANY: a local run's own code)
+        self.allow_imports = allowed_modules(allow_imports)
         self.selection: Selection = select(gpus, cpu_actors)
         # each CPU actor on cores of its own (its replacements too); None: not pinned
         self.cores = core_sets(self.selection, allowed_cores()) if pin else [None] * len(self.selection.actors)
@@ -78,7 +83,7 @@ class ActorPool:
         clean_stale_run_dirs()
         self.run_id = new_run_id()
         self.run_dir = Path(make_run_dir())
-        self.cache = DatasetCache(self.run_id, budget_bytes=self.cache_bytes)
+        self.cache = DatasetCache(self.run_id, budget_bytes=self.cache_bytes, allowed_imports=self.allow_imports)
         self.supervisor = Supervisor(self.run_dir, f"ipc://{self.run_dir}/broker.sock")
         self.started = True
         self.channel = Channel(self.supervisor.connect, ACTOR_LIMITS.frame_bytes)

@@ -19,6 +19,7 @@ from .. import messages as protocol
 from ..batches import even_split, split_from_fractions, steps_per_epoch
 from ..data.background import run_in_daemon_thread
 from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError, RestartBudgetExceeded
+from ..imports import ANY
 from ..messages import ACTOR_LIMITS, EpochResult, JobSpec, Release, StoreRequest, TrainJob
 from ..nn import checkpoint
 from .events import Effect, Emit, Kill, Respawn, Send
@@ -48,7 +49,8 @@ def initial_split(job: TrainJob, world: int) -> list[int]:
 
 class JobRunner:
     """Runs one job on a pool's actors. Without a pool it brings up its own for the job,
-    and removes every trace of it afterwards."""
+    and removes every trace of it afterwards; that is a local run, in the user's own
+    process, so its ``py:`` dataset may name any module."""
 
     def __init__(self, job: TrainJob, *, gpus: str = "all", cpu_actors: int | None = None,
                  on_event: Callable[[object], None] | None = None, actor_env: dict[str, str] | None = None,
@@ -57,7 +59,7 @@ class JobRunner:
         self.job, self.on_event = job, on_event or (lambda _e: None)
         self.core_config = core_config   # how the core grants and plans (the job sets its own bounds on top)
         self._own_pool = pool is None
-        self.pool = pool if pool is not None else ActorPool(gpus, cpu_actors, actor_env, pin)
+        self.pool = pool if pool is not None else ActorPool(gpus, cpu_actors, actor_env, pin, allow_imports=ANY)
         self.selection = self.pool.selection
         self.notes: list[str] = [self.selection.note] if self.selection.note else []
         self.core: JobCore | None = None
@@ -116,7 +118,8 @@ class JobRunner:
     async def _start(self) -> JobCore:
         job, pool = self.job, self.pool
         # pinned while the job runs: the cache never evicts it meanwhile
-        self._data = data = await pool.cache.acquire(job.dataset, seed=job.seed, test_fraction=job.test_fraction)
+        self._data = data = await pool.cache.acquire(job.dataset, seed=job.seed, test_fraction=job.test_fraction,
+                                                     label_column=job.label_column)
         world, n_train = pool.world, data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
         split = initial_split(job, world)
         rebalancer = Rebalancer(world, job.batch_size, align=job.align) if job.planned and world > 1 else None

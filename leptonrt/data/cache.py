@@ -1,14 +1,17 @@
 """The single-point dataset cache: each dataset is read and decoded once, by the broker.
 
 Arrays go into named shared memory keyed by what determines their contents (spec, seed,
-test fraction), so every local actor and every later job on the same data maps the same
-pages instead of re-reading storage.
+test fraction, and the label column of a table), so every local actor and every later job
+on the same data maps the same pages instead of re-reading storage.
 
 The cache holds at most ``budget_bytes`` of shared memory. A job pins the dataset it
 trains on (``acquire`` / ``release``, or ``using``); when a new dataset needs room the
 least recently used unpinned entries are unlinked first, and a dataset that cannot fit
 even then is refused with a ConfigError before its segments are written (before it is
 even generated, for a synthetic spec). Recency is a use counter, not a clock.
+
+A ``py:`` spec runs code in this process: only from the modules ``allowed_imports`` lists
+(default none; see ``leptonrt.data.pyfunc``).
 
 Loads run in worker threads while the event loop pins, releases, reports and closes, so
 the cache's state is guarded by one lock, held only for bookkeeping and unlinks, never
@@ -21,15 +24,17 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
 from ..messages import ArrayRef, DatasetInfo
 from ..errors import ConfigError, Interrupted, InternalError
+from ..imports import allowed_modules
 from .background import run_in_daemon_thread
-from .loaders import Dataset, expected_nbytes, load_dataset
+from .loaders import Dataset, expected_nbytes, load_dataset, reads_label_column
 from .shm import SegmentWriter, shm_dir
 
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -60,6 +65,7 @@ class CachedDataset:
     spec: str  # the dataset spec it was loaded from
     seed: int  # seed of its split (and, for synthetic specs, of its draw)
     test_fraction: float  # share of rows held out, where the source has no test split
+    label_column: str | None  # the label column of a csv/parquet table; None for other specs
     nbytes: int  # bytes of shared memory its four arrays take
     users: int  # jobs holding it now; an entry with users > 0 is never evicted
     in_use: bool  # users > 0
@@ -85,9 +91,23 @@ class _Entry:
     segments: list[str]  # the segment names, for unlinking
 
 
-def _key(spec: str, seed: int, test_fraction: float) -> str:
-    digest = hashlib.sha256(f"{spec}|{seed}|{test_fraction!r}".encode()).hexdigest()
-    return digest[:12]
+@dataclass(frozen=True)
+class _Wanted:
+    """What fixes a dataset's contents: the cache's key."""
+
+    spec: str
+    seed: int
+    test_fraction: float
+    label_column: str | None  # None where the spec has no columns to choose from
+
+    @classmethod
+    def of(cls, spec: str, seed: int, test_fraction: float, label_column: str) -> "_Wanted":
+        return cls(spec, seed, test_fraction, label_column if reads_label_column(spec) else None)
+
+    def segment_prefix(self) -> str:
+        """A short name for its segments (entries are found by the whole key, never by this)."""
+        text = json.dumps([self.spec, self.seed, self.test_fraction, self.label_column])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _nbytes(ds: Dataset) -> int:
@@ -99,19 +119,23 @@ class DatasetCache:
 
     ``budget_bytes``: most bytes of shared memory held at once (default
     :func:`default_budget_bytes`). ``loader``: how a spec becomes arrays (a seam for tests).
+    ``allowed_imports``: the modules a ``py:`` dataset may run code from; the default, none,
+    is what a cache that serves other people's jobs needs (``ANY``: a local run's own code).
     """
 
     def __init__(self, run_id: str, *, budget_bytes: int | None = None,
-                 loader: Callable[..., Dataset] = load_dataset) -> None:
+                 loader: Callable[..., Dataset] = load_dataset,
+                 allowed_imports: Iterable[str] | None = ()) -> None:
         budget = default_budget_bytes() if budget_bytes is None else budget_bytes
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise ConfigError(f"the dataset cache budget must be a positive number of bytes, got {budget!r}")
         self.budget_bytes = budget
         self._writer = SegmentWriter(run_id)
         self._loader = loader
+        self.allowed_imports = allowed_modules(allowed_imports)
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
-        self._loading: dict[str, threading.Event] = {}  # key -> set when its load ends
+        self._entries: dict[_Wanted, _Entry] = {}
+        self._loading: dict[_Wanted, threading.Event] = {}  # key -> set when its load ends
         self._reserved = 0
         self._uses = 0  # the use counter that orders entries by recency
         self._closed = False
@@ -120,10 +144,11 @@ class DatasetCache:
 
     # -- what jobs call ------------------------------------------------------------
 
-    async def acquire(self, spec: str, *, seed: int = 0, test_fraction: float = 0.2) -> DatasetInfo:
+    async def acquire(self, spec: str, *, seed: int = 0, test_fraction: float = 0.2,
+                      label_column: str = "label") -> DatasetInfo:
         """The dataset's shared-memory description, pinned until ``release``; loads it
         first if needed, in a daemon thread, so cancelling this returns at once."""
-        work = functools.partial(self._obtain, spec, seed, test_fraction)
+        work = functools.partial(self._obtain, _Wanted.of(spec, seed, test_fraction, label_column))
         return await run_in_daemon_thread(work, name=f"leptonrt-load {spec[:64]}", on_abandoned=self.release)
 
     def release(self, info: DatasetInfo) -> None:
@@ -137,17 +162,18 @@ class DatasetCache:
             self._touch(entry, -1)
 
     @contextlib.asynccontextmanager
-    async def using(self, spec: str, *, seed: int = 0, test_fraction: float = 0.2) -> AsyncIterator[DatasetInfo]:
+    async def using(self, spec: str, *, seed: int = 0, test_fraction: float = 0.2,
+                    label_column: str = "label") -> AsyncIterator[DatasetInfo]:
         """``async with cache.using(spec) as info:`` pins the dataset for the block."""
-        info = await self.acquire(spec, seed=seed, test_fraction=test_fraction)
+        info = await self.acquire(spec, seed=seed, test_fraction=test_fraction, label_column=label_column)
         try:
             yield info
         finally:
             self.release(info)
 
-    def get(self, spec: str, *, seed: int = 0, test_fraction: float = 0.2) -> DatasetInfo:
+    def get(self, spec: str, *, seed: int = 0, test_fraction: float = 0.2, label_column: str = "label") -> DatasetInfo:
         """Blocking and unpinned (a later load may evict it): for scripts and tests."""
-        info = self._obtain(spec, seed, test_fraction)
+        info = self._obtain(_Wanted.of(spec, seed, test_fraction, label_column))
         self.release(info)
         return info
 
@@ -168,13 +194,12 @@ class DatasetCache:
 
     # -- loading (in a worker thread) ------------------------------------------------
 
-    def _obtain(self, spec: str, seed: int, test_fraction: float) -> DatasetInfo:
+    def _obtain(self, key: _Wanted) -> DatasetInfo:
         """Pin the cached entry, waiting for a load of the same key already under way,
         or load it ourselves."""
-        key = _key(spec, seed, test_fraction)
         while True:
             with self._lock:
-                self._check_open(spec)
+                self._check_open(key.spec)
                 entry = self._entries.get(key)
                 if entry is not None:
                     self._touch(entry, +1)
@@ -185,50 +210,54 @@ class DatasetCache:
                     break
             under_way.wait()
         try:
-            return self._load(key, spec, seed, test_fraction)
+            return self._load(key)
         finally:
             with self._lock:
                 del self._loading[key]
             done.set()
 
-    def _load(self, key: str, spec: str, seed: int, test_fraction: float) -> DatasetInfo:
+    def _load(self, key: _Wanted) -> DatasetInfo:
         """Read, make room, write the segments, and enter the dataset pinned once."""
+        spec = key.spec
         size, dataset = expected_nbytes(spec), None
         if size is None:  # only the files say how big it is
-            dataset = self._read(spec, seed, test_fraction)
+            dataset = self._read(key)
             size = _nbytes(dataset)
         self._make_room(spec, size)
         try:
             if dataset is None:  # the spec said how big it would be: generate it only now
-                dataset = self._read(spec, seed, test_fraction)
+                dataset = self._read(key)
             if _nbytes(dataset) != size:
                 raise InternalError(f"dataset {spec!r} holds {_nbytes(dataset):,} bytes, {size:,} expected")
-            info, segments = self._publish(key, spec, dataset)
+            info, segments = self._publish(key, dataset)
         except BaseException:
             with self._lock:
                 self._reserved -= size
             raise
-        return self._enter(key, _Entry(CachedDataset(spec, seed, test_fraction, size, 1, True, 0), info, segments))
+        record = CachedDataset(spec=spec, seed=key.seed, test_fraction=key.test_fraction,
+                               label_column=key.label_column, nbytes=size, users=1, in_use=True, last_used=0)
+        return self._enter(key, _Entry(record, info, segments))
 
-    def _read(self, spec: str, seed: int, test_fraction: float) -> Dataset:
-        dataset = self._loader(spec, seed=seed, test_fraction=test_fraction)
+    def _read(self, key: _Wanted) -> Dataset:
+        dataset = self._loader(key.spec, seed=key.seed, test_fraction=key.test_fraction,
+                               label_column=key.label_column or "label", allowed=self.allowed_imports)
         with self._lock:
             self.loads += 1
         return dataset
 
-    def _publish(self, key: str, spec: str, ds: Dataset) -> tuple[DatasetInfo, list[str]]:
-        refs, segments = {}, []
+    def _publish(self, key: _Wanted, ds: Dataset) -> tuple[DatasetInfo, list[str]]:
+        refs, segments, prefix = {}, [], key.segment_prefix()
         try:
             for name in _ARRAYS:
                 array = getattr(ds, name)
-                segments.append(self._writer.put(f"{key}.{name}", array))
+                segments.append(self._writer.put(f"{prefix}.{name}", array))
                 refs[name] = ArrayRef(segment=segments[-1], dtype=str(array.dtype), shape=list(array.shape))
         except BaseException:
             self._writer.remove(segments)  # a half-written dataset is no dataset
             raise
-        return DatasetInfo(spec=spec, n_features=ds.n_features, n_classes=ds.n_classes, **refs), segments
+        return DatasetInfo(spec=key.spec, n_features=ds.n_features, n_classes=ds.n_classes, **refs), segments
 
-    def _enter(self, key: str, entry: _Entry) -> DatasetInfo:
+    def _enter(self, key: _Wanted, entry: _Entry) -> DatasetInfo:
         with self._lock:
             self._reserved -= entry.record.nbytes
             if self._closed:  # closed while we wrote: close() has unlinked our segments

@@ -41,21 +41,28 @@ _OPEN_FLAGS = (os.O_RDONLY | _NONBLOCK | getattr(os, "O_NOCTTY", 0)
                | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
 
 
+def data_error(where: str, problem: object) -> DataError:
+    """``WHERE: PROBLEM`` as one printable line: runs of whitespace in ``problem`` become
+    one space, other control characters (a decoder quoting binary bytes) a ``?``."""
+    text = "".join(c if c.isprintable() else "?" for c in " ".join(str(problem).split()))
+    return DataError(f"{where}: {text}")
+
+
 def file_error(path: str, problem: object) -> DataError:
     """The one-line error every bad file gets: ``bad dataset file PATH: PROBLEM``."""
-    text = " ".join(str(problem).split())
-    return DataError(f"bad dataset file {path}: {text}")
+    return data_error(f"bad dataset file {path}", problem)
 
 
 @contextlib.contextmanager
-def reading(path: str, corrupt: str) -> Iterator[None]:
-    """Turn the OS / decoder errors raised while reading ``path`` into DataErrors."""
+def reading(path: str, corrupt: str, also: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Turn the OS / decoder errors raised while reading ``path`` into DataErrors;
+    ``also``: a decoder's own exception types (pyarrow's), which mean the same."""
     try:
         yield
     except OSError as exc:
         reason = next((r for t, r in _OS_REASONS if isinstance(exc, t)), None)
         raise file_error(path, reason or f"{corrupt} ({exc})") from exc
-    except CORRUPT as exc:
+    except (*CORRUPT, *also) as exc:
         raise file_error(path, f"{corrupt} ({exc})") from exc
 
 

@@ -2,13 +2,18 @@
 
 Spec forms::
 
-    digits               scikit-learn's bundled 8x8 digits (1,797 x 64, 10 classes)
-    mnist:DIR            MNIST / Fashion-MNIST IDX files (optionally .gz) in DIR
-    npz:PATH             x_train, y_train, x_test, y_test -- or x, y to be split
-    synthetic:N,D,C      a seeded, learnable task: N samples, D features, C classes
+    digits                 scikit-learn's bundled 8x8 digits (1,797 x 64, 10 classes)
+    mnist:DIR              MNIST / Fashion-MNIST IDX files (optionally .gz) in DIR
+    npz:PATH               x_train, y_train, x_test, y_test -- or x, y to be split
+    csv:PATH               a table with a header: the label column and numeric features,
+    parquet:PATH           split here (``label_column`` names the label; default "label")
+    py:pkg.mod:function    ``function()`` returns the arrays an npz would hold
+    synthetic:N,D,C        a seeded, learnable task: N samples, D features, C classes
 
 Every user mistake (missing or corrupt file, bad shapes, bad labels) becomes a one-line
-``DataError`` naming the file; raw numpy / zipfile / gzip / OS errors never escape.
+``DataError`` naming the file (and the column, in a table); raw numpy / zipfile / gzip /
+pyarrow / OS errors never escape. A ``py:`` spec runs the user's code: only from the
+modules ``allowed`` lists (a ConfigError, before anything is imported, otherwise).
 """
 
 from __future__ import annotations
@@ -18,18 +23,21 @@ import io
 import math
 import os
 import struct
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import BinaryIO
 
 import numpy as np
 
 from leptonrt.errors import ConfigError, DataError
+from leptonrt.imports import ANY
 
+from . import arrays, pyfunc, tables
+from .arrays import Dataset
 from .files import file_error, open_regular, read_bytes, reading
 
-VALID_FORMS = "digits, mnist:DIR, npz:PATH, synthetic:N,D,C"
-# A label this large would mean an output layer of absurd width; it is a data bug.
-MAX_CLASSES = 65_536
+__all__ = ["VALID_FORMS", "Dataset", "expected_nbytes", "load_dataset", "reads_label_column"]
+
+VALID_FORMS = "digits, mnist:DIR, npz:PATH, csv:PATH, parquet:PATH, py:package.module:function, synthetic:N,D,C"
 # Synthetic tasks: size of the teacher's hidden layer and share of flipped labels.
 _TEACHER_HIDDEN = 64
 _LABEL_NOISE = 0.05
@@ -38,31 +46,17 @@ _MAX_SYNTHETIC_VALUES = 2_000_000_000
 _MNIST_TRAIN = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 _MNIST_TEST = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _IDX_KIND = {1: "labels", 3: "images"}
-_NPZ_SPLIT = ("x_train", "y_train", "x_test", "y_test")
-_NPZ_WHOLE = ("x", "y")
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """A train/test split ready to copy into shared memory."""
-
-    x_train: np.ndarray  # float32, C-contiguous, (n_train, n_features), normalised
-    y_train: np.ndarray  # int64, (n_train,), values in [0, n_classes)
-    x_test: np.ndarray  # float32, C-contiguous, (n_test, n_features)
-    y_test: np.ndarray  # int64, (n_test,)
-    n_classes: int  # number of output classes, >= 2
-
-    @property
-    def n_features(self) -> int:
-        """Width of one input row."""
-        return int(self.x_train.shape[1])
-
-
-def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
+def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2, label_column: str = "label",
+                 allowed: Iterable[str] | None = ANY) -> Dataset:
     """Load the dataset ``spec`` names; ``seed`` drives every random split and draw.
 
     ``test_fraction`` is used where the source has no test split of its own
-    (digits, npz with ``x, y``, synthetic); MNIST always tests on its t10k files.
+    (digits, npz with ``x, y``, csv, parquet, py: with ``x, y``, synthetic); MNIST always
+    tests on its t10k files. ``label_column`` matters to csv and parquet only.
+    ``allowed``: the modules a ``py:`` spec may run code from (``ANY``: this is the
+    user's own process; a broker passes the list its owner gave).
     """
     _check_test_fraction(test_fraction)
     scheme, sep, arg = spec.partition(":")
@@ -72,14 +66,25 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dat
         return _load_mnist(arg)
     if sep and arg and scheme == "npz":
         return _load_npz(arg, seed, test_fraction)
+    if sep and arg and scheme in tables.FORMATS:
+        return tables.load_table(scheme, arg, label_column, seed, test_fraction)
+    if sep and arg and scheme == pyfunc.SCHEME:
+        return pyfunc.load_from_code(spec, seed, test_fraction, allowed)
     if sep and scheme == "synthetic":
         return _load_synthetic(spec, arg, seed, test_fraction)
     raise DataError(f"bad dataset spec {spec!r}: valid forms are {VALID_FORMS}")
 
 
+def reads_label_column(spec: str) -> bool:
+    """Whether ``label_column`` changes what ``load_dataset(spec)`` returns (csv, parquet)."""
+    scheme, sep, _ = spec.partition(":")
+    return bool(sep) and scheme in tables.FORMATS
+
+
 def expected_nbytes(spec: str) -> int | None:
     """Bytes of the arrays ``load_dataset(spec)`` will return, where the spec alone says
-    (synthetic specs, checked as ``load_dataset`` checks them); None where only the files do."""
+    (synthetic specs, checked as ``load_dataset`` checks them); None where only the files
+    (or, for ``py:``, the code) do."""
     scheme, sep, arg = spec.partition(":")
     if not (sep and scheme == "synthetic"):
         return None
@@ -98,46 +103,6 @@ def _check_test_fraction(test_fraction: float) -> None:
         raise ConfigError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
 
 
-def _n_classes(path: str, *labels: np.ndarray) -> int:
-    """Classes = largest label + 1; a dataset with a single class cannot be trained on."""
-    top = max(int(y.max()) for y in labels if y.size)
-    if top + 1 < 2:
-        raise file_error(path, f"labels define {top + 1} class; need at least 2")
-    return top + 1
-
-
-def _test_count(where: str, n: int, test_fraction: float) -> int:
-    """Test rows: ``round(n * test_fraction)``, at least 1, leaving at least 1 to train on."""
-    n_test = max(1, round(n * test_fraction))
-    if n_test >= n:
-        problem = f"{n} samples are too few to split with test_fraction={test_fraction}"
-        raise DataError(f"{where}: {problem}")
-    return n_test
-
-
-def _split(
-    where: str, x: np.ndarray, y: np.ndarray, seed: int, test_fraction: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded random split of ``x, y`` into train and test rows."""
-    n_test = _test_count(where, len(x), test_fraction)
-    perm = np.random.default_rng(seed).permutation(len(x))
-    test, train = perm[:n_test], perm[n_test:]
-    return x[train], y[train], x[test], y[test]
-
-
-def _make(
-    x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray, n_classes: int
-) -> Dataset:
-    """Build a Dataset, guaranteeing the dtypes and layout the caller relies on."""
-    return Dataset(
-        x_train=np.ascontiguousarray(x_tr, dtype=np.float32),
-        y_train=np.ascontiguousarray(y_tr, dtype=np.int64),
-        x_test=np.ascontiguousarray(x_te, dtype=np.float32),
-        y_test=np.ascontiguousarray(y_te, dtype=np.int64),
-        n_classes=n_classes,
-    )
-
-
 # --- digits -----------------------------------------------------------------------
 
 
@@ -145,8 +110,9 @@ def _load_digits(seed: int, test_fraction: float) -> Dataset:
     """The 1,797 scikit-learn digits, pixels 0..16 scaled to [0, 1]."""
     pixels, labels, source = _digits_arrays()
     x = (pixels / np.float32(16)).astype(np.float32)
-    x_tr, y_tr, x_te, y_te = _split(f"bad dataset file {source}", x, labels, seed, test_fraction)
-    return _make(x_tr, y_tr, x_te, y_te, _n_classes(source, labels))
+    where = f"bad dataset file {source}"
+    x_tr, y_tr, x_te, y_te = arrays.split(where, x, labels, seed, test_fraction)
+    return arrays.make(x_tr, y_tr, x_te, y_te, arrays.n_classes(where, labels))
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray, str]:
@@ -203,8 +169,8 @@ def _load_mnist(directory: str) -> Dataset:
         test_path = os.path.join(directory, _MNIST_TEST[0])
         problem = f"images have {x_te.shape[1]} pixels, train images have {x_tr.shape[1]}"
         raise file_error(test_path, problem)
-    n_classes = _n_classes(os.path.join(directory, "*-labels-idx1-ubyte"), y_tr, y_te)
-    return _make(x_tr, y_tr, x_te, y_te, n_classes)
+    n_classes = arrays.n_classes(f"bad dataset file {os.path.join(directory, '*-labels-idx1-ubyte')}", y_tr, y_te)
+    return arrays.make(x_tr, y_tr, x_te, y_te, n_classes)
 
 
 def _read_idx_pair(directory: str, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -257,16 +223,7 @@ def _parse_idx(path: str, data: bytes, ndims: int) -> np.ndarray:
 
 def _load_npz(path: str, seed: int, test_fraction: float) -> Dataset:
     """An .npz holding a train/test split, or ``x, y`` to split here."""
-    arrays = _read_npz(path)
-    if "x" in arrays:
-        x, y = _pair(path, arrays, "x", "y")
-        x_tr, y_tr, x_te, y_te = _split(f"bad dataset file {path}", x, y, seed, test_fraction)
-    else:
-        x_tr, y_tr = _pair(path, arrays, "x_train", "y_train")
-        x_te, y_te = _pair(path, arrays, "x_test", "y_test")
-    _check_split_shapes(path, x_tr, x_te)
-    x_tr, x_te = _normalise(path, x_tr, x_te)
-    return _make(x_tr, y_tr, x_te, y_te, _n_classes(path, y_tr, y_te))
+    return arrays.from_arrays(f"bad dataset file {path}", _read_npz(path), seed, test_fraction)
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
@@ -282,74 +239,11 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 def _npz_arrays(path: str, f: BinaryIO) -> dict[str, np.ndarray]:
     """Every array we need, read while ``f`` (already checked to be a zip) is open."""
     with reading(path, "not a readable .npz archive"), np.load(f, allow_pickle=False) as npz:
-        names = set(npz.files)
-        wanted = _NPZ_SPLIT if names >= set(_NPZ_SPLIT) else _NPZ_WHOLE
-        if not names >= set(wanted):
-            present = ", ".join(sorted(names)) or "nothing"
-            expected = f"{', '.join(_NPZ_SPLIT)} or {', '.join(_NPZ_WHOLE)}"
-            raise file_error(path, f"holds {present}; expected {expected}")
+        wanted = arrays.layout(npz.files)
+        if wanted is None:
+            present = ", ".join(sorted(npz.files)) or "nothing"
+            raise file_error(path, f"holds {present}; expected {arrays.EXPECTED_NAMES}")
         return {name: npz[name] for name in wanted}
-
-
-def _pair(
-    path: str, arrays: dict[str, np.ndarray], x_name: str, y_name: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validated features and labels, one label per row."""
-    x, y = _features(path, x_name, arrays[x_name]), _labels(path, y_name, arrays[y_name])
-    if len(x) != len(y):
-        raise file_error(path, f"{x_name} has {len(x)} rows but {y_name} has {len(y)}")
-    return x, y
-
-
-def _features(path: str, name: str, x: np.ndarray) -> np.ndarray:
-    """Numeric, at least 2-D (trailing dims flattened), finite, non-empty rows."""
-    if x.dtype.kind not in "biuf":
-        raise file_error(path, f"{name} has dtype {x.dtype}; expected a numeric array")
-    if x.ndim < 2:
-        raise file_error(path, f"{name} has shape {x.shape}; expected (samples, features...)")
-    x = x.reshape(len(x), math.prod(x.shape[1:]))
-    if x.shape[1] == 0:
-        raise file_error(path, f"{name} has shape {x.shape}; expected at least 1 feature")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise file_error(path, f"{name} contains NaN or infinite values")
-    return x
-
-
-def _labels(path: str, name: str, y: np.ndarray) -> np.ndarray:
-    """1-D integer labels (integral floats accepted) in [0, MAX_CLASSES)."""
-    if y.ndim != 1 or y.dtype.kind not in "biuf":
-        problem = f"{name} has shape {y.shape} and dtype {y.dtype}; expected 1-D integers"
-        raise file_error(path, problem)
-    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.floor(y)).all()):
-        raise file_error(path, f"{name} holds non-integral float labels")
-    if y.size and (y.min() < 0 or y.max() >= MAX_CLASSES):
-        problem = f"{name} labels span [{y.min()}, {y.max()}]; expected 0..{MAX_CLASSES - 1}"
-        raise file_error(path, problem)
-    return y.astype(np.int64)
-
-
-def _check_split_shapes(path: str, x_tr: np.ndarray, x_te: np.ndarray) -> None:
-    """Both splits non-empty, with the same width."""
-    if len(x_tr) == 0 or len(x_te) == 0:
-        raise file_error(path, f"empty split: {len(x_tr)} train rows, {len(x_te)} test rows")
-    if x_tr.shape[1] != x_te.shape[1]:
-        problem = f"x_train has {x_tr.shape[1]} features but x_test has {x_te.shape[1]}"
-        raise file_error(path, problem)
-
-
-def _normalise(path: str, x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarray, ...]:
-    """uint8 pixels are scaled by 1/255; anything else is standardised with train stats."""
-    if x_tr.dtype == np.uint8 and x_te.dtype == np.uint8:
-        shift, scale = np.float32(0), np.float32(255)
-    else:
-        shift = x_tr.mean(axis=0, dtype=np.float64).astype(np.float32)
-        std = x_tr.std(axis=0, dtype=np.float64)
-        # A constant feature carries no signal; dividing by 1 leaves it at 0 instead of NaN.
-        scale = np.where(std == 0, 1.0, std).astype(np.float32)
-    out = tuple((x.astype(np.float32) - shift) / scale for x in (x_tr, x_te))
-    if not all(np.isfinite(z).all() for z in out):
-        raise file_error(path, "x values overflow float32 after normalising")
-    return out
 
 
 # --- synthetic --------------------------------------------------------------------
@@ -360,8 +254,8 @@ def _load_synthetic(spec: str, arg: str, seed: int, test_fraction: float) -> Dat
     n, d, c = _parse_synthetic(spec, arg)
     x, y = _synthetic_task(n, d, c, seed)
     # Rows are i.i.d. draws already, so slicing is as good as a permutation and copies nothing.
-    n_train = n - _test_count(f"bad dataset spec {spec!r}", n, test_fraction)
-    return _make(x[:n_train], y[:n_train], x[n_train:], y[n_train:], c)
+    n_train = n - arrays.count_test_rows(f"bad dataset spec {spec!r}", n, test_fraction)
+    return arrays.make(x[:n_train], y[:n_train], x[n_train:], y[n_train:], c)
 
 
 def _parse_synthetic(spec: str, arg: str) -> tuple[int, int, int]:

@@ -1,6 +1,7 @@
 """The embeddable Broker on the caller's loop: asyncio and uvloop, cancellation, queueing."""
 
 import asyncio
+import sys
 
 import pytest
 import uvloop
@@ -8,7 +9,7 @@ import uvloop
 import leptonrt
 from leptonrt import Broker, BrokerClosed, EpochEvent, TrainJob
 from leptonrt.broker.runner import JobRunner
-from leptonrt.errors import DataError, InternalError
+from leptonrt.errors import ConfigError, DataError, InternalError
 
 pytestmark = pytest.mark.process
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -152,3 +153,38 @@ def test_actors_stay_up_between_jobs_and_the_snapshot_shows_them(no_leftovers):
     assert [a.state for a in snap.actors] == ["idle", "idle"] and snap.job is None
     assert snap.jobs_done == 2 and any("job 2 finished" in e.text for e in snap.events)
     assert one["test_accuracy"] == two["test_accuracy"]   # same job, same seed, same answer
+
+
+def test_a_py_dataset_runs_only_from_a_module_the_owner_allowed_and_others_are_never_imported(
+        tmp_path, monkeypatch, no_leftovers):
+    """A broker serves other people's jobs: naming a module must not make it run that code."""
+    (tmp_path / "owners_data_q.py").write_text(
+        "import numpy as np\n"
+        "def make():\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    return {'x': rng.normal(size=(120, 3)), 'y': np.arange(120) % 2}\n")
+    (tmp_path / "strangers_data_q.py").write_text("raise RuntimeError('a stranger ran this')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("owners_data_q", "strangers_data_q"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    async def main():
+        async with Broker(gpus="none", cpu_actors=1, allow_imports=["owners_data_q"]) as broker:
+            with pytest.raises(ConfigError) as refused:
+                broker.submit_nowait(TrainJob(dataset="py:strangers_data_q:make", epochs=1))
+            for code in ({"model": "strangers_data_q:build"}, {"loss": "strangers_data_q:loss"}):
+                with pytest.raises(ConfigError, match="--allow-import strangers_data_q"):
+                    broker.submit_nowait(TrainJob(dataset="digits", epochs=1, **code))   # the actors would import it
+            job = await broker.submit(TrainJob(dataset="py:owners_data_q:make", hidden=(8,), epochs=1))
+            return refused.value, await job.result(), len(broker.jobs())
+
+    refused, result, jobs = run("asyncio", main)
+    assert refused.exit_code == 78 and "--allow-import strangers_data_q" in str(refused)
+    assert "strangers_data_q" not in sys.modules and jobs == 1   # refused before it queued
+    assert result["epochs"] == 1
+
+
+def test_an_embedded_broker_allows_no_module_unless_told():
+    assert Broker(gpus="none", cpu_actors=1).pool.allow_imports == ()
+    with pytest.raises(ConfigError, match="--allow-import takes a module name"):
+        Broker(gpus="none", cpu_actors=1, allow_imports=["../evil"])

@@ -95,7 +95,7 @@ WEDGED = textwrap.dedent("""
     fifo, mode = sys.argv[1], sys.argv[2]
     reading = threading.Event()
 
-    def wedged(spec, *, seed, test_fraction):
+    def wedged(spec, *, seed, test_fraction, **_settings):
         reading.set()
         with open(fifo, "rb") as f:   # a plain open: blocks until a writer appears
             f.read()

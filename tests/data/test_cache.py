@@ -32,7 +32,7 @@ class FakeLoader:
     def __init__(self, rows=None):
         self.calls, self.rows = [], rows or {}
 
-    def __call__(self, spec, *, seed, test_fraction):
+    def __call__(self, spec, *, seed, test_fraction, **_settings):
         self.calls.append(spec)
         return fake_dataset(self.rows.get(spec, ROWS))
 
@@ -168,6 +168,35 @@ def test_statistics_list_each_entry_with_its_size_use_and_recency(make_cache):
         stats.total_bytes = 0
 
 
+def test_a_tables_label_column_is_part_of_its_key_and_other_specs_ignore_it(make_cache, run_id):
+    """Two jobs on one csv with different label columns train on different data."""
+    seen = []
+
+    def loader(spec, *, seed, test_fraction, label_column, allowed):
+        seen.append((spec, label_column, allowed))
+        return fake_dataset()
+
+    cache = make_cache(loader=loader)
+    by_label, by_kind = cache.get("csv:t.csv"), cache.get("csv:t.csv", label_column="kind")
+    assert cache.get("csv:t.csv", label_column="kind") == by_kind
+    cache.get("npz:d.npz")
+    cache.get("npz:d.npz", label_column="kind")   # no columns in an npz: the same data
+    assert seen == [("csv:t.csv", "label", ()), ("csv:t.csv", "kind", ()), ("npz:d.npz", "label", ())]
+    assert not set(segments_of(by_label)) & set(segments_of(by_kind))
+    assert [e.label_column for e in cache.statistics().entries] == ["label", "kind", None]
+
+
+def test_the_cache_hands_its_loader_the_modules_its_owner_allowed(run_id):
+    seen = []
+    cache = DatasetCache(run_id, budget_bytes=10 * SIZE, allowed_imports=["mypkg"],
+                         loader=lambda spec, **settings: seen.append(settings["allowed"]) or fake_dataset())
+    try:
+        cache.get("py:mypkg.data:make")
+    finally:
+        cache.close()
+    assert seen == [("mypkg",)]
+
+
 def test_close_unlinks_every_segment_and_refuses_later_loads(make_cache, run_id):
     cache = make_cache()
     cache.get("npz:a")
@@ -187,7 +216,7 @@ def test_releasing_what_no_job_holds_is_our_bug(make_cache):
 
 
 def test_a_loader_error_reaches_the_caller_and_leaves_no_reservation(make_cache):
-    def broken(spec, *, seed, test_fraction):
+    def broken(spec, *, seed, test_fraction, **_settings):
         raise DataError(f"bad dataset file {spec}: corrupt")
 
     cache = make_cache(loader=broken)
@@ -209,7 +238,7 @@ class BlockedLoader:
     def __init__(self):
         self.started, self.gate = threading.Event(), threading.Event()
 
-    def __call__(self, spec, *, seed, test_fraction):
+    def __call__(self, spec, *, seed, test_fraction, **_settings):
         self.started.set()
         self.gate.wait()
         return fake_dataset()

@@ -444,7 +444,9 @@ def test_synthetic_with_too_few_samples_to_split_is_a_data_error():
 
 
 @pytest.mark.parametrize(
-    "spec", ["", "mnist", "mnist:", "npz:", "digits:extra", "imagenet:/data", "Digits"]
+    "spec", ["", "mnist", "mnist:", "npz:", "csv:", "parquet:", "py:", "digits:extra", "imagenet:/data", "Digits"]
 )
 def test_unknown_specs_are_data_errors_listing_the_valid_forms(spec):
-    assert "digits, mnist:DIR, npz:PATH, synthetic:N,D,C" in data_error(spec)
+    message = data_error(spec)
+    assert "digits, mnist:DIR, npz:PATH, csv:PATH, parquet:PATH, py:package.module:function" in message
+    assert "synthetic:N,D,C" in message
