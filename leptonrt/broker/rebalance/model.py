@@ -156,13 +156,17 @@ class CostModel:
     def _start(self, rows: int, seconds: float) -> None:
         """The prior, centred on the first step: ``a = f * t``, ``c = (1 - f) * t / rows`` with
         the fixed share ``f`` and the level ``t`` both uncertain; then the step itself."""
-        f, t = PRIOR_FIXED_SHARE, seconds
-        self._set_prior((f * t, (1 - f) * t / rows), (t, -t / rows), (f * t, (1 - f) * t / rows))
+        self._prior_at(rows, seconds)
         self._jaa, self._jac, self._jcc = self._qaa, self._qac, self._qcc
         self._ha, self._hc = self._qa, self._qc
         self._started = True
         self._fit(rows, seconds, 1.0 / (self.noise * seconds) ** 2, forget=False)
         self.observations = 1
+
+    def _prior_at(self, rows: float, t: float) -> None:
+        """The prior for a step of ``t`` seconds at ``rows`` rows (see ``_start``)."""
+        f = PRIOR_FIXED_SHARE
+        self._set_prior((f * t, (1 - f) * t / rows), (t, -t / rows), (f * t, (1 - f) * t / rows))
 
     def _set_prior(self, mean: tuple[float, float], shape: tuple[float, float], level: tuple[float, float]) -> None:
         """Prior information J0 = inv(S) with S = sd_f^2 v v' + sd_level^2 u u' (v: a change of
@@ -188,6 +192,16 @@ class CostModel:
         hc = lam * self._hc + keep * self._qc + info * seconds * rows
         self._jaa, self._jac, self._jcc, self._ha, self._hc = jaa, jac, jcc, ha, hc
         det = jaa * jcc - jac * jac
+        if not det > 1e-12 * jaa * jcc:
+            # the information no longer tells a from c within float precision (a fit that
+            # wandered along the direction constant rows leave open): begin again from this step
+            self._prior_at(rows, seconds)
+            w = 1.0 / (self.noise * seconds) ** 2
+            self._jaa, self._jac, self._jcc = self._qaa + w, self._qac + w * rows, self._qcc + w * rows * rows
+            self._ha, self._hc = self._qa + w * seconds, self._qc + w * seconds * rows
+            self.a, self.c, self._paa, self._pac, self._pcc = _solve(
+                self._jaa, self._jac, self._jcc, self._ha, self._hc)
+            return
         paa, pac, pcc = jcc / det, -jac / det, jaa / det
         self.a, self.c, self._paa, self._pac, self._pcc = paa * ha + pac * hc, pac * ha + pcc * hc, paa, pac, pcc
 
@@ -218,9 +232,10 @@ class CostModel:
         self._ha = self._jaa * k * a + self._jac * k * c
         self._hc = self._jac * k * a + self._jcc * k * c
         self.a, self.c, self._paa, self._pac, self._pcc = k * a, k * c, saa, sac, scc
-        # the prior scales with the device: information about seconds scales by 1 / k^2
-        self._qaa, self._qac, self._qcc = self._qaa / k ** 2, self._qac / k ** 2, self._qcc / k ** 2
-        self._qa, self._qc = self._qa / k, self._qc / k
+        # the prior moves to the new regime: centred on its steps (scaling the old one by k
+        # instead would compound every k's error over many changes)
+        rows = median(r for r, _ in run)
+        self._prior_at(rows, median(t for _, t in run))
         self._up = self._down = 0.0
         self._up_steps = self._down_steps = 0
         self._recent.clear()

@@ -1,6 +1,8 @@
 """The cost models as estimators: what they recover, what they ignore, when they see a change."""
 
+import gzip
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +117,21 @@ def test_a_group_size_never_seen_is_guessed_from_the_nearest_with_a_wide_spread(
         coll.update(8, 1e-3)
     mean, sd = coll.predict(16)
     assert mean == pytest.approx(1e-3 * 4 / 3) and sd >= 0.5 * (mean - 1e-3)
+
+
+def test_a_live_run_of_one_actor_with_many_changes_keeps_a_physical_fit():
+    """Recorded live (synthetic 20000x64, batch 64, two CPU actors, one of them on standby
+    from step 8; the other's compute seconds, in microseconds): its first 6 steps at 32 rows,
+    the rest at 64, 73 changes of speed in 25,681 steps. When each change scaled the prior by
+    its ratio, the errors compounded: the prior's level drifted a million-fold, the fit went
+    along the direction constant rows leave open (a = 2.9 s, c = -0.045 s/row) and at step
+    25,629 its information was singular (a ZeroDivisionError that ended the run)."""
+    raw = gzip.decompress((Path(__file__).parent / "data" / "one_actor_alone_us.u16.gz").read_bytes())
+    seconds = np.frombuffer(raw, dtype="<u2").astype(float) * 1e-6
+    model = CostModel()
+    for i, t in enumerate(seconds):
+        model.update(32 if i < 6 else 64, float(t))
+    assert model.changes > 50
+    mean, _sd = model.predict(64)
+    assert 0.5 * np.median(seconds) < mean < 2 * np.median(seconds)
+    assert model.a > -1e-4 and model.c > 0     # a fixed cost near or above 0, and a cost per row
