@@ -249,8 +249,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
             address = default
     job = _job_from(args, remote=address is not None)
     if address is not None:
+        _refuse_local_options(args, address)
         return _train_remote(args, job, address)
     return _train_here(args, job)
+
+
+_BROKERS_OWN = ("gpus", "cpu-actors", "no-pin")   # chosen by `leptonrt up`, for every job it runs
+
+
+def _refuse_local_options(args: argparse.Namespace, address: str) -> None:
+    """A running broker trains on the actors it started: options that choose devices for this
+    job cannot be honoured there, so one given on this command line is refused, not ignored.
+    (The same settings from a file or the environment are shared with `up` and are left be.)"""
+    resolved = getattr(args, "_resolved", None)
+    given = [s.key for s in resolved.settings if s.key in _BROKERS_OWN and s.source.kind == "command line"] \
+        if resolved is not None else []
+    if given:
+        options = ", ".join(f"--{key}" for key in given)
+        raise ConfigError(f"{options}: the broker at {address} trains on the actors it started (`leptonrt up "
+                          f"--gpus/--cpu-actors` chose them); leave {options} out, or stop the broker "
+                          f"(`leptonrt stop`) to train here")
 
 
 def _on_epoch(args: argparse.Namespace, label: str):
@@ -284,11 +302,24 @@ def _train_here(args: argparse.Namespace, job: TrainJob) -> int:
         result = run_async(_stoppable(runner.run()))
     except _Stopped as stopped:
         print(f"leptonrt: {stopped.how}", file=sys.stderr)
+        if job.checkpoint_dir is not None:
+            print(f"leptonrt: resume with the same command and --resume (checkpoints in {job.checkpoint_dir}"
+                  f"{_newest(job.checkpoint_dir)})", file=sys.stderr)
         return stopped.code
     finally:
         for note in runner.notes[shown:]:   # learnt while starting, e.g. which checkpoint was resumed
             print(f"leptonrt: {note}", file=sys.stderr)
     return _report(args, result, label)
+
+
+def _newest(directory: str) -> str:
+    """``; the newest: PATH`` for the newest complete checkpoint in ``directory``, or nothing."""
+    from .nn import checkpoint
+    try:
+        found = checkpoint.latest(directory)
+    except LeptonError:
+        return ""
+    return f"; the newest: {found.path}, step {found.step}" if found is not None else "; none written yet"
 
 
 class _Stopped(Exception):

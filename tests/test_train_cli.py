@@ -232,6 +232,25 @@ def test_a_signal_stops_training_with_its_exit_code_and_leaves_nothing(sigint, s
     assert f"leptonrt: {said}" in "".join(stderr)
 
 
+def test_ctrl_c_says_how_to_resume_and_from_which_checkpoint(tmp_path, no_leftovers):
+    checkpoints = tmp_path / "ck"
+    proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", "--dataset", "synthetic:20000,64,10",
+                             "--gpus", "none", "--cpu-actors", "1", "--epochs", "1000", "--batch-size", "32",
+                             "--checkpoint-dir", checkpoints, "--checkpoint-every", "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout.readline().startswith("epoch")   # 500 steps: checkpoints written
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in err
+    said = [line for line in err.splitlines() if "resume" in line]
+    assert len(said) == 1 and "--resume" in said[0] and f"{checkpoints}{os.sep}step-" in said[0]
+
+
 @pytest.mark.parametrize("args, named", [
     (["--split", "nan,1"], "split[0]"), (["--split", "inf,1"], "split[0]"), (["--split", "1e308,1e308"], "split[0]"),
     (["--lr", "1e-13"], "lr"), (["--epochs", "2000000"], "epochs"), (["--batch-size", "20000000"], "batch_size"),

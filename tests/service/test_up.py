@@ -147,6 +147,13 @@ def test_a_bad_job_is_refused_with_its_exit_code_and_the_broker_goes_on(no_lefto
     assert bad.returncode == 66 and "nonexistent" in bad.stderr and "Traceback" not in bad.stderr
     good = leptonrt_cli("train", "--dataset", "synthetic:500,8,3", "--epochs", "1", "--quiet", env=_env(running_up))
     assert good.returncode == 0, good.stderr
+    # devices are the broker's to choose: asking for others here is refused, not ignored
+    for devices in (["--gpus", "1"], ["--gpus", "none", "--cpu-actors", "4"]):
+        refused = leptonrt_cli("train", "--dataset", "synthetic:500,8,3", "--epochs", "1", *devices,
+                               env=_env(running_up))
+        assert refused.returncode == 78 and "Traceback" not in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and "trains on the actors it started" in refused.stderr
+        assert all(f"{d}" in refused.stderr for d in devices if d.startswith("--"))
 
 
 def test_nothing_listening_is_a_clear_error(tmp_path, leptonrt_cli):
