@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leptonrt import messages as protocol
+from leptonrt.config import Slowdown
 from leptonrt.wire import MAX_PLAIN_DEPTH
 from leptonrt.messages import (
     ACTOR_LIMITS,
@@ -30,7 +31,6 @@ from leptonrt.messages import (
     Failure,
     Finished,
     Grant,
-    Slowdown,
     Heartbeat,
     Hello,
     JobSpec,

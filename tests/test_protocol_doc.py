@@ -8,10 +8,10 @@ import sys
 import typing
 from pathlib import Path
 
-from leptonrt import messages
+from leptonrt import config, messages
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
-RECORDS = [messages.ArrayRef, messages.DatasetInfo, messages.Slowdown, messages.TrainJob, messages.JobSpec,
+RECORDS = [messages.ArrayRef, messages.DatasetInfo, config.Slowdown, config.TrainJob, messages.JobSpec,
            messages.StepStat, *typing.get_args(messages.Message)]
 
 
@@ -26,7 +26,7 @@ def _comments(cls) -> dict[str, str]:
 
 
 def _type(hint) -> str:
-    text = str(hint).replace("typing.", "").replace("leptonrt.messages.", "").replace("leptonrt.wire.", "")
+    text = str(hint).replace("typing.", "").replace("leptonrt.messages.", "").replace("leptonrt.config.", "").replace("leptonrt.wire.", "")
     return text.replace("<class '", "").replace("'>", "").replace("NoneType", "None")
 
 
