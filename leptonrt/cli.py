@@ -12,6 +12,7 @@ from pathlib import Path
 from . import keys, settings
 from .config import OPTIMIZERS, PRECISIONS, TrainJob, parse_slowdown
 from .errors import ConfigError, LeptonError
+from .progress import LEVELS, Follow, log, setup_logging
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):
@@ -117,6 +118,8 @@ def _add_train(sub) -> None:
                    help="take a running actor that sends nothing for this long for hung (default 3; "
                         "stretched to 3 steps when a step takes longer)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--log-level", choices=LEVELS, default="info",
+                   help="notes on stderr from this level up (warning: only problems)")
     p.add_argument("--max-restarts", type=int, default=3,
                    help="replace a lost actor at most this many times within --restart-window (then exit 70)")
     p.add_argument("--restart-window", type=float, default=60.0, metavar="SECONDS", help="the window --max-restarts counts in")
@@ -146,6 +149,7 @@ def _add_service(sub) -> None:
     p.add_argument("--checkpoint-root", default=None, metavar="DIR",
                    help="keep clients' checkpoints under DIR (a client names one: --checkpoint-dir NAME); "
                         "without it, jobs with checkpoints are refused")
+    p.add_argument("--log-level", choices=LEVELS, default="info", help="notes on stderr from this level up")
     p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
                    help="let jobs run code from MODULE and its submodules (--dataset py:MODULE:function, "
                         "--model, --loss); repeatable (default: none)")
@@ -271,15 +275,9 @@ def _refuse_local_options(args: argparse.Namespace, address: str) -> None:
                           f"(`leptonrt stop`) to train here")
 
 
-def _on_epoch(args: argparse.Namespace, label: str):
-    from .broker.events import ActorLost, EpochEvent, Recovered
-
-    def on_event(event) -> None:
-        if isinstance(event, EpochEvent) and not args.quiet:
-            print(format_epoch(event, label), flush=True)
-        elif isinstance(event, (ActorLost, Recovered)):
-            print(f"leptonrt: {event.describe()}", file=sys.stderr, flush=True)
-    return on_event
+def _follow(args: argparse.Namespace, label: str) -> Follow:
+    """Epoch lines (unless --quiet), and on a terminal a progress bar within the epoch."""
+    return Follow(lambda event: format_epoch(event, label), quiet=args.quiet)
 
 
 def _report(args: argparse.Namespace, result: dict, label: str) -> int:
@@ -293,22 +291,23 @@ def _report(args: argparse.Namespace, result: dict, label: str) -> int:
 def _train_here(args: argparse.Namespace, job: TrainJob) -> int:
     from .broker.runner import JobRunner
     label = describe_slowdowns(job)
-    runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=_on_epoch(args, label),
-                       pin=not args.no_pin)
+    follow = _follow(args, label)
+    runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=follow, pin=not args.no_pin)
     for note in runner.notes:
-        print(f"leptonrt: {note}", file=sys.stderr)
+        log.info(note)
     shown = len(runner.notes)
     try:
-        result = run_async(_stoppable(runner.run()))
+        with follow:
+            result = run_async(_stoppable(runner.run()))
     except _Stopped as stopped:
-        print(f"leptonrt: {stopped.how}", file=sys.stderr)
+        log.warning(stopped.how)
         if job.checkpoint_dir is not None:
-            print(f"leptonrt: resume with the same command and --resume (checkpoints in {job.checkpoint_dir}"
-                  f"{_newest(job.checkpoint_dir)})", file=sys.stderr)
+            log.warning(f"resume with the same command and --resume (checkpoints in {job.checkpoint_dir}"
+                        f"{_newest(job.checkpoint_dir)})")
         return stopped.code
     finally:
         for note in runner.notes[shown:]:   # learnt while starting, e.g. which checkpoint was resumed
-            print(f"leptonrt: {note}", file=sys.stderr)
+            log.info(note)
     return _report(args, result, label)
 
 
@@ -358,19 +357,20 @@ async def _stoppable(coro):
 def _train_remote(args: argparse.Namespace, job: TrainJob, address: str) -> int:
     from .client import connect
     label = describe_slowdowns(job)
-    on_event = _on_epoch(args, label)
+    follow = _follow(args, label)
 
     async def submit_and_follow() -> dict:
         async with connect(address, server_key=args.server_key, keys=args.keys) as broker:
             remote = await broker.submit(job)
-            print(f"leptonrt: job {remote.id} submitted to {address}"
-                  + (f" ({remote.ahead} ahead of it)" if remote.ahead else ""), file=sys.stderr)
+            log.info(f"job {remote.id} submitted to {address}" + (f" ({remote.ahead} ahead of it)" if remote.ahead
+                                                                   else ""))
             try:
-                async for event in remote.events():
-                    on_event(event)
+                with follow:
+                    async for event in remote.events():
+                        follow(event)
                 return await remote.result()
             except asyncio.CancelledError:
-                print(f"leptonrt: detached; job {remote.id} goes on at {address}", file=sys.stderr)
+                log.warning(f"detached; job {remote.id} goes on at {address}")
                 raise
     return _report(args, run_async(submit_and_follow()), label)
 
@@ -491,6 +491,7 @@ def run_async(coro):
 def main(argv: list[str] | None = None) -> int:
     try:
         args = settings.parse(_parser(), argv)
+        setup_logging(getattr(args, "log_level", "info"))
         commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "keys": keys.run,
                     "config": settings.run}
         return commands[args.command](args)

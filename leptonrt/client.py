@@ -28,7 +28,7 @@ from zmq.utils.monitor import parse_monitor_message
 from . import messages as protocol
 from .broker.address import check_address, default_address, ipc_path
 from .broker.handle import JobHandle
-from .broker.events import ActorLost, EpochEvent, Recovered, SplitChanged
+from .broker.events import ActorLost, EpochEvent, Progress, Recovered, SplitChanged
 from .broker.stats import Snapshot
 from .errors import ConfigError, LeptonError, NoDeviceError, ProtocolError
 from .messages import (SERVICE_LIMITS, Accepted, JobUpdate, Rejected, StatusReply, StatusRequest, Submit, TrainJob,
@@ -73,6 +73,8 @@ class RemoteJob(JobHandle):
         if msg.kind == "epoch":
             data["shares"] = tuple(data["shares"])
             self._emit(EpochEvent(**data))
+        elif msg.kind == "progress":
+            self._emit(Progress(**data))
         elif msg.kind == "split":
             data["split"] = tuple(data["split"])
             self._emit(SplitChanged(**data))

@@ -358,7 +358,7 @@ class Rejected:
 class JobUpdate:
     """Service -> client: something happened to a submitted job."""
     job_id: int = required(min=1)
-    kind: str = required(choices=frozenset({"epoch", "split", "lost", "recovered", "finished", "failed"}))
+    kind: str = required(choices=frozenset({"epoch", "progress", "split", "lost", "recovered", "finished", "failed"}))
     data: Plain  # the event's fields, or the result
 
 

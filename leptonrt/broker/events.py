@@ -31,7 +31,7 @@ class Respawn:
 
 @dataclass(frozen=True)
 class Emit:
-    event: object     # an EpochEvent, SplitChanged, ActorLost, Recovered or Benched
+    event: object     # an EpochEvent, Progress, SplitChanged, ActorLost, Recovered or Benched
 
 
 Effect = Union[Send, Kill, Respawn, Emit]
@@ -49,6 +49,18 @@ class EpochEvent:
     seconds: float           # wall time of the epoch's training steps
     samples_per_s: float     # training samples per second in this epoch
     shares: tuple[float, ...]  # fraction of the global batch each rank trained
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the job is, between epochs: what the committed steps trained (a progress bar's)."""
+
+    epoch: int               # 1-based: the epoch under way (or, at its last step, just ended)
+    epochs: int              # total epochs of the job
+    step: int                # steps committed
+    total_steps: int         # steps in the whole job
+    samples: int             # training samples in the committed steps
+    total_samples: int       # training samples in the whole job
 
 
 @dataclass(frozen=True)

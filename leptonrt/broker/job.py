@@ -28,7 +28,7 @@ from ..errors import ConfigError, InternalError
 from ..messages import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, GroupFailed, Heartbeat,
                         Hello, JobSpec, Message, Reports, Resplit, Stop)
 from .grants import Grants
-from .events import Effect, Emit, EpochEvent, Kill, Send, SplitChanged
+from .events import Effect, Emit, EpochEvent, Kill, Progress, Send, SplitChanged
 from .capacity import rows_that_fit
 from .ledger import HistoryBroken, Ledger
 from .lifecycle import JOB, SLOT, JobState, SlotState
@@ -195,6 +195,14 @@ class JobCore(Regrouping):
         """Training samples in the committed steps."""
         epochs, steps = divmod(self.committed() + 1, self.steps_per_epoch)
         return epochs * self.n_train + min(steps * self.batch, self.n_train)
+
+    def progress(self) -> Progress:
+        """How far the committed steps have come (the shell reports it every so often)."""
+        done = self.committed() + 1
+        epochs = self.job.job.epochs
+        return Progress(epoch=min(done // self.steps_per_epoch + 1, epochs), epochs=epochs, step=done,
+                        total_steps=self.total_steps, samples=self.samples_done(),
+                        total_samples=epochs * self.n_train)
 
     def statistics(self) -> JobStatistics:
         """One immutable record of the job now (the live view, status --json and tests read it)."""

@@ -31,6 +31,7 @@ from .rebalance import Rebalancer
 GATHER_TIMEOUT_S = 120.0   # every actor must have said hello by then
 SETTLE_S = 1.0             # after a failure, how long to wait for its root cause to show
 TICK_S = 0.1               # how often process exits and silences are checked while the socket is quiet
+PROGRESS_S = 0.25          # how often the job's owner hears how far it is (when it moved)
 PUMP_BATCH = 256           # actor messages handled before the loop is handed back
 
 
@@ -157,10 +158,16 @@ class JobRunner:
     # -- serving ------------------------------------------------------------------------------
 
     async def _serve(self, core: JobCore) -> None:
-        started = time.monotonic()
+        started = reported = time.monotonic()
+        last = None
         while core.state not in (JobState.DONE, JobState.FAILED):
             await self._pump(core, int(TICK_S * 1000))
             now = time.monotonic()
+            if now - reported >= PROGRESS_S and core.state == JobState.RUNNING:
+                reported, progress = now, core.progress()
+                if progress != last:
+                    last = progress
+                    self.on_event(progress)
             self.pool.job_running(now - started)
             self._apply(core, core.tick(now))
             if core.state == JobState.GATHERING and now - started > GATHER_TIMEOUT_S:

@@ -37,7 +37,7 @@ from .address import check_listen, ipc_path
 from .channel import Channel, PeerGone
 from .embedded import Broker, BrokerClosed, Job
 from .gate import Gate, GateConfig, Verdict
-from .events import ActorLost, EpochEvent, Recovered, SplitChanged
+from .events import ActorLost, EpochEvent, Progress, Recovered, SplitChanged
 from .supervise import supervise
 
 log = logging.getLogger("leptonrt.service")
@@ -49,7 +49,7 @@ RESTARTS = 5           # the serving loop may die this often...
 RESTART_WINDOW_S = 60.0   # ...within this long before the service counts as broken
 SEND_PATIENCE_S = 30.0    # a client that reads nothing for this long loses its stream
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_KINDS = {EpochEvent: "epoch", SplitChanged: "split", ActorLost: "lost", Recovered: "recovered"}
+_KINDS = {EpochEvent: "epoch", Progress: "progress", SplitChanged: "split", ActorLost: "lost", Recovered: "recovered"}
 
 
 async def probe(address: str, wait_ms: int = PROBE_MS) -> dict | None:

@@ -2,7 +2,7 @@
 
 
 from leptonrt.batches import fold, history_start, piece
-from leptonrt.broker.events import ActorLost, Recovered, Respawn, Send
+from leptonrt.broker.events import ActorLost, Progress, Recovered, Respawn, Send
 from leptonrt.broker.job import JobConfig, JobCore
 from leptonrt.broker.lifecycle import JobState
 from leptonrt.messages import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
@@ -107,6 +107,15 @@ def test_an_actor_that_finds_the_jobs_own_code_unusable_fails_the_job_with_its_o
     core, _c, _ = started(2)
     core.handle(b"id1", Failure(job_id=7, rank=1, message="RuntimeError: segfault nearby"), now=1.0)
     assert core.state == JobState.FAILED and core.unusable is None
+
+
+def test_progress_counts_committed_steps_and_samples_with_the_epoch_1_based():
+    core, cluster, _ = started(2, epochs=2, batch=4)   # 20 rows: 5 steps per epoch
+    assert core.progress() == Progress(epoch=1, epochs=2, step=0, total_steps=10, samples=0, total_samples=40)
+    cluster.everyone(0, 1, 2)
+    assert core.progress().step == 3 and core.progress().samples == 12 and core.progress().epoch == 1
+    cluster.everyone(3, 4, 5)
+    assert core.progress().epoch == 2 and core.progress().samples == 24
 
 
 def test_a_step_is_committed_only_once_every_member_reported_it_and_grants_follow():
