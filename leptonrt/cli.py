@@ -69,6 +69,16 @@ def _size(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
+    return port
+
+
 def _float_list(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -135,6 +145,10 @@ def _add_service(sub) -> None:
     p.add_argument("--checkpoint-root", default=None, metavar="DIR",
                    help="keep clients' checkpoints under DIR (a client names one: --checkpoint-dir NAME); "
                         "without it, jobs with checkpoints are refused")
+    p.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                   help="serve Prometheus metrics over HTTP on PORT (unauthenticated: see --metrics-host)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="the address the metrics listen on; anything but loopback lets anyone who can reach it read them")
     p = sub.add_parser("top", help="show the live view of a running broker",
                        epilog="example:\n  leptonrt top")
     p.add_argument("--connect", default=None, metavar="ADDR")
@@ -352,6 +366,7 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
                     cache_bytes=args.cache_bytes)
     for note in broker.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
+    metrics = _serve_metrics(args, broker) if args.metrics_port is not None else None   # a port in use: 78, now
 
     def on_broken(exc: BaseException) -> None:   # a bug of ours: stop loudly rather than serve half-alive
         broken.append(exc)
@@ -388,7 +403,22 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        if metrics is not None:
+            metrics.close()
     return seen[0] if seen else 0
+
+
+def _serve_metrics(args: argparse.Namespace, broker):
+    """The metrics endpoint of `up --metrics-port`, serving snapshots taken on this loop."""
+    from .broker.metrics import MetricsServer, is_loopback, on_loop
+    server = MetricsServer(on_loop(asyncio.get_running_loop(), broker.snapshot), args.metrics_host,
+                           args.metrics_port).start()
+    if not is_loopback(args.metrics_host):
+        print(f"leptonrt: warning: the metrics on {args.metrics_host}:{args.metrics_port} are unauthenticated: "
+              "anyone who can reach that address can read them", file=sys.stderr)
+    host = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
+    print(f"leptonrt: metrics at http://{host}:{args.metrics_port}/metrics", file=sys.stderr)
+    return server
 
 
 def _cmd_top(args: argparse.Namespace) -> int:

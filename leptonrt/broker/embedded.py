@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections import deque
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from .lifecycle import JobState
 from .pool import ActorPool
 from .runner import JobRunner
 from .stats import ActorStats, Event, JobStats, QueuedJob, Snapshot
+from .tally import Tally
 
 
 
@@ -83,6 +85,8 @@ class Broker:
         self.on_broken: Callable[[BaseException], None] = lambda exc: None   # told when it does
         self._rate: deque[tuple[float, float]] = deque(maxlen=240)   # (unix time, samples/s)
         self._last_sample: tuple[float, int] | None = None
+        self.tally = Tally()              # what every job's committed steps added up to
+        self._bad_before = 0              # actor messages dropped in the jobs that ended
 
     @property
     def notes(self) -> list[str]:
@@ -171,7 +175,8 @@ class Broker:
             job._emit(event)
 
         try:
-            self._runner = self._runner_type(job.spec, pool=self.pool, on_event=on_event, keep_weights=job.keep_weights)
+            self._runner = self._runner_type(job.spec, pool=self.pool, on_event=on_event, keep_weights=job.keep_weights,
+                                             tally=self.tally)
             result = await self._runner.run()
             job.weights_path = self._runner.weights_path
             result.update(job_id=job.id, started_at=job.started_at, finished_at=time.time())
@@ -189,6 +194,8 @@ class Broker:
             self._log(f"job {job.id} failed: internal error {type(exc).__name__}")
             self.pool.replace_all()
         finally:
+            if self._runner is not None and self._runner.core is not None:
+                self._bad_before += self._runner.core.bad_messages
             self._running, self._runner = None, None
 
     def _fail_pending(self, error: LeptonError | None) -> None:
@@ -230,7 +237,9 @@ class Broker:
                         throughput=tuple(p for p in self._rate if now - p[0] <= 60.0), events=tuple(self.log)[-20:],
                         jobs_done=sum(j.state == "done" for j in self._jobs),
                         jobs_failed=sum(j.state == "failed" for j in self._jobs),
-                        counters={"actor_bad_messages": core.bad_messages if core is not None else 0,
+                        jobs_cancelled=sum(j.state == "cancelled" for j in self._jobs),
+                        totals=self.tally.statistics(), pid=os.getpid(),
+                        counters={"actor_bad_messages": self._bad_before + (core.bad_messages if core is not None else 0),
                                   **self.counters()},
                         cache=asdict(self.pool.cache.statistics()) if self.pool.started else {})
         return snap

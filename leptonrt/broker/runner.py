@@ -26,6 +26,7 @@ from .job import JobConfig, JobCore
 from .lifecycle import JobState
 from .pool import ActorPool
 from .rebalance import Rebalancer
+from .tally import Tally
 
 GATHER_TIMEOUT_S = 120.0   # every actor must have said hello by then
 SETTLE_S = 1.0             # after a failure, how long to wait for its root cause to show
@@ -53,8 +54,9 @@ class JobRunner:
     def __init__(self, job: TrainJob, *, gpus: str = "all", cpu_actors: int | None = None,
                  on_event: Callable[[object], None] | None = None, actor_env: dict[str, str] | None = None,
                  pool: ActorPool | None = None, pin: bool = True, keep_weights: bool = False,
-                 core_config: JobConfig = JobConfig()) -> None:
+                 core_config: JobConfig = JobConfig(), tally: Tally | None = None) -> None:
         self.job, self.on_event = job, on_event or (lambda _e: None)
+        self.tally = tally   # the totals the job's committed steps add to (a broker's, across jobs)
         self.core_config = core_config   # how the core grants and plans (the job sets its own bounds on top)
         self._own_pool = pool is None
         self.pool = pool if pool is not None else ActorPool(gpus, cpu_actors, actor_env, pin)
@@ -129,7 +131,7 @@ class JobRunner:
                        threads=[p.threads for p in self.selection.actors], split=split, n_train=n_train,
                        steps_per_epoch=steps_per_epoch(n_train, job.batch_size), config=config, rebalancer=rebalancer,
                        save_path=str(weights) if self._wants_weights() else None, start_step=start_step,
-                       resume_from=resume_from, prior_epochs=tuple(prior), history=history)
+                       resume_from=resume_from, prior_epochs=tuple(prior), history=history, tally=self.tally)
         self._sync_store(core)
         now = time.monotonic()
         for identity, hello in pool.take_hellos():

@@ -1,0 +1,84 @@
+"""Operating a running `leptonrt up`: its metrics, `stop`, `up --detach`, `jobs` and `status --watch`."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from contextlib import contextmanager
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service.test_up import _env, _status
+
+pytestmark = pytest.mark.process
+
+SMALL = ["--dataset", "synthetic:500,8,3", "--hidden", "16", "--epochs", "2", "--quiet"]   # 400 training rows
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_up(runtime, *options):
+    """A real `leptonrt up` with one CPU actor, answering; on the way out it is stopped
+    (Ctrl-C), or killed if it does not stop."""
+    proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "up", "--gpus", "none", "--cpu-actors", "1", "--no-tui",
+                             *map(str, options)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=_env(runtime))
+    try:
+        _status(runtime)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _scrape(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
+        text = reply.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_the_metrics_of_a_running_up_add_up_to_the_job_it_finished(tmp_path, leptonrt_cli, no_leftovers):
+    runtime, port = tmp_path / "rt", _free_port()
+    with running_up(runtime, "--metrics-port", port):
+        done = leptonrt_cli("train", *SMALL, "--json-out", tmp_path / "result.json", env=_env(runtime))
+        assert done.returncode == 0, done.stderr
+        result = json.loads((tmp_path / "result.json").read_text())
+        got = _scrape(port)
+    steps = result["steps"]
+    assert got[("leptonrt_steps_total", ())] == steps
+    assert got[("leptonrt_samples_total", ())] == result["epochs"] * 400
+    assert got[("leptonrt_step_seconds_count", ())] == got[("leptonrt_step_seconds_bucket", (("le", "+Inf"),))] == steps
+    assert got[("leptonrt_allreduce_seconds_count", ())] == steps
+    assert got[("leptonrt_step_seconds_sum", ())] > 0
+    assert got[("leptonrt_regroups_total", ())] == result["regroups"]
+    assert got[("leptonrt_jobs", (("state", "done"),))] == 1 and got[("leptonrt_jobs", (("state", "running"),))] == 0
+    actor = (("actor", "0"), ("device", "cpu"))
+    assert got[("leptonrt_actor_compute_seconds_total", actor)] > 0
+    assert got[("leptonrt_actor_share", actor)] == 0   # idle again
+    assert got[("leptonrt_service_accepted_total", ())] >= 1
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_78_before_any_actor_starts(tmp_path, leptonrt_cli, no_leftovers):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = leptonrt_cli("up", "--gpus", "none", "--cpu-actors", "1", "--no-tui", "--metrics-port", port,
+                           env=_env(tmp_path / "rt"))
+    assert out.returncode == 78, out.stderr
+    assert out.stderr.strip().splitlines() == [f"leptonrt: --metrics-port {port}: 127.0.0.1:{port} is in use; "
+                                               "pick another port"]
