@@ -159,6 +159,10 @@ def _add_service(sub) -> None:
     p.add_argument("--connect", default=None, metavar="ADDR")
     _add_client_keys(p)
     p.add_argument("--json", action="store_true", help="the snapshot as JSON")
+    p = sub.add_parser("stop", help="stop a running broker cleanly and wait until it is gone",
+                       epilog="example:\n  leptonrt stop\n\nexit codes: 0 stopped, 69 no broker is answering")
+    p.add_argument("--connect", default=None, metavar="ADDR")
+    _add_client_keys(p)
 
 
 def _add_client_keys(p: argparse.ArgumentParser) -> None:
@@ -380,12 +384,18 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
         else:                # the second: now
             main_task.cancel()
 
+    def on_stop() -> None:   # `leptonrt stop`: as a first Ctrl-C, and the exit is a clean one
+        if not seen:
+            seen.append(0)
+            broker.stop_accepting()
+            stop.set()
+
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         loop.add_signal_handler(signum, on_signal, code)
     try:
         broker.on_broken = on_broken
         async with broker, Service(broker, *addresses, keys=args.keys, checkpoint_root=args.checkpoint_root,
-                                   on_broken=on_broken):
+                                   on_broken=on_broken, on_stop=on_stop):
             print(f"leptonrt: serving at {' and '.join(addresses)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             view = asyncio.create_task(watch(broker.snapshot, stop=stop, plain=True if args.no_tui else None))
             try:
@@ -393,8 +403,10 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
                 if broken:
                     print(f"leptonrt: internal error, stopping: {broken[0]}", file=sys.stderr, flush=True)
                     return 70
-                print("leptonrt: stopping (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-                await broker.drain()
+                asked = seen[0] == 0
+                print("leptonrt: stopping, as a client asked (`leptonrt stop`)" if asked
+                      else "leptonrt: stopping (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+                await broker.drain(reason="the broker closed (`leptonrt stop`)" if asked else None)
             finally:
                 stop.set()
                 await asyncio.wait({view})
@@ -459,6 +471,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from . import control
+    return run_async(control.stop(args))
+
+
 def run_async(coro):
     """Run ``coro`` on uvloop when it is installed, else on asyncio's default loop."""
     try:
@@ -473,7 +490,8 @@ def run_async(coro):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "keys": keys.run}
+        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "stop": _cmd_stop,
+                    "keys": keys.run}
         return commands[args.command](args)
     except LeptonError as exc:
         print(f"leptonrt: {exc}", file=sys.stderr)

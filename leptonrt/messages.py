@@ -475,10 +475,21 @@ class StatusReply:
     snapshot: Plain
 
 
+@dataclass(frozen=True, slots=True)
+class StopRequest:
+    """Client -> service: stop the broker cleanly (as a first Ctrl-C on ``leptonrt up`` does) and exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """Service -> client: the request is being carried out."""
+    message: str = required(max_len=4096)  # what happens now, for the user
+
+
 Message = Union[
     Hello, Welcome, Grant, Resplit, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, GroupFailed, Regroup,
     Standby, CheckpointNow, Checkpointed, Adopt, Release, Shutdown, StoreRequest, StoreReply,
-    Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply,
+    Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply, StopRequest, Acknowledged,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}
 

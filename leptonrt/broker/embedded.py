@@ -24,7 +24,7 @@ from typing import Callable
 
 import logging
 
-from ..errors import InternalError, LeptonError
+from ..errors import InternalError, Interrupted, LeptonError
 from ..messages import TrainJob
 from .handle import BrokerClosed, JobHandle
 from .events import ActorLost, Benched, Recovered, SplitChanged
@@ -49,6 +49,9 @@ class Job(JobHandle):
         self.submitted_at, self.started_at = time.time(), 0.0
         self.keep_weights = False        # keep the final weights in the broker for the caller...
         self.weights_path = None         # ...here (in the broker's private run directory)
+        # asked to stop at a step boundary for this reason, ending with this error (None: it ends
+        # Interrupted, as on a Ctrl-C of `up`)
+        self.ending: tuple[type[LeptonError], str] | None = None
 
     def _finish(self, state: str, result: dict | None = None, error: BaseException | None = None) -> None:
         self.state = state
@@ -185,6 +188,13 @@ class Broker:
         except asyncio.CancelledError:
             job._finish("cancelled", error=BrokerClosed(f"job {job.id} was cancelled: the broker closed"))
             raise
+        except Interrupted as exc:
+            if job.ending is None:
+                job._finish("failed", error=exc)
+            else:   # stopped at a boundary because somebody asked: not a failure of the job
+                kind, why = job.ending
+                job._finish("cancelled", error=kind(f"job {job.id}: {why}: {str(exc).removeprefix('interrupted: ')}"))
+            self._log(f"job {job.id} {job.state}: {str(exc).splitlines()[0][:120]}")
         except LeptonError as exc:
             job._finish("failed", error=exc)
             self._log(f"job {job.id} failed: {str(exc).splitlines()[0][:120]}")
@@ -280,12 +290,15 @@ class Broker:
         self.accepting = False
         self._log("stopping: no new jobs")
 
-    async def drain(self, timeout_s: float = 15.0) -> None:
-        """End the running job at a step boundary (it fails with ``Interrupted``) and wait
-        for it, at most ``timeout_s``; queued jobs stay queued until ``aclose``."""
+    async def drain(self, timeout_s: float = 15.0, reason: str | None = None) -> None:
+        """End the running job at a step boundary and wait for it, at most ``timeout_s``;
+        queued jobs stay queued until ``aclose``. The job fails with ``Interrupted``, or,
+        given a ``reason``, is cancelled with ``BrokerClosed`` (its client may submit it again)."""
         job, runner = self._running, self._runner
         if job is None or runner is None:
             return
+        if reason is not None:
+            job.ending = (BrokerClosed, reason)
         runner.interrupt()
         self._log(f"job {job.id}: stopping at a step boundary")
         try:

@@ -70,6 +70,7 @@ class JobRunner:
         # the caller to take (weights_path), e.g. to stream them back to a remote client
         self.keep_weights = keep_weights
         self.weights_path: Path | None = None
+        self.interrupted = False   # asked to stop at a step boundary (perhaps before the core exists)
 
     async def run(self) -> dict:
         """Train; return the result dict, or raise JobFailed / DataError / ConfigError / Interrupted."""
@@ -94,6 +95,7 @@ class JobRunner:
 
     def interrupt(self) -> None:
         """Stop the job at the next step boundary every actor reaches (run() then raises Interrupted)."""
+        self.interrupted = True
         if self.core is not None:
             self.core.interrupt()
 
@@ -132,6 +134,8 @@ class JobRunner:
                        steps_per_epoch=steps_per_epoch(n_train, job.batch_size), config=config, rebalancer=rebalancer,
                        save_path=str(weights) if self._wants_weights() else None, start_step=start_step,
                        resume_from=resume_from, prior_epochs=tuple(prior), history=history, tally=self.tally)
+        if self.interrupted:   # asked while the data was loading: no step will be granted
+            core.interrupt()
         self._sync_store(core)
         now = time.monotonic()
         for identity, hello in pool.take_hellos():

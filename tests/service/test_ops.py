@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from contextlib import contextmanager
 
@@ -82,3 +83,62 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_78_before_any_actor_starts(t
     assert out.returncode == 78, out.stderr
     assert out.stderr.strip().splitlines() == [f"leptonrt: --metrics-port {port}: 127.0.0.1:{port} is in use; "
                                                "pick another port"]
+
+
+LONG = ["train", "--dataset", "synthetic:20000,32,4", "--epochs", "200", "--quiet"]
+
+
+def _client(runtime, *args):
+    return subprocess.Popen([sys.executable, "-m", "leptonrt", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(runtime))
+
+
+def _wait_for(runtime, check, timeout=120):
+    """The first snapshot for which ``check`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-m", "leptonrt", "status", "--json"], capture_output=True, text=True,
+                             env=_env(runtime), timeout=60)
+        if out.returncode == 0 and check(snap := json.loads(out.stdout)):
+            return snap
+    raise AssertionError("the broker never got there")
+
+
+def _finish(*procs, timeout=60):
+    """Every process's exit code (one still running after ``timeout`` is killed: None)."""
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            codes.append(None)
+    return codes
+
+
+def test_stop_ends_a_running_up_cleanly_and_every_client_hears_the_broker_closed(tmp_path, leptonrt_cli, no_leftovers):
+    runtime = tmp_path / "rt"
+    clients = []
+    with running_up(runtime) as up:
+        try:
+            clients.append(_client(runtime, *LONG))
+            _wait_for(runtime, lambda s: s["job"] is not None)
+            clients.append(_client(runtime, *LONG))   # queued behind the running one
+            _wait_for(runtime, lambda s: len(s["queued"]) == 1)
+            stopped = leptonrt_cli("stop", env=_env(runtime))
+            assert stopped.returncode == 0, stopped.stderr
+            assert "has stopped" in stopped.stderr and "Traceback" not in stopped.stderr
+            assert up.poll() == 0   # gone before `stop` returned, and a clean exit
+        finally:
+            codes = _finish(*clients)
+    errors = [c.stderr.read() for c in clients]
+    assert codes == [75, 75], errors   # the running job at a step boundary, the queued one at once
+    assert all("the broker closed" in e and "Traceback" not in e for e in errors), errors
+    assert "stopped after step" in errors[0]
+    assert not (runtime / "broker.sock").exists()
+    assert "Traceback" not in up.stderr.read()
+    again = leptonrt_cli("stop", env=_env(runtime))
+    assert again.returncode == 69
+    assert again.stderr.strip().splitlines() == [f"leptonrt: no broker is answering at ipc://{runtime}/broker.sock: "
+                                                 "nothing to stop"]

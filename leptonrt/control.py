@@ -1,0 +1,66 @@
+"""Commands that operate a running broker: ``leptonrt stop``.
+
+They are clients like ``status`` (``leptonrt.connect``, over the private ipc socket or
+CURVE): whoever can reach the broker may run them, the same user on ipc, an allowed key on
+TCP. Each is a coroutine returning the exit code; the CLI runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+
+from .broker.address import default_address, ipc_path
+from .client import connect
+from .errors import NoDeviceError
+from .pids import pid_running
+
+STOP_WAIT_S = 60.0   # `stop` waits this long for the broker to be gone
+
+
+def _connect(args: argparse.Namespace):
+    return connect(args.connect, server_key=args.server_key, keys=args.keys)
+
+
+def _say(text: str) -> None:
+    print(f"leptonrt: {text}", file=sys.stderr, flush=True)
+
+
+async def stop(args: argparse.Namespace) -> int:
+    """Ask the broker to stop, then wait until it is gone: 0; nothing answering: 69."""
+    address = args.connect or default_address()
+    try:
+        async with _connect(args) as broker:
+            pid = (await broker.status()).pid
+            _say(await broker.stop())
+    except NoDeviceError:
+        _say(f"no broker is answering at {address}: nothing to stop")
+        return NoDeviceError.exit_code
+    if not await _wait_gone(args, address, pid, STOP_WAIT_S):
+        _say(f"the broker at {address} is still stopping after {STOP_WAIT_S:.0f} s"
+             + (f" (pid {pid})" if pid else ""))
+        return 70
+    _say(f"the broker at {address} has stopped")
+    return 0
+
+
+async def _wait_gone(args: argparse.Namespace, address: str, pid: int | None, timeout_s: float) -> bool:
+    """Until the broker has exited: its process, when it is on this host (an ipc socket) and
+    we can see it; otherwise until it stops answering. False if it outlasts ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    if pid is not None and ipc_path(address) is not None and pid_running(pid):
+        while pid_running(pid):   # gone only once its actors are stopped and its memory unlinked
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+    try:
+        async with _connect(args) as broker:
+            while time.monotonic() < deadline:
+                await broker.status()
+                await asyncio.sleep(0.5)
+    except NoDeviceError:
+        return True
+    return False
