@@ -129,7 +129,7 @@ def _add_train(sub) -> None:
 
 def _add_service(sub) -> None:
     p = sub.add_parser("up", help="start the broker and one actor per device, and serve jobs until stopped",
-                       epilog="examples:\n  leptonrt up --gpus all\n"
+                       epilog="examples:\n  leptonrt up --gpus all\n  leptonrt up --detach\n"
                               "  leptonrt up --listen tcp://0.0.0.0:7420 --keys ~/.config/leptonrt/keys")
     p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
     p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
@@ -138,6 +138,9 @@ def _add_service(sub) -> None:
     p.add_argument("--listen", default=None, metavar="ADDR",
                    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// in your private runtime directory)")
     p.add_argument("--no-tui", action="store_true", help="print a plain status line every few seconds instead")
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background (output to broker.log in the private runtime directory); "
+                        "return once it answers")
     p.add_argument("--keys", default=None, metavar="DIR",
                    help="this broker's key pair and allowed keys, for a tcp:// --listen (`leptonrt keys init`)")
     p.add_argument("--cache-bytes", type=_size, default=None, metavar="N",
@@ -355,7 +358,23 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if any(a.startswith("tcp://") for a in addresses):
         from .keys import load_keypair
         load_keypair(args.keys)   # no keys, or unsafe ones: refused now, before any actor starts
+    _refuse_if_served(addresses)
+    if args.detach:
+        from .broker.service import probe
+        from .daemon import detach
+        argv = [a for a in args.argv if a != "--detach"]
+        return detach(argv, addresses[0], lambda address: run_async(probe(address)))
     return run_async(_up(args, addresses))
+
+
+def _refuse_if_served(addresses: list[str]) -> None:
+    """One broker per socket: a second `up` is refused before it starts anything."""
+    from .broker.address import ipc_path
+    from .broker.service import probe
+    for address in addresses:
+        path = ipc_path(address)
+        if path is not None and path.exists() and run_async(probe(address)) is not None:
+            raise ConfigError(f"a leptonrt broker is already serving at {address} (`leptonrt stop` stops it)")
 
 
 async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
@@ -489,6 +508,7 @@ def run_async(coro):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # as given: `up --detach` runs it again
     try:
         commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "stop": _cmd_stop,
                     "keys": keys.run}

@@ -1,6 +1,8 @@
 """Operating a running `leptonrt up`: its metrics, `stop`, `up --detach`, `jobs` and `status --watch`."""
 
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +14,7 @@ from contextlib import contextmanager
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from leptonrt.pids import pid_running
 from tests.service.test_up import _env, _status
 
 pytestmark = pytest.mark.process
@@ -142,3 +145,44 @@ def test_stop_ends_a_running_up_cleanly_and_every_client_hears_the_broker_closed
     assert again.returncode == 69
     assert again.stderr.strip().splitlines() == [f"leptonrt: no broker is answering at ipc://{runtime}/broker.sock: "
                                                  "nothing to stop"]
+
+
+def _gone(pid, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_running(pid):
+        time.sleep(0.1)
+    return not pid_running(pid)
+
+
+def test_up_detach_returns_once_the_broker_answers_and_refuses_a_second_up(tmp_path, leptonrt_cli, no_leftovers):
+    runtime = tmp_path / "rt"
+    env = _env(runtime)
+    started = leptonrt_cli("up", "--detach", "--gpus", "none", "--cpu-actors", "1", env=env)
+    found = re.search(r"\(pid (\d+)\)", started.stderr)
+    pid = int(found.group(1)) if found else None
+    try:
+        assert started.returncode == 0 and pid is not None, started.stderr
+        assert "`leptonrt top`" in started.stderr and "`leptonrt stop`" in started.stderr
+        status = leptonrt_cli("status", "--json", env=env)   # it answers at once: that is when `up` returned
+        assert status.returncode == 0 and json.loads(status.stdout)["pid"] == pid
+        log = runtime / "broker.log"
+        assert log.stat().st_mode & 0o777 == 0o600 and "serving at" in log.read_text()
+        for again in (["up"], ["up", "--detach"]):
+            second = leptonrt_cli(*again, "--gpus", "none", "--cpu-actors", "1", "--no-tui", env=env)
+            assert second.returncode == 78
+            assert second.stderr.strip().splitlines() == [f"leptonrt: a leptonrt broker is already serving at "
+                                                          f"ipc://{runtime}/broker.sock (`leptonrt stop` stops it)"]
+        stopped = leptonrt_cli("stop", env=env)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not pid_running(pid)
+    finally:
+        if pid is not None and pid_running(pid):   # not our child: ended by pid, as a Ctrl-C would
+            os.kill(pid, signal.SIGTERM)
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_detached_broker_that_dies_while_starting_shows_its_log_and_exit_code(tmp_path, leptonrt_cli):
+    out = leptonrt_cli("up", "--detach", "--gpus", "device=7", env=_env(tmp_path / "rt"))
+    assert out.returncode == 69, out.stderr
+    assert "exited while starting (exit code 69)" in out.stderr and "| leptonrt: --gpus device=7" in out.stderr
