@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import keys
 from .config import OPTIMIZERS, PRECISIONS, TrainJob, parse_slowdown
-from .errors import ConfigError, LeptonError
+from .errors import ConfigError, LeptonError, UsageError
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):
@@ -77,6 +77,12 @@ def _port(text: str) -> int:
     if not 0 < port < 65536:
         raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
     return port
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a job id (a number from 1), got {text!r}")
+    return int(text)
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -162,6 +168,15 @@ def _add_service(sub) -> None:
     p.add_argument("--connect", default=None, metavar="ADDR")
     _add_client_keys(p)
     p.add_argument("--json", action="store_true", help="the snapshot as JSON")
+    p = sub.add_parser("jobs", help="list a running broker's jobs, or cancel one",
+                       epilog="examples:\n  leptonrt jobs\n  leptonrt jobs cancel 3\n\n"
+                              "the cancelled job's client exits 3; an unknown or ended job: 78")
+    p.add_argument("action", nargs="?", choices=("cancel",), help="cancel job ID: a queued one at once, the "
+                                                                  "running one at its next step boundary")
+    p.add_argument("job_id", nargs="?", type=_job_id, metavar="ID", help="the job's id, as the list shows it")
+    p.add_argument("--json", action="store_true", help="the list as JSON")
+    p.add_argument("--connect", default=None, metavar="ADDR")
+    _add_client_keys(p)
     p = sub.add_parser("stop", help="stop a running broker cleanly and wait until it is gone",
                        epilog="example:\n  leptonrt stop\n\nexit codes: 0 stopped, 69 no broker is answering")
     p.add_argument("--connect", default=None, metavar="ADDR")
@@ -490,6 +505,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    if args.action == "cancel" and args.job_id is None:
+        raise UsageError("jobs cancel: give the id of the job to cancel (`leptonrt jobs` lists them)")
+    from . import control
+    return run_async(control.jobs(args))
+
+
 def _cmd_stop(args: argparse.Namespace) -> int:
     from . import control
     return run_async(control.stop(args))
@@ -510,8 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)   # as given: `up --detach` runs it again
     try:
-        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "stop": _cmd_stop,
-                    "keys": keys.run}
+        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "jobs": _cmd_jobs,
+                    "stop": _cmd_stop, "keys": keys.run}
         return commands[args.command](args)
     except LeptonError as exc:
         print(f"leptonrt: {exc}", file=sys.stderr)

@@ -31,8 +31,8 @@ from .broker.handle import JobHandle
 from .broker.events import ActorLost, EpochEvent, Recovered, SplitChanged
 from .broker.stats import Snapshot
 from .errors import ConfigError, LeptonError, NoDeviceError, ProtocolError
-from .messages import (SERVICE_LIMITS, Accepted, Acknowledged, JobUpdate, Rejected, StatusReply, StatusRequest,
-                       StopRequest, Submit, TrainJob, Weights)
+from .messages import (SERVICE_LIMITS, Accepted, Acknowledged, CancelRequest, JobUpdate, Rejected, StatusReply,
+                       StatusRequest, StopRequest, Submit, TrainJob, Weights)
 
 SILENCE_S = 2.0   # probe a quiet broker this often...
 DEAD_S = 6.0      # ...and give up on it after this long without a word
@@ -103,7 +103,7 @@ class RemoteBroker:
         self._jobs: dict[int, RemoteJob] = {}
         self._replies: asyncio.Queue = asyncio.Queue()   # Accepted / Rejected, in request order
         self._status: list[asyncio.Future] = []
-        self._asks: list[asyncio.Future] = []   # requests answered Acknowledged (stop), in order
+        self._asks: list[asyncio.Future] = []   # requests answered Acknowledged (stop, cancel), in order
         self._reader: asyncio.Task | None = None
         self._heard = time.monotonic()
         self._dead: LeptonError | None = None
@@ -178,6 +178,12 @@ class RemoteBroker:
         """Ask the broker to stop cleanly (any client that reaches it may); returns what it said.
         It goes on stopping after answering: wait for it to be gone if that matters."""
         return await self._ask(StopRequest())
+
+    async def cancel(self, job_id: int) -> str:
+        """Cancel a queued job, or stop the running one at a step boundary (its client's job
+        then fails with exit code 3); returns what the broker said. An unknown or ended job
+        raises ``RemoteJobFailed`` (78)."""
+        return await self._ask(CancelRequest(job_id=job_id))
 
     async def _ask(self, request: protocol.Message) -> str:
         self._check()

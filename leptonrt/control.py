@@ -1,4 +1,4 @@
-"""Commands that operate a running broker: ``leptonrt stop``.
+"""Commands that operate a running broker: ``leptonrt stop``, ``jobs``.
 
 They are clients like ``status`` (``leptonrt.connect``, over the private ipc socket or
 CURVE): whoever can reach the broker may run them, the same user on ipc, an allowed key on
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import sys
 import time
 
@@ -64,3 +66,18 @@ async def _wait_gone(args: argparse.Namespace, address: str, pid: int | None, ti
     except NoDeviceError:
         return True
     return False
+
+
+async def jobs(args: argparse.Namespace) -> int:
+    """List the broker's jobs, or cancel one (``jobs cancel ID``)."""
+    async with _connect(args) as broker:
+        if args.action == "cancel":
+            _say(await broker.cancel(args.job_id))
+            return 0
+        snapshot = await broker.status()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(j) for j in snapshot.jobs], indent=2))
+    else:
+        from .view import job_lines
+        print("\n".join(job_lines(snapshot)))
+    return 0

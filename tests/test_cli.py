@@ -34,9 +34,20 @@ def test_hidden_widths_must_be_given_and_positive(capsys, hidden):
     assert code == 2 and "expected one or more positive widths" in err
 
 
-@pytest.mark.parametrize("command", ["train", "up", "top", "status"])
+@pytest.mark.parametrize("command", ["train", "up", "top", "status", "jobs", "stop"])
 def test_every_help_shows_defaults_and_an_example(capsys, command):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0 and f"leptonrt {command}" in out.split("example")[-1]
     if command in ("train", "up"):
         assert "(default: all)" in out
+
+
+@pytest.mark.parametrize("job_id", ["0", "-3", "two"])
+def test_a_job_to_cancel_is_named_by_its_id(capsys, job_id):
+    code, _, err = run(capsys, "jobs", "cancel", job_id)
+    assert code == 2 and "expected a job id" in err
+
+
+def test_cancel_without_an_id_is_a_usage_error(capsys):
+    assert main(["jobs", "cancel"]) == 2
+    assert "give the id of the job to cancel" in capsys.readouterr().err

@@ -24,19 +24,22 @@ from typing import Callable
 
 import logging
 
-from ..errors import InternalError, Interrupted, LeptonError
+from ..errors import ConfigError, InternalError, Interrupted, JobCancelled, LeptonError
 from ..messages import TrainJob
 from .handle import BrokerClosed, JobHandle
 from .events import ActorLost, Benched, Recovered, SplitChanged
 from .lifecycle import JobState
 from .pool import ActorPool
 from .runner import JobRunner
-from .stats import ActorStats, Event, JobStats, QueuedJob, Snapshot
+from .stats import ActorStats, Event, JobEntry, JobStats, QueuedJob, Snapshot
 from .tally import Tally
 
 
 
 log = logging.getLogger("leptonrt.broker")
+
+JOBS_LISTED = 100   # ended jobs a snapshot lists, the newest (it lists every other job too)
+CANCELLED = "cancelled (`leptonrt jobs cancel`)"
 
 
 class Job(JobHandle):
@@ -52,6 +55,7 @@ class Job(JobHandle):
         # asked to stop at a step boundary for this reason, ending with this error (None: it ends
         # Interrupted, as on a Ctrl-C of `up`)
         self.ending: tuple[type[LeptonError], str] | None = None
+        self.steps, self.total_steps = 0, None   # progress, once it has started (at its end, once ended)
 
     def _finish(self, state: str, result: dict | None = None, error: BaseException | None = None) -> None:
         self.state = state
@@ -126,6 +130,25 @@ class Broker:
     def jobs(self) -> list[Job]:
         """Every job submitted so far, oldest first."""
         return list(self._jobs)
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a queued job now, or stop the running one at its next step boundary (its
+        actors then wait for the next job); either ends with ``JobCancelled``. Returns what
+        happens, for the user; a ConfigError for an unknown or ended job."""
+        job = next((j for j in self._jobs if j.id == job_id), None)
+        if job is None:
+            raise ConfigError(f"there is no job {job_id} on this broker (`leptonrt jobs` lists them)")
+        if job.done():
+            raise ConfigError(f"job {job_id} has already ended ({job.state})")
+        if job is not self._running:
+            job._finish("cancelled", error=JobCancelled(f"job {job_id}: {CANCELLED} before it started"))
+            self._log(f"job {job_id} cancelled before it started")
+            return f"job {job_id} cancelled before it started"
+        if job.ending is None:
+            job.ending = (JobCancelled, CANCELLED)
+            self._runner.interrupt()
+            self._log(f"job {job_id}: cancelled, stopping at a step boundary")
+        return f"job {job_id} stops at its next step boundary"
 
     def _log(self, text: str) -> None:
         self.log.append(Event(at=time.time(), text=text))
@@ -205,7 +228,9 @@ class Broker:
             self.pool.replace_all()
         finally:
             if self._runner is not None and self._runner.core is not None:
-                self._bad_before += self._runner.core.bad_messages
+                core = self._runner.core
+                self._bad_before += core.bad_messages
+                job.steps, job.total_steps = core.committed() + 1, core.total_steps
             self._running, self._runner = None, None
 
     def _fail_pending(self, error: LeptonError | None) -> None:
@@ -248,11 +273,24 @@ class Broker:
                         jobs_done=sum(j.state == "done" for j in self._jobs),
                         jobs_failed=sum(j.state == "failed" for j in self._jobs),
                         jobs_cancelled=sum(j.state == "cancelled" for j in self._jobs),
+                        jobs=self._job_entries(core),
                         totals=self.tally.statistics(), pid=os.getpid(),
                         counters={"actor_bad_messages": self._bad_before + (core.bad_messages if core is not None else 0),
                                   **self.counters()},
                         cache=asdict(self.pool.cache.statistics()) if self.pool.started else {})
         return snap
+
+    def _job_entries(self, core) -> tuple[JobEntry, ...]:
+        ended = [j for j in self._jobs if j.done()][-JOBS_LISTED:]
+        listed = sorted(ended + [j for j in self._jobs if not j.done()], key=lambda j: j.id)
+        entries = []
+        for j in listed:
+            step, total = j.steps, j.total_steps
+            if j is self._running and core is not None:
+                step, total = core.committed() + 1, core.total_steps
+            entries.append(JobEntry(id=j.id, state=j.state, dataset=j.spec.dataset, submitted_at=j.submitted_at,
+                                    step=step, total_steps=total))
+        return tuple(entries)
 
     def _sample_throughput(self, now: float, done: int) -> None:
         """Add a point to the throughput history, at most one every half second."""

@@ -71,6 +71,7 @@ class JobRunner:
         self.keep_weights = keep_weights
         self.weights_path: Path | None = None
         self.interrupted = False   # asked to stop at a step boundary (perhaps before the core exists)
+        self._idle_at_boundary = False   # it stopped there: every member waits for steps, none is in a collective
 
     async def run(self) -> dict:
         """Train; return the result dict, or raise JobFailed / DataError / ConfigError / Interrupted."""
@@ -108,9 +109,9 @@ class JobRunner:
                 pool.cache.release(self._data)
                 self._data = None
         if not self._own_pool and self.core is not None:
-            if failed or self.core.state != JobState.DONE:
+            if not self._idle_at_boundary and (failed or self.core.state != JobState.DONE):
                 pool.replace_all()   # a survivor may still sit in a broken collective
-            else:
+            else:   # done, or stopped at a step boundary: the actors leave the job and wait for the next
                 bye = Release(job_id=self.core.job.job_id)
                 for identity in self.core.identities():
                     pool.send(identity, bye)
@@ -169,7 +170,9 @@ class JobRunner:
             if core.state == JobState.GATHERING and now - started > GATHER_TIMEOUT_S:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", now)
             if core.interrupted and core.drained():
-                raise Interrupted(await self._stopped_at_boundary(core))
+                text = await self._stopped_at_boundary(core)
+                self._idle_at_boundary = core.state == JobState.RUNNING
+                raise Interrupted(text)
         if core.state == JobState.FAILED:
             await self._settle(core)
             error = RestartBudgetExceeded if core.budget_exceeded else JobFailed

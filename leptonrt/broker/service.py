@@ -7,8 +7,8 @@ with), then the job's epochs, split changes and outcome stream back on that conn
 (its weights too, when asked for). ``StatusRequest`` is answered from the latest snapshot.
 A client that goes away loses only its stream: its job stays queued and runs.
 ``StopRequest`` is answered ``Acknowledged`` and passed to whoever runs the service
-(``on_stop``: ``leptonrt up`` then stops as on a first Ctrl-C); any client that can reach
-the service may send it, as it may submit jobs.
+(``on_stop``: ``leptonrt up`` then stops as on a first Ctrl-C); ``CancelRequest`` cancels
+one job. Any client that can reach the service may send either, as it may submit jobs.
 
 What protects the broker from its clients: every message passes the ``Gate`` (frame and
 size caps, a rate per client) before anything acts on it; one guard around the handler
@@ -34,8 +34,8 @@ import zmq
 
 from .. import messages
 from ..errors import ConfigError, InternalError, LeptonError, ProtocolError
-from ..messages import (SERVICE_LIMITS, WEIGHTS_CHUNK, Accepted, Acknowledged, JobUpdate, Rejected, StatusReply,
-                        StatusRequest, StopRequest, Submit, TrainJob, Weights)
+from ..messages import (SERVICE_LIMITS, WEIGHTS_CHUNK, Accepted, Acknowledged, CancelRequest, JobUpdate, Rejected,
+                        StatusReply, StatusRequest, StopRequest, Submit, TrainJob, Weights)
 from .address import check_listen, ipc_path
 from .channel import Channel, PeerGone
 from .embedded import Broker, BrokerClosed, Job
@@ -266,8 +266,16 @@ class Service:
             self._submit(peer, admission.message)
         elif isinstance(admission.message, StopRequest):
             self._stop(peer)
+        elif isinstance(admission.message, CancelRequest):
+            self._cancel(peer, admission.message.job_id)
         else:
             self._send_frame(peer, self._status_frame(now))
+
+    def _cancel(self, peer: Peer, job_id: int) -> None:
+        try:
+            self._send(peer, Acknowledged(message=self.broker.cancel(job_id)))
+        except LeptonError as exc:
+            self._send(peer, Rejected(message=str(exc)[:4000], exit_code=exc.exit_code))
 
     def _stop(self, peer: Peer) -> None:
         if self.on_stop is None:

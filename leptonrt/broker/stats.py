@@ -56,6 +56,18 @@ class QueuedJob:
 
 
 @dataclass(frozen=True)
+class JobEntry:
+    """One job the broker was given, whatever its state (``leptonrt jobs``)."""
+
+    id: int
+    state: str                       # queued | running | done | failed | cancelled
+    dataset: str
+    submitted_at: float              # unix time
+    step: int = 0                    # global steps committed (for an ended job, when it ended)
+    total_steps: int | None = None   # None until the job has started
+
+
+@dataclass(frozen=True)
 class HistogramStats:
     """Observations counted into buckets: ``counts[i]`` fell at or below ``bounds[i]`` and
     above the bound before it; the last count is above every bound."""
@@ -104,6 +116,7 @@ class Snapshot:
     jobs_done: int = 0
     jobs_failed: int = 0
     jobs_cancelled: int = 0
+    jobs: tuple[JobEntry, ...] = ()                     # the newest ended jobs and every other one, by id
     totals: Totals = Totals()
     pid: int | None = None                              # the broker's process
     counters: dict = field(default_factory=dict)   # name -> count: rejected, dropped and failed messages, restarts
@@ -128,6 +141,7 @@ class Snapshot:
             d = dict(data)
             job = d.pop("job", None)
             return cls(
+                jobs=tuple(JobEntry(**j) for j in d.pop("jobs", ())),
                 totals=_totals(d.pop("totals", {})),
                 job=JobStats(**job) if job is not None else None,
                 queued=tuple(QueuedJob(**q) for q in d.pop("queued", ())),
@@ -152,9 +166,9 @@ def _totals(data: dict) -> Totals:
 
 
 _SCALARS = {f.name for f in fields(Snapshot)} - {"job", "queued", "actors", "throughput", "events", "counters", "cache",
-                                                 "totals"}
+                                                 "jobs", "totals"}
 
-__all__ = ["ActorStats", "Event", "HistogramStats", "JobStats", "QueuedJob", "Snapshot", "Totals"]
+__all__ = ["ActorStats", "Event", "HistogramStats", "JobEntry", "JobStats", "QueuedJob", "Snapshot", "Totals"]
 
 
 @dataclass(frozen=True)

@@ -186,3 +186,45 @@ def test_a_detached_broker_that_dies_while_starting_shows_its_log_and_exit_code(
     out = leptonrt_cli("up", "--detach", "--gpus", "device=7", env=_env(tmp_path / "rt"))
     assert out.returncode == 69, out.stderr
     assert "exited while starting (exit code 69)" in out.stderr and "| leptonrt: --gpus device=7" in out.stderr
+
+
+def _jobs(runtime, leptonrt_cli):
+    out = leptonrt_cli("jobs", "--json", env=_env(runtime))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_cancelled_jobs_end_alone_with_exit_3_and_the_same_actors_run_the_next(tmp_path, leptonrt_cli, no_leftovers):
+    runtime, env = tmp_path / "rt", _env(tmp_path / "rt")
+    clients = []
+    with running_up(runtime):
+        try:
+            clients.append(_client(runtime, *LONG))
+            pids = [a["pid"] for a in _wait_for(runtime, lambda s: s["job"] is not None and s["job"]["step"] > 0)["actors"]]
+            clients.append(_client(runtime, *LONG))
+            _wait_for(runtime, lambda s: len(s["queued"]) == 1)
+            listed = leptonrt_cli("jobs", env=env)
+            assert listed.returncode == 0 and listed.stdout.splitlines()[0].split() == [
+                "id", "state", "dataset", "progress", "submitted"]
+            assert [line.split()[:2] for line in listed.stdout.splitlines()[1:]] == [["1", "running"], ["2", "queued"]]
+            for job in ("2", "1"):   # the queued one, then the running one
+                cancel = leptonrt_cli("jobs", "cancel", job, env=env)
+                assert cancel.returncode == 0, cancel.stderr
+        finally:
+            codes = _finish(*clients)
+        errors = [c.stderr.read() for c in clients]
+        assert codes == [3, 3], errors
+        assert "stopped after step" in errors[0] and "before it started" in errors[1]
+        assert all("cancelled (`leptonrt jobs cancel`)" in e and "Traceback" not in e for e in errors), errors
+        unknown = leptonrt_cli("jobs", "cancel", "99", env=env)
+        assert unknown.returncode == 78
+        assert unknown.stderr.strip().splitlines() == ["leptonrt: there is no job 99 on this broker "
+                                                       "(`leptonrt jobs` lists them)"]
+        done = leptonrt_cli("train", *SMALL, "--json-out", tmp_path / "result.json", env=env)
+        assert done.returncode == 0, done.stderr
+        # the cancelled job's actor left it at a step boundary and waited: nothing was replaced
+        assert [a["pid"] for a in json.loads((tmp_path / "result.json").read_text())["actors"]] == pids
+        jobs = _jobs(runtime, leptonrt_cli)
+    assert [(j["id"], j["state"]) for j in jobs] == [(1, "cancelled"), (2, "cancelled"), (3, "done")]
+    assert 0 < jobs[0]["step"] < jobs[0]["total_steps"] and jobs[1]["total_steps"] is None
+    assert jobs[2]["step"] == jobs[2]["total_steps"] == json.loads((tmp_path / "result.json").read_text())["steps"]
