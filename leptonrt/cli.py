@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -77,6 +78,16 @@ def _port(text: str) -> int:
     if not 0 < port < 65536:
         raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
     return port
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
 
 
 def _job_id(text: str) -> int:
@@ -167,7 +178,9 @@ def _add_service(sub) -> None:
                        epilog="example:\n  leptonrt status --json")
     p.add_argument("--connect", default=None, metavar="ADDR")
     _add_client_keys(p)
-    p.add_argument("--json", action="store_true", help="the snapshot as JSON")
+    p.add_argument("--json", action="store_true", help="the snapshot as JSON (with --watch, one a line)")
+    p.add_argument("--watch", type=_positive_seconds, default=None, metavar="N",
+                   help="print it again every N seconds, until Ctrl-C")
     p = sub.add_parser("jobs", help="list a running broker's jobs, or cancel one",
                        epilog="examples:\n  leptonrt jobs\n  leptonrt jobs cancel 3\n\n"
                               "the cancelled job's client exits 3; an unknown or ended job: 78")
@@ -490,6 +503,9 @@ async def _top(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from .client import connect
+    if args.watch is not None:
+        from . import control
+        return run_async(control.watch_status(args))
 
     async def once():
         async with connect(args.connect, server_key=args.server_key, keys=args.keys) as broker:

@@ -1,4 +1,4 @@
-"""Commands that operate a running broker: ``leptonrt stop``, ``jobs``.
+"""Commands that operate a running broker: ``leptonrt stop``, ``jobs``, ``status --watch``.
 
 They are clients like ``status`` (``leptonrt.connect``, over the private ipc socket or
 CURVE): whoever can reach the broker may run them, the same user on ipc, an allowed key on
@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import signal
 import sys
 import time
 
@@ -81,3 +82,37 @@ async def jobs(args: argparse.Namespace) -> int:
         from .view import job_lines
         print("\n".join(job_lines(snapshot)))
     return 0
+
+
+async def watch_status(args: argparse.Namespace) -> int:
+    """Print a snapshot every ``args.watch`` seconds until Ctrl-C (0) or SIGTERM (143). With
+    ``--json``, one snapshot a line; on a terminal, the view redrawn in place."""
+    from rich.console import Console
+
+    from .view import render
+    loop, stop, seen = asyncio.get_running_loop(), asyncio.Event(), []
+    for signum, code in ((signal.SIGINT, 0), (signal.SIGTERM, 143)):
+        loop.add_signal_handler(signum, lambda c=code: (seen.append(c), stop.set()))
+    console = Console()
+    try:
+        async with _connect(args) as broker:
+            while not stop.is_set():
+                snapshot = await broker.status()
+                if args.json:
+                    print(json.dumps(snapshot.to_dict()), flush=True)
+                else:
+                    if console.is_terminal:
+                        console.clear()
+                    console.print(render(snapshot))
+                await _wait(stop, args.watch)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return seen[0] if seen else 0
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -42,6 +42,12 @@ def test_every_help_shows_defaults_and_an_example(capsys, command):
         assert "(default: all)" in out
 
 
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "soon"])
+def test_status_watch_needs_a_positive_number_of_seconds(capsys, seconds):
+    code, _, err = run(capsys, "status", "--watch", seconds)
+    assert code == 2 and "expected a number of seconds above 0" in err
+
+
 @pytest.mark.parametrize("job_id", ["0", "-3", "two"])
 def test_a_job_to_cancel_is_named_by_its_id(capsys, job_id):
     code, _, err = run(capsys, "jobs", "cancel", job_id)

@@ -172,6 +172,7 @@ def test_up_detach_returns_once_the_broker_answers_and_refuses_a_second_up(tmp_p
             assert second.returncode == 78
             assert second.stderr.strip().splitlines() == [f"leptonrt: a leptonrt broker is already serving at "
                                                           f"ipc://{runtime}/broker.sock (`leptonrt stop` stops it)"]
+        _watch_until_ctrl_c(env, pid)
         stopped = leptonrt_cli("stop", env=env)
         assert stopped.returncode == 0, stopped.stderr
         assert not pid_running(pid)
@@ -180,6 +181,21 @@ def test_up_detach_returns_once_the_broker_answers_and_refuses_a_second_up(tmp_p
             os.kill(pid, signal.SIGTERM)
             if not _gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _watch_until_ctrl_c(env, pid):
+    """`status --watch` prints a snapshot a line (with --json) until Ctrl-C, which ends it with 0."""
+    watch = subprocess.Popen([sys.executable, "-m", "leptonrt", "status", "--watch", "0.2", "--json"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = [watch.stdout.readline() for _ in range(3)]
+        watch.send_signal(signal.SIGINT)
+        _out, err = watch.communicate(timeout=30)
+    finally:
+        _finish(watch)
+    assert watch.returncode == 0 and "Traceback" not in err, err
+    snapshots = [json.loads(line) for line in lines]
+    assert all(s["pid"] == pid for s in snapshots) and snapshots[0]["now"] < snapshots[2]["now"]
 
 
 def test_a_detached_broker_that_dies_while_starting_shows_its_log_and_exit_code(tmp_path, leptonrt_cli):
