@@ -17,7 +17,8 @@ _HOMES = {
     "RemoteBroker": ".client", "RemoteJob": ".client", "RemoteJobFailed": ".client", "connect": ".client",
     "TrainJob": ".config",
     "ConfigError": ".errors", "DataError": ".errors", "InternalError": ".errors", "Interrupted": ".errors",
-    "JobFailed": ".errors", "LeptonError": ".errors", "NoDeviceError": ".errors", "ProtocolError": ".errors",
+    "JobCancelled": ".errors", "JobFailed": ".errors", "LeptonError": ".errors", "NoDeviceError": ".errors",
+    "ProtocolError": ".errors",
     "UsageError": ".errors",
 }
 
@@ -31,6 +32,7 @@ __all__ = [
     "InternalError",
     "Interrupted",
     "Job",
+    "JobCancelled",
     "JobFailed",
     "LeptonError",
     "NoDeviceError",
@@ -67,5 +69,5 @@ if TYPE_CHECKING:
     from .broker.stats import Snapshot
     from .client import RemoteBroker, RemoteJob, RemoteJobFailed, connect
     from .config import TrainJob
-    from .errors import (ConfigError, DataError, InternalError, Interrupted, JobFailed, LeptonError, NoDeviceError,
-                         ProtocolError, UsageError)
+    from .errors import (ConfigError, DataError, InternalError, Interrupted, JobCancelled, JobFailed, LeptonError,
+                         NoDeviceError, ProtocolError, UsageError)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
 from . import keys, settings
 from .config import OPTIMIZERS, PRECISIONS, TrainJob, parse_slowdown
-from .errors import ConfigError, LeptonError
+from .errors import ConfigError, LeptonError, UsageError
 from .progress import LEVELS, Follow, log, setup_logging
 
 
@@ -68,6 +69,32 @@ def _size(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"a size must be positive, got {text!r}")
     return value
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
+    return port
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a job id (a number from 1), got {text!r}")
+    return int(text)
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -133,7 +160,7 @@ def _add_train(sub) -> None:
 
 def _add_service(sub) -> None:
     p = sub.add_parser("up", help="start the broker and one actor per device, and serve jobs until stopped",
-                       epilog="examples:\n  leptonrt up --gpus all\n"
+                       epilog="examples:\n  leptonrt up --gpus all\n  leptonrt up --detach\n"
                               "  leptonrt up --listen tcp://0.0.0.0:7420 --keys ~/.config/leptonrt/keys")
     p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
     p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
@@ -142,6 +169,9 @@ def _add_service(sub) -> None:
     p.add_argument("--listen", default=None, metavar="ADDR",
                    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// in your private runtime directory)")
     p.add_argument("--no-tui", action="store_true", help="print a plain status line every few seconds instead")
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background (output to broker.log in the private runtime directory); "
+                        "return once it answers")
     p.add_argument("--keys", default=None, metavar="DIR",
                    help="this broker's key pair and allowed keys, for a tcp:// --listen (`leptonrt keys init`)")
     p.add_argument("--cache-bytes", type=_size, default=None, metavar="N",
@@ -153,6 +183,10 @@ def _add_service(sub) -> None:
     p.add_argument("--allow-import", action="append", default=[], metavar="MODULE",
                    help="let jobs run code from MODULE and its submodules (--dataset py:MODULE:function, "
                         "--model, --loss); repeatable (default: none)")
+    p.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                   help="serve Prometheus metrics over HTTP on PORT (unauthenticated: see --metrics-host)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                   help="the address the metrics listen on; anything but loopback lets anyone who can reach it read them")
     p = sub.add_parser("top", help="show the live view of a running broker",
                        epilog="example:\n  leptonrt top")
     p.add_argument("--connect", default=None, metavar="ADDR")
@@ -162,7 +196,22 @@ def _add_service(sub) -> None:
                        epilog="example:\n  leptonrt status --json")
     p.add_argument("--connect", default=None, metavar="ADDR")
     _add_client_keys(p)
-    p.add_argument("--json", action="store_true", help="the snapshot as JSON")
+    p.add_argument("--json", action="store_true", help="the snapshot as JSON (with --watch, one a line)")
+    p.add_argument("--watch", type=_positive_seconds, default=None, metavar="N",
+                   help="print it again every N seconds, until Ctrl-C")
+    p = sub.add_parser("jobs", help="list a running broker's jobs, or cancel one",
+                       epilog="examples:\n  leptonrt jobs\n  leptonrt jobs cancel 3\n\n"
+                              "the cancelled job's client exits 3; an unknown or ended job: 78")
+    p.add_argument("action", nargs="?", choices=("cancel",), help="cancel job ID: a queued one at once, the "
+                                                                  "running one at its next step boundary")
+    p.add_argument("job_id", nargs="?", type=_job_id, metavar="ID", help="the job's id, as the list shows it")
+    p.add_argument("--json", action="store_true", help="the list as JSON")
+    p.add_argument("--connect", default=None, metavar="ADDR")
+    _add_client_keys(p)
+    p = sub.add_parser("stop", help="stop a running broker cleanly and wait until it is gone",
+                       epilog="example:\n  leptonrt stop\n\nexit codes: 0 stopped, 69 no broker is answering")
+    p.add_argument("--connect", default=None, metavar="ADDR")
+    _add_client_keys(p)
 
 
 def _add_client_keys(p: argparse.ArgumentParser) -> None:
@@ -385,7 +434,23 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if any(a.startswith("tcp://") for a in addresses):
         from .keys import load_keypair
         load_keypair(args.keys)   # no keys, or unsafe ones: refused now, before any actor starts
+    _refuse_if_served(addresses)
+    if args.detach:
+        from .broker.service import probe
+        from .daemon import detach
+        argv = [a for a in args.argv if a != "--detach"]
+        return detach(argv, addresses[0], lambda address: run_async(probe(address)))
     return run_async(_up(args, addresses))
+
+
+def _refuse_if_served(addresses: list[str]) -> None:
+    """One broker per socket: a second `up` is refused before it starts anything."""
+    from .broker.address import ipc_path
+    from .broker.service import probe
+    for address in addresses:
+        path = ipc_path(address)
+        if path is not None and path.exists() and run_async(probe(address)) is not None:
+            raise ConfigError(f"a leptonrt broker is already serving at {address} (`leptonrt stop` stops it)")
 
 
 async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
@@ -400,6 +465,7 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
                     cache_bytes=args.cache_bytes, allow_imports=args.allow_import)
     for note in broker.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
+    metrics = _serve_metrics(args, broker) if args.metrics_port is not None else None   # a port in use: 78, now
 
     def on_broken(exc: BaseException) -> None:   # a bug of ours: stop loudly rather than serve half-alive
         broken.append(exc)
@@ -413,12 +479,18 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
         else:                # the second: now
             main_task.cancel()
 
+    def on_stop() -> None:   # `leptonrt stop`: as a first Ctrl-C, and the exit is a clean one
+        if not seen:
+            seen.append(0)
+            broker.stop_accepting()
+            stop.set()
+
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         loop.add_signal_handler(signum, on_signal, code)
     try:
         broker.on_broken = on_broken
         async with broker, Service(broker, *addresses, keys=args.keys, checkpoint_root=args.checkpoint_root,
-                                   on_broken=on_broken):
+                                   on_broken=on_broken, on_stop=on_stop):
             print(f"leptonrt: serving at {' and '.join(addresses)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
             view = asyncio.create_task(watch(broker.snapshot, stop=stop, plain=True if args.no_tui else None))
             try:
@@ -426,8 +498,10 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
                 if broken:
                     print(f"leptonrt: internal error, stopping: {broken[0]}", file=sys.stderr, flush=True)
                     return 70
-                print("leptonrt: stopping (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
-                await broker.drain()
+                asked = seen[0] == 0
+                print("leptonrt: stopping, as a client asked (`leptonrt stop`)" if asked
+                      else "leptonrt: stopping (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+                await broker.drain(reason="the broker closed (`leptonrt stop`)" if asked else None)
             finally:
                 stop.set()
                 await asyncio.wait({view})
@@ -436,7 +510,22 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        if metrics is not None:
+            metrics.close()
     return seen[0] if seen else 0
+
+
+def _serve_metrics(args: argparse.Namespace, broker):
+    """The metrics endpoint of `up --metrics-port`, serving snapshots taken on this loop."""
+    from .broker.metrics import MetricsServer, is_loopback, on_loop
+    server = MetricsServer(on_loop(asyncio.get_running_loop(), broker.snapshot), args.metrics_host,
+                           args.metrics_port).start()
+    if not is_loopback(args.metrics_host):
+        print(f"leptonrt: warning: the metrics on {args.metrics_host}:{args.metrics_port} are unauthenticated: "
+              "anyone who can reach that address can read them", file=sys.stderr)
+    host = f"[{args.metrics_host}]" if ":" in args.metrics_host else args.metrics_host
+    print(f"leptonrt: metrics at http://{host}:{args.metrics_port}/metrics", file=sys.stderr)
+    return server
 
 
 def _cmd_top(args: argparse.Namespace) -> int:
@@ -462,6 +551,9 @@ async def _top(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from .client import connect
+    if args.watch is not None:
+        from . import control
+        return run_async(control.watch_status(args))
 
     async def once():
         async with connect(args.connect, server_key=args.server_key, keys=args.keys) as broker:
@@ -475,6 +567,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
         from .view import render
         Console().print(render(snapshot))
     return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    if args.action == "cancel" and args.job_id is None:
+        raise UsageError("jobs cancel: give the id of the job to cancel (`leptonrt jobs` lists them)")
+    from . import control
+    return run_async(control.jobs(args))
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from . import control
+    return run_async(control.stop(args))
 
 
 def run_async(coro):
@@ -491,9 +595,10 @@ def run_async(coro):
 def main(argv: list[str] | None = None) -> int:
     try:
         args = settings.parse(_parser(), argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)   # as given: `up --detach` runs it again
         setup_logging(getattr(args, "log_level", "info"))
-        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "keys": keys.run,
-                    "config": settings.run}
+        commands = {"train": _cmd_train, "up": _cmd_up, "top": _cmd_top, "status": _cmd_status, "jobs": _cmd_jobs,
+                    "stop": _cmd_stop, "keys": keys.run, "config": settings.run}
         return commands[args.command](args)
     except LeptonError as exc:
         print(f"leptonrt: {exc}", file=sys.stderr)

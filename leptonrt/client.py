@@ -31,8 +31,8 @@ from .broker.handle import JobHandle
 from .broker.events import ActorLost, EpochEvent, Progress, Recovered, SplitChanged
 from .broker.stats import Snapshot
 from .errors import ConfigError, LeptonError, NoDeviceError, ProtocolError
-from .messages import (SERVICE_LIMITS, Accepted, JobUpdate, Rejected, StatusReply, StatusRequest, Submit, TrainJob,
-                       Weights)
+from .messages import (SERVICE_LIMITS, Accepted, Acknowledged, CancelRequest, JobUpdate, Rejected, StatusReply,
+                       StatusRequest, StopRequest, Submit, TrainJob, Weights)
 
 SILENCE_S = 2.0   # probe a quiet broker this often...
 DEAD_S = 6.0      # ...and give up on it after this long without a word
@@ -105,6 +105,7 @@ class RemoteBroker:
         self._jobs: dict[int, RemoteJob] = {}
         self._replies: asyncio.Queue = asyncio.Queue()   # Accepted / Rejected, in request order
         self._status: list[asyncio.Future] = []
+        self._asks: list[asyncio.Future] = []   # requests answered Acknowledged (stop, cancel), in order
         self._reader: asyncio.Task | None = None
         self._heard = time.monotonic()
         self._dead: LeptonError | None = None
@@ -175,6 +176,24 @@ class RemoteBroker:
         await self.sock.send(protocol.encode(StatusRequest()))
         return Snapshot.from_dict(await future)
 
+    async def stop(self) -> str:
+        """Ask the broker to stop cleanly (any client that reaches it may); returns what it said.
+        It goes on stopping after answering: wait for it to be gone if that matters."""
+        return await self._ask(StopRequest())
+
+    async def cancel(self, job_id: int) -> str:
+        """Cancel a queued job, or stop the running one at a step boundary (its client's job
+        then fails with exit code 3); returns what the broker said. An unknown or ended job
+        raises ``RemoteJobFailed`` (78)."""
+        return await self._ask(CancelRequest(job_id=job_id))
+
+    async def _ask(self, request: protocol.Message) -> str:
+        self._check()
+        future = asyncio.get_running_loop().create_future()
+        self._asks.append(future)
+        await self.sock.send(protocol.encode(request))
+        return await future
+
     async def submit(self, spec: TrainJob) -> RemoteJob:
         """Queue a job on the broker. The broker writes no file for a client: when ``spec``
         has a ``save`` path, the weights come back and are written here, by this process."""
@@ -214,7 +233,8 @@ class RemoteBroker:
                     self._dispatch(msg)
                     continue
                 now = time.monotonic()
-                if not (self._status or self._submitting or any(not j._result.done() for j in self._jobs.values())):
+                if not (self._status or self._asks or self._submitting
+                        or any(not j._result.done() for j in self._jobs.values())):
                     self._heard = now   # nothing is waiting on the broker: silence means nothing
                     continue
                 quiet = now - self._heard
@@ -236,8 +256,14 @@ class RemoteBroker:
                     break
         elif isinstance(msg, Accepted):
             self._replies.put_nowait(msg)
+        elif isinstance(msg, Acknowledged):
+            if self._asks and not (future := self._asks.pop(0)).done():
+                future.set_result(msg.message)
         elif isinstance(msg, Rejected):
-            if self._status and not self._submitting:   # a refused status request
+            if self._asks and not self._submitting:   # a refused request of ours
+                if not (future := self._asks.pop(0)).done():
+                    future.set_exception(RemoteJobFailed(msg.message, msg.exit_code))
+            elif self._status and not self._submitting:   # a refused status request
                 future = self._status.pop(0)
                 if not future.done():
                     future.set_exception(RemoteJobFailed(msg.message, msg.exit_code))
@@ -252,11 +278,12 @@ class RemoteBroker:
 
     def _fail_all(self, error: LeptonError) -> None:
         self._dead = error
-        for future in self._status:
+        for future in self._status + self._asks:
             if not future.done():
                 future.set_exception(error)
                 future.exception()   # probes nobody awaits must not warn
         self._status.clear()
+        self._asks.clear()
         for job in self._jobs.values():
             job._end(error=error)
         self._replies.put_nowait(error)

@@ -10,6 +10,7 @@
     ├── ProtocolError     (70)   a peer sent a message that is not valid (its fault)
     ├── JobFailed         (1)    training started but could not finish
     │   └── RestartBudgetExceeded (70)  actors were lost more often than --max-restarts allows
+    ├── JobCancelled      (3)    somebody cancelled the job (``leptonrt jobs cancel``)
     ├── Interrupted       (130)  stopped on request at a step boundary
     └── InternalError     (70)   a bug of ours, or a dependency broke
 
@@ -67,6 +68,13 @@ class RestartBudgetExceeded(JobFailed):
     """Actors were lost more often than the restart budget allows; the report names each."""
 
     exit_code = 70
+
+
+class JobCancelled(LeptonError):
+    """The job was cancelled on request before it could finish; nothing is wrong with it.
+    Its own exit code, so that a script can tell it from a failure (1) or a closed broker (75)."""
+
+    exit_code = 3
 
 
 class InternalError(LeptonError):

@@ -383,10 +383,28 @@ class StatusReply:
     snapshot: Plain
 
 
+@dataclass(frozen=True, slots=True)
+class StopRequest:
+    """Client -> service: stop the broker cleanly (as a first Ctrl-C on ``leptonrt up`` does) and exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequest:
+    """Client -> service: cancel a queued job, or stop the running one at a step boundary."""
+    job_id: int = required(min=1)  # the broker's id for the job (``leptonrt jobs`` lists them)
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledged:
+    """Service -> client: the request (StopRequest, CancelRequest) is being carried out."""
+    message: str = required(max_len=4096)  # what happens now, for the user
+
+
 Message = Union[
     Hello, Welcome, Grant, Resplit, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, GroupFailed, Regroup,
     Standby, CheckpointNow, Checkpointed, Adopt, Release, Shutdown, StoreRequest, StoreReply,
-    Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply,
+    Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply, StopRequest, CancelRequest,
+    Acknowledged,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}
 

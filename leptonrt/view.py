@@ -171,6 +171,19 @@ def plain_line(snapshot: Snapshot) -> str:
     return " | ".join(parts)
 
 
+def job_lines(snapshot: Snapshot) -> list[str]:
+    """The broker's jobs as a table of plain text (``leptonrt jobs``), oldest first."""
+    if not snapshot.jobs:
+        return ["no jobs yet"]
+    width = max(7, *(len(j.dataset) for j in snapshot.jobs))
+    lines = [f"{'id':>4}  {'state':<9}  {'dataset':<{width}}  {'progress':<18}  submitted"]
+    for j in snapshot.jobs:
+        progress = "-" if not j.total_steps else f"{j.step}/{j.total_steps} ({min(j.step / j.total_steps, 1.0):.0%})"
+        lines.append(f"{j.id:>4}  {j.state:<9}  {j.dataset:<{width}}  {progress:<18}  "
+                     f"{ago(snapshot.now - j.submitted_at)}")
+    return lines
+
+
 async def _fetch(get_snapshot: SnapshotSource) -> Snapshot:
     snap = get_snapshot()
     if inspect.isawaitable(snap):
@@ -215,4 +228,4 @@ async def watch(get_snapshot: SnapshotSource, *, stop: asyncio.Event, console: C
     emit(await _fetch(get_snapshot))
 
 
-__all__ = ["render", "plain_line", "watch", "sparkline", "hms", "ago"]
+__all__ = ["render", "plain_line", "job_lines", "watch", "sparkline", "hms", "ago"]

@@ -34,7 +34,7 @@ def test_hidden_widths_must_be_given_and_positive(capsys, hidden):
     assert code == 2 and "expected one or more positive widths" in err
 
 
-@pytest.mark.parametrize("command", ["train", "up", "top", "status"])
+@pytest.mark.parametrize("command", ["train", "up", "top", "status", "jobs", "stop"])
 def test_every_help_shows_defaults_and_an_example(capsys, command):
     code, out, _ = run(capsys, command, "--help")
     assert code == 0 and f"leptonrt {command}" in out.split("example")[-1]
@@ -54,3 +54,20 @@ def test_train_help_says_what_the_label_column_applies_to(capsys):
     text = " ".join(out.split())   # as the terminal's width wraps it
     assert code == 0 and "csv:PATH | parquet:PATH | py:package.module:function" in text
     assert "--label-column NAME the class-id column of a csv: or parquet: table (no effect on other datasets)" in text
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "soon"])
+def test_status_watch_needs_a_positive_number_of_seconds(capsys, seconds):
+    code, _, err = run(capsys, "status", "--watch", seconds)
+    assert code == 2 and "expected a number of seconds above 0" in err
+
+
+@pytest.mark.parametrize("job_id", ["0", "-3", "two"])
+def test_a_job_to_cancel_is_named_by_its_id(capsys, job_id):
+    code, _, err = run(capsys, "jobs", "cancel", job_id)
+    assert code == 2 and "expected a job id" in err
+
+
+def test_cancel_without_an_id_is_a_usage_error(capsys):
+    assert main(["jobs", "cancel"]) == 2
+    assert "give the id of the job to cancel" in capsys.readouterr().err

@@ -10,9 +10,9 @@ import time
 import pytest
 from rich.console import Console
 
-from leptonrt.broker.stats import ActorStats, Event, JobStats, QueuedJob, Snapshot
+from leptonrt.broker.stats import ActorStats, Event, JobEntry, JobStats, QueuedJob, Snapshot
 from leptonrt.errors import NoDeviceError
-from leptonrt.view import BLOCKS, hms, plain_line, render, sparkline, watch
+from leptonrt.view import BLOCKS, hms, job_lines, plain_line, render, sparkline, watch
 
 NOW = 1_700_000_000.0
 
@@ -150,3 +150,18 @@ def test_no_color(monkeypatch):
     for params in re.findall(r"\x1b\[([0-9;]*)m", text):
         codes = [int(c) for c in params.split(";") if c]
         assert not any(30 <= c <= 49 or 90 <= c <= 107 for c in codes), params
+
+
+def test_the_job_list_shows_each_jobs_state_dataset_progress_and_age():
+    jobs = (JobEntry(id=1, state="done", dataset="digits", submitted_at=NOW - 125, step=140, total_steps=140),
+            JobEntry(id=2, state="running", dataset="synthetic:4000,16,3", submitted_at=NOW - 12, step=30,
+                     total_steps=120),
+            JobEntry(id=3, state="queued", dataset="digits", submitted_at=NOW - 3))
+    snap = Snapshot(address="ipc:///x", started_at=NOW - 200, now=NOW, state="serving", job=None, jobs=jobs)
+    lines = job_lines(snap)
+    assert lines[0].split() == ["id", "state", "dataset", "progress", "submitted"]
+    assert [line.split() for line in lines[1:]] == [
+        ["1", "done", "digits", "140/140", "(100%)", "2m05s", "ago"],
+        ["2", "running", "synthetic:4000,16,3", "30/120", "(25%)", "12s", "ago"],
+        ["3", "queued", "digits", "-", "3s", "ago"]]
+    assert job_lines(Snapshot(address="x", started_at=NOW, now=NOW, state="serving", job=None)) == ["no jobs yet"]

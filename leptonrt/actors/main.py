@@ -8,6 +8,7 @@ trainer's and the group's. A job, top to bottom, is ``JobLoop.run``:
     form the group -> train granted steps (gather, compute, sum, step; snapshot; report)
       -> the group broke? wait for the broker's new place, restore, form it again
       -> on standby? wait, alive, until taken back or released
+      -> released while waiting for steps (the job was cancelled at a step boundary)? leave
     -> all steps done: wait for Stop, save, say Finished (with the lineage), wait for Release
 """
 
@@ -76,8 +77,10 @@ class JobLoop:
         while True:
             if formed:
                 g = self._train(g)
-                if g >= self.total and self._wait_for_stop():
+                if g >= self.total and not self.plan.released and self._wait_for_stop():
                     break
+                if self.plan.released:   # the broker ended the job at a step boundary
+                    return
             place = self._next_place()
             if place is None:      # released while on standby: the job is over for us
                 return
@@ -197,19 +200,19 @@ class JobLoop:
     # -- waiting on the broker ----------------------------------------------------------
 
     def _wait_granted(self, g: int) -> bool:
-        """Until step ``g`` is granted (True), or the group breaks (False)."""
+        """Until step ``g`` is granted (True), or the group breaks or the job is ended (False)."""
         while self.plan.plan_for(g) is None:
             self._report(force=True)   # the broker grants on news of progress...
-            if self.plan.plan_for(g) is not None or self.plan.broken:   # ...and its answer may be in already
+            if self.plan.plan_for(g) is not None or self.plan.broken or self.plan.released:   # ...its answer may be in
                 break
             self._poll(IDLE_POLL_MS)
             self.link.send(Heartbeat(rank=self.rank, step=max(g - 1, 0)))
-        return not self.plan.broken
+        return not self.plan.broken and not self.plan.released
 
     def _wait_for_stop(self) -> bool:
-        """Every step is trained: wait for Stop (True), or a re-forming group (False)."""
+        """Every step is trained: wait for Stop (True), or a re-forming group or the job's end (False)."""
         self._report(force=True)
-        while self.plan.stop is None and not self.plan.broken:
+        while self.plan.stop is None and not self.plan.broken and not self.plan.released:
             self._poll(IDLE_POLL_MS)
         return self.plan.stop is not None and not self.plan.broken
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from typing import Callable
 import logging
 
 from ..data.pyfunc import check_runnable
-from ..errors import InternalError, LeptonError
+from ..errors import ConfigError, InternalError, Interrupted, JobCancelled, LeptonError
 from ..imports import check_allowed
 from ..messages import TrainJob
 from .handle import BrokerClosed, JobHandle
@@ -33,11 +34,15 @@ from .events import ActorLost, Benched, Recovered, SplitChanged
 from .lifecycle import JobState
 from .pool import ActorPool
 from .runner import JobRunner
-from .stats import ActorStats, Event, JobStats, QueuedJob, Snapshot
+from .stats import ActorStats, Event, JobEntry, JobStats, QueuedJob, Snapshot
+from .tally import Tally
 
 
 
 log = logging.getLogger("leptonrt.broker")
+
+JOBS_LISTED = 100   # ended jobs a snapshot lists, the newest (it lists every other job too)
+CANCELLED = "cancelled (`leptonrt jobs cancel`)"
 
 
 class Job(JobHandle):
@@ -50,6 +55,10 @@ class Job(JobHandle):
         self.submitted_at, self.started_at = time.time(), 0.0
         self.keep_weights = False        # keep the final weights in the broker for the caller...
         self.weights_path = None         # ...here (in the broker's private run directory)
+        # asked to stop at a step boundary for this reason, ending with this error (None: it ends
+        # Interrupted, as on a Ctrl-C of `up`)
+        self.ending: tuple[type[LeptonError], str] | None = None
+        self.steps, self.total_steps = 0, None   # progress, once it has started (at its end, once ended)
 
     def _finish(self, state: str, result: dict | None = None, error: BaseException | None = None) -> None:
         self.state = state
@@ -93,6 +102,8 @@ class Broker:
         self.on_broken: Callable[[BaseException], None] = lambda exc: None   # told when it does
         self._rate: deque[tuple[float, float]] = deque(maxlen=240)   # (unix time, samples/s)
         self._last_sample: tuple[float, int] | None = None
+        self.tally = Tally()              # what every job's committed steps added up to
+        self._bad_before = 0              # actor messages dropped in the jobs that ended
 
     @property
     def notes(self) -> list[str]:
@@ -133,6 +144,25 @@ class Broker:
     def jobs(self) -> list[Job]:
         """Every job submitted so far, oldest first."""
         return list(self._jobs)
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a queued job now, or stop the running one at its next step boundary (its
+        actors then wait for the next job); either ends with ``JobCancelled``. Returns what
+        happens, for the user; a ConfigError for an unknown or ended job."""
+        job = next((j for j in self._jobs if j.id == job_id), None)
+        if job is None:
+            raise ConfigError(f"there is no job {job_id} on this broker (`leptonrt jobs` lists them)")
+        if job.done():
+            raise ConfigError(f"job {job_id} has already ended ({job.state})")
+        if job is not self._running:
+            job._finish("cancelled", error=JobCancelled(f"job {job_id}: {CANCELLED} before it started"))
+            self._log(f"job {job_id} cancelled before it started")
+            return f"job {job_id} cancelled before it started"
+        if job.ending is None:
+            job.ending = (JobCancelled, CANCELLED)
+            self._runner.interrupt()
+            self._log(f"job {job_id}: cancelled, stopping at a step boundary")
+        return f"job {job_id} stops at its next step boundary"
 
     def _log(self, text: str) -> None:
         self.log.append(Event(at=time.time(), text=text))
@@ -185,7 +215,8 @@ class Broker:
             job._emit(event)
 
         try:
-            self._runner = self._runner_type(job.spec, pool=self.pool, on_event=on_event, keep_weights=job.keep_weights)
+            self._runner = self._runner_type(job.spec, pool=self.pool, on_event=on_event, keep_weights=job.keep_weights,
+                                             tally=self.tally)
             result = await self._runner.run()
             job.weights_path = self._runner.weights_path
             result.update(job_id=job.id, started_at=job.started_at, finished_at=time.time())
@@ -194,6 +225,13 @@ class Broker:
         except asyncio.CancelledError:
             job._finish("cancelled", error=BrokerClosed(f"job {job.id} was cancelled: the broker closed"))
             raise
+        except Interrupted as exc:
+            if job.ending is None:
+                job._finish("failed", error=exc)
+            else:   # stopped at a boundary because somebody asked: not a failure of the job
+                kind, why = job.ending
+                job._finish("cancelled", error=kind(f"job {job.id}: {why}: {str(exc).removeprefix('interrupted: ')}"))
+            self._log(f"job {job.id} {job.state}: {str(exc).splitlines()[0][:120]}")
         except LeptonError as exc:
             job._finish("failed", error=exc)
             self._log(f"job {job.id} failed: {str(exc).splitlines()[0][:120]}")
@@ -203,6 +241,10 @@ class Broker:
             self._log(f"job {job.id} failed: internal error {type(exc).__name__}")
             self.pool.replace_all()
         finally:
+            if self._runner is not None and self._runner.core is not None:
+                core = self._runner.core
+                self._bad_before += core.bad_messages
+                job.steps, job.total_steps = core.committed() + 1, core.total_steps
             self._running, self._runner = None, None
 
     def _fail_pending(self, error: LeptonError | None) -> None:
@@ -244,10 +286,25 @@ class Broker:
                         throughput=tuple(p for p in self._rate if now - p[0] <= 60.0), events=tuple(self.log)[-20:],
                         jobs_done=sum(j.state == "done" for j in self._jobs),
                         jobs_failed=sum(j.state == "failed" for j in self._jobs),
-                        counters={"actor_bad_messages": core.bad_messages if core is not None else 0,
+                        jobs_cancelled=sum(j.state == "cancelled" for j in self._jobs),
+                        jobs=self._job_entries(core),
+                        totals=self.tally.statistics(), pid=os.getpid(),
+                        counters={"actor_bad_messages": self._bad_before + (core.bad_messages if core is not None else 0),
                                   **self.counters()},
                         cache=asdict(self.pool.cache.statistics()) if self.pool.started else {})
         return snap
+
+    def _job_entries(self, core) -> tuple[JobEntry, ...]:
+        ended = [j for j in self._jobs if j.done()][-JOBS_LISTED:]
+        listed = sorted(ended + [j for j in self._jobs if not j.done()], key=lambda j: j.id)
+        entries = []
+        for j in listed:
+            step, total = j.steps, j.total_steps
+            if j is self._running and core is not None:
+                step, total = core.committed() + 1, core.total_steps
+            entries.append(JobEntry(id=j.id, state=j.state, dataset=j.spec.dataset, submitted_at=j.submitted_at,
+                                    step=step, total_steps=total))
+        return tuple(entries)
 
     def _sample_throughput(self, now: float, done: int) -> None:
         """Add a point to the throughput history, at most one every half second."""
@@ -285,12 +342,15 @@ class Broker:
         self.accepting = False
         self._log("stopping: no new jobs")
 
-    async def drain(self, timeout_s: float = 15.0) -> None:
-        """End the running job at a step boundary (it fails with ``Interrupted``) and wait
-        for it, at most ``timeout_s``; queued jobs stay queued until ``aclose``."""
+    async def drain(self, timeout_s: float = 15.0, reason: str | None = None) -> None:
+        """End the running job at a step boundary and wait for it, at most ``timeout_s``;
+        queued jobs stay queued until ``aclose``. The job fails with ``Interrupted``, or,
+        given a ``reason``, is cancelled with ``BrokerClosed`` (its client may submit it again)."""
         job, runner = self._running, self._runner
         if job is None or runner is None:
             return
+        if reason is not None:
+            job.ending = (BrokerClosed, reason)
         runner.interrupt()
         self._log(f"job {job.id}: stopping at a step boundary")
         try:

@@ -39,6 +39,7 @@ from .regroup import Regrouping
 from .roster import Roster, Slot
 from .splits import Splits
 from .stats import JobStatistics
+from .tally import Tally
 
 
 @dataclass
@@ -62,11 +63,13 @@ class JobCore(Regrouping):
     def __init__(self, *, job: JobSpec, data: DatasetInfo, actor_ids: list[str], threads: list[int],
                  split: list[int], n_train: int, steps_per_epoch: int, config: JobConfig = JobConfig(),
                  rebalancer: Rebalancer | None = None, save_path: str | None = None, start_step: int = 0,
-                 resume_from: str | None = None, prior_epochs: tuple = (), history: bytes | None = None) -> None:
+                 resume_from: str | None = None, prior_epochs: tuple = (), history: bytes | None = None,
+                 tally: Tally | None = None) -> None:
         settings = job.job
         if len(split) != len(actor_ids) or sum(split) != settings.batch_size:
             raise InternalError(f"split {split} does not fit {len(actor_ids)} actors and batch {settings.batch_size}")
         self.job, self.data, self.config, self.rebalancer = job, data, config, rebalancer
+        self.tally = tally if tally is not None else Tally()   # the broker's, across its jobs
         self.batch, self.n_train, self.steps_per_epoch = settings.batch_size, n_train, steps_per_epoch
         self.total_steps = settings.epochs * steps_per_epoch
         self.save_path, self.start_step, self.resume_from = save_path, start_step, resume_from
@@ -339,6 +342,7 @@ class JobCore(Regrouping):
     def _commit(self, now: float) -> None:
         members = [s.rank for s in self.roster.members()]
         for done in self.ledger.advance(members):
+            self.tally.committed(done.stats)
             if self.rebalancer is not None:
                 for rank, stat in sorted(done.stats.items()):
                     self.rebalancer.observe(rank, rows=stat.rows, compute_s=stat.compute_s,

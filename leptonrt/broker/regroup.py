@@ -98,7 +98,9 @@ class Regrouping:
         self.generation += 1
         self.regroups += 1
         self._group_failed = None   # the new group answers any failure the old one reported
-        self.replayed_steps += max(self.ledger.high_water + 1 - rewind, 0)
+        replayed = max(self.ledger.high_water + 1 - rewind, 0)
+        self.replayed_steps += replayed
+        self.tally.regrouped(replayed)
         self.ledger.high_water = rewind - 1
         self.ledger.rewind(rewind)
         self.group_start, self.grants.granted, self.grants.boundary = rewind, rewind, None

@@ -27,6 +27,7 @@ from .job import JobConfig, JobCore
 from .lifecycle import JobState
 from .pool import ActorPool
 from .rebalance import Rebalancer
+from .tally import Tally
 
 GATHER_TIMEOUT_S = 120.0   # every actor must have said hello by then
 SETTLE_S = 1.0             # after a failure, how long to wait for its root cause to show
@@ -56,8 +57,9 @@ class JobRunner:
     def __init__(self, job: TrainJob, *, gpus: str = "all", cpu_actors: int | None = None,
                  on_event: Callable[[object], None] | None = None, actor_env: dict[str, str] | None = None,
                  pool: ActorPool | None = None, pin: bool = True, keep_weights: bool = False,
-                 core_config: JobConfig = JobConfig()) -> None:
+                 core_config: JobConfig = JobConfig(), tally: Tally | None = None) -> None:
         self.job, self.on_event = job, on_event or (lambda _e: None)
+        self.tally = tally   # the totals the job's committed steps add to (a broker's, across jobs)
         self.core_config = core_config   # how the core grants and plans (the job sets its own bounds on top)
         self._own_pool = pool is None
         self.pool = pool if pool is not None else ActorPool(gpus, cpu_actors, actor_env, pin, allow_imports=ANY)
@@ -71,6 +73,8 @@ class JobRunner:
         # the caller to take (weights_path), e.g. to stream them back to a remote client
         self.keep_weights = keep_weights
         self.weights_path: Path | None = None
+        self.interrupted = False   # asked to stop at a step boundary (perhaps before the core exists)
+        self._idle_at_boundary = False   # it stopped there: every member waits for steps, none is in a collective
 
     async def run(self) -> dict:
         """Train; return the result dict, or raise JobFailed / DataError / ConfigError / Interrupted."""
@@ -95,6 +99,7 @@ class JobRunner:
 
     def interrupt(self) -> None:
         """Stop the job at the next step boundary every actor reaches (run() then raises Interrupted)."""
+        self.interrupted = True
         if self.core is not None:
             self.core.interrupt()
 
@@ -107,9 +112,9 @@ class JobRunner:
                 pool.cache.release(self._data)
                 self._data = None
         if not self._own_pool and self.core is not None:
-            if failed or self.core.state != JobState.DONE:
+            if not self._idle_at_boundary and (failed or self.core.state != JobState.DONE):
                 pool.replace_all()   # a survivor may still sit in a broken collective
-            else:
+            else:   # done, or stopped at a step boundary: the actors leave the job and wait for the next
                 bye = Release(job_id=self.core.job.job_id)
                 for identity in self.core.identities():
                     pool.send(identity, bye)
@@ -133,7 +138,9 @@ class JobRunner:
                        threads=[p.threads for p in self.selection.actors], split=split, n_train=n_train,
                        steps_per_epoch=steps_per_epoch(n_train, job.batch_size), config=config, rebalancer=rebalancer,
                        save_path=str(weights) if self._wants_weights() else None, start_step=start_step,
-                       resume_from=resume_from, prior_epochs=tuple(prior), history=history)
+                       resume_from=resume_from, prior_epochs=tuple(prior), history=history, tally=self.tally)
+        if self.interrupted:   # asked while the data was loading: no step will be granted
+            core.interrupt()
         self._sync_store(core)
         now = time.monotonic()
         for identity, hello in pool.take_hellos():
@@ -173,7 +180,9 @@ class JobRunner:
             if core.state == JobState.GATHERING and now - started > GATHER_TIMEOUT_S:
                 core.fail(f"not every actor said hello within {GATHER_TIMEOUT_S:.0f} s", now)
             if core.interrupted and core.drained():
-                raise Interrupted(await self._stopped_at_boundary(core))
+                text = await self._stopped_at_boundary(core)
+                self._idle_at_boundary = core.state == JobState.RUNNING
+                raise Interrupted(text)
         if core.state == JobState.FAILED:
             if core.unusable is not None:
                 raise ConfigError(core.unusable)

@@ -6,6 +6,9 @@ answered with ``Accepted`` (or ``Rejected``, with the exit code the client shoul
 with), then the job's epochs, split changes and outcome stream back on that connection
 (its weights too, when asked for). ``StatusRequest`` is answered from the latest snapshot.
 A client that goes away loses only its stream: its job stays queued and runs.
+``StopRequest`` is answered ``Acknowledged`` and passed to whoever runs the service
+(``on_stop``: ``leptonrt up`` then stops as on a first Ctrl-C); ``CancelRequest`` cancels
+one job. Any client that can reach the service may send either, as it may submit jobs.
 
 What protects the broker from its clients: every message passes the ``Gate`` (frame and
 size caps, a rate per client) before anything acts on it; one guard around the handler
@@ -31,8 +34,8 @@ import zmq
 
 from .. import messages
 from ..errors import ConfigError, InternalError, LeptonError, ProtocolError
-from ..messages import (SERVICE_LIMITS, WEIGHTS_CHUNK, Accepted, JobUpdate, Rejected, StatusReply, StatusRequest,
-                        Submit, TrainJob, Weights)
+from ..messages import (SERVICE_LIMITS, WEIGHTS_CHUNK, Accepted, Acknowledged, CancelRequest, JobUpdate, Rejected,
+                        StatusReply, StatusRequest, StopRequest, Submit, TrainJob, Weights)
 from .address import check_listen, ipc_path
 from .channel import Channel, PeerGone
 from .embedded import Broker, BrokerClosed, Job
@@ -100,11 +103,13 @@ Peer = tuple[_Endpoint, bytes]   # where a reply goes: the endpoint a request ca
 
 class Service:
     """Serves one Broker to clients at ``addresses`` until closed: ipc ones to this user,
-    TCP ones to holders of an allowed CURVE key (``keys``: the key directory)."""
+    TCP ones to holders of an allowed CURVE key (``keys``: the key directory). ``on_stop``
+    is called when a client asks the broker to stop; without it, such requests are refused."""
 
     def __init__(self, broker: Broker, *addresses: str, keys: str | Path | None = None,
                  checkpoint_root: str | Path | None = None, gate: GateConfig = GateConfig(),
-                 on_broken: Callable[[BaseException], None] | None = None) -> None:
+                 on_broken: Callable[[BaseException], None] | None = None,
+                 on_stop: Callable[[], None] | None = None) -> None:
         if not addresses:
             raise InternalError("a service needs at least one address")
         for address in addresses:
@@ -113,6 +118,7 @@ class Service:
         self.checkpoint_root = Path(checkpoint_root).resolve() if checkpoint_root is not None else None
         self.gate = Gate(gate)
         self.on_broken = on_broken or (lambda exc: None)
+        self.on_stop = on_stop
         self.broken: BaseException | None = None
         self.handler_errors = self.unauthorised = 0
         self._forwarders: dict[asyncio.Task, tuple[Peer, Job]] = {}
@@ -258,8 +264,27 @@ class Service:
             self._send(peer, Rejected(message=admission.reason, exit_code=70))
         elif isinstance(admission.message, Submit):
             self._submit(peer, admission.message)
+        elif isinstance(admission.message, StopRequest):
+            self._stop(peer)
+        elif isinstance(admission.message, CancelRequest):
+            self._cancel(peer, admission.message.job_id)
         else:
             self._send_frame(peer, self._status_frame(now))
+
+    def _cancel(self, peer: Peer, job_id: int) -> None:
+        try:
+            self._send(peer, Acknowledged(message=self.broker.cancel(job_id)))
+        except LeptonError as exc:
+            self._send(peer, Rejected(message=str(exc)[:4000], exit_code=exc.exit_code))
+
+    def _stop(self, peer: Peer) -> None:
+        if self.on_stop is None:
+            self._send(peer, Rejected(message="this broker runs inside an application that does not let its "
+                                              "clients stop it", exit_code=78))
+            return
+        self._send(peer, Acknowledged(message="stopping: no new jobs; the running job stops at a step boundary "
+                                              "and every client following a job is told the broker closed"))
+        self.on_stop()
 
     def _status_frame(self, now: float) -> bytes:
         """The latest snapshot, encoded at most every SNAPSHOT_EVERY_S however often it is asked for."""

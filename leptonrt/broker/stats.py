@@ -56,6 +56,45 @@ class QueuedJob:
 
 
 @dataclass(frozen=True)
+class JobEntry:
+    """One job the broker was given, whatever its state (``leptonrt jobs``)."""
+
+    id: int
+    state: str                       # queued | running | done | failed | cancelled
+    dataset: str
+    submitted_at: float              # unix time
+    step: int = 0                    # global steps committed (for an ended job, when it ended)
+    total_steps: int | None = None   # None until the job has started
+
+
+@dataclass(frozen=True)
+class HistogramStats:
+    """Observations counted into buckets: ``counts[i]`` fell at or below ``bounds[i]`` and
+    above the bound before it; the last count is above every bound."""
+
+    bounds: tuple[float, ...] = ()   # upper bounds, ascending, in the observations' unit
+    counts: tuple[int, ...] = (0,)   # one more than bounds
+    total: float = 0.0               # the sum of the observations
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What the broker has trained since it started, over every job (counts only grow)."""
+
+    steps: int = 0                   # global steps committed (a step replayed after a loss counts again)
+    samples: int = 0                 # training rows in those steps
+    regroups: int = 0                # times a job's group re-formed
+    replayed_steps: int = 0          # steps trained again after a loss
+    step_seconds: HistogramStats = HistogramStats()        # a committed step's wall time (its slowest member's)
+    allreduce_seconds: HistogramStats = HistogramStats()   # a committed step's gradient sum (its quickest member's)
+    compute_seconds: tuple[float, ...] = ()                # by rank: pure compute in committed steps
+
+
+@dataclass(frozen=True)
 class Event:
     at: float                        # unix time
     text: str                        # "actor 1 joined (cuda:1)", "split 0.66/0.34 at step 120", ...
@@ -76,6 +115,10 @@ class Snapshot:
     events: tuple[Event, ...] = ()                      # newest last
     jobs_done: int = 0
     jobs_failed: int = 0
+    jobs_cancelled: int = 0
+    jobs: tuple[JobEntry, ...] = ()                     # the newest ended jobs and every other one, by id
+    totals: Totals = Totals()
+    pid: int | None = None                              # the broker's process
     counters: dict = field(default_factory=dict)   # name -> count: rejected, dropped and failed messages, restarts
     cache: dict = field(default_factory=dict)      # the dataset cache: budget, bytes, entries (in use or not)
 
@@ -98,6 +141,8 @@ class Snapshot:
             d = dict(data)
             job = d.pop("job", None)
             return cls(
+                jobs=tuple(JobEntry(**j) for j in d.pop("jobs", ())),
+                totals=_totals(d.pop("totals", {})),
                 job=JobStats(**job) if job is not None else None,
                 queued=tuple(QueuedJob(**q) for q in d.pop("queued", ())),
                 actors=tuple(ActorStats(**a) for a in d.pop("actors", ())),
@@ -107,13 +152,23 @@ class Snapshot:
                 cache=dict(d.pop("cache", {})),
                 **{k: v for k, v in d.items() if k in _SCALARS},
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             raise ProtocolError(f"malformed status snapshot: {exc}") from None
 
 
-_SCALARS = {f.name for f in fields(Snapshot)} - {"job", "queued", "actors", "throughput", "events", "counters", "cache"}
+def _totals(data: dict) -> Totals:
+    d = dict(data)
+    histograms = {name: HistogramStats(bounds=tuple(float(b) for b in h["bounds"]),
+                                       counts=tuple(int(c) for c in h["counts"]), total=float(h["total"]))
+                  for name in ("step_seconds", "allreduce_seconds") if (h := d.pop(name, None)) is not None}
+    compute = tuple(float(c) for c in d.pop("compute_seconds", ()))
+    return Totals(**histograms, compute_seconds=compute, **{k: int(v) for k, v in d.items()})
 
-__all__ = ["ActorStats", "Event", "JobStats", "QueuedJob", "Snapshot"]
+
+_SCALARS = {f.name for f in fields(Snapshot)} - {"job", "queued", "actors", "throughput", "events", "counters", "cache",
+                                                 "jobs", "totals"}
+
+__all__ = ["ActorStats", "Event", "HistogramStats", "JobEntry", "JobStats", "QueuedJob", "Snapshot", "Totals"]
 
 
 @dataclass(frozen=True)

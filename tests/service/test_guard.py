@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from leptonrt.broker.gate import GateConfig
 from leptonrt.broker.service import Service
 from leptonrt.broker.stats import Snapshot
-from leptonrt.messages import SERVICE_LIMITS, Rejected, StatusReply, StatusRequest, Submit, TrainJob
+from leptonrt.messages import (SERVICE_LIMITS, Acknowledged, Rejected, StatusReply, StatusRequest, StopRequest,
+                               Submit, TrainJob)
 
 
 class FakeBroker:
@@ -91,6 +92,23 @@ def test_a_token_of_old_that_is_not_ascii_is_one_rejection_and_the_service_goes_
     refused, again = serve(address, check)
     assert isinstance(refused, Rejected) and refused.exit_code == 70 and "token" in refused.message
     assert isinstance(again, StatusReply)
+
+
+def test_a_stop_request_is_acknowledged_and_handed_to_whoever_runs_the_service(address):
+    asked = []
+
+    async def check(service, broker, client):
+        return await client.ask(StopRequest()), await client.ask(StatusRequest())
+    stopping, still = serve(address, check, on_stop=lambda: asked.append("stop"))
+    assert isinstance(stopping, Acknowledged) and "step boundary" in stopping.message and asked == ["stop"]
+    assert isinstance(still, StatusReply)   # stopping is the owner's to do; the service answers meanwhile
+
+
+def test_a_service_whose_owner_takes_no_stop_requests_refuses_them(address):
+    async def check(service, broker, client):
+        return await client.ask(StopRequest())
+    refused = serve(address, check)
+    assert isinstance(refused, Rejected) and refused.exit_code == 78
 
 
 def test_a_request_whose_handling_raises_is_one_counted_rejection(address):
