@@ -40,16 +40,24 @@ class Target:
 
 class Gpus:
     """NVML, opened on first use. One that cannot open (no library, no driver) stays closed
-    and every figure is None. ``nvml`` is the module to use (``pynvml`` by default)."""
+    and every figure is None. ``nvml`` is the module to use (``pynvml`` by default).
+
+    A process's GPU is the one NVML lists it on, once it has a CUDA context there: NVML
+    numbers devices in PCI order, CUDA (by default) fastest first, so on a host with unlike
+    GPUs an index may name another device. Until then, the id CUDA_VISIBLE_DEVICES gave it.
+    """
 
     def __init__(self, nvml: Any = None) -> None:
         self._nvml = nvml
         self._opened: bool | None = None      # None: not tried yet
         self._handles: dict[str, Any] = {}
+        self._of_pid: dict[int, Any] = {}     # pid -> the device NVML lists it on
 
-    def read(self, gpu: str) -> tuple[float | None, int | None, float | None]:
-        """(utilisation %, memory in use in bytes, power in watts) of ``gpu``; None where unknown."""
-        handle = self._handle(gpu)
+    def read(self, gpu: str, pid: int | None = None) -> tuple[float | None, int | None, float | None]:
+        """(utilisation %, memory in use in bytes, power in watts) of the GPU process ``pid``
+        uses, else of ``gpu``; None where unknown."""
+        handle = self._device_of(pid) if pid is not None else None
+        handle = handle if handle is not None else self._handle(gpu)
         if handle is None:
             return None, None, None
         nvml = self._nvml
@@ -57,10 +65,25 @@ class Gpus:
                 _ask(lambda: int(nvml.nvmlDeviceGetMemoryInfo(handle).used)),
                 _ask(lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0))   # reported in milliwatts
 
+    def forget(self, keep: set[int]) -> None:
+        """Processes other than ``keep`` are gone: their devices need not be remembered."""
+        self._of_pid = {pid: h for pid, h in self._of_pid.items() if pid in keep}
+
     def close(self) -> None:
         if self._opened:
             _ask(self._nvml.nvmlShutdown)
-        self._opened, self._handles = False, {}
+        self._opened, self._handles, self._of_pid = False, {}, {}
+
+    def _device_of(self, pid: int) -> Any:
+        if pid not in self._of_pid and self._open():
+            nvml = self._nvml
+            for i in range(_ask(nvml.nvmlDeviceGetCount) or 0):
+                handle = _ask(lambda: nvml.nvmlDeviceGetHandleByIndex(i))
+                running = _ask(lambda: nvml.nvmlDeviceGetComputeRunningProcesses(handle)) or []
+                if handle is not None and any(p.pid == pid for p in running):
+                    self._of_pid[pid] = handle
+                    break
+        return self._of_pid.get(pid)
 
     def _handle(self, gpu: str) -> Any:
         if not self._open():
@@ -102,6 +125,7 @@ class UsageSampler:
         """pid -> its figures now; processes no longer asked about are forgotten."""
         wanted = {t.pid for t in targets}
         self._procs = {pid: p for pid, p in self._procs.items() if pid in wanted}
+        self.gpus.forget(wanted)
         return {t.pid: self._one(t) for t in targets}
 
     def close(self) -> None:
@@ -109,7 +133,7 @@ class UsageSampler:
 
     def _one(self, target: Target) -> Usage:
         cpu, rss = self._process(target.pid)
-        gpu = self.gpus.read(target.gpu) if target.gpu else (None, None, None)
+        gpu = self.gpus.read(target.gpu, target.pid) if target.gpu else (None, None, None)
         return Usage(cpu, rss, *gpu)
 
     def _process(self, pid: int) -> tuple[float | None, int | None]:
