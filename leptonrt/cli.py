@@ -168,7 +168,9 @@ def _add_service(sub) -> None:
                    help="leave CPU actors to the scheduler (default: single-threaded ones each on a core of its own)")
     p.add_argument("--listen", default=None, metavar="ADDR",
                    help="ipc://PATH or tcp://HOST:PORT (default: ipc:// in your private runtime directory)")
-    p.add_argument("--no-tui", action="store_true", help="print a plain status line every few seconds instead")
+    p.add_argument("--no-tui", action="store_true",
+                   help="print a plain status line every few seconds instead of the live view (in which e hides "
+                        "or shows the event log; q stops nothing: Ctrl-C stops the broker)")
     p.add_argument("--detach", action="store_true",
                    help="run in the background (output to broker.log in the private runtime directory); "
                         "return once it answers")
@@ -188,7 +190,7 @@ def _add_service(sub) -> None:
     p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                    help="the address the metrics listen on; anything but loopback lets anyone who can reach it read them")
     p = sub.add_parser("top", help="show the live view of a running broker",
-                       epilog="example:\n  leptonrt top")
+                       epilog="keys: q quits, e hides or shows the event log\nexample:\n  leptonrt top")
     p.add_argument("--connect", default=None, metavar="ADDR")
     _add_client_keys(p)
     p.add_argument("--no-tui", action="store_true", help="plain status lines instead of the live view")
@@ -492,7 +494,9 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
         async with broker, Service(broker, *addresses, keys=args.keys, checkpoint_root=args.checkpoint_root,
                                    on_broken=on_broken, on_stop=on_stop):
             print(f"leptonrt: serving at {' and '.join(addresses)} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-            view = asyncio.create_task(watch(broker.snapshot, stop=stop, plain=True if args.no_tui else None))
+            # the view is the broker's own: q does not stop it (a stray key must not end others' jobs)
+            view = asyncio.create_task(watch(broker.snapshot, stop=stop, plain=True if args.no_tui else None,
+                                             can_quit=False))
             try:
                 await stop.wait()
                 if broken:

@@ -2,9 +2,17 @@
 
 ``render`` turns a snapshot into a rich renderable and ``plain_line`` into one line of
 text; both are pure, so the same snapshot always draws the same way (times are shown
-relative to ``snapshot.now``). ``watch`` is the loop around them: it redraws a
-``rich.live.Live`` at most four times a second on a terminal, and prints a plain line
-every few seconds anywhere else. Colours follow the console, so ``NO_COLOR`` is honoured.
+relative to ``snapshot.now``). The screen is laid out for the width it is drawn at: no line
+is longer, so nothing wraps. At 80 columns the actor table keeps what fits, dropping first
+the columns no actor has a figure for, then in ``DROP_ORDER``; at 160 it shows them all,
+with longer sparklines.
+
+``watch`` is the loop around them: it redraws a ``rich.live.Live`` at most four times a
+second on a terminal, and prints a plain line every few seconds anywhere else. On a
+terminal it reads keys (``leptonrt.terminal``): ``e`` shows or hides the event log, ``q``
+quits where quitting is the viewer's to decide (``top``; in ``up`` the view is the
+broker's own, and Ctrl-C is what stops it). Colours follow the console, so ``NO_COLOR`` is
+honoured.
 """
 
 from __future__ import annotations
@@ -12,22 +20,32 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import sys
+import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Union
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .broker.stats import ActorStats, JobStats, Snapshot
+from .broker.stats import ActorStats, FinishedJob, JobStats, QueuedJob, Snapshot
+from .terminal import KeyReader
 
 MAX_REFRESH_HZ = 4.0
 WINDOW_S = 60.0            # the throughput history covers this much time
-SPARK_WIDTH = 30           # characters in the sparkline, so 2 s a character
+SPARK_WIDTH = 30           # characters in a sparkline at 80 columns (60 at 160)
 BLOCKS = "▁▂▃▄▅▆▇█"
 STATE_STYLES = {"training": "green", "lost": "bold red", "restarting": "yellow", "joining": "yellow",
-                "standby": "cyan", "idle": "dim", "stopped": "dim", "finished": "dim", "stopping": "yellow"}
+                "standby": "cyan", "idle": "dim", "stopped": "dim", "finished": "dim", "stopping": "yellow",
+                "starting": "yellow", "done": "green", "failed": "bold red", "cancelled": "yellow"}
+# the actor columns that give way when the screen is narrow, first to go first (rank, device,
+# state, share and samples/s always stay); before these go the columns without a figure for any
+# actor ("-" in every row; "0" for restarts)
+DROP_ORDER = ("name", "pid", "power", "compute ms", "gpu mem", "restarts", "gpu%", "rss", "cpu%")
+HINT_S = 4.0               # how long a key's hint stays on the screen
 
 SnapshotSource = Callable[[], Union[Snapshot, Awaitable[Snapshot]]]
 
@@ -54,12 +72,13 @@ def _num(value: float | None, fmt: str = ",.0f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def _memory(n: int | None) -> str:
+def size(n: int | None) -> str:
+    """Bytes, short: ``"412M"``, ``"1.5G"``; ``None`` -> ``"-"``."""
     if n is None:
         return "-"
     if n >= 1 << 30:
-        return f"{n / (1 << 30):.2f} GiB"
-    return f"{n / (1 << 20):.1f} MiB"
+        return f"{n / (1 << 30):.1f}G"
+    return f"{n / (1 << 20):.0f}M"
 
 
 def sparkline(points: tuple[tuple[float, float], ...], now: float, *, window_s: float = WINDOW_S,
@@ -81,74 +100,214 @@ def sparkline(points: tuple[tuple[float, float], ...], now: float, *, window_s: 
     means: list[float | None] = []
     for s, c in zip(sums, counts):   # a gap between samples holds the value before it
         means.append(s / c if c else (means[-1] if means else None))
-    peak = max((m for m in means if m is not None), default=0.0)
-    top = len(BLOCKS) - 1
-    return "".join(" " if m is None else BLOCKS[min(round(m / peak * top), top) if peak > 0 else 0]
-                   for m in means)
+    return "".join(" " if m is None else b for m, b in zip(means, _blocks([m or 0.0 for m in means])))
 
+
+def bars(values: tuple[float, ...], width: int) -> str:
+    """``values`` (oldest first) as at most ``width`` block characters, each the mean of its
+    share of them; the highest is a full block, zero the lowest."""
+    if width <= 0:
+        return ""
+    n = len(values)
+    if n > width:   # slice i holds values [i*n/width, (i+1)*n/width): never empty when n > width
+        slices = [values[i * n // width:(i + 1) * n // width] for i in range(width)]
+        values = tuple(sum(s) / len(s) for s in slices)
+    return "".join(_blocks(list(values)))
+
+
+def _blocks(values: list[float]) -> list[str]:
+    clean = [v if math.isfinite(v) and v > 0 else 0.0 for v in values]
+    peak, top = max(clean, default=0.0), len(BLOCKS) - 1
+    return [BLOCKS[min(round(v / peak * top), top) if peak > 0 else 0] for v in clean]
+
+
+def _line(*parts, style: str = "") -> Text:
+    """One line that never wraps: what does not fit ends in an ellipsis."""
+    text = Text.assemble(*parts, style=style)
+    text.no_wrap, text.overflow = True, "ellipsis"
+    return text
+
+
+def _spark_width(width: int, beside: int) -> int:
+    """A sparkline's length on a line ``width`` wide that holds ``beside`` other characters."""
+    return max(8, min(SPARK_WIDTH * 2, width - beside))
+
+
+# -- the parts of the screen ------------------------------------------------------------------
 
 def _header(snap: Snapshot) -> Text:
-    return Text.assemble(("leptonrt ", "bold"), snap.address, "  up ", hms(snap.uptime_s), "  ",
-                         (snap.state, STATE_STYLES.get(snap.state, "")),
-                         f"  jobs {snap.jobs_done} done, {snap.jobs_failed} failed, {len(snap.queued)} queued")
+    jobs = f"jobs {snap.jobs_done} done, {snap.jobs_failed} failed, {len(snap.queued)} queued"
+    return _line(("leptonrt", "bold"), "  ", (snap.state, STATE_STYLES.get(snap.state, "")), "  up ",
+                 hms(snap.uptime_s), "  ", jobs, "  ", (snap.address, "dim"))
 
 
-def _job(job: JobStats | None) -> RenderableType:
-    if job is None:
-        return Text("idle — waiting for jobs", style="dim")
-    title = Text.assemble(("job ", "bold"), (str(job.id), "bold"), f"  {job.dataset}  {job.model}",
-                          f"  epoch {job.epoch}/{job.epochs}  step {job.step}/{job.total_steps}")
-    done = min(job.step / job.total_steps, 1.0) if job.total_steps > 0 else 0.0
+def _job(job: JobStats, width: int) -> list:
+    epoch = job.current_epoch or min(job.epoch + 1, job.epochs)   # an older broker's snapshot: epochs finished
+    title = _line(("job ", "bold"), (str(job.id), "bold"), f"  {job.dataset}  {job.model}")
+    title.append(f"  epoch {epoch}/{job.epochs}  step {job.step:,}/{job.total_steps:,}")
+    if job.state != "running":
+        title.append(f"  {job.state}", style=STATE_STYLES.get(job.state, ""))
+    total = max(job.total_steps, 1)
     bar = Table.grid(padding=(0, 2))
-    bar.add_row(ProgressBar(total=max(job.total_steps, 1), completed=min(job.step, max(job.total_steps, 1)),
-                            width=40),
-                f"{done:4.0%}", f"ETA {hms(job.eta_s)}")
-    stats = Text(f"{_num(job.samples_per_s)} samples/s  train loss {_num(job.train_loss, '.4f')}"
-                 f"  test accuracy {_num(job.test_accuracy, '.4f')}")
-    parts: list[RenderableType] = [title, bar, stats]
+    bar.add_row(ProgressBar(total=total, completed=min(job.step, total), width=max(10, min(60, width - 24))),
+                f"{min(job.step / total, 1.0):4.0%}", f"ETA {hms(job.eta_s)}")
+    figures = _line(f"{_num(job.samples_per_s)} samples/s  train loss {_num(job.train_loss, '.4f')}"
+                    f"  test accuracy {_num(job.test_accuracy, '.4f')}")
+    parts = [title, bar, figures, *_histories(job, width)]
+    if job.change:
+        parts.append(_line("split ", job.change))
     if job.simulated:
-        parts.append(Text(f"SIMULATED slowdown: {job.simulated}", style="bold yellow"))
-    return Group(*parts)
+        parts.append(_line(f"SIMULATED slowdown: {job.simulated}", style="bold yellow"))
+    return parts
 
 
-def _actors(actors: tuple[ActorStats, ...]) -> RenderableType:
+def _histories(job: JobStats, width: int) -> list[Text]:
+    """The step time and loss over the whole job, as sparklines."""
+    out = []
+    if job.step_ms:
+        ms = job.step_ms
+        every = f"  ({job.step_ms_every} steps a block)" if width >= 120 and job.step_ms_every > 1 else ""
+        figures = f"  now {ms[-1]:.2f}  min {min(ms):.2f}  max {max(ms):.2f}{every}"
+        out.append(_line("step ms  ", (bars(ms, _spark_width(width, 9 + len(figures))), "cyan"), figures))
+    if job.losses:
+        figures = f"  now {job.losses[-1]:.4f}  first {job.losses[0]:.4f}"
+        out.append(_line("loss     ", (bars(job.losses, _spark_width(width, 9 + len(figures))), "magenta"), figures))
+    return out
+
+
+def _starting(job: QueuedJob) -> Text:
+    return _line(("job ", "bold"), (str(job.id), "bold"), f"  {job.dataset}  ",
+                 ("starting: loading the data, actors joining", STATE_STYLES["starting"]))
+
+
+def _idle(last: FinishedJob | None, now: float) -> list[Text]:
+    out = [_line("idle — waiting for jobs", style="dim")]
+    if last is None:
+        return out
+    state = (last.state, STATE_STYLES.get(last.state, ""))
+    head = _line("last job ", (str(last.id), "bold"), f" {last.dataset} ", state,
+                 f" after {hms(last.wall_s)}, ended {ago(now - last.finished_at)}")
+    if last.state != "done":
+        return [*out, head, *([_line(f"  {last.error}")] if last.error else [])]
+    return [*out, head, _line(f"  test accuracy {_num(last.test_accuracy, '.4f')}  {_num(last.samples_per_s)} samples/s"
+                              f"  digest {last.history_digest[:12] or '-'}")]
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    cell: Callable[[ActorStats], Union[str, Text]]
+    justify: str = "right"
+
+
+def _device_name(a: ActorStats) -> str:
+    return a.device_name if a.device_name and a.device != "cpu" else "-"
+
+
+def _gpu_memory(a: ActorStats) -> str:
+    if a.device == "cpu" or (a.gpu_memory_bytes is None and a.memory_bytes is None):
+        return "-"
+    return f"{size(a.gpu_memory_bytes)}/{size(a.memory_bytes)}" if a.memory_bytes else size(a.gpu_memory_bytes)
+
+
+COLUMNS = (
+    _Column("rank", lambda a: str(a.rank)),
+    _Column("device", lambda a: a.device, "left"),
+    _Column("name", _device_name, "left"),
+    _Column("pid", lambda a: _num(a.pid, "d")),
+    _Column("state", lambda a: Text(a.state, style=STATE_STYLES.get(a.state, "")), "left"),
+    _Column("share", lambda a: f"{a.share:.0%}"),
+    _Column("compute ms", lambda a: _num(a.compute_ms, ".1f")),
+    _Column("samples/s", lambda a: _num(a.samples_per_s)),
+    _Column("cpu%", lambda a: _num(a.cpu_percent)),
+    _Column("rss", lambda a: size(a.rss_bytes)),
+    _Column("gpu%", lambda a: _num(a.gpu_percent)),
+    _Column("gpu mem", _gpu_memory),
+    _Column("power", lambda a: "-" if a.gpu_power_w is None else f"{a.gpu_power_w:.0f}W"),
+    _Column("restarts", lambda a: str(a.restarts)),
+)
+
+
+def _actors(actors: tuple[ActorStats, ...], width: int) -> Union[Table, Text]:
     if not actors:
         return Text("no actors", style="dim")
-    table = Table(box=None, padding=(0, 1), header_style="bold")
-    for name in ("rank", "device", "pid", "state", "share", "compute ms", "samples/s", "memory", "restarts"):
-        table.add_column(name, justify="left" if name in ("device", "state") else "right")
-    for a in sorted(actors, key=lambda a: a.rank):
-        device = f"{a.device} {a.device_name}" if a.device_name and a.device != "cpu" else a.device
-        table.add_row(str(a.rank), device, _num(a.pid, "d"), Text(a.state, style=STATE_STYLES.get(a.state, "")),
-                      f"{a.share:.0%}", _num(a.compute_ms, ".1f"), _num(a.samples_per_s),
-                      _memory(a.memory_bytes), str(a.restarts))
+    ranked = sorted(actors, key=lambda a: a.rank)
+    cells = {c.name: [c.cell(a) for a in ranked] for c in COLUMNS}
+    shown = [c.name for c in COLUMNS]
+    blank = {name: {"-", "0"} if name == "restarts" else {"-"} for name in DROP_ORDER}
+    empty = [name for name in DROP_ORDER if all(str(v) in blank[name] for v in cells[name])]
+
+    def needed() -> int:   # each column as wide as its widest cell, one space between
+        return sum(max(len(n), *(len(str(v)) for v in cells[n])) for n in shown) + len(shown) - 1
+
+    for name in (*empty, *DROP_ORDER):
+        if needed() <= width:
+            break
+        if name in shown:
+            shown.remove(name)
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style="bold")
+    for column in COLUMNS:
+        if column.name in shown:
+            table.add_column(column.name, justify=column.justify, no_wrap=True)
+    for i in range(len(ranked)):
+        table.add_row(*(cells[n][i] for n in shown))
     return table
 
 
-def _throughput(snap: Snapshot) -> Text:
+def _throughput(snap: Snapshot, width: int) -> Text:
     recent = [v for t, v in snap.throughput if t >= snap.now - WINDOW_S]
+    busy = snap.job is not None or snap.starting is not None
+    if not any(recent) and not busy:
+        return _line("throughput  idle", style="dim")
     if not recent:
-        return Text(f"throughput  no data in the last {WINDOW_S:.0f} s", style="dim")
-    return Text.assemble("throughput  ", (sparkline(snap.throughput, snap.now), "cyan"),
-                         f"  now {_num(recent[-1])}/s  peak {_num(max(recent))}/s  (last {WINDOW_S:.0f} s)")
+        return _line(f"throughput  no data in the last {WINDOW_S:.0f} s", style="dim")
+    now = f"{_num(recent[-1])}/s" if busy else "idle"
+    figures = f"  now {now}  peak {_num(max(recent))}/s  (last {WINDOW_S:.0f} s)"
+    spark = sparkline(snap.throughput, snap.now, width=_spark_width(width, 12 + len(figures)))
+    return _line("throughput  ", (spark, "cyan"), figures)
 
 
-def _events(snap: Snapshot, limit: int) -> RenderableType:
-    shown = snap.events[-limit:] if limit > 0 else ()
+def _events(snap: Snapshot, limit: int) -> list[Text]:
+    """The last ``limit`` events, one line each: the age in full, the text cut to fit."""
+    shown = snap.events[-limit:]
     if not shown:
-        return Text("no events yet", style="dim")
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(justify="right", style="dim")
-    grid.add_column()
-    for e in shown:
-        grid.add_row(ago(snap.now - e.at), e.text)
-    return grid
+        return [Text("no events yet", style="dim")]
+    ages = [ago(snap.now - e.at) for e in shown]
+    width = max(map(len, ages))
+    return [_line((age.rjust(width), "dim"), "  ", e.text) for age, e in zip(ages, shown)]
 
 
-def render(snapshot: Snapshot, *, events: int = 5) -> Group:
-    """The whole screen for one snapshot: header, job, actors, throughput and the last events."""
-    return Group(_header(snapshot), _job(snapshot.job), Text(), _actors(snapshot.actors), Text(),
-                 _throughput(snapshot), Text(), _events(snapshot, events))
+class Screen:
+    """The whole screen for one snapshot, laid out for the width it is drawn at: header,
+    job (or the last job's summary), actors, throughput, the last events, the keys."""
+
+    def __init__(self, snapshot: Snapshot, *, events: int = 5, footer: str = "") -> None:
+        self.snapshot, self.events, self.footer = snapshot, events, footer
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        snap, width = self.snapshot, options.max_width
+        yield _header(snap)
+        if snap.job is not None:
+            yield from _job(snap.job, width)
+        elif snap.starting is not None:
+            yield _starting(snap.starting)
+        else:
+            yield from _idle(snap.last_job, snap.now)
+        yield Text()
+        yield _actors(snap.actors, width)
+        yield Text()
+        yield _throughput(snap, width)
+        if self.events > 0:
+            yield Text()
+            yield from _events(snap, self.events)
+        if self.footer:
+            yield _line(self.footer, style="dim")
+
+
+def render(snapshot: Snapshot, *, events: int = 5, footer: str = "") -> Screen:
+    """The screen for one snapshot, with the last ``events`` events (0: the log hidden) and a
+    ``footer`` line (the keys, say)."""
+    return Screen(snapshot, events=events, footer=footer)
 
 
 def plain_line(snapshot: Snapshot) -> str:
@@ -156,11 +315,14 @@ def plain_line(snapshot: Snapshot) -> str:
     s = snapshot
     head = f"leptonrt {s.address} up {hms(s.uptime_s)}" + ("" if s.state == "serving" else f" {s.state}")
     parts = [head]
-    if s.job is None:
+    if s.starting is not None:
+        parts.append(f"job {s.starting.id} {s.starting.dataset} starting")
+    elif s.job is None:
         parts.append("idle")
     else:
         j = s.job
-        parts.append(f"job {j.id} {j.dataset} epoch {j.epoch}/{j.epochs} step {j.step}/{j.total_steps} "
+        epoch = j.current_epoch or min(j.epoch + 1, j.epochs)
+        parts.append(f"job {j.id} {j.dataset} epoch {epoch}/{j.epochs} step {j.step}/{j.total_steps} "
                      f"{_num(j.samples_per_s)} samples/s loss {_num(j.train_loss, '.4f')} "
                      f"acc {_num(j.test_accuracy, '.4f')}")
         if j.simulated:
@@ -168,6 +330,10 @@ def plain_line(snapshot: Snapshot) -> str:
     training = sum(a.state == "training" for a in s.actors)
     parts.append(f"actors {len(s.actors)} ({training} training)")
     parts.append(f"queued {len(s.queued)}")
+    if s.job is None and s.starting is None and s.last_job is not None:
+        last = s.last_job
+        done = f" acc {_num(last.test_accuracy, '.4f')} digest {last.history_digest[:12]}"
+        parts.append(f"last job {last.id} {last.state}" + (done if last.state == "done" else ""))
     return " | ".join(parts)
 
 
@@ -183,6 +349,7 @@ def job_lines(snapshot: Snapshot) -> list[str]:
                      f"{ago(snapshot.now - j.submitted_at)}")
     return lines
 
+# -- the loop ---------------------------------------------------------------------------------
 
 async def _fetch(get_snapshot: SnapshotSource) -> Snapshot:
     snap = get_snapshot()
@@ -200,12 +367,57 @@ async def _stopped(stop: asyncio.Event, timeout: float) -> bool:
     return True
 
 
+class _Controls:
+    """What the keys change: the event log shown or not, a hint, quitting."""
+
+    def __init__(self, stop: asyncio.Event, can_quit: bool, events: int) -> None:
+        self.stop, self.can_quit, self.events = stop, can_quit, events
+        self.show_events = True
+        self.hint, self.hint_until = "", 0.0
+        self.pressed = asyncio.Event()   # redraw now
+
+    def on_key(self, key: str) -> None:
+        if key in "qQ":
+            if self.can_quit:
+                self.stop.set()
+            else:
+                self.hint = "q does not stop the broker: Ctrl-C does (the running job stops at a step boundary)"
+                self.hint_until = time.monotonic() + HINT_S
+        elif key in "eE":
+            self.show_events = not self.show_events
+        self.pressed.set()
+
+    def footer(self, keys: bool) -> str:
+        if self.hint and time.monotonic() < self.hint_until:
+            return self.hint
+        if not keys:
+            return ""
+        events = "e hide events" if self.show_events else "e show events"
+        return f"q quit · {events}" if self.can_quit else f"{events} · Ctrl-C stops the broker"
+
+    def screen(self, snap: Snapshot, keys: bool) -> Screen:
+        return render(snap, events=self.events if self.show_events else 0, footer=self.footer(keys))
+
+    async def wait(self, timeout: float) -> None:
+        """Until ``timeout`` passes, a key is pressed, or the view is stopped."""
+        waits = [asyncio.ensure_future(self.stop.wait()), asyncio.ensure_future(self.pressed.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        self.pressed.clear()
+
+
 async def watch(get_snapshot: SnapshotSource, *, stop: asyncio.Event, console: Console | None = None,
-                plain: bool | None = None, refresh_hz: float = 4.0, plain_every_s: float = 5.0) -> None:
+                plain: bool | None = None, refresh_hz: float = 4.0, plain_every_s: float = 5.0,
+                can_quit: bool = True, keys_fd: int | None = None, events: int = 5) -> None:
     """Show snapshots from ``get_snapshot`` (plain or async callable) until ``stop`` is set.
 
     On a terminal (and unless ``plain`` is True) the screen is redrawn at most ``refresh_hz``
-    times a second, never more than four; otherwise ``plain_line`` is printed at the start,
+    times a second, never more than four, and keys are read from ``keys_fd`` (standard input
+    by default; see ``leptonrt.terminal``): ``e`` toggles the event log, ``q`` sets ``stop``
+    if ``can_quit``, else shows a hint. Otherwise ``plain_line`` is printed at the start,
     every ``plain_every_s`` seconds, and once more at the end. Errors from ``get_snapshot``
     (a ``LeptonError`` when the broker is gone, say) propagate to the caller.
     """
@@ -213,10 +425,8 @@ async def watch(get_snapshot: SnapshotSource, *, stop: asyncio.Event, console: C
         raise ValueError("refresh_hz and plain_every_s must be positive")
     console = console or Console()
     if console.is_terminal and plain is not True:
-        interval = 1.0 / min(refresh_hz, MAX_REFRESH_HZ)
-        with Live(render(await _fetch(get_snapshot)), console=console, auto_refresh=False) as live:
-            while not await _stopped(stop, interval):
-                live.update(render(await _fetch(get_snapshot)), refresh=True)
+        await _watch_live(get_snapshot, stop, console, 1.0 / min(refresh_hz, MAX_REFRESH_HZ), can_quit,
+                          _stdin_fd() if keys_fd is None else keys_fd, events)
         return
 
     def emit(snap: Snapshot) -> None:
@@ -228,4 +438,23 @@ async def watch(get_snapshot: SnapshotSource, *, stop: asyncio.Event, console: C
     emit(await _fetch(get_snapshot))
 
 
-__all__ = ["render", "plain_line", "job_lines", "watch", "sparkline", "hms", "ago"]
+async def _watch_live(get_snapshot: SnapshotSource, stop: asyncio.Event, console: Console, interval: float,
+                      can_quit: bool, keys_fd: int | None, events: int) -> None:
+    controls = _Controls(stop, can_quit, events)
+    with KeyReader(keys_fd, controls.on_key) as keys:
+        with Live(controls.screen(await _fetch(get_snapshot), keys.active), console=console,
+                  auto_refresh=False) as live:
+            while not stop.is_set():
+                await controls.wait(interval)
+                if not stop.is_set():
+                    live.update(controls.screen(await _fetch(get_snapshot), keys.active), refresh=True)
+
+
+def _stdin_fd() -> int | None:
+    try:
+        return sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):   # no standard input (closed, or replaced by a test)
+        return None
+
+
+__all__ = ["render", "plain_line", "job_lines", "watch", "sparkline", "bars", "hms", "ago", "size", "Screen"]

@@ -34,15 +34,16 @@ from .events import ActorLost, Benched, Recovered, SplitChanged
 from .lifecycle import JobState
 from .pool import ActorPool
 from .runner import JobRunner
-from .stats import ActorStats, Event, JobEntry, JobStats, QueuedJob, Snapshot
+from .stats import ActorStats, Event, FinishedJob, JobEntry, JobStats, QueuedJob, Snapshot
 from .tally import Tally
-
+from .usage import Target, Usage, UsageSampler
 
 
 log = logging.getLogger("leptonrt.broker")
 
 JOBS_LISTED = 100   # ended jobs a snapshot lists, the newest (it lists every other job too)
 CANCELLED = "cancelled (`leptonrt jobs cancel`)"
+USAGE_EVERY_S = 1.0   # the actors' CPU%, memory and GPU figures are this old at most
 
 
 class Job(JobHandle):
@@ -104,6 +105,9 @@ class Broker:
         self._last_sample: tuple[float, int] | None = None
         self.tally = Tally()              # what every job's committed steps added up to
         self._bad_before = 0              # actor messages dropped in the jobs that ended
+        self._usage: dict[int, Usage] = {}            # pid -> what the sampler measured last
+        self._sampling: asyncio.Task | None = None
+        self.last_job: FinishedJob | None = None      # the job that ended last
 
     @property
     def notes(self) -> list[str]:
@@ -111,7 +115,9 @@ class Broker:
         return [self.pool.selection.note] if self.pool.selection.note else []
 
     async def __aenter__(self) -> "Broker":
-        self._worker = asyncio.get_running_loop().create_task(self._serve(), name="leptonrt-broker")
+        loop = asyncio.get_running_loop()
+        self._worker = loop.create_task(self._serve(), name="leptonrt-broker")
+        self._sampling = loop.create_task(self._sample_usage(), name="leptonrt-usage")
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -209,7 +215,8 @@ class Broker:
         def on_event(event: object) -> None:
             if isinstance(event, SplitChanged):
                 shares = "/".join(f"{b / job.spec.batch_size:.2f}" for b in event.split)
-                self._log(f"job {job.id}: split {shares} from step {event.step}")
+                why = f" ({event.reason})" if event.reason else ""
+                self._log(f"job {job.id}: split {shares} from step {event.step}{why}")
             elif isinstance(event, (ActorLost, Recovered, Benched)):
                 self._log(f"job {job.id}: {event.describe()}")
             job._emit(event)
@@ -221,6 +228,7 @@ class Broker:
             job.weights_path = self._runner.weights_path
             result.update(job_id=job.id, started_at=job.started_at, finished_at=time.time())
             job._finish("done", result)
+            self._ended(job, result=result)
             self._log(f"job {job.id} finished: test_acc {result['test_accuracy']:.4f}")
         except asyncio.CancelledError:
             job._finish("cancelled", error=BrokerClosed(f"job {job.id} was cancelled: the broker closed"))
@@ -234,10 +242,12 @@ class Broker:
             self._log(f"job {job.id} {job.state}: {str(exc).splitlines()[0][:120]}")
         except LeptonError as exc:
             job._finish("failed", error=exc)
-            self._log(f"job {job.id} failed: {str(exc).splitlines()[0][:120]}")
+            self._ended(job, error=str(exc))
+            self._log(f"job {job.id} failed: {self.last_job.error[:120]}")
         except Exception as exc:   # a bug of ours: this job fails loudly, the next one gets fresh actors
             log.exception("leptonrt: job %d failed on a bug", job.id)
             job._finish("failed", error=InternalError(f"job {job.id} failed on an internal error: {exc!r}"))
+            self._ended(job, error=f"internal error {type(exc).__name__}")
             self._log(f"job {job.id} failed: internal error {type(exc).__name__}")
             self.pool.replace_all()
         finally:
@@ -246,6 +256,15 @@ class Broker:
                 self._bad_before += core.bad_messages
                 job.steps, job.total_steps = core.committed() + 1, core.total_steps
             self._running, self._runner = None, None
+
+    def _ended(self, job: Job, *, result: dict | None = None, error: str = "") -> None:
+        """Keep the summary of ``job``, which just ended (the view shows it until the next starts)."""
+        result = result or {}
+        self.last_job = FinishedJob(
+            id=job.id, dataset=job.spec.dataset, state=job.state, finished_at=time.time(),
+            wall_s=result.get("wall_s", time.time() - job.started_at), test_accuracy=result.get("test_accuracy"),
+            samples_per_s=result.get("samples_per_s"), history_digest=result.get("history_digest", ""),
+            error=(error.splitlines() or [""])[0])
 
     def _fail_pending(self, error: LeptonError | None) -> None:
         """Answer every job that has not ended (``BrokerClosed`` unless ``error`` says more)."""
@@ -258,25 +277,16 @@ class Broker:
         now = time.time()
         runner, job = self._runner, self._running
         core = runner.core if runner is not None else None
-        job_stats, rate = None, None
-        if core is not None and job is not None and core.state != JobState.GATHERING:
+        training = job is not None and core is not None and core.state != JobState.GATHERING
+        rate = None
+        if training:
             self._sample_throughput(now, core.samples_done())
             rate = self._rate[-1][1] if self._rate else None
-            last = core.last_epoch
-            total = core.total_steps
-            step = core.committed() + 1
-            elapsed = now - job.started_at
-            eta = elapsed / step * (total - step) if step > 0 else None
-            spec = job.spec
-            job_stats = JobStats(
-                id=job.id, dataset=spec.dataset,
-                model="-".join(map(str, [core.data.n_features, *spec.hidden, core.data.n_classes])),
-                epoch=core.epochs_done, epochs=spec.epochs, step=step, total_steps=total, samples_per_s=rate,
-                train_loss=last.train_loss if last else None, test_accuracy=last.test_accuracy if last else None,
-                eta_s=eta, started_at=job.started_at,
-                simulated=", ".join(f"rank {s.rank} x{s.factor:g}" for s in spec.slowdowns))
         else:
-            self._last_sample = None
+            self._sample_idle(now)
+        job_stats = self._job_stats(job, core, rate, now) if training else None
+        starting = QueuedJob(id=job.id, dataset=job.spec.dataset, submitted_at=job.submitted_at) \
+            if job is not None and not training else None
         actors = self._actor_stats(core, rate)
         queued = tuple(QueuedJob(id=j.id, dataset=j.spec.dataset, submitted_at=j.submitted_at)
                        for j in self._jobs if j.state == "queued")
@@ -291,7 +301,8 @@ class Broker:
                         totals=self.tally.statistics(), pid=os.getpid(),
                         counters={"actor_bad_messages": self._bad_before + (core.bad_messages if core is not None else 0),
                                   **self.counters()},
-                        cache=asdict(self.pool.cache.statistics()) if self.pool.started else {})
+                        cache=asdict(self.pool.cache.statistics()) if self.pool.started else {},
+                        last_job=self.last_job, starting=starting)
         return snap
 
     def _job_entries(self, core) -> tuple[JobEntry, ...]:
@@ -305,6 +316,25 @@ class Broker:
             entries.append(JobEntry(id=j.id, state=j.state, dataset=j.spec.dataset, submitted_at=j.submitted_at,
                                     step=step, total_steps=total))
         return tuple(entries)
+    def _job_stats(self, job: Job, core, rate: float | None, now: float) -> JobStats:
+        """The job that is training (past its start: data loaded, every actor joined)."""
+        spec = job.spec
+        simulated = ", ".join(f"rank {s.rank} x{s.factor:g}" for s in spec.slowdowns)
+        model = spec.model or "-".join(map(str, [core.data.n_features, *spec.hidden, core.data.n_classes]))
+        last, total, step = core.last_epoch, core.total_steps, core.committed() + 1
+        elapsed = now - job.started_at
+        stats = core.statistics()
+        change = stats.last_change
+        return JobStats(
+            id=job.id, dataset=spec.dataset, model=model, epoch=core.epochs_done, epochs=spec.epochs, step=step,
+            total_steps=total, samples_per_s=rate, train_loss=last.train_loss if last else None,
+            test_accuracy=last.test_accuracy if last else None,
+            eta_s=elapsed / step * (total - step) if step > 0 else None, started_at=job.started_at,
+            simulated=simulated, state="stopping" if core.state == JobState.STOPPING or core.interrupted else "running",
+            current_epoch=min(step // core.steps_per_epoch + 1, spec.epochs), step_ms=stats.step_ms,
+            step_ms_every=stats.step_ms_every, losses=stats.losses,
+            change="" if change is None else
+            f"{'/'.join(f'{b / spec.batch_size:.2f}' for b in change.split)} from step {change.step}: {change.reason}")
 
     def _sample_throughput(self, now: float, done: int) -> None:
         """Add a point to the throughput history, at most one every half second."""
@@ -315,6 +345,26 @@ class Broker:
         if now - t0 >= 0.5:
             self._rate.append((now, max(done - s0, 0) / (now - t0)))
             self._last_sample = (now, done)
+
+    def _sample_idle(self, now: float) -> None:
+        """Nothing trains: the throughput history falls to zero rather than keep its last figure."""
+        self._last_sample = None
+        if self._rate and now - self._rate[-1][0] >= 0.5:
+            self._rate.append((now, 0.0))
+
+    async def _sample_usage(self) -> None:
+        """Measure the actors' processes and GPUs every USAGE_EVERY_S, in a worker thread."""
+        sampler = UsageSampler()
+        try:
+            while True:
+                if self.pool.started:
+                    pids = self.pool.supervisor.pids()
+                    targets = [Target(pids[a], plan.visible or None)
+                               for a, plan in zip(self.pool.ids, self.pool.selection.actors) if a in pids]
+                    self._usage = await asyncio.to_thread(sampler.sample, targets)
+                await asyncio.sleep(USAGE_EVERY_S)
+        finally:
+            sampler.close()
 
     def _actor_stats(self, core, rate: float | None) -> tuple[ActorStats, ...]:
         pool = self.pool
@@ -329,12 +379,14 @@ class Broker:
             else:
                 state = "idle" if actor_id in pool.hellos else "starting"
             share = v.share if v is not None and v.member else 0.0
+            pid = pids.get(actor_id)
+            usage = self._usage.get(pid, Usage()) if pid is not None else Usage()
             out.append(ActorStats(
                 rank=rank, device=plan.device, device_name=hello.device_name if hello and hello.device != "cpu" else None,
-                pid=pids.get(actor_id), state=state, share=share, compute_ms=v.compute_ms if v else None,
+                pid=pid, state=state, share=share, compute_ms=v.compute_ms if v else None,
                 samples_per_s=rate * share if rate is not None and v else None,
                 memory_bytes=None if plan.device == "cpu" else (hello.memory_bytes if hello else None),
-                restarts=pool.restarts.get(actor_id, 0)))
+                restarts=pool.restarts.get(actor_id, 0), **asdict(usage)))
         return tuple(out)
 
     def stop_accepting(self) -> None:
@@ -365,13 +417,15 @@ class Broker:
             return
         self.closed = True
         interrupted = False
-        if self._worker is not None:
-            self._worker.cancel()
-            while not self._worker.done():
+        for task in (self._sampling, self._worker):
+            if task is None:
+                continue
+            task.cancel()
+            while not task.done():
                 try:
                     # asyncio.wait, unlike awaiting the task, lets the worker finish its cleanup
                     # even if the host cancels us meanwhile
-                    await asyncio.wait({self._worker})
+                    await asyncio.wait({task})
                 except asyncio.CancelledError:
                     interrupted = True
         self._fail_pending(None)

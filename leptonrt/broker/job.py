@@ -37,8 +37,9 @@ from .rebalance import Move, Rebalancer, Regroup as Membership
 from .restarts import RestartBudget
 from .regroup import Regrouping
 from .roster import Roster, Slot
+from .series import Series
 from .splits import Splits
-from .stats import JobStatistics
+from .stats import Change, JobStatistics
 from .tally import Tally
 
 
@@ -98,6 +99,9 @@ class JobCore(Regrouping):
         self.unusable: str | None = None   # why the job's own model or loss cannot run (an actor said)
         self.started_at: float | None = None
         self.ended_at: float | None = None
+        self.step_ms = Series()        # the slowest member's whole step, per committed step (ms)
+        self.losses = Series()         # training loss, per finished epoch
+        self.last_change: Change | None = None   # the latest split or membership change, and why
 
     # -- input -----------------------------------------------------------------------
 
@@ -214,7 +218,9 @@ class JobCore(Regrouping):
         return JobStatistics(state=self.state.value, generation=self.generation, committed=self.committed(),
                              total_steps=self.total_steps, replayed_steps=self.replayed_steps,
                              rebalances=self.rebalances, regroups=self.regroups, bad_messages=self.bad_messages,
-                             history_digest=self.ledger.digest(), slots=slots)
+                             history_digest=self.ledger.digest(), slots=slots, step_ms=self.step_ms.points(),
+                             step_ms_every=self.step_ms.every, losses=self.losses.points(),
+                             last_change=self.last_change)
 
     def result(self) -> dict:
         """The job's final figures (meaningful once done)."""
@@ -283,6 +289,7 @@ class JobCore(Regrouping):
         if not leader or msg.epoch != len(self._epochs) or msg.generation != self.generation:
             return self._drop()
         self._epochs.append(msg)
+        self.losses.add(msg.train_loss)
         shares = tuple(b / self.batch for b in self.splits.at((msg.epoch + 1) * self.steps_per_epoch - 1))
         rate = self.n_train / msg.seconds if msg.seconds > 0 else 0.0
         return [Emit(EpochEvent(msg.epoch + 1, self.job.job.epochs, msg.train_loss, msg.test_loss,
@@ -343,6 +350,7 @@ class JobCore(Regrouping):
         members = [s.rank for s in self.roster.members()]
         for done in self.ledger.advance(members):
             self.tally.committed(done.stats)
+            self.step_ms.add(1000 * max(stat.step_s for stat in done.stats.values()))
             if self.rebalancer is not None:
                 for rank, stat in sorted(done.stats.items()):
                     self.rebalancer.observe(rank, rows=stat.rows, compute_s=stat.compute_s,
@@ -419,6 +427,7 @@ class JobCore(Regrouping):
         before = self.splits.current
         version = self.splits.decide(self.grants.granted, list(move.split), "rebalance")
         self.rebalances += 1
+        self.last_change = Change(self.grants.granted, tuple(move.split), move.reason)
         step_s = self.grants.step_s or 0.0
         gain = move.saving_s / step_s if step_s > 0 else 0.0
         resplit = Resplit(job_id=self.job.job_id, generation=self.generation, version=version, split=list(move.split))

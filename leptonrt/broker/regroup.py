@@ -17,6 +17,7 @@ from ..messages import Regroup, Standby, Welcome
 from .events import ActorLost, Benched, Effect, Emit, Recovered, Respawn, Send
 from .lifecycle import SLOT, JobState, SlotState
 from .roster import Slot
+from .stats import Change
 
 
 class Regrouping:
@@ -44,7 +45,8 @@ class Regrouping:
         slot.state = SLOT.apply(SLOT.apply(slot.state, "exited"), "respawned")
         if not member:
             return out   # a replacement or a standby actor lost: the group is not affected
-        return out + self._form(now, self._rewind_floor(), self.roster.members(), self.roster.waiting(self._benched), [])
+        return out + self._form(now, self._rewind_floor(), self.roster.members(),
+                                self.roster.waiting(self._benched), [], reason=f"rank {slot.rank} lost")
 
     def _regroup_all(self, now: float) -> list[Effect]:
         slot, message, _at = self._group_failed
@@ -52,7 +54,8 @@ class Regrouping:
         self.problems.append(f"rank {slot.rank}: collective failed: {message}")
         if not self._may_restart(slot, now, lost=False):
             return self._fail(None, now)
-        return self._form(now, self._rewind_floor(), self.roster.members(), self.roster.waiting(self._benched), [])
+        return self._form(now, self._rewind_floor(), self.roster.members(), self.roster.waiting(self._benched), [],
+                          reason="a collective failed")
 
     def _rewind_floor(self) -> int:
         """The newest snapshot at or before the first uncommitted step."""
@@ -87,14 +90,16 @@ class Regrouping:
             benched, back = [], []
         joiners = back + self.roster.waiting(self._benched)
         self._formed_at = now
+        rejoined = f"rank {','.join(str(s.rank) for s in joiners)} rejoined" if joiners else "regrouped"
         return self._form(now, self.grants.boundary, staying, joiners, benched,
                           split=list(change.split) if change is not None else None,
-                          reason=change.reason if change is not None else "")
+                          reason=change.reason if change is not None else rejoined)
 
     def _form(self, now: float, rewind: int, staying: list[Slot], joiners: list[Slot], benched: list[Slot],
               split: list[int] | None = None, reason: str = "") -> list[Effect]:
         """The next generation of the group, from ``rewind``: ``staying`` members restore the
-        snapshot there, ``joiners`` take the lowest member's state, ``benched`` go on standby."""
+        snapshot there, ``joiners`` take the lowest member's state, ``benched`` go on standby
+        (``reason``, for people, is why: the rebalancer's, or the loss or rejoin that caused it)."""
         self.generation += 1
         self.regroups += 1
         self._group_failed = None   # the new group answers any failure the old one reported
@@ -109,6 +114,7 @@ class Regrouping:
         ranks = [s.rank for s in members]
         source = next(s.rank for s in members if s.has_state)
         self.splits.reset(rewind, split or self._split_for(ranks))
+        self.last_change = Change(rewind, tuple(self.splits.current), reason)
         out: list[Effect] = []
         for slot in benched:
             slot.state = SLOT.apply(slot.state, "benched")

@@ -25,8 +25,14 @@ class ActorStats:
     share: float                     # fraction of the global batch (0.0 when idle)
     compute_ms: float | None         # median pure compute per step, recent window
     samples_per_s: float | None      # rows this actor trained per second, recent window
-    memory_bytes: int | None         # device memory in use (None on CPU)
+    memory_bytes: int | None         # the device's memory, as the actor said at hello (None on CPU)
     restarts: int = 0
+    # what the broker measures of the process and its GPU (at most once a second; None: not known)
+    cpu_percent: float | None = None      # CPU time over wall time since the last sample (100 = one core)
+    rss_bytes: int | None = None          # resident memory of the process
+    gpu_percent: float | None = None      # its GPU's utilisation (NVML; None without NVML or a GPU)
+    gpu_memory_bytes: int | None = None   # memory in use on its GPU (NVML)
+    gpu_power_w: float | None = None      # its GPU's power draw, watts (NVML)
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,27 @@ class JobStats:
     eta_s: float | None
     started_at: float                # unix time
     simulated: str = ""              # non-empty when a slowdown is SIMULATED, e.g. "rank 1 x2"
+    state: str = "running"           # running | stopping (it ends at the next step boundary)
+    current_epoch: int = 0           # 1-based: the epoch the committed steps are in (0: not started)
+    step_ms: tuple[float, ...] = ()  # the job's step times (ms), oldest first, each the mean of...
+    step_ms_every: int = 1           # ...this many committed steps (the history is bounded)
+    losses: tuple[float, ...] = ()   # training loss per finished epoch, oldest first (bounded likewise)
+    change: str = ""                 # the latest split change and why, e.g. "0.62/0.38 from step 120: ..."
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """The job that ended last, shown until the next one starts."""
+
+    id: int
+    dataset: str
+    state: str                       # done | failed | cancelled
+    finished_at: float               # unix time
+    wall_s: float
+    test_accuracy: float | None = None
+    samples_per_s: float | None = None
+    history_digest: str = ""         # hex digest of the committed history (empty when it failed)
+    error: str = ""                  # the first line of why it failed
 
 
 @dataclass(frozen=True)
@@ -121,6 +148,8 @@ class Snapshot:
     pid: int | None = None                              # the broker's process
     counters: dict = field(default_factory=dict)   # name -> count: rejected, dropped and failed messages, restarts
     cache: dict = field(default_factory=dict)      # the dataset cache: budget, bytes, entries (in use or not)
+    last_job: FinishedJob | None = None            # the job that ended last
+    starting: QueuedJob | None = None              # the job out of the queue whose data loads, actors join
 
     @property
     def uptime_s(self) -> float:
@@ -139,17 +168,19 @@ class Snapshot:
             if not isinstance(data, dict):
                 raise TypeError("not a map")
             d = dict(data)
-            job = d.pop("job", None)
+            job, last, starting = d.pop("job", None), d.pop("last_job", None), d.pop("starting", None)
             return cls(
-                jobs=tuple(JobEntry(**j) for j in d.pop("jobs", ())),
+                jobs=tuple(_record(JobEntry, j) for j in d.pop("jobs", ())),
                 totals=_totals(d.pop("totals", {})),
-                job=JobStats(**job) if job is not None else None,
-                queued=tuple(QueuedJob(**q) for q in d.pop("queued", ())),
-                actors=tuple(ActorStats(**a) for a in d.pop("actors", ())),
+                job=_record(JobStats, job) if job is not None else None,
+                queued=tuple(_record(QueuedJob, q) for q in d.pop("queued", ())),
+                actors=tuple(_record(ActorStats, a) for a in d.pop("actors", ())),
                 throughput=tuple((float(t), float(v)) for t, v in d.pop("throughput", ())),
-                events=tuple(Event(**e) for e in d.pop("events", ())),
+                events=tuple(_record(Event, e) for e in d.pop("events", ())),
                 counters={str(k): int(v) for k, v in dict(d.pop("counters", {})).items()},
                 cache=dict(d.pop("cache", {})),
+                last_job=_record(FinishedJob, last) if last is not None else None,
+                starting=_record(QueuedJob, starting) if starting is not None else None,
                 **{k: v for k, v in d.items() if k in _SCALARS},
             )
         except (TypeError, ValueError, KeyError) as exc:
@@ -162,13 +193,25 @@ def _totals(data: dict) -> Totals:
                                        counts=tuple(int(c) for c in h["counts"]), total=float(h["total"]))
                   for name in ("step_seconds", "allreduce_seconds") if (h := d.pop(name, None)) is not None}
     compute = tuple(float(c) for c in d.pop("compute_seconds", ()))
-    return Totals(**histograms, compute_seconds=compute, **{k: int(v) for k, v in d.items()})
+    known = {f.name for f in fields(Totals)}
+    return Totals(**histograms, compute_seconds=compute, **{k: int(v) for k, v in d.items() if k in known})
 
 
 _SCALARS = {f.name for f in fields(Snapshot)} - {"job", "queued", "actors", "throughput", "events", "counters", "cache",
-                                                 "jobs", "totals"}
+                                                 "jobs", "totals", "last_job", "starting"}
 
-__all__ = ["ActorStats", "Event", "HistogramStats", "JobEntry", "JobStats", "QueuedJob", "Snapshot", "Totals"]
+
+def _record(kind: type, data: object):
+    """``kind`` from a received map: lists become tuples, and keys this version does not
+    know (a newer broker's additions) are left out rather than refused."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{kind.__name__}: not a map")
+    known = {f.name for f in fields(kind)}
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known})
+
+
+__all__ = ["ActorStats", "Event", "FinishedJob", "HistogramStats", "JobEntry", "JobStats", "QueuedJob", "Snapshot",
+           "Totals"]
 
 
 @dataclass(frozen=True)
@@ -199,3 +242,16 @@ class JobStatistics:
     bad_messages: int                # messages from actors dropped as not fitting
     history_digest: str              # hex digest of the committed history
     slots: tuple[SlotStatistics, ...]
+    step_ms: tuple[float, ...] = ()  # step times (ms), a bounded history (series.Series) of the whole job...
+    step_ms_every: int = 1           # ...each point the mean of this many committed steps
+    losses: tuple[float, ...] = ()   # training loss per finished epoch (bounded the same way)
+    last_change: Change | None = None   # the latest split or membership change
+
+
+@dataclass(frozen=True)
+class Change:
+    """A change of split or membership, and why, for people."""
+
+    step: int                        # the first step of the new split
+    split: tuple[int, ...]           # rows per rank (0 for one out of the group)
+    reason: str                      # "rank 1 slowed 2.0x", "rank 1 to standby", "rank 0 lost", ...

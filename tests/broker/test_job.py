@@ -276,3 +276,59 @@ class MixedTraffic(RuleBasedStateMachine):
 TestMixedTraffic = MixedTraffic.TestCase
 TestMixedTraffic.settings = settings(max_examples=30, stateful_step_count=40, deadline=None,
                                      suppress_health_check=[HealthCheck.too_slow])
+
+
+# --- what the live view reads: the step-time and loss histories, the last change and why ------
+
+from leptonrt.broker.rebalance import Move  # noqa: E402
+from leptonrt.broker.stats import Change  # noqa: E402
+
+
+class MovesOnce:
+    """A rebalancer that decides one move, to (3, 1), and then nothing."""
+
+    def __init__(self):
+        self.moved = False
+
+    def set_caps(self, caps):
+        pass
+
+    def observe(self, rank, **measured):
+        pass
+
+    def regrouped(self, seconds):
+        pass
+
+    def best(self, ranks):
+        return None
+
+    def decide(self, split, members, steps_left, stale):
+        if self.moved:
+            return None
+        self.moved = True
+        return Move((3, 1), saving_s=0.001, horizon=100, cost_s=0.0, reason="rank 1 slowed 2.0x")
+
+
+def test_committed_steps_and_finished_epochs_make_bounded_histories_of_step_time_and_loss():
+    core, cluster, _ = started(2, epochs=40)
+    spe = core.steps_per_epoch
+    for step in range(20 * spe):
+        cluster.report(0, step, compute_s=0.001)
+        cluster.report(1, step, compute_s=0.002 if step < 10 * spe else 0.004)   # the slowest member counts
+        if step % spe == spe - 1:
+            core.handle(b"id0", EpochResult(7, 0, step // spe, 1.0 / (step // spe + 1), 0.6, 0.9, 1.0), now=1.0)
+    stats = core.statistics()
+    assert len(stats.step_ms) <= 60 and stats.step_ms_every >= 2
+    assert stats.step_ms[0] == 4.0 and stats.step_ms[-1] == 8.0        # 2 x compute_s of the slowest, in ms
+    assert stats.losses == tuple(1.0 / (e + 1) for e in range(20))
+
+
+def test_the_last_change_says_why_for_a_move_and_for_a_loss():
+    core, cluster, _ = started(2, epochs=4, snapshot_every=4, rebalancer=MovesOnce())
+    assert core.statistics().last_change is None
+    cluster.everyone(0)
+    change = core.statistics().last_change
+    assert change.split == (3, 1) and change.reason == "rank 1 slowed 2.0x"
+    assert change.step == 4   # what was granted by then: the split applies from there
+    core.exited("a1", "killed by SIGKILL", now=2.0)
+    assert core.statistics().last_change == Change(step=0, split=(4, 0), reason="rank 1 lost")

@@ -142,6 +142,26 @@ def test_two_jobs_submitted_at_once_to_a_running_up_both_finish_in_order(no_left
     assert [a["pid"] for a in one["actors"]] == [a["pid"] for a in two["actors"]]
 
 
+def test_status_json_shows_each_actors_cpu_and_memory_and_the_last_jobs_summary(no_leftovers, running_up, tmp_path,
+                                                                                  leptonrt_cli):
+    env, out = _env(running_up), tmp_path / "result.json"
+    done = leptonrt_cli("train", "--dataset", "digits", "--epochs", "1", "--quiet", "--json-out", out, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    deadline = time.monotonic() + 30
+    while True:   # CPU% needs two samples of a process, a second apart
+        snap = _status(running_up)
+        if all(a["cpu_percent"] is not None for a in snap["actors"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for actor in snap["actors"]:
+        assert actor["cpu_percent"] >= 0 and actor["rss_bytes"] > 10 << 20, actor
+        assert actor["gpu_percent"] is None and actor["gpu_memory_bytes"] is None and actor["gpu_power_w"] is None
+    last = snap["last_job"]
+    assert snap["job"] is None and last["id"] == result["job_id"] and last["state"] == "done"
+    assert last["history_digest"] == result["history_digest"] and last["test_accuracy"] == result["test_accuracy"]
+
+
 def test_a_bad_job_is_refused_with_its_exit_code_and_the_broker_goes_on(no_leftovers, running_up, leptonrt_cli):
     bad = leptonrt_cli("train", "--dataset", "npz:/nonexistent.npz", "--epochs", "1", env=_env(running_up))
     assert bad.returncode == 66 and "nonexistent" in bad.stderr and "Traceback" not in bad.stderr
