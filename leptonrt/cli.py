@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -294,14 +295,15 @@ def _write_json(path: str, result: dict) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .broker.address import check_address, default_address, ipc_path
-    from .broker.service import probe
     address = args.connect
     if address is not None:
         check_address(address)
     else:   # a running `leptonrt up` takes the job; otherwise it runs here
         default = default_address()
-        if ipc_path(default).exists() and run_async(probe(default)) is not None:
-            address = default
+        if ipc_path(default).exists():
+            from .broker.service import probe
+            if run_async(probe(default)) is not None:
+                address = default
     job = _job_from(args, remote=address is not None)
     if address is not None:
         _refuse_local_options(args, address)
@@ -340,10 +342,24 @@ def _report(args: argparse.Namespace, result: dict, label: str) -> int:
 
 
 def _train_here(args: argparse.Namespace, job: TrainJob) -> int:
-    from .broker.runner import JobRunner
+    """Run the job on actors of this process. The actors' fork server starts first, so that
+    its seconds of imports overlap this process's own (which load no PyTorch)."""
+    from .actors.devices import describe, select
+    from .actors.spawn import Supervisor
+    selection = select(args.gpus, args.cpu_actors)   # asks PyTorch only if a GPU may be picked
+    if sys.stderr.isatty():   # for the person waiting; in a pipe an error stays the only line
+        print(f"leptonrt: loading {job.dataset}; starting {describe(selection)}", file=sys.stderr, flush=True)
+    supervisor = Supervisor.in_new_run_dir()
     label = describe_slowdowns(job)
     follow = _follow(args, label)
-    runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=follow, pin=not args.no_pin)
+    try:
+        from .broker.runner import JobRunner
+        runner = JobRunner(job, gpus=args.gpus, cpu_actors=args.cpu_actors, on_event=follow, pin=not args.no_pin,
+                           supervisor=supervisor)
+    except BaseException:
+        supervisor.close()
+        shutil.rmtree(supervisor.run_dir, ignore_errors=True)
+        raise
     for note in runner.notes:
         log.info(note)
     shown = len(runner.notes)

@@ -22,7 +22,8 @@ def private_runtime_dir(tmp_path_factory):
 
 
 def actor_processes() -> list[int]:
-    """Pids of live leptonrt actor processes on this machine."""
+    """Pids of live leptonrt actor processes on this machine, but for those of another PID
+    namespace (another container sharing the machine: nothing this suite started)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -32,9 +33,17 @@ def actor_processes() -> list[int]:
             state = (entry / "stat").read_text().split(")")[-1].split()[0]
         except OSError:
             continue
-        if b"leptonrt.actors" in cmd and state != "Z":
+        if b"leptonrt.actors" in cmd and state != "Z" and not _elsewhere(entry):
             pids.append(int(entry.name))
     return pids
+
+
+def _elsewhere(entry: Path) -> bool:
+    """Whether the process lives in another PID namespace than ours (unknown: it does not)."""
+    try:
+        return os.readlink(entry / "ns" / "pid") != os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return False
 
 
 @pytest.fixture

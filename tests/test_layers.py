@@ -63,3 +63,12 @@ def test_a_client_imports_no_torch(module):
     code = f"import sys, {module}\nprint('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("module", ["leptonrt.broker.runner", "leptonrt.broker.service"])
+def test_a_broker_imports_no_torch(module):
+    """A local `train` runs its broker in the CLI's process: PyTorch is the actors' alone,
+    so the broker never pays its seconds of import while the actors' fork server does."""
+    code = f"import sys, {module}\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -261,3 +262,26 @@ def test_a_setting_the_wire_would_refuse_is_one_line_and_exit_78_before_anything
     out = leptonrt_cli("train", "--gpus", "none", "--cpu-actors", "2", "--dataset", "digits", "--epochs", "1", *args)
     assert out.returncode == 78, out.stderr
     assert named in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_a_local_run_says_first_what_it_starts_and_its_own_process_never_loads_pytorch(no_leftovers):
+    # stderr a terminal, as a person's: the line is for someone waiting (in a pipe, an error stays the only line)
+    code = ("import sys; from leptonrt.cli import main; code = main(sys.argv[1:]); "
+            "print('torch loaded:', 'torch' in sys.modules); sys.exit(code)")
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code, "train", "--dataset", "digits", "--gpus", "none",
+                             "--cpu-actors", "1", "--epochs", "1", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=secondary, text=True)
+    os.close(secondary)
+    said = b""
+    try:
+        while chunk := os.read(primary, 4096):   # until the process is gone (EIO)
+            said += chunk
+    except OSError:
+        pass
+    finally:
+        os.close(primary)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, said
+    assert said.decode().splitlines()[0] == "leptonrt: loading digits; starting 1 CPU actor"
+    assert "torch loaded: False" in out   # the broker (this process) never needed it: the actors have it

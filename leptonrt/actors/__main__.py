@@ -1,11 +1,11 @@
 import os
 import sys
 
-from .tether import die_with_parent, parse_args
+from .tether import Tether, parse_args
 
 # first, before seconds of imports and warm-up: a broker that dies meanwhile takes us along
 _args = parse_args(sys.argv[1:])
-die_with_parent(_args.parent_pid, _args.connect)
+Tether(_args.parent_pid, _args.parent_pid, _args.connect).hold()
 
 if os.environ.get("LEPTONRT_SPARE") == "1":
     # a spare gets ready beside running actors: at idle priority, never at their expense

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 from ..errors import ConfigError, NoDeviceError, UsageError
@@ -100,8 +101,7 @@ def select(gpus: str = "all", cpu_actors: int | None = None, *, env: dict[str, s
     """Resolve the user's device request into actor plans (raises on impossible requests)."""
     env = dict(os.environ) if env is None else env
     if cuda_count is None:
-        import torch
-        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        cuda_count = _cuda_count() if _may_pick_gpus(gpus, env) else 0
     cores = cores or cpu_cores()
     picked = _pick(gpus, visible_gpus(env, cuda_count))
     note = None
@@ -118,3 +118,28 @@ def select(gpus: str = "all", cpu_actors: int | None = None, *, env: dict[str, s
     plans = [ActorPlan("cuda:0", gid, 2) for gid in picked]
     plans += [ActorPlan("cpu", "", cpu_threads) for _ in range(cpu_actors)]
     return Selection(tuple(plans), note)
+
+
+# what a GPU driver leaves on Linux (NVIDIA's, or ROCm's, which PyTorch also reaches as torch.cuda)
+GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
+
+
+def _may_pick_gpus(gpus: str, env: dict[str, str]) -> bool:
+    """Whether ``gpus`` could pick a GPU at all: only then is PyTorch asked how many there
+    are (its import takes seconds, and a CPU-only run never needs it in the broker)."""
+    if gpus.strip().lower() == "none" or env.get("CUDA_VISIBLE_DEVICES") == "":
+        return False
+    return not sys.platform.startswith("linux") or any(os.path.exists(p) for p in GPU_DRIVER_PATHS)
+
+
+def _cuda_count() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def describe(selection: Selection) -> str:
+    """``2 CPU actors``, ``1 GPU actor and 1 CPU actor``."""
+    gpus = sum(plan.device != "cpu" for plan in selection.actors)
+    parts = [f"{n} {kind} actor{'s' if n != 1 else ''}"
+             for n, kind in ((gpus, "GPU"), (len(selection.actors) - gpus, "CPU")) if n]
+    return " and ".join(parts)

@@ -32,7 +32,7 @@ from .group import Group
 from .heap import keep_heap
 from .link import Link
 from .schedule import ActorSchedule
-from .tether import clean_after, die_with_parent, parse_args
+from .tether import Tether, parse_args
 from .trainer import Piece, Trainer
 
 IDLE_POLL_MS = 200           # how often a waiting actor checks its broker and says it is alive
@@ -49,9 +49,9 @@ def _log(text: str) -> None:
 class JobLoop:
     """One job on one device."""
 
-    def __init__(self, link: Link, welcome: Welcome, device: torch.device, parent_pid: int) -> None:
+    def __init__(self, link: Link, welcome: Welcome, device: torch.device, tether: Tether) -> None:
         _log(f"welcomed as rank {welcome.rank} of {welcome.world_size} for job {welcome.job.job_id}")
-        self.link, self.welcome, self.device, self.parent_pid = link, welcome, device, parent_pid
+        self.link, self.welcome, self.device, self.tether = link, welcome, device, tether
         self.job, self.job_id = welcome.job.job, welcome.job.job_id
         self.plan = ActorSchedule.from_welcome(welcome)
         self.group = Group(link.address, self.job_id, welcome.backend, welcome.collective_timeout_s, device)
@@ -256,7 +256,7 @@ class JobLoop:
             msg = self.link.recv(0)
         if self.plan.shutdown is not None:
             raise BrokerGone(self.plan.shutdown)
-        if os.getppid() != self.parent_pid:
+        if self.tether.cut():
             raise BrokerGone("broker process exited")
         if self.plan.checkpoint_asked is not None:
             self._checkpoint_now()
@@ -326,7 +326,7 @@ def _hello(link: Link, args: argparse.Namespace, device: torch.device) -> None:
                     threads=args.threads, memory_bytes=memory, bf16=bf16))
 
 
-def _await_welcome(link: Link, parent_pid: int, args: argparse.Namespace, device: torch.device) -> Welcome:
+def _await_welcome(link: Link, tether: Tether, args: argparse.Namespace, device: torch.device) -> Welcome:
     """Wait, idle, for the next job, for as long as the broker lives. A spare that is
     adopted takes the lost actor's name and says hello as it."""
     while True:
@@ -341,24 +341,30 @@ def _await_welcome(link: Link, parent_pid: int, args: argparse.Namespace, device
         if isinstance(msg, Release):   # the job ended before this replacement joined it: back to the pool
             _hello(link, args, device)
             continue
-        if isinstance(msg, Shutdown) or os.getppid() != parent_pid:
+        if isinstance(msg, Shutdown) or tether.cut():
             raise BrokerGone("shut down while idle")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, tether: Tether | None = None) -> int:
+    """Run an actor until its broker lets it go. ``tether``: whom it dies with (the default:
+    the broker that started it, ``--parent-pid``; a forked actor's is the fork server)."""
     args = parse_args(argv)
-    die_with_parent(args.parent_pid, args.connect)   # again: harmless, and main() may be called directly
+    tether = tether or Tether(args.parent_pid, args.parent_pid, args.connect)
+    tether.hold()   # again: harmless, and main() may be called directly
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # the broker decides when we stop
     keep_heap()   # before the first batch: steps reuse their buffers' pages instead of refaulting them
     torch.set_num_threads(max(1, args.threads))
+    _log(f"actor {args.actor_id} (pid {os.getpid()}): {args.device}, {torch.get_num_threads()} thread(s), "
+         f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, "
+         f"incarnation {os.environ.get('LEPTONRT_INCARNATION', '0')}")
     device = torch.device(args.device)
     _warm_up(device)
     link, job, welcome = Link(args.connect), None, None
     try:
         while True:   # one job after another, until the broker says goodbye
             _hello(link, args, device)
-            welcome = _await_welcome(link, args.parent_pid, args, device)
-            job = JobLoop(link, welcome, device, args.parent_pid)
+            welcome = _await_welcome(link, tether, args, device)
+            job = JobLoop(link, welcome, device, tether)
             try:
                 job.run()
             finally:
@@ -366,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             job = welcome = None
     except BrokerGone as exc:
         print(f"actor {args.actor_id}: {exc}", file=sys.stderr)
-        if os.getppid() != args.parent_pid:   # the broker died rather than said goodbye
-            clean_after(args.parent_pid, args.connect)
+        if tether.cut():   # the broker died rather than said goodbye
+            tether.clean()
         return 0
     except Exception as exc:  # report, then fail: the broker decides what happens next
         if isinstance(exc, ConfigError):   # the job's own model or loss: the user's to fix, said in one line

@@ -1,4 +1,11 @@
-"""Starting, watching and stopping actor processes."""
+"""Starting, watching and stopping actor processes.
+
+On Linux the actors are forked from one warm process per pool (``forkserver``), started
+with the pool: PyTorch's import and the optimizers' warm-up are paid once, while the
+broker gets on with its own start-up, instead of once per actor, all at the same time.
+``LEPTONRT_SPAWN=popen`` (and any platform without fork) starts each actor with its own
+interpreter instead, the way every actor started before.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +18,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .devices import ActorPlan
+from .forked import ForkServer, ForkedProcess
+from .tether import make_run_dir
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What starting one actor takes, however it is started."""
+    actor_id: str
+    device: str
+    threads: int
+    env: dict[str, str]              # its whole environment
+    log: Path                        # its stdout and stderr
+    cores: tuple[int, ...] | None    # its CPU affinity (None: any)
 
 
 @dataclass
 class _Proc:
     actor_id: str
     plan: ActorPlan
-    popen: subprocess.Popen
-    log: Path
+    launch: Launch
+    popen: subprocess.Popen | ForkedProcess
     reported: bool = False
 
 
@@ -49,37 +69,71 @@ def pin(pid: int, cores: tuple[int, ...] | None) -> None:
             pass
 
 
+def fork_wanted(env: dict[str, str]) -> bool:
+    """Whether actors are forked from a fork server (Linux, unless LEPTONRT_SPAWN=popen)."""
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and env.get("LEPTONRT_SPAWN", "fork") != "popen"
+
+
 class Supervisor:
     """Owns the actor processes of one broker; nothing it starts outlives ``close()``."""
 
-    def __init__(self, run_dir: Path, connect: str) -> None:
+    def __init__(self, run_dir: Path, connect: str, actor_env: dict[str, str] | None = None,
+                 fork: bool | None = None) -> None:
         self.run_dir = run_dir
         self.connect = connect
         self._procs: dict[str, _Proc] = {}
+        fork = fork_wanted(os.environ) if fork is None else fork
+        # started now, so that its imports run while the broker does its own start-up
+        self._server = ForkServer(run_dir, connect, self._base_env(actor_env or {})) if fork else None
+
+    @classmethod
+    def in_new_run_dir(cls, actor_env: dict[str, str] | None = None) -> Supervisor:
+        """A supervisor in a new run directory (the actors' socket, their logs), its fork
+        server starting. Whoever asks removes the directory after ``close()``."""
+        run_dir = Path(make_run_dir())
+        return cls(run_dir, f"ipc://{run_dir}/broker.sock", actor_env)
 
     def spawn(self, actor_id: str, plan: ActorPlan, extra_env: dict[str, str] | None = None,
-              cores: tuple[int, ...] | None = None) -> int:
-        """Start one actor process, on ``cores`` if given; returns its pid. Its output goes
-        to a log in the run dir."""
-        env = dict(os.environ)
-        env.update(extra_env or {})
+              cores: tuple[int, ...] | None = None) -> None:
+        """Start one actor process, on ``cores`` if given. Its output goes to a log in the
+        run dir."""
+        env = self._base_env(extra_env or {})
         if plan.visible is not None:
             env["CUDA_VISIBLE_DEVICES"] = plan.visible
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # everything is local; avoid resolving the hostname
         env["OMP_NUM_THREADS"] = str(plan.threads)
-        log = self.run_dir / f"actor-{actor_id}.log"
-        cmd = [sys.executable, "-m", "leptonrt.actors", "--connect", self.connect,
-               "--actor-id", actor_id, "--device", plan.device, "--threads", str(plan.threads),
-               "--parent-pid", str(os.getpid())]
-        with open(log, "wb") as out:
+        launch = Launch(actor_id, plan.device, plan.threads, env, self.run_dir / f"actor-{actor_id}.log", cores)
+        self._procs[actor_id] = _Proc(actor_id, plan, launch, self._start(launch))
+
+    def _base_env(self, extra: dict[str, str]) -> dict[str, str]:
+        env = {**os.environ, **extra}
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # everything is local; avoid resolving the hostname
+        env["OMP_NUM_THREADS"] = "1"
+        return env
+
+    def _start(self, launch: Launch) -> subprocess.Popen | ForkedProcess:
+        if self._server is not None and self._server.alive:
+            return self._server.fork(launch.actor_id, launch.device, launch.threads, launch.env, launch.log,
+                                     launch.cores)
+        cmd = [sys.executable, "-m", "leptonrt.actors", "--connect", self.connect, "--actor-id", launch.actor_id,
+               "--device", launch.device, "--threads", str(launch.threads), "--parent-pid", str(os.getpid())]
+        with open(launch.log, "wb") as out:
             popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
-        self._procs[actor_id] = _Proc(actor_id, plan, popen, log)
-        pin(popen.pid, cores)
-        return popen.pid
+                                     env=launch.env, start_new_session=True)
+        pin(popen.pid, launch.cores)
+        return popen
+
+    def _refresh(self) -> None:
+        """Take in the fork server's news; start the plain way what it died before forking."""
+        if self._server is None:
+            return
+        self._server.poll()
+        for proc in self._procs.values():
+            if isinstance(proc.popen, ForkedProcess) and proc.popen.unstarted:
+                proc.popen = self._start(proc.launch)
 
     def exited(self) -> list[tuple[str, str]]:
         """(actor_id, how) for processes that ended since the last call."""
+        self._refresh()
         out = []
         for proc in self._procs.values():
             code = proc.popen.poll()
@@ -90,8 +144,13 @@ class Supervisor:
 
     def pin(self, actor_id: str, cores: tuple[int, ...] | None) -> None:
         """Move a running actor (every thread of it) onto ``cores``."""
+        self._refresh()
         proc = self._procs.get(actor_id)
-        if proc is not None and proc.popen.poll() is None:
+        if proc is None or proc.popen.poll() is not None or not cores:
+            return
+        if isinstance(proc.popen, ForkedProcess):
+            proc.popen.pin(cores)
+        else:
             pin(proc.popen.pid, cores)
 
     def rename(self, old: str, new: str) -> None:
@@ -102,29 +161,42 @@ class Supervisor:
 
     def kill(self, actor_id: str) -> None:
         """SIGKILL one actor (taken for hung); its exit shows up in ``exited`` as usual."""
+        self._refresh()
         proc = self._procs.get(actor_id)
         if proc is not None and proc.popen.poll() is None:
             proc.popen.kill()
 
-    def pids(self) -> dict[str, int]:
+    def pids(self) -> dict[str, int | None]:
+        """Each actor's pid (None for one the fork server has not forked yet)."""
+        self._refresh()
         return {a: p.popen.pid for a, p in self._procs.items()}
 
     def log_tail(self, actor_id: str, lines: int = 10) -> list[str]:
         """The last lines an actor printed (for failure reports)."""
         try:
-            with open(self._procs[actor_id].log, errors="replace") as fh:
+            with open(self._procs[actor_id].launch.log, errors="replace") as fh:
                 return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
         except (KeyError, OSError):
             return []
 
-    def close(self, grace: float = 3.0) -> None:
+    def stop_all(self, grace: float = 3.0) -> None:
         """Terminate every actor, kill what does not exit within ``grace`` seconds, reap all."""
-        live = [p for p in self._procs.values() if p.popen.poll() is None]
-        for proc in live:
-            proc.popen.terminate()
-        for proc in live:
+        self._refresh()
+        live = [p.popen for p in self._procs.values() if p.popen.poll() is None]
+        for popen in live:
+            popen.terminate()
+        for popen in live:
             try:
-                proc.popen.wait(timeout=grace)
+                popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
+                popen.kill()
+                try:
+                    popen.wait(timeout=grace)
+                except subprocess.TimeoutExpired:   # not forked yet: it goes with its server
+                    pass
+
+    def close(self, grace: float = 3.0) -> None:
+        """Stop every actor, then the fork server."""
+        self.stop_all(grace)
+        if self._server is not None:
+            self._server.close(grace)

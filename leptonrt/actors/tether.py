@@ -4,6 +4,11 @@ An actor takes seconds to start (PyTorch's import; a spare's warm-up, at idle pr
 longer). A broker that dies meanwhile must not leave it running until then, so
 ``python -m leptonrt.actors`` reads its command line and asks for the parent-death signal
 first, with nothing heavier than the standard library loaded.
+
+The kernel's parent-death signal knows one process: the parent. An actor the broker
+started itself is tied to the broker; one forked by the broker's fork server
+(``leptonrt.actors.forkserver``) is tied to the server, which is tied to the broker: a
+broker that dies takes the server along, and the server its actors.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 
 from ..pids import pid_alive
 
@@ -73,25 +79,44 @@ def clean_stale_run_dirs() -> list[str]:
     return removed
 
 
-def die_with_parent(parent_pid: int, connect: str) -> None:
-    """Ask Linux for a signal of our own (SIGUSR1) when the broker dies, so no actor outlives
-    it; its handler also removes what the dead broker could not remove itself. (A signal of
-    its own: at that moment getppid() may still name the dead broker, so a SIGTERM from a
-    living supervisor could not be told apart.)"""
+@dataclass(frozen=True)
+class Tether:
+    """Who a process lives and dies with."""
 
-    def on_parent_death(_signum, _frame) -> None:
-        try:
-            clean_after(parent_pid, connect)
-        finally:
-            os._exit(143)
+    broker_pid: int   # the broker: what it leaves behind (shared memory, run directory) is ours to remove
+    parent_pid: int   # our parent: the broker itself, or the broker's fork server
+    connect: str      # the broker's actor socket, ipc://RUN_DIR/broker.sock
 
-    signal.signal(signal.SIGUSR1, on_parent_death)
-    if sys.platform.startswith("linux"):
-        import ctypes
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-    if parent_pid and os.getppid() != parent_pid:
-        clean_after(parent_pid, connect)
-        os._exit(3)  # the broker died before we could ask
+    def hold(self) -> None:
+        """Ask Linux for a signal of our own (SIGUSR1) when the parent dies, so nothing
+        outlives the broker; its handler also removes what the dead broker could not remove
+        itself. (A signal of its own: at that moment getppid() may still name the dead
+        parent, so a SIGTERM from a living supervisor could not be told apart.)"""
+
+        def on_parent_death(_signum, _frame) -> None:
+            try:
+                self.clean()
+            finally:
+                os._exit(143)
+
+        signal.signal(signal.SIGUSR1, on_parent_death)
+        if sys.platform.startswith("linux"):
+            import ctypes
+            try:
+                ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGUSR1)  # PR_SET_PDEATHSIG
+            except OSError:
+                pass
+        if self.parent_pid and self.cut():
+            self.clean()
+            os._exit(3)  # the parent died before we could ask
+
+    def cut(self) -> bool:
+        """Whether our parent is gone (the broker, or the fork server that went with it)."""
+        return os.getppid() != self.parent_pid
+
+    def clean(self) -> None:
+        """Remove what the dead broker left. A fork server between us does it itself: it
+        dies of the broker's death, while its actors die of its own, which may have had
+        another cause (the broker then lives on, and its files with it)."""
+        if self.parent_pid == self.broker_pid:
+            clean_after(self.broker_pid, self.connect)

@@ -7,14 +7,13 @@ import itertools
 import shutil
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 import zmq
 
 from .. import messages as protocol
 from ..actors.devices import Selection, allowed_cores, core_sets, select
 from ..actors.spawn import Supervisor
-from ..actors.tether import clean_stale_run_dirs, make_run_dir
+from ..actors.tether import clean_stale_run_dirs
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
 from ..errors import ProtocolError
@@ -32,9 +31,11 @@ class ActorPool:
     An idle actor that dies is started again; after a failed job every actor is replaced
     (a survivor may still sit in a broken collective). With more than one CPU actor, one
     spare CPU process waits, started and warmed up: a lost CPU actor is replaced by
-    adopting it (milliseconds) instead of starting a process (seconds).
+    adopting it (milliseconds) instead of starting a process (a fork from the warm fork
+    server takes a fraction of a second; an interpreter of its own, seconds).
 
-    The spare's start-up takes over two seconds of CPU, and the CPU actors have every core
+    A spare started with an interpreter of its own (``LEPTONRT_SPAWN=popen``, or no fork
+    server) takes over two seconds of CPU to start, and the CPU actors have every core
     between them, so it would come out of a running job: even at idle priority it cost a
     2-actor job on 2 cores about a tenth of its speed while it got ready. So it starts at
     idle priority, and only while the pool is idle (between jobs) or once a job has run
@@ -47,7 +48,10 @@ class ActorPool:
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
                  actor_env: dict[str, str] | None = None, pin: bool = True, cache_bytes: int | None = None,
-                 allow_imports: Iterable[str] | None = ()) -> None:
+                 allow_imports: Iterable[str] | None = (), supervisor: Supervisor | None = None) -> None:
+        # a supervisor started before the pool (the CLI starts one ahead of its own imports,
+        # so that the fork server's overlap them); the pool's to close from now on
+        self._early = supervisor
         self.cache_bytes = cache_bytes   # the dataset cache's budget (None: from free memory)
         # the modules a job's py: dataset may run code from (ANY: a local run's own code)
         self.allow_imports = allowed_modules(allow_imports)
@@ -82,9 +86,9 @@ class ActorPool:
         clean_stale()
         clean_stale_run_dirs()
         self.run_id = new_run_id()
-        self.run_dir = Path(make_run_dir())
         self.cache = DatasetCache(self.run_id, budget_bytes=self.cache_bytes, allowed_imports=self.allow_imports)
-        self.supervisor = Supervisor(self.run_dir, f"ipc://{self.run_dir}/broker.sock")
+        self.supervisor, self._early = self._early or Supervisor.in_new_run_dir(self.actor_env), None
+        self.run_dir = self.supervisor.run_dir
         self.started = True
         self.channel = Channel(self.supervisor.connect, ACTOR_LIMITS.frame_bytes)
         self.store = StoreCore()   # groups form through it, on this channel (nothing else listens)
@@ -180,7 +184,7 @@ class ActorPool:
 
     def replace_all(self) -> None:
         """Stop every actor and start a fresh one in its place (after a failed job)."""
-        self.supervisor.close()
+        self.supervisor.stop_all()
         self.supervisor.exited()   # the exits we caused are not news
         self.hellos.clear()
         self.spare, self._spare_process = None, False
@@ -195,6 +199,10 @@ class ActorPool:
     async def close(self) -> None:
         """Tell every actor to exit, then make sure of it; unlink every segment and file."""
         if not self.started:
+            if self._early is not None:   # handed to a pool that never started
+                self._early.close()
+                shutil.rmtree(self._early.run_dir, ignore_errors=True)
+                self._early = None
             return
         self.started = False
         bye = protocol.encode(Shutdown(reason="broker closing"))

@@ -19,6 +19,7 @@ from .. import messages as protocol
 from ..batches import even_split, split_from_fractions, steps_per_epoch
 from ..data.background import run_in_daemon_thread
 from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError, RestartBudgetExceeded
+from ..actors.spawn import Supervisor
 from ..imports import ANY
 from ..messages import ACTOR_LIMITS, EpochResult, JobSpec, Release, StoreRequest, TrainJob
 from ..nn import checkpoint
@@ -57,12 +58,15 @@ class JobRunner:
     def __init__(self, job: TrainJob, *, gpus: str = "all", cpu_actors: int | None = None,
                  on_event: Callable[[object], None] | None = None, actor_env: dict[str, str] | None = None,
                  pool: ActorPool | None = None, pin: bool = True, keep_weights: bool = False,
-                 core_config: JobConfig = JobConfig(), tally: Tally | None = None) -> None:
+                 core_config: JobConfig = JobConfig(), tally: Tally | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         self.job, self.on_event = job, on_event or (lambda _e: None)
         self.tally = tally   # the totals the job's committed steps add to (a broker's, across jobs)
         self.core_config = core_config   # how the core grants and plans (the job sets its own bounds on top)
         self._own_pool = pool is None
-        self.pool = pool if pool is not None else ActorPool(gpus, cpu_actors, actor_env, pin, allow_imports=ANY)
+        # supervisor: one started early for this run's own pool (see ActorPool)
+        self.pool = pool if pool is not None else ActorPool(gpus, cpu_actors, actor_env, pin, allow_imports=ANY,
+                                                             supervisor=supervisor)
         self.selection = self.pool.selection
         self.notes: list[str] = [self.selection.note] if self.selection.note else []
         self.core: JobCore | None = None

@@ -24,6 +24,9 @@ Reading trusts nothing: ``latest`` takes the highest ``step-*`` directory that h
 manifest (one without is not ours to judge and is skipped), and refuses it with a
 ``DataError`` if the manifest is unreadable or any file's size or sha256 disagrees with it;
 ``load`` checks the hashes again before restoring, since files can change in between.
+
+Only writing and restoring need PyTorch, and import it when called: the broker finds and
+checks checkpoints (``latest``) without it, in a process that never loads it.
 """
 
 from __future__ import annotations
@@ -38,13 +41,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any, Callable
 
 from leptonrt.pids import pid_alive
 from leptonrt.errors import ConfigError, DataError, InternalError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = 1
 WEIGHTS, OPTIMIZER, MANIFEST = "weights.safetensors", "optimizer.pt", "manifest.json"
@@ -90,6 +93,8 @@ def save(directory: str | Path, *, step: int, epoch: int, fingerprint: str, mode
         raise ConfigError(f"keep must be at least 1 checkpoint, got {keep}")
     if step < 0 or epoch < 0:
         raise InternalError(f"checkpoint step and epoch must be non-negative, got {step}, {epoch}")
+    import torch
+    from safetensors.torch import save_file
     meta = dict(meta or {})
     json.dumps(meta)  # fail on a non-JSON-able meta before anything is written
     hook = fault or (lambda stage: None)
@@ -142,6 +147,7 @@ def save(directory: str | Path, *, step: int, epoch: int, fingerprint: str, mode
 
 def _plain(value: Any, where: str) -> Any:
     """``value`` with only types ``torch.load(weights_only=True)`` accepts; tensors on CPU."""
+    import torch
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu")
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -260,6 +266,8 @@ def load(checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.
     is refused. Parameters are copied into, not replaced, so views onto them (such as the
     gradient buffer of ``FusedStep``) and the optimizer's references stay valid.
     """
+    import torch
+    from safetensors.torch import load_file
     path = checkpoint.path
     found = _verify(path)
     if (found.step, found.fingerprint) != (checkpoint.step, checkpoint.fingerprint):

@@ -1,8 +1,11 @@
 """Device selection: docker's --gpus grammar, CUDA_VISIBLE_DEVICES, and the CPU fallback."""
 
+import subprocess
+import sys
+
 import pytest
 
-from leptonrt.actors.devices import core_sets, select
+from leptonrt.actors.devices import core_sets, describe, select
 from leptonrt.errors import NoDeviceError, UsageError
 
 
@@ -75,3 +78,16 @@ def test_no_pin_leaves_every_actor_to_the_scheduler():
     assert ActorPool("none", 2, pin=False).cores == [None, None]
     pinned = ActorPool("none", 2).cores     # what this machine allows: one core each, or none if they do not fit
     assert all(c is None for c in pinned) or [len(c) for c in pinned] == [1, 1]
+
+
+def test_a_selection_says_in_words_what_it_starts():
+    assert describe(pick("none", 2)) == "2 CPU actors"
+    assert describe(pick("1", 1)) == "1 GPU actor and 1 CPU actor"
+
+
+def test_a_request_that_can_pick_no_gpu_never_imports_pytorch():
+    # the broker of a CPU-only run counts no GPUs: PyTorch's import costs seconds there
+    code = ("import sys; from leptonrt.actors.devices import select; select('none', 2); "
+            "select('all', None, env={'CUDA_VISIBLE_DEVICES': ''}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"

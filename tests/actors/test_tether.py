@@ -12,11 +12,18 @@ from tests.conftest import actor_processes
 
 def test_the_tie_to_the_broker_is_made_with_the_standard_library_alone():
     # __main__ makes it before importing the actor's code: PyTorch's import takes seconds
-    code = ("import os, signal, sys; from leptonrt.actors.tether import die_with_parent; "
-            "die_with_parent(os.getppid(), 'ipc:///nonexistent/broker.sock'); "
+    code = ("import os, signal, sys; from leptonrt.actors.tether import Tether; "
+            "Tether(os.getppid(), os.getppid(), 'ipc:///nonexistent/broker.sock').hold(); "
             "print('torch' in sys.modules, 'numpy' in sys.modules, callable(signal.getsignal(signal.SIGUSR1)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["False", "False", "True"]
+
+
+def test_the_fork_server_ties_itself_to_its_broker_before_it_imports_pytorch():
+    # its module loads nothing heavy: main() holds the tether, then gets ready (seconds)
+    code = "import sys, leptonrt.actors.forkserver; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "False"]
 
 
 def test_a_spare_that_is_still_getting_ready_dies_with_its_broker_and_removes_its_run_directory(tmp_path):
