@@ -152,3 +152,25 @@ def test_actors_stay_up_between_jobs_and_the_snapshot_shows_them(no_leftovers):
     assert [a.state for a in snap.actors] == ["idle", "idle"] and snap.job is None
     assert snap.jobs_done == 2 and any("job 2 finished" in e.text for e in snap.events)
     assert one["test_accuracy"] == two["test_accuracy"]   # same job, same seed, same answer
+
+
+def test_a_broker_that_stops_taking_jobs_starts_no_queued_one_after_the_drained_job(no_leftovers):
+    async def main():
+        async with Broker(gpus="none", cpu_actors=1) as broker:
+            long = TrainJob(dataset="synthetic:20000,32,4", hidden=(16,), epochs=200)
+            running, queued = await broker.submit(long), await broker.submit(long)
+            async for event in running.events():
+                if isinstance(event, EpochEvent):
+                    break
+            broker.stop_accepting()
+            await broker.drain(reason="the broker closed (a test)")
+            states = running.state, queued.state
+        with pytest.raises(BrokerClosed) as stopped:
+            await running.result()
+        with pytest.raises(BrokerClosed, match="did not finish"):
+            await queued.result()
+        return states, stopped.value
+
+    states, stopped = run("asyncio", main)
+    assert states == ("cancelled", "queued")
+    assert stopped.exit_code == 75 and "the broker closed (a test): stopped after step" in str(stopped)
