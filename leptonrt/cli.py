@@ -189,7 +189,7 @@ def _add_service(sub) -> None:
     p.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
                    help="serve Prometheus metrics over HTTP on PORT (unauthenticated: see --metrics-host)")
     p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
-                   help="the address the metrics listen on; anything but loopback lets anyone who can reach it read them")
+                   help="the address the metrics listen on; beyond loopback, anyone who can reach it reads them")
     p = sub.add_parser("top", help="show the live view of a running broker",
                        epilog="keys: q quits, e hides or shows the event log\nexample:\n  leptonrt top")
     p.add_argument("--connect", default=None, metavar="ADDR")

@@ -191,7 +191,7 @@ class Broker:
             self._log(f"{self.pool.world} actor(s) starting: "
                       + ", ".join(p.device for p in self.pool.selection.actors))
             while True:
-                while self._queue.empty():
+                while self._queue.empty() or not self.accepting:   # stopping: the queued stay queued
                     await self.pool.idle(100)
                     self._log_exits()
                 job = self._queue.get_nowait()
@@ -299,11 +299,14 @@ class Broker:
                         jobs_cancelled=sum(j.state == "cancelled" for j in self._jobs),
                         jobs=self._job_entries(core),
                         totals=self.tally.statistics(), pid=os.getpid(),
-                        counters={"actor_bad_messages": self._bad_before + (core.bad_messages if core is not None else 0),
-                                  **self.counters()},
+                        counters={"actor_bad_messages": self._bad_messages(core), **self.counters()},
                         cache=asdict(self.pool.cache.statistics()) if self.pool.started else {},
                         last_job=self.last_job, starting=starting)
         return snap
+
+    def _bad_messages(self, core) -> int:
+        """Actor messages dropped as not fitting, over every job so far."""
+        return self._bad_before + (core.bad_messages if core is not None else 0)
 
     def _job_entries(self, core) -> tuple[JobEntry, ...]:
         ended = [j for j in self._jobs if j.done()][-JOBS_LISTED:]

@@ -188,3 +188,25 @@ def test_an_embedded_broker_allows_no_module_unless_told():
     assert Broker(gpus="none", cpu_actors=1).pool.allow_imports == ()
     with pytest.raises(ConfigError, match="--allow-import takes a module name"):
         Broker(gpus="none", cpu_actors=1, allow_imports=["../evil"])
+
+
+def test_a_broker_that_stops_taking_jobs_starts_no_queued_one_after_the_drained_job(no_leftovers):
+    async def main():
+        async with Broker(gpus="none", cpu_actors=1) as broker:
+            long = TrainJob(dataset="synthetic:20000,32,4", hidden=(16,), epochs=200)
+            running, queued = await broker.submit(long), await broker.submit(long)
+            async for event in running.events():
+                if isinstance(event, EpochEvent):
+                    break
+            broker.stop_accepting()
+            await broker.drain(reason="the broker closed (a test)")
+            states = running.state, queued.state
+        with pytest.raises(BrokerClosed) as stopped:
+            await running.result()
+        with pytest.raises(BrokerClosed, match="did not finish"):
+            await queued.result()
+        return states, stopped.value
+
+    states, stopped = run("asyncio", main)
+    assert states == ("cancelled", "queued")
+    assert stopped.exit_code == 75 and "the broker closed (a test): stopped after step" in str(stopped)

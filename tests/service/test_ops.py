@@ -104,6 +104,7 @@ def _wait_for(runtime, check, timeout=120):
                              env=_env(runtime), timeout=60)
         if out.returncode == 0 and check(snap := json.loads(out.stdout)):
             return snap
+        time.sleep(0.2)   # each try is a process start: leave the CPU to the actors meanwhile
     raise AssertionError("the broker never got there")
 
 
@@ -218,7 +219,8 @@ def test_cancelled_jobs_end_alone_with_exit_3_and_the_same_actors_run_the_next(t
     with running_up(runtime):
         try:
             clients.append(_client(runtime, *LONG))
-            pids = [a["pid"] for a in _wait_for(runtime, lambda s: s["job"] is not None and s["job"]["step"] > 0)["actors"]]
+            running = _wait_for(runtime, lambda s: s["job"] is not None and s["job"]["step"] > 0)
+            pids = [a["pid"] for a in running["actors"]]
             clients.append(_client(runtime, *LONG))
             _wait_for(runtime, lambda s: len(s["queued"]) == 1)
             listed = leptonrt_cli("jobs", env=env)
