@@ -186,13 +186,15 @@ class Supervisor:
         for popen in live:
             popen.terminate()
         for popen in live:
+            if popen.pid is None:   # not forked yet: the server ends it once forked, or goes first
+                continue
             try:
                 popen.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 popen.kill()
                 try:
                     popen.wait(timeout=grace)
-                except subprocess.TimeoutExpired:   # not forked yet: it goes with its server
+                except subprocess.TimeoutExpired:   # stuck in the kernel: nothing more to do from here
                     pass
 
     def close(self, grace: float = 3.0) -> None:

@@ -98,6 +98,13 @@ def test_a_forked_actor_has_a_session_cores_environment_and_log_of_its_own(broke
     assert ppid != os.getpid() and ppid in processes_of(broker.supervisor.connect)   # forked by the server
     said = "\n".join(broker.supervisor.log_tail("a0"))
     assert "a0 (pid %d): cpu, 1 thread(s), CUDA_VISIBLE_DEVICES='', incarnation 4" % pid in said
+    other = min(os.sched_getaffinity(0))
+    broker.supervisor.pin("a0", (other,))   # as an adopted spare is moved: every thread of it
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not all(os.sched_getaffinity(int(t)) == {other}
+                                                  for t in os.listdir(f"/proc/{pid}/task")):
+        time.sleep(0.02)
+    assert all(os.sched_getaffinity(int(t)) == {other} for t in os.listdir(f"/proc/{pid}/task"))
     broker.supervisor.kill("a0")
     assert wait_exit(broker.supervisor, "a0") == "killed by SIGKILL"
     assert not Path(f"/proc/{pid}").exists()          # reaped, not a zombie
