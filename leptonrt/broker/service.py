@@ -331,8 +331,10 @@ class Service:
         try:
             result = await job.result()
         except LeptonError as exc:
+            self._snapshot = None   # a status asked after the outcome shows it
             await self._deliver(peer, _failed(job.id, exc))
             return
+        self._snapshot = None   # a status asked after the result shows the job done
         if want_weights and job.weights_path is not None and not await self._send_weights(peer, job):
             return
         await self._deliver(peer, JobUpdate(job_id=job.id, kind="finished", data=messages.Plain(result)))

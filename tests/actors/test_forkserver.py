@@ -61,9 +61,15 @@ def wait_exit(supervisor: Supervisor, actor_id: str, timeout: float = 60) -> str
     raise AssertionError(f"{actor_id} was never reported as exited")
 
 
+@pytest.fixture(autouse=True)
+def forked(monkeypatch):
+    """The fork server is opt-in (LEPTONRT_SPAWN=fork): these tests are about it."""
+    monkeypatch.setenv("LEPTONRT_SPAWN", "fork")
+
+
 def stand_in_broker() -> SimpleNamespace:
     """A supervisor, its fork server starting, and the socket its actors say hello to."""
-    supervisor = Supervisor.in_new_run_dir()
+    supervisor = Supervisor.in_new_run_dir(fork=True)
     router = zmq.Context.instance().socket(zmq.ROUTER)
     router.linger = 0
     router.bind(supervisor.connect)
