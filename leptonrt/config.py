@@ -83,9 +83,9 @@ class TrainJob:
         """Rules across fields: each is a user's mistake, named plainly."""
         if not self.label_column.isprintable():   # it is named in one-line errors
             raise ProtocolError(f"label column {self.label_column!r} holds control characters")
-        if self.dataset.startswith("py:"):
+        for ref, option in self.named_code():
             try:
-                check_ref(self.dataset[3:], "dataset py:")
+                check_ref(ref, option)
             except ConfigError as exc:
                 raise ProtocolError(str(exc)) from None
         if self.split is not None and not sum(self.split) > 0:
@@ -96,12 +96,14 @@ class TrainJob:
             raise ProtocolError("checkpoints (checkpoint_every) need a checkpoint directory")
         if self.resume and not self.checkpoint_dir:
             raise ProtocolError("resume needs a checkpoint directory")
-        for ref, what in ((self.model, "--model"), (self.loss, "--loss")):
-            if ref is not None:
-                try:
-                    check_ref(ref, what)
-                except ConfigError as exc:
-                    raise ProtocolError(str(exc)) from None
+
+    def named_code(self) -> tuple[tuple[str, str], ...]:
+        """(package.module:callable, the option that names it) for each piece of code the job
+        asks to run: its ``py:`` dataset, its model, its loss."""
+        scheme, sep, ref = self.dataset.partition(":")
+        data = ((ref, "--dataset py:"),) if sep and scheme == "py" else ()
+        return data + tuple((r, option) for r, option in ((self.model, "--model"), (self.loss, "--loss"))
+                            if r is not None)
 
     @property
     def planned(self) -> bool:

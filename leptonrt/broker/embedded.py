@@ -25,7 +25,6 @@ from typing import Callable
 
 import logging
 
-from ..data.pyfunc import check_runnable
 from ..errors import ConfigError, InternalError, Interrupted, JobCancelled, LeptonError
 from ..imports import check_allowed
 from ..messages import TrainJob
@@ -136,10 +135,8 @@ class Broker:
             raise BrokerClosed("the broker is not taking jobs" if self._worker is not None and not self.closed
                                else "the broker is not running (use `async with Broker(...)`)")
         spec.check_world(self.pool.world)
-        check_runnable(spec.dataset, self.pool.allow_imports)   # refused now, never imported
-        for ref, what in ((spec.model, "--model"), (spec.loss, "--loss")):
-            if ref is not None:
-                check_allowed(ref, what, self.pool.allow_imports)   # the actors import it: refused first
+        for ref, option in spec.named_code():   # refused now, never imported (here, or by the actors)
+            check_allowed(ref, option, self.pool.allow_imports)
         job = Job(next(self._ids), spec, asyncio.get_running_loop())
         job.keep_weights = keep_weights
         self._jobs.append(job)

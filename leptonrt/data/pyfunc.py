@@ -7,8 +7,9 @@
 Naming a module asks the process that loads the data to run it. A local run is the
 user's own process (``allowed=ANY``); a broker is a service, so it runs code only from
 the modules its owner listed (``leptonrt up --allow-import MODULE``) and refuses any
-other with a ConfigError before anything is imported (``check_runnable``, which the
-broker also calls when a job is submitted, so a refused job never queues).
+other with a ConfigError before anything is imported (``load_callable``'s check; the
+broker makes the same check when a job is submitted, for every piece of code the job
+names, ``TrainJob.named_code``, so a refused job never queues).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from leptonrt.imports import check_allowed, load_callable
+from leptonrt.imports import load_callable
 
 from . import arrays
 from .arrays import Dataset
@@ -27,19 +28,6 @@ from .files import data_error
 SCHEME = "py"
 WHAT = "--dataset py:"   # how errors name the option
 _MESSAGE_CHARS = 300     # of the user's exception, in our one-line error
-
-
-def code_ref(spec: str) -> str | None:
-    """The ``package.module:function`` a ``py:`` spec names; None for any other spec."""
-    scheme, sep, ref = spec.partition(":")
-    return ref if sep and scheme == SCHEME else None
-
-
-def check_runnable(spec: str, allowed: Iterable[str] | None) -> None:
-    """Refuse (ConfigError, nothing imported) a ``py:`` spec naming a module not ``allowed``."""
-    ref = code_ref(spec)
-    if ref is not None:
-        check_allowed(ref, WHAT, allowed)
 
 
 def load_from_code(spec: str, seed: int, test_fraction: float, allowed: Iterable[str] | None) -> Dataset:

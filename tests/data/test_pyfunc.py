@@ -10,7 +10,8 @@ import pytest
 
 from leptonrt.data.cache import DatasetCache
 from leptonrt.data.loaders import load_dataset
-from leptonrt.data.pyfunc import check_runnable
+from leptonrt.config import TrainJob
+from leptonrt.imports import check_allowed
 from leptonrt.data.shm import list_segments, new_run_id
 from leptonrt.errors import ConfigError, DataError
 
@@ -100,10 +101,11 @@ def test_a_module_not_allowed_is_refused_and_never_imported(user_module):
         message = refusal(f"py:{name}:make", ConfigError, allowed=allowed)
         assert "runs code only from the modules it was started with" in message
         assert f"--allow-import {name}" in message
-        with pytest.raises(ConfigError):
-            check_runnable(f"py:{name}:make", allowed)
+        with pytest.raises(ConfigError):   # as the broker checks a job when it is submitted
+            for ref, option in TrainJob(dataset=f"py:{name}:make").named_code():
+                check_allowed(ref, option, allowed)
     assert name not in sys.modules
-    check_runnable("digits", ())   # no code, nothing to allow
+    assert TrainJob(dataset="digits").named_code() == ()   # no code, nothing to allow
 
 
 def test_a_cache_runs_no_code_unless_its_owner_allowed_the_module(user_module):
