@@ -32,7 +32,8 @@ from .broker.events import ActorLost, EpochEvent, Progress, Recovered, SplitChan
 from .broker.stats import Snapshot
 from .errors import ConfigError, LeptonError, NoDeviceError, ProtocolError
 from .messages import (SERVICE_LIMITS, Accepted, Acknowledged, CancelRequest, JobUpdate, Rejected, StatusReply,
-                       StatusRequest, StopRequest, Submit, TrainJob, Weights)
+                       StatusRequest, StopRequest, Submit, Weights)
+from .config import TrainJob
 
 SILENCE_S = 2.0   # probe a quiet broker this often...
 DEAD_S = 6.0      # ...and give up on it after this long without a word

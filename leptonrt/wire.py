@@ -1,6 +1,6 @@
 """The generic half of the wire: msgpack frames within limits, and records checked field by field.
 
-``leptonrt/messages.py`` declares the messages; this module knows nothing of them. A record
+``leptonrt/messages/`` declares the messages; this module knows nothing of them. A record
 is a frozen dataclass whose fields carry their validation in ``dataclasses.field``
 metadata: ``min``/``max`` (inclusive), ``choices``, ``min_len``/``max_len`` (string, bytes
 or list length), ``item_min``/``item_max`` (list elements) and ``allow_nonfinite``

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leptonrt import messages as protocol
-from leptonrt.config import Slowdown
-from leptonrt.wire import MAX_PLAIN_DEPTH
+from leptonrt.config import Slowdown, TrainJob
+from leptonrt.wire import MAX_PLAIN_DEPTH, Plain
 from leptonrt.messages import (
     ACTOR_LIMITS,
     CLIENT_LIMITS,
@@ -22,9 +22,7 @@ from leptonrt.messages import (
     VERSION,
     JobUpdate,
     Submit,
-    Plain,
     StoreRequest,
-    TrainJob,
     ArrayRef,
     DatasetInfo,
     EpochResult,

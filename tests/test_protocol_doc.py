@@ -26,7 +26,7 @@ def _comments(cls) -> dict[str, str]:
 
 
 def _type(hint) -> str:
-    text = str(hint).replace("typing.", "").replace("leptonrt.messages.", "").replace("leptonrt.config.", "").replace("leptonrt.wire.", "")
+    text = str(hint).replace("typing.", "").replace("leptonrt.messages.records.", "").replace("leptonrt.messages.actors.", "").replace("leptonrt.messages.clients.", "").replace("leptonrt.messages.", "").replace("leptonrt.config.", "").replace("leptonrt.wire.", "")
     return text.replace("<class '", "").replace("'>", "").replace("NoneType", "None")
 
 

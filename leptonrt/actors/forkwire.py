@@ -4,7 +4,7 @@ The broker (``forked.ForkServer``) writes requests to the server's stdin; the se
 (``python -m leptonrt.actors.forkserver``) writes reports to its stdout. A frame is a
 4-byte big-endian length, then ``msgpack([kind, {field: value}])``, checked field by field
 with the wire's own rules (``leptonrt/wire.py``). These records are not in
-``leptonrt/messages.py``: they never cross a socket, only two pipes between a broker and
+``leptonrt/messages/``: they never cross a socket, only two pipes between a broker and
 the process it started, and no client sees them.
 
 A process is named by the broker's serial number ``n`` for it, never by its pid: only

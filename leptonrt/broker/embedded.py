@@ -25,9 +25,9 @@ from typing import Callable
 
 import logging
 
+from ..config import TrainJob
 from ..errors import ConfigError, InternalError, Interrupted, JobCancelled, LeptonError
 from ..imports import check_allowed
-from ..messages import TrainJob
 from .handle import BrokerClosed, JobHandle
 from .events import ActorLost, Benched, Recovered, SplitChanged
 from .lifecycle import JobState

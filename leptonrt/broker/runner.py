@@ -21,7 +21,8 @@ from ..data.background import run_in_daemon_thread
 from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError, RestartBudgetExceeded
 from ..actors.spawn import Supervisor
 from ..imports import ANY
-from ..messages import ACTOR_LIMITS, EpochResult, JobSpec, Release, StoreRequest, TrainJob
+from ..messages import ACTOR_LIMITS, EpochResult, JobSpec, Release, StoreRequest
+from ..config import TrainJob
 from ..nn import checkpoint
 from .events import Effect, Emit, Kill, Respawn, Send
 from .job import JobConfig, JobCore

@@ -35,7 +35,9 @@ import zmq
 from .. import messages
 from ..errors import ConfigError, InternalError, LeptonError, ProtocolError
 from ..messages import (SERVICE_LIMITS, WEIGHTS_CHUNK, Accepted, Acknowledged, CancelRequest, JobUpdate, Rejected,
-                        StatusReply, StatusRequest, StopRequest, Submit, TrainJob, Weights)
+                        StatusReply, StatusRequest, StopRequest, Submit, Weights)
+from ..config import TrainJob
+from ..wire import Plain
 from .address import check_listen, ipc_path
 from .channel import Channel, PeerGone
 from .embedded import Broker, BrokerClosed, Job
@@ -289,7 +291,7 @@ class Service:
     def _status_frame(self, now: float) -> bytes:
         """The latest snapshot, encoded at most every SNAPSHOT_EVERY_S however often it is asked for."""
         if self._snapshot is None or now - self._snapshot[0] >= SNAPSHOT_EVERY_S:
-            snapshot = messages.Plain(self.broker.snapshot().to_dict())
+            snapshot = Plain(self.broker.snapshot().to_dict())
             self._snapshot = (now, messages.encode(StatusReply(snapshot=snapshot)))
         return self._snapshot[1]
 
@@ -326,7 +328,7 @@ class Service:
         async for event in job.events():
             kind = _KINDS.get(type(event))
             if kind is not None and not await self._deliver(peer, JobUpdate(
-                    job_id=job.id, kind=kind, data=messages.Plain(asdict(event)))):
+                    job_id=job.id, kind=kind, data=Plain(asdict(event)))):
                 return   # the client is gone: its job goes on
         try:
             result = await job.result()
@@ -337,7 +339,7 @@ class Service:
         self._snapshot = None   # a status asked after the result shows the job done
         if want_weights and job.weights_path is not None and not await self._send_weights(peer, job):
             return
-        await self._deliver(peer, JobUpdate(job_id=job.id, kind="finished", data=messages.Plain(result)))
+        await self._deliver(peer, JobUpdate(job_id=job.id, kind="finished", data=Plain(result)))
 
     async def _send_weights(self, peer: Peer, job: Job) -> bool:
         data = await asyncio.to_thread(job.weights_path.read_bytes)
@@ -374,4 +376,4 @@ class Service:
 
 def _failed(job_id: int, exc: LeptonError) -> JobUpdate:
     data = {"message": str(exc)[:60000], "exit_code": exc.exit_code, "error": type(exc).__name__}
-    return JobUpdate(job_id=job_id, kind="failed", data=messages.Plain(data))
+    return JobUpdate(job_id=job_id, kind="failed", data=Plain(data))

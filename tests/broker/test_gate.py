@@ -4,7 +4,8 @@ import msgpack
 
 from leptonrt import messages
 from leptonrt.broker.gate import Gate, GateConfig, Verdict
-from leptonrt.messages import Heartbeat, StatusRequest, Submit, TrainJob
+from leptonrt.messages import Heartbeat, StatusRequest, Submit
+from leptonrt.config import TrainJob
 
 STATUS = messages.encode(StatusRequest())
 

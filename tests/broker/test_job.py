@@ -6,7 +6,8 @@ from leptonrt.broker.events import ActorLost, Progress, Recovered, Respawn, Send
 from leptonrt.broker.job import JobConfig, JobCore
 from leptonrt.broker.lifecycle import JobState
 from leptonrt.messages import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
-                               Regroup, Reports, StepStat, Stop, TrainJob, Welcome)
+                               Regroup, Reports, StepStat, Stop, Welcome)
+from leptonrt.config import TrainJob
 
 
 def _ref(name, dtype="float32", shape=(10, 4)):

@@ -18,7 +18,8 @@ from leptonrt.broker.gate import GateConfig
 from leptonrt.broker.service import Service
 from leptonrt.broker.stats import Snapshot
 from leptonrt.messages import (SERVICE_LIMITS, Acknowledged, Rejected, StatusReply, StatusRequest, StopRequest,
-                               Submit, TrainJob)
+                               Submit)
+from leptonrt.config import TrainJob
 
 
 class FakeBroker:
