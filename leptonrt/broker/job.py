@@ -420,6 +420,8 @@ class JobCore(Regrouping):
             return self._move(decision)
         if isinstance(decision, Membership):
             self._change = decision
+            if self._cut_short_pays(decision):
+                return self._reform_now(now)
             return self._schedule_boundary()
         return []
 

@@ -75,6 +75,29 @@ class Regrouping:
             self._change = None
         return []
 
+    def _cut_short_pays(self, change) -> bool:
+        """Whether a membership change should re-form the group now, from the newest
+        snapshot, rather than once the old group has trained what it was granted.
+
+        Waiting forgoes the change's saving on every step granted and not yet committed;
+        cutting short throws away the steps since the snapshot and trains them again on the
+        new group, whose step is the measured one less that saving. The change itself was
+        decided on a bounded saving; when to make it is a choice between two costs of the
+        same change, so it is made on the expected saving (``change.expected_s``). One with
+        none expected (a trial undone, a memory cap) waits."""
+        step_s, saving = self.grants.step_s, change.expected_s
+        if step_s is None or saving <= 0:
+            return False
+        waiting = self.grants.granted - (self.committed() + 1)
+        replay = self.committed() + 1 - self._rewind_floor()
+        return replay * max(step_s - saving, 0.0) < waiting * saving
+
+    def _reform_now(self, now: float) -> list[Effect]:
+        """Re-form at the newest snapshot: members leave the old group at their next step
+        (their steps past the snapshot are not committed, so the new group trains them)."""
+        self.grants.boundary = self._rewind_floor()
+        return self._maybe_reform(now)
+
     def _maybe_reform(self, now: float) -> list[Effect]:
         if self.grants.boundary is None or self.state != JobState.RUNNING or self.committed() + 1 < self.grants.boundary:
             return []

@@ -183,8 +183,8 @@ class Regroup:
 
 @dataclass(frozen=True, slots=True)
 class Standby:
-    """Broker -> an actor: leave the gradient group at the boundary the group is re-forming at,
-    and wait, alive, until a Regroup takes you back (or the job ends)."""
+    """Broker -> an actor: leave the gradient group at once (it re-forms without you, from a
+    snapshot), and wait, alive, until a Regroup takes you back (or the job ends)."""
     job_id: int = required(min=0)
     generation: int = required(min=1)  # the generation of the group that goes on without you
 

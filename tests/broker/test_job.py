@@ -5,8 +5,9 @@ from leptonrt.batches import fold, history_start, piece
 from leptonrt.broker.events import ActorLost, Progress, Recovered, Respawn, Send
 from leptonrt.broker.job import JobConfig, JobCore
 from leptonrt.broker.lifecycle import JobState
+from leptonrt.broker.rebalance import Regroup as Membership
 from leptonrt.messages import (ArrayRef, DatasetInfo, EpochResult, Failure, Finished, Grant, Hello, JobSpec,
-                               Regroup, Reports, StepStat, Stop, Welcome)
+                               Regroup, Reports, Standby, StepStat, Stop, Welcome)
 from leptonrt.config import TrainJob
 
 
@@ -218,6 +219,65 @@ def test_a_replacement_joins_at_the_next_snapshot_boundary_without_replaying_any
     assert welcome.source_rank == 0 and welcome.members == [0, 1]
     assert sends(out, Regroup)[0].rewind_step == boundary
     assert core.replayed_steps == 2   # the loss's replay (steps 0 and 1); the rejoin replays nothing
+
+
+class OneChange:
+    """A rebalancer that asks for one membership change once ``steps_left`` steps are left."""
+
+    def __init__(self, change, steps_left):
+        self.change, self.steps_left, self.asked = change, steps_left, False
+
+    def observe(self, rank, **_):
+        pass
+
+    def regrouped(self, cost_s):
+        pass
+
+    def set_caps(self, caps):
+        pass
+
+    def best(self, members):
+        return None
+
+    def decide(self, split, members, *, steps_left, stale=frozenset()):
+        if self.asked or steps_left > self.steps_left:
+            return None
+        self.asked = True
+        return self.change
+
+
+def _standby(saving_s):
+    return Membership(members=(0,), split=(4, 0), saving_s=saving_s / 2, horizon=100, cost_s=0.01,
+                      reason="rank 1 to standby", expected_s=saving_s)
+
+
+def test_a_standby_that_saves_more_than_its_replay_costs_cuts_the_granted_window_short():
+    # steps take 2 ms; 12 are granted, 0..5 committed: waiting trains 6 more on the old group,
+    # cutting short replays 4 and 5 (since the snapshot at 4) on the new one, 0.5 ms each
+    core, cluster, _ = started(2, epochs=4, window=12, snapshot_every=4, rebalancer=OneChange(_standby(0.0015), 14))
+    cluster.report(0, 0, 1, 2, 3, 4, 5)
+    cluster.now = 1.0   # (decisions are spaced out in time)
+    out = cluster.report(1, 0, 1, 2, 3, 4, 5)
+    assert sends(out, Standby) == [Standby(job_id=7, generation=1)]
+    assert [(r.rank, r.rewind_step, r.members) for r in sends(out, Regroup)] == [(0, 4, [0])]
+    assert core.replayed_steps == 2 and sends(out, Grant)[-1].split == [4, 0]
+    cluster.report(0, 4, 5)            # the old group's steps past 5 are not committed: dropped
+    assert cluster.report(1, 6, 7, generation=0) == [] and core.committed() == 5
+    cluster.report(0, *range(6, core.total_steps))
+    plain, run, _ = started(2, epochs=4)
+    run.everyone(*range(plain.total_steps))
+    assert core.committed() == plain.committed() and core.ledger.digest() == plain.ledger.digest()
+
+
+def test_a_standby_that_saves_less_than_its_replay_costs_waits_for_the_granted_window():
+    core, cluster, _ = started(2, epochs=4, window=12, snapshot_every=4, rebalancer=OneChange(_standby(0.0002), 14))
+    cluster.report(0, 0, 1, 2, 3, 4, 5)
+    cluster.now = 1.0
+    out = cluster.report(1, 0, 1, 2, 3, 4, 5)
+    assert not sends(out, Standby) and not sends(out, Regroup) and core.grants.boundary == 12
+    out = cluster.everyone(*range(6, 12))
+    assert sends(out, Standby) and [r.rewind_step for r in sends(out, Regroup)] == [12]
+    assert core.replayed_steps == 0
 
 
 # --- hypothesis: a stream of valid and invalid messages; the invalid ones change nothing ------

@@ -57,6 +57,7 @@ class Regroup:
     horizon: int                  # steps it was weighed over
     cost_s: float                 # the cost of acting it beat (s): a regroup's and a move's
     reason: str                   # short, for people: "rank 1 to standby", "rank 1 re-admitted"
+    expected_s: float = 0.0       # expected saving per step (s): when to act, once acting is decided
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class _Candidate:
     cost: float = 0.0             # cost of acting (s)
     horizon: int = 0              # steps it is weighed over
     reason: str = ""              # what to add to the decision's reason
+    expected: float = 0.0         # expected saving per step (s), where it differs from the bound
 
     def net(self) -> float:
         """Seconds it is expected to save at least, over its horizon, net of its cost."""
@@ -233,7 +235,8 @@ class Rebalancer:
         if lasting * expected <= worst:
             return None
         self._trials.start(tuple(ranks.tolist()), tuple(rows.tolist()), list(self._m.walls), key, judged)
-        return _Candidate(group, new, expected, worst, lasting, reason=" (a trial: measured before it is kept)")
+        return _Candidate(group, new, expected, worst, lasting, reason=" (a trial: measured before it is kept)",
+                          expected=expected)
 
     def _undo_trial(self, trial_before) -> Regroup:
         members = np.array(trial_before.before, dtype=np.int64)
@@ -311,7 +314,8 @@ class Rebalancer:
             beyond = float(bounded_savings(own, group, group_theta, new, self._before(ranks, best_rows, group),
                                            self.config.confidence, collective)[0])
             if lasting * beyond > regroup:
-                best = _Candidate(group, new, saving, cost, lasting)
+                expected = base.mean + collective[0] - float(np.max(finish_times(group_theta[0], group_theta[1], new)))
+                best = _Candidate(group, new, saving, cost, lasting, expected=max(expected, saving))
         return best
 
     def _lasting(self, ranks: np.ndarray, group: np.ndarray, base: Slowest, horizon: int) -> int:
@@ -411,7 +415,8 @@ class Rebalancer:
                   f"rank {left[0]} to standby" if len(left) == 1 else f"{len(left)} ranks to standby") + chosen.reason
         self.regroups += 1
         self._m.acted(chosen.members, chosen.rows)
-        return Regroup(tuple(chosen.members.tolist()), split, saving, chosen.horizon, chosen.cost, reason)
+        return Regroup(tuple(chosen.members.tolist()), split, saving, chosen.horizon, chosen.cost, reason,
+                       max(chosen.expected, saving))
 
     def _reason(self, ranks, rows, theta, new_rows) -> str:
         inside = set(ranks.tolist())
