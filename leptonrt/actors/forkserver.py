@@ -1,10 +1,10 @@
 """The fork server: one warm process per broker, which every actor is forked from.
 
-An actor spends seconds starting before it trains a step: PyTorch's import, and the
-optimizers' first construction (``torch.optim`` imports ``torch._dynamo`` then). Each
-actor started with its own interpreter pays both, all of them at once, beside the broker
+An actor spends seconds starting before it trains a step: PyTorch's import (and, where
+the fused optimizer kernels are missing, ``torch.optim``'s import of ``torch._dynamo``).
+Each actor started with its own interpreter pays it, all of them at once, beside the broker
 doing its own start-up: on a small machine start-up took longer than a short job. The
-server pays them once and forks each actor from there, ready in milliseconds, as the
+server pays it once and forks each actor from there, ready in milliseconds, as the
 broker asks (``forked.ForkServer`` is the broker's side; ``forkwire`` the records).
 
     python -m leptonrt.actors.forkserver --connect ipc://RUN_DIR/broker.sock --parent-pid BROKER

@@ -26,6 +26,7 @@ import torch
 from ..errors import ConfigError
 from ..messages import (EpochResult, Failure, Finished, GroupFailed, Heartbeat, Hello, Adopt, Checkpointed,
                         Regroup, Release, Reports, Shutdown, StepStat, Welcome)
+from ..nn.optim import KINDS, FusedOptimizer
 from ..nn.step import make_optimizer
 from .faults import Injector
 from .group import Group
@@ -310,11 +311,15 @@ class JobLoop:
 
 
 def _warm_up(device: torch.device) -> None:
-    """Pay the optimizers' one-time imports (over a second) before saying hello, so a
-    job — or a replacement joining a running one — does not wait for them."""
-    probe = [torch.nn.Parameter(torch.zeros(1, device=device))]
-    for name in ("adam", "adamw", "sgd"):
-        make_optimizer(probe, name, 1e-3, 0.9, 0.0)
+    """Probe the fused optimizer kernels once; where one is missing (torch.optim is used then),
+    pay torch.optim's one-time import of torch._dynamo (seconds) before saying hello, so a
+    job, or a replacement joining a running one, does not wait for it."""
+    probe = torch.nn.Parameter(torch.zeros(1, device=device))
+    probe.grad = torch.zeros_like(probe)
+    for name in KINDS:
+        optimizer = make_optimizer([probe], name, 0.0, 0.9, 0.0)
+        if not isinstance(optimizer, FusedOptimizer):
+            optimizer.step()
 
 
 def _hello(link: Link, args: argparse.Namespace, device: torch.device) -> None:

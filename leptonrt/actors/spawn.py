@@ -2,7 +2,7 @@
 
 Each actor starts with its own interpreter. With ``LEPTONRT_SPAWN=fork`` on Linux they are
 forked instead from one warm process per pool (``forkserver``), started with the pool:
-PyTorch's import and the optimizers' warm-up are paid once, while the broker gets on with
+PyTorch's import is paid once, while the broker gets on with
 its own start-up, instead of once per actor, all at the same time (see ``fork_wanted`` for
 why that is not the default yet).
 """

@@ -12,6 +12,7 @@ whether all of them voted the same: the actors agree on a new split that way).
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from .model import Loss, batch_loss
+from .optim import FusedOptimizer, fused_kernels_work
 
 AllReduce = Callable[[torch.Tensor], object]   # may return a handle with .wait() (an async collective)
 _VOTE, _VOTE2, _LOSS, _FLAG = -4, -3, -2, -1  # slots after the gradients in the flat buffer
@@ -38,16 +40,23 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "fp32"
 
 
-def make_optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """The fused implementation where this torch/device has one, else the foreach one."""
+@functools.lru_cache(maxsize=None)
+def _fused(kind: str, device: torch.device, dtype: torch.dtype) -> bool:
+    return fused_kernels_work(kind, device, dtype)
+
+
+def make_optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: float,
+                   weight_decay: float) -> FusedOptimizer | torch.optim.Optimizer:
+    """PyTorch's fused kernels called directly (``optim.py``: no torch._dynamo import) where
+    this torch has them for the parameters' device and dtypes, else torch.optim's foreach
+    implementation."""
+    if all(_fused(name, params[0].device, dtype) for dtype in {p.dtype for p in params}):
+        return FusedOptimizer(params, name, lr=lr, momentum=momentum, weight_decay=weight_decay)
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     kwargs: dict = {"lr": lr, "weight_decay": weight_decay}
     if name == "sgd":
         kwargs["momentum"] = momentum
-    try:
-        return kinds[name](params, fused=True, **kwargs)
-    except (RuntimeError, TypeError, ValueError):
-        return kinds[name](params, foreach=True, **kwargs)
+    return kinds[name](params, foreach=True, **kwargs)
 
 
 @dataclass(frozen=True)
