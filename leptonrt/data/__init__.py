@@ -5,4 +5,5 @@ the user's own code in :mod:`leptonrt.data.pyfunc`, and the checks all of them s
 :mod:`leptonrt.data.arrays`; files are read only when regular, :mod:`leptonrt.data.files`),
 and keeping them in shared memory within a byte budget (:mod:`leptonrt.data.cache`,
 :mod:`leptonrt.data.shm`); on a joined host, the agent's copy (:mod:`leptonrt.data.hostcache`),
-filled from the head by the exchange in :mod:`leptonrt.data.transfer`)."""
+filled from the head by the exchange in :mod:`leptonrt.data.transfer`, or each step's rows
+sent by value, :mod:`leptonrt.data.stream`)."""

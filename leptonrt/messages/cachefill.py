@@ -1,4 +1,5 @@
-"""Head <-> host agent: filling the agent's dataset cache once, in credited chunks.
+"""Head <-> host agent: filling the agent's dataset cache once, in credited chunks; or, for
+a host that cannot hold the data, sending each actor the rows of its steps.
 
 The head offers a dataset (``CacheOffer``: its content fingerprint and each array's size
 and SHA-256); the agent answers ``CacheHave`` (it holds exactly that, nothing is sent) or
@@ -6,6 +7,10 @@ and SHA-256); the agent answers ``CacheHave`` (it holds exactly that, nothing is
 never more than it was credited, then ``CacheDone``; the agent checks every hash and
 answers ``CacheHave``, or ``CacheRefused`` at any point. The rules the two sides follow
 are ``leptonrt.data.transfer``'s; these are only the records.
+
+Batches by value (``leptonrt.data.stream``): the agent credits an actor's frames
+(``BatchCredit``) as its actor consumes them; the head sends the rows of that actor's
+granted pieces (``BatchRows``), in order, within the credit.
 """
 
 from __future__ import annotations
@@ -107,3 +112,42 @@ class CacheRefused:
     fingerprint: str = required(**_FINGERPRINT)  # the offer's
     message: str = required(max_len=4096)  # why, for the user
     exit_code: int = required(min=1, max=255)  # the exit code of the error that refused it
+
+
+# Bytes of rows (inputs and labels) in one BatchRows, for the same reason as CACHE_CHUNK.
+BATCH_FRAME = 512 * 1024
+# Most BatchRows frames an agent holds for one actor, not yet consumed: BATCH_WINDOW *
+# BATCH_FRAME = 32 MiB at most (the default window, 16 frames, is 8 MiB: two steps and a
+# half of MNIST rows at batch 1024 on one actor).
+BATCH_WINDOW = 64
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRows:
+    """Head -> agent: rows of one actor's piece of a global batch, in order."""
+    job_id: int = required(min=0)  # the job the step belongs to
+    rank: int = required(min=0)  # the actor they are for
+    generation: int = required(min=0)  # the group generation they were planned in (older ones are dropped)
+    step: int = required(min=0)  # the global step
+    start: int = required(min=0)  # the piece: positions [start, stop) of the global batch
+    stop: int = required(min=1)  # one past the piece's last position
+    first: int = required(min=0)  # the position of this frame's first row, start <= first < stop
+    x: bytes = required(max_len=BATCH_FRAME)  # the rows' inputs: float32, C order, rows x n_features
+    y: bytes = required(min_len=8, max_len=BATCH_FRAME)  # the rows' labels: int64 (so rows = len(y) / 8)
+
+    def check(self) -> None:
+        rows, odd = divmod(len(self.y), 8)
+        if odd or not self.start <= self.first < self.first + rows <= self.stop:
+            raise ProtocolError(f"rows [{self.first}, {self.first + len(self.y) / 8:g}) do not lie in the piece "
+                                f"[{self.start}, {self.stop}) of step {self.step}")
+        if len(self.x) + len(self.y) > BATCH_FRAME:
+            raise ProtocolError(f"{len(self.x) + len(self.y)} bytes of rows exceed the frame's {BATCH_FRAME}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCredit:
+    """Agent -> head: send up to this many more BatchRows frames for this actor."""
+    job_id: int = required(min=0)  # the job
+    rank: int = required(min=0)  # the actor it is for
+    generation: int = required(min=0)  # the group generation it is for (an older one is ignored)
+    frames: int = required(min=1, max=BATCH_WINDOW)  # more frames the head may send
