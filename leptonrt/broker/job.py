@@ -15,8 +15,10 @@ or before the first uncommitted step, and train the steps after it again (the le
 history is truncated there too). A replacement starts meanwhile; when it says hello, the
 broker grants nothing past the next snapshot boundary and the group re-forms there with
 it (nothing is replayed; it takes the lowest member's state). A change of membership the
-rebalancer decides (an actor to standby, or back) happens the same way, at a boundary. All of
-that is ``regroup.Regrouping``'s, the part of the core that changes who is in the group.
+rebalancer decides (an actor to standby, or back) happens the same way, at a boundary, or
+at once from the newest snapshot when replaying costs less than waiting. All of that is
+``regroup.Regrouping``'s, the part of the core that changes who is in the group; granting
+steps and acting on the rebalancer's decisions is ``granting.Granting``'s.
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError, InternalError
-from ..messages import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, Grant, GroupFailed, Heartbeat,
-                        Hello, JobSpec, Message, Reports, Resplit, Stop)
+from ..messages import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finished, GroupFailed, Heartbeat, Hello,
+                        JobSpec, Message, Reports, Stop)
 from .grants import Grants
-from .events import Effect, Emit, EpochEvent, Kill, Progress, Send, SplitChanged
+from .events import Effect, Emit, EpochEvent, Kill, Progress, Send
 from .capacity import rows_that_fit
 from .ledger import HistoryBroken, Ledger
 from .lifecycle import JOB, SLOT, JobState, SlotState
 from .liveness import Liveness, Watched
-from .rebalance import Move, Rebalancer, Regroup as Membership
+from .rebalance import Rebalancer, Regroup as Membership
 from .restarts import RestartBudget
+from .granting import Granting
 from .regroup import Regrouping
 from .roster import Roster, Slot
 from .series import Series
@@ -57,7 +60,7 @@ class JobConfig:
     restart_window_s: float = 60.0  # ...beyond that the job fails (exit code 70)
 
 
-class JobCore(Regrouping):
+class JobCore(Granting, Regrouping):
     """State of one job across its actors; ``handle``, ``exited``, ``unreachable`` and
     ``tick`` are the only ways in."""
 
@@ -385,57 +388,6 @@ class JobCore(Regrouping):
     def _drop(self) -> list[Effect]:
         self.bad_messages += 1
         return []
-
-    # -- grants and splits --------------------------------------------------------------
-
-    def window(self) -> int:
-        """Steps granted ahead now (see ``grants.py``)."""
-        return self.grants.window(self._far())
-
-    def _far(self) -> bool:
-        """Nothing can change the split soon: no rebalancer, and no actor still starting."""
-        return self.rebalancer is None and not self.roster.any_starting()
-
-    def _grant_more(self, force: bool = False) -> list[Effect]:
-        if self.state != JobState.RUNNING or self.interrupted:
-            return []
-        span = self.grants.next(self.committed(), self.total_steps, far=self._far(),
-                                topped_up=self.rebalancer is not None, force=force)
-        if span is None:
-            return []
-        grant = Grant(job_id=self.job.job_id, first_step=span[0], end_step=span[1], split=list(self.splits.current),
-                      committed=self.committed(), version=self.splits.version)
-        return [Send(s.identity, grant) for s in self.roster.members()]
-
-    def _rebalance(self, now: float) -> list[Effect]:
-        if self.rebalancer is None or self.state != JobState.RUNNING or self.grants.boundary is not None \
-                or now - self._planned_at < self.config.plan_every_s:
-            return []
-        self._planned_at = now
-        members = [s.rank for s in self.roster.members()]
-        stale = frozenset(s.rank for s in self.roster.members() if now - s.last_heard > self.liveness.hang_bound() / 4)
-        decision = self.rebalancer.decide(self.splits.current, members, steps_left=self.total_steps - self.committed() - 1,
-                                          stale=stale)
-        if isinstance(decision, Move):
-            return self._move(decision)
-        if isinstance(decision, Membership):
-            self._change = decision
-            if self._cut_short_pays(decision):
-                return self._reform_now(now)
-            return self._schedule_boundary()
-        return []
-
-    def _move(self, move: Move) -> list[Effect]:
-        before = self.splits.current
-        version = self.splits.decide(self.grants.granted, list(move.split), "rebalance")
-        self.rebalances += 1
-        self.last_change = Change(self.grants.granted, tuple(move.split), move.reason)
-        step_s = self.grants.step_s or 0.0
-        gain = move.saving_s / step_s if step_s > 0 else 0.0
-        resplit = Resplit(job_id=self.job.job_id, generation=self.generation, version=version, split=list(move.split))
-        out: list[Effect] = [Emit(SplitChanged(self.grants.granted, tuple(move.split), gain, move.reason))]
-        out += [Send(s.identity, resplit) for s in self.roster.members()]
-        return out + self._grant_more(force=before != self.splits.current)
 
     # -- silence --------------------------------------------------------------------------
 
