@@ -30,6 +30,8 @@ def test_two_cpu_actors_reach_95_percent_on_digits(leptonrt_cli, tmp_path, no_le
     assert sum(a["share"] for a in result["actors"]) == 1.0
     assert result["rebalances"] == sum(c["why"] == "rebalance" for c in result["split_changes"])
     assert len(result["history_digest"]) == 64
+    done = proc.stdout.splitlines()[-1]   # the summary counts regroups (a standby) beside moves
+    assert f"rebalances {result['rebalances']}  regroups {result['regroups']}" in done, done
     # a member trains a share; one the rebalancer put on standby trains none (and says so)
     assert all((a["share"] > 0) == a["in_group"] and a["in_group"] != a["standby"] for a in result["actors"])
 

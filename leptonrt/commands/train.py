@@ -117,7 +117,7 @@ def _report(args: argparse.Namespace, result: dict, label: str) -> int:
     if args.json_out:
         _write_json(args.json_out, result)
     print(f"done: test_acc {result['test_accuracy']:.4f}  steps {result['steps']}  rebalances {result['rebalances']}  "
-          f"wall {result['wall_s']:.1f}s  samples/s {result['samples_per_s'] or 0:,.0f}{label}")
+          f"regroups {result.get('regroups', 0)}  wall {result['wall_s']:.1f}s  samples/s {result['samples_per_s'] or 0:,.0f}{label}")
     return 0
 
 
