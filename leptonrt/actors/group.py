@@ -17,6 +17,21 @@ from .schedule import Place
 from .store import BrokerStore
 
 
+def init_world(backend: str, store, rank: int, world_size: int, timeout: timedelta) -> None:
+    """``torch.distributed.init_process_group``, named the same in every member.
+
+    torch names a default group after a process-wide counter (its rendezvous keys start with
+    it) that each attempt advances and only destroying a formed group resets. An attempt that
+    fails (a member that never came) leaves it advanced in that process alone, so the next
+    generation's members would wait on each other's keys forever. No group is formed here, so
+    the count starts again from zero, as it does in a fresh process."""
+    import torch.distributed as dist
+    from torch.distributed import distributed_c10d
+    if not dist.is_initialized() and hasattr(distributed_c10d._world, "group_count"):
+        distributed_c10d._world.group_count = 0
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
+
+
 class Group:
     """The torch.distributed group of one generation (nothing at all for a group of one)."""
 
@@ -44,8 +59,7 @@ class Group:
         self.store = BrokerStore(self.address, f"job{self.job_id}/gen{place.generation}/", forming)
 
         def init() -> None:
-            dist.init_process_group(self.backend, store=self.store, rank=place.position,
-                                    world_size=len(place.members), timeout=forming)
+            init_world(self.backend, self.store, place.position, len(place.members), forming)
             from torch.distributed import distributed_c10d
             # every collective after that gets the short bound (the group's default timeout)
             distributed_c10d._set_pg_timeout(timedelta(seconds=self.timeout_s))
