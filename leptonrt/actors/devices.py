@@ -27,6 +27,10 @@ class Selection:
     actors: tuple[ActorPlan, ...]
     note: str | None = None
 
+    @property
+    def any_gpu(self) -> bool:
+        return any(plan.device != "cpu" for plan in self.actors)
+
 
 def visible_gpus(env: dict[str, str], cuda_count: int) -> list[str]:
     """Physical ids this process may use, honouring an existing CUDA_VISIBLE_DEVICES."""

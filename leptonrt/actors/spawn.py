@@ -1,10 +1,10 @@
 """Starting, watching and stopping actor processes.
 
-Each actor starts with its own interpreter. With ``LEPTONRT_SPAWN=fork`` on Linux they are
-forked instead from one warm process per pool (``forkserver``), started with the pool:
+On Linux, CPU actors are forked from one warm process per pool (``forkserver``), started
+with the pool (``fork_wanted`` says when; ``LEPTONRT_SPAWN=popen`` gives each its own
+interpreter):
 PyTorch's import is paid once, while the broker gets on with
-its own start-up, instead of once per actor, all at the same time (see ``fork_wanted`` for
-why that is not the default yet).
+its own start-up, instead of once per actor, all at the same time.
 """
 
 from __future__ import annotations
@@ -69,12 +69,14 @@ def pin(pid: int, cores: tuple[int, ...] | None) -> None:
             pass
 
 
-def fork_wanted(env: dict[str, str]) -> bool:
-    """Whether actors are forked from a fork server: on Linux, with LEPTONRT_SPAWN=fork. Not
-    the default yet: when a job fails while the server is still starting and every actor is
-    replaced, the next job's group sometimes never forms (tests/broker/test_embedded.py, the
-    job that dies of a bug, fails 2 runs in 3 with it; never with the plain start)."""
-    return sys.platform.startswith("linux") and hasattr(os, "fork") and env.get("LEPTONRT_SPAWN", "popen") == "fork"
+def fork_wanted(env: dict[str, str], gpus: bool = False) -> bool:
+    """Whether actors are forked from a fork server: on Linux, for a pool of CPU actors only,
+    unless LEPTONRT_SPAWN says ``popen`` (or ``fork``: GPU actors too). A pool with GPU actors
+    starts each with its own interpreter until the forked path has run on a GPU."""
+    choice = env.get("LEPTONRT_SPAWN", "")
+    if choice == "popen" or not (sys.platform.startswith("linux") and hasattr(os, "fork")):
+        return False
+    return choice == "fork" or not gpus
 
 
 class Supervisor:

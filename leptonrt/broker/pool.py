@@ -4,6 +4,7 @@ the rendezvous store they form groups through, and the shared-memory dataset cac
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import time
 from collections.abc import Iterable
@@ -12,7 +13,7 @@ import zmq
 
 from .. import messages as protocol
 from ..actors.devices import Selection, allowed_cores, core_sets, select
-from ..actors.spawn import Supervisor
+from ..actors.spawn import Supervisor, fork_wanted
 from ..actors.tether import clean_stale_run_dirs
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
@@ -34,8 +35,8 @@ class ActorPool:
     adopting it (milliseconds) instead of starting a process (a fork from the warm fork
     server takes a fraction of a second; an interpreter of its own, seconds).
 
-    A spare started with an interpreter of its own (``LEPTONRT_SPAWN=popen``, or no fork
-    server) takes over two seconds of CPU to start, and the CPU actors have every core
+    A spare started with an interpreter of its own (``LEPTONRT_SPAWN=popen``, GPU actors, or
+    no fork server) takes over two seconds of CPU to start, and the CPU actors have every core
     between them, so it would come out of a running job: even at idle priority it cost a
     2-actor job on 2 cores about a tenth of its speed while it got ready. So it starts at
     idle priority, and only while the pool is idle (between jobs) or once a job has run
@@ -87,7 +88,8 @@ class ActorPool:
         clean_stale_run_dirs()
         self.run_id = new_run_id()
         self.cache = DatasetCache(self.run_id, budget_bytes=self.cache_bytes, allowed_imports=self.allow_imports)
-        self.supervisor, self._early = self._early or Supervisor.in_new_run_dir(self.actor_env), None
+        self.supervisor, self._early = self._early or Supervisor.in_new_run_dir(
+            self.actor_env, fork=fork_wanted(os.environ, self.selection.any_gpu)), None
         self.run_dir = self.supervisor.run_dir
         self.started = True
         self.channel = Channel(self.supervisor.connect, ACTOR_LIMITS.frame_bytes)

@@ -63,7 +63,7 @@ def wait_exit(supervisor: Supervisor, actor_id: str, timeout: float = 60) -> str
 
 @pytest.fixture(autouse=True)
 def forked(monkeypatch):
-    """The fork server is opt-in (LEPTONRT_SPAWN=fork): these tests are about it."""
+    """These tests are about the fork server, whatever a pool would choose."""
     monkeypatch.setenv("LEPTONRT_SPAWN", "fork")
 
 
@@ -178,3 +178,10 @@ def test_a_fork_server_that_dies_takes_its_actors_and_later_ones_start_the_plain
     finally:
         close(broker)
     assert processes_of(broker.supervisor.connect) == []
+
+
+def test_cpu_pools_fork_by_default_gpu_ones_only_when_asked_and_popen_is_always_honoured():
+    from leptonrt.actors.spawn import fork_wanted
+    assert fork_wanted({}) and not fork_wanted({}, gpus=True)
+    assert fork_wanted({"LEPTONRT_SPAWN": "fork"}, gpus=True)
+    assert not fork_wanted({"LEPTONRT_SPAWN": "popen"}) and not fork_wanted({"LEPTONRT_SPAWN": "popen"}, gpus=True)
