@@ -108,8 +108,9 @@ def test_a_simulated_slowdown_is_labelled_as_simulated(leptonrt_cli, tmp_path, n
 
 def test_a_crashed_actor_without_restarts_left_fails_the_job_with_a_report_and_leaves_nothing(leptonrt_cli,
                                                                                                 no_leftovers):
+    # (no rebalancing in the fault tests: a rank on standby trains no step, and its fault never fires)
     proc = leptonrt_cli("train", "--dataset", "digits", "--gpus", "none", "--cpu-actors", "2", "--epochs", "3",
-                        "--max-restarts", "0", env={"LEPTONRT_FAULT": "crash@10:1"})
+                        "--max-restarts", "0", "--rebalance", "off", env={"LEPTONRT_FAULT": "crash@10:1"})
     assert proc.returncode == 70
     assert "rank 1" in proc.stderr and "exit code 17" in proc.stderr and "--max-restarts 0" in proc.stderr
     assert not proc.stderr.startswith("Traceback")
@@ -117,7 +118,7 @@ def test_a_crashed_actor_without_restarts_left_fails_the_job_with_a_report_and_l
 
 def test_a_hung_actor_is_found_within_the_bound_and_without_restarts_left_fails_the_job(leptonrt_cli, no_leftovers):
     proc = leptonrt_cli("train", "--dataset", "digits", "--gpus", "none", "--cpu-actors", "2", "--epochs", "3",
-                        "--max-restarts", "0", env={"LEPTONRT_FAULT": "hang@10:1"}, timeout=60)
+                        "--max-restarts", "0", "--rebalance", "off", env={"LEPTONRT_FAULT": "hang@10:1"}, timeout=60)
     assert proc.returncode == 70
     assert "rank 1 sent nothing for 3." in proc.stderr and "taken for hung" in proc.stderr
     assert not proc.stderr.startswith("Traceback")

@@ -8,6 +8,7 @@ peer must not keep the survivors waiting longer than the broker takes to notice 
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Callable
 
@@ -15,6 +16,37 @@ import torch
 
 from .schedule import Place
 from .store import BrokerStore
+
+
+_teardown: threading.Thread | None = None   # the last group's destruction, while under way
+
+
+def _destroy_in_background(dist, store: BrokerStore | None) -> None:
+    """Destroy the group off the step loop. gloo's teardown waits about 20 ms while a peer is
+    still connected (the peer leaves at its own next step), and an actor that trains alone
+    next has no use for that wait; one that forms a group again waits for it first. The
+    group's store is closed after it, by the same thread (its socket is that thread's now)."""
+    global _teardown
+
+    def destroy() -> None:
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:   # a broken group may not tear down cleanly; it is gone either way
+            pass
+        if store is not None:
+            store.close()
+    finish_teardown()
+    _teardown = threading.Thread(target=destroy, name="leptonrt-group-teardown", daemon=True)
+    _teardown.start()
+
+
+def finish_teardown() -> None:
+    """Wait until the last group is destroyed (before another forms, and before exiting)."""
+    global _teardown
+    if _teardown is not None:
+        _teardown.join()
+        _teardown = None
 
 
 def init_world(backend: str, store, rank: int, world_size: int, timeout: timedelta) -> None:
@@ -27,6 +59,7 @@ def init_world(backend: str, store, rank: int, world_size: int, timeout: timedel
     the count starts again from zero, as it does in a fresh process."""
     import torch.distributed as dist
     from torch.distributed import distributed_c10d
+    finish_teardown()
     if not dist.is_initialized() and hasattr(distributed_c10d._world, "group_count"):
         distributed_c10d._world.group_count = 0
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
@@ -68,15 +101,10 @@ class Group:
 
     def leave(self) -> None:
         if self.dist is not None:
-            try:
-                if self.dist.is_initialized():
-                    self.dist.destroy_process_group()
-            except Exception:   # a broken group may not tear down cleanly; it is gone either way
-                pass
-            self.dist = None
-        if self.store is not None:
+            _destroy_in_background(self.dist, self.store)
+        elif self.store is not None:
             self.store.close()
-            self.store = None
+        self.dist = self.store = None
         self._peer_grads = None
 
     def sum(self, flat: torch.Tensor) -> None:

@@ -29,7 +29,7 @@ from ..messages import (EpochResult, Failure, Finished, GroupFailed, Heartbeat, 
 from ..nn.optim import KINDS, FusedOptimizer
 from ..nn.step import make_optimizer
 from .faults import Injector
-from .group import Group
+from .group import Group, finish_teardown
 from .heap import keep_heap
 from .link import Link
 from .schedule import ActorSchedule
@@ -390,4 +390,5 @@ def main(argv: list[str] | None = None, tether: Tether | None = None) -> int:
         link.send(Failure(job_id=job_id, rank=rank, message=message[:60000], exit_code=code))
         return 1
     finally:
+        finish_teardown()   # the last group's, if it is still being destroyed
         link.close()
