@@ -1,25 +1,30 @@
 """The broker's long-lived half: one actor process per device, the channel they talk to,
-the rendezvous store they form groups through, and the shared-memory dataset cache."""
+the rendezvous store they form groups through, and the shared-memory dataset cache; and the
+actors of hosts that joined (``leptonrt join``), which reach the same channel over CURVE."""
 
 from __future__ import annotations
 
 import itertools
 import shutil
+import socket
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import zmq
 
 from .. import messages as protocol
-from ..actors.devices import Selection, allowed_cores, core_sets, select
+from ..actors.devices import ActorPlan, Selection, allowed_cores, core_sets, select
 from ..actors.spawn import Supervisor
 from ..actors.tether import clean_stale_run_dirs
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
 from ..errors import ProtocolError
 from ..imports import allowed_modules
-from ..messages import ACTOR_LIMITS, Shutdown, StoreRequest
+from ..messages import ACTOR_LIMITS, HostBeat, KillActor, Shutdown, StartActor, StoreRequest
 from .channel import Channel, PeerGone
+from .events import Send
+from .hosts import HOST_MESSAGES, HostJoined, HostLost, HostTable, RemoteActor, RemoteExit, qualified
 from .store import StoreCore
 
 
@@ -48,7 +53,8 @@ class ActorPool:
 
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
                  actor_env: dict[str, str] | None = None, pin: bool = True, cache_bytes: int | None = None,
-                 allow_imports: Iterable[str] | None = (), supervisor: Supervisor | None = None) -> None:
+                 allow_imports: Iterable[str] | None = (), supervisor: Supervisor | None = None,
+                 listen: str | None = None, keys: str | None = None, hosts_refused: str | None = None) -> None:
         # a supervisor started before the pool (the CLI starts one ahead of its own imports,
         # so that the fork server's overlap them); the pool's to close from now on
         self._early = supervisor
@@ -57,9 +63,23 @@ class ActorPool:
         self.allow_imports = allowed_modules(allow_imports)
         self.selection: Selection = select(gpus, cpu_actors)
         # each CPU actor on cores of its own (its replacements too); None: not pinned
-        self.cores = core_sets(self.selection, allowed_cores()) if pin else [None] * len(self.selection.actors)
+        self.local_ids = [f"a{rank}" for rank in range(len(self.selection.actors))]
+        cores = core_sets(self.selection, allowed_cores()) if pin else [None] * len(self.selection.actors)
+        self.cores = dict(zip(self.local_ids, cores))
         self.actor_env = actor_env or {}
-        self.ids = [f"a{rank}" for rank in range(len(self.selection.actors))]
+        self.ids = list(self.local_ids)   # every actor: the local ones, then those of joined hosts
+        self.plans: dict[str, ActorPlan] = dict(zip(self.local_ids, self.selection.actors))
+        # hosts may join where the broker listens on TCP (``listen``, with the key directory ``keys``)
+        self.listen, self.keys = listen, keys
+        self.hosts = HostTable(refuse=hosts_refused)
+        self.remote: dict[str, RemoteActor] = {}   # the actors of joined hosts, by pool id
+        self.actor_endpoint: str | None = None     # where they connect (tcp://, CURVE), once listening
+        self.local_host = socket.gethostname() or "local"
+        self._auth = None                          # the CURVE authenticator of the actors' channel
+        self._live_remote: set[str] = set()        # remote actors whose agent started a process not yet ended
+        self._remote_exits: list[tuple[str, str]] = []
+        self.host_events: list[str] = []           # hosts joined and lost, for the log
+        self._probed = 0.0                         # when the agents' connections were last tried
         self.hellos: dict[str, tuple[bytes, protocol.Hello]] = {}   # idle actors: identity and hello
         self.known: dict[str, protocol.Hello] = {}                   # the last hello of every actor
         self.restarts = dict.fromkeys(self.ids, 0)
@@ -91,9 +111,13 @@ class ActorPool:
         self.run_dir = self.supervisor.run_dir
         self.started = True
         self.channel = Channel(self.supervisor.connect, ACTOR_LIMITS.frame_bytes)
+        if self.listen is not None:
+            from .remote import listen_for_hosts
+            self._auth, self.actor_endpoint = await listen_for_hosts(self.channel, self.listen, self.keys)
         self.store = StoreCore()   # groups form through it, on this channel (nothing else listens)
-        for actor_id, plan, cores in zip(self.ids, self.selection.actors, self.cores):
-            self.supervisor.spawn(actor_id, plan, {**self.actor_env, "LEPTONRT_INCARNATION": "0"}, cores)
+        for actor_id in self.local_ids:
+            self.supervisor.spawn(actor_id, self.plans[actor_id], {**self.actor_env, "LEPTONRT_INCARNATION": "0"},
+                                  self.cores[actor_id])
 
     def job_running(self, seconds: float) -> None:
         """A job has run for ``seconds``: long enough to give it a spare?"""
@@ -128,6 +152,11 @@ class ActorPool:
             identity, message = self.outbox.pop(0)
             self.send(identity, message)
 
+    def host_of(self, actor_id: str) -> str:
+        """The host an actor runs on: a joined host's name, or this one's."""
+        actor = self.remote.get(actor_id)
+        return actor.host if actor is not None else self.local_host
+
     def send(self, identity: bytes, message: protocol.Message) -> bool:
         """Send one message to an actor; False if it is gone or not reading (its exit or
         its silence is what the job then acts on)."""
@@ -141,36 +170,152 @@ class ActorPool:
             self.send(to, reply)
 
     async def idle(self, wait_ms: int) -> None:
-        """Between jobs: take hellos, drop late traffic of past jobs, restart dead actors."""
+        """Between jobs: take hellos, drop late traffic of past jobs, restart dead actors,
+        forget the actors of hosts that left."""
         if await self.channel.wait_readable(wait_ms):
-            while (frames := self.channel.recv_nowait()) is not None:
+            while (frames := self.channel.recv_nowait(copy=False)) is not None:
                 self.note(frames)
-        for actor_id, how in self.supervisor.exited():
+        self.tick()
+        for actor_id, how in self.take_exits():
             if not self.exited(actor_id):
                 self.exits.append((actor_id, how))
                 self.respawn(actor_id)
+        self._forget_departed()
         self._start_spare()
         self.flush()
 
-    def note(self, frames: list[bytes]) -> None:
-        """A message for the pool rather than a job (a hello while idle, the spare's hello)."""
+    def note(self, frames: list) -> None:
+        """A message for the pool rather than a job (a hello while idle)."""
         try:
-            message = protocol.decode(frames[1], ACTOR_LIMITS) if len(frames) == 2 else None
+            taken = self.take(frames)
         except ProtocolError:
             return
+        if taken is not None and isinstance(taken[1], protocol.Hello) and taken[1].actor_id in self.restarts:
+            identity, message = taken
+            self.hellos[message.actor_id] = (identity, message)
+
+    def take(self, frames: list) -> tuple[bytes, protocol.Message] | None:
+        """One message from the actors' channel (``zmq.Frame``s: they name a remote sender's
+        key). What is the pool's (the store's, the spare's, a host agent's) is handled here
+        (None); the rest is returned, a remote actor's hello under its pool id. ProtocolError
+        for a message that is bad, or whose sender's key is no longer allowed."""
+        if len(frames) != 2:
+            raise ProtocolError(f"expected 2 frames (identity, payload), got {len(frames)}")
+        identity, host = _bytes(frames[0]), self._sender_host(frames[1])
+        message = protocol.decode(_bytes(frames[1]), ACTOR_LIMITS)
         if isinstance(message, StoreRequest):
-            self.store_request(frames[0], message)
-        elif isinstance(message, protocol.Hello) and message.actor_id == self.SPARE:
-            self.spare = (frames[0], message)
-        elif isinstance(message, protocol.Hello) and message.actor_id in self.restarts:
-            self.hellos[message.actor_id] = (frames[0], message)
-            self.known[message.actor_id] = message
+            self.store_request(identity, message)
+            return None
+        if isinstance(message, HOST_MESSAGES):
+            if host is None:
+                raise ProtocolError("host messages come from joined hosts only")
+            self._apply_hosts(self.hosts.handle(identity, host, message, time.monotonic()))
+            return None
+        if isinstance(message, protocol.Hello):
+            if host is not None:
+                message = replace(message, actor_id=qualified(host, message.actor_id))
+            elif message.actor_id == self.SPARE:
+                self.spare = (identity, message)
+                return None
+            if message.actor_id in self.restarts:
+                self.known[message.actor_id] = message
+        return identity, message
+
+    def _sender_host(self, frame) -> str | None:
+        """The host a message came from: None for the private ipc channel (this host), else
+        the name its CURVE key is allowed under now."""
+        if isinstance(frame, bytes):
+            return None
+        try:
+            frame.get("User-Id")
+        except zmq.ZMQError:   # no ZAP verdict: the private ipc endpoint
+            return None
+        name = self._auth.sender(frame) if self._auth is not None else None
+        if name is None:
+            raise ProtocolError("the sender's key is no longer allowed")
+        return name
+
+    def tick(self) -> None:
+        """The passing of time: hosts silent for too long are lost, and so are those whose
+        agent's connection is gone (a beat to it cannot be routed: it died, or closed it)."""
+        now = time.monotonic()
+        self._apply_hosts(self.hosts.tick(now))
+        if now - self._probed < self.hosts.beat_s / 2:
+            return
+        self._probed = now
+        for host in list(self.hosts.hosts.values()):
+            try:
+                self.channel.send_nowait(host.identity, _BEAT)
+            except PeerGone:
+                self._apply_hosts(self.hosts.lose(host.name, "its agent's connection closed"))
+
+    def take_exits(self) -> list[tuple[str, str]]:
+        """(actor_id, how) of every actor that ended since the last call, here or on a joined host."""
+        out, self._remote_exits = self.supervisor.exited() + self._remote_exits, []
+        return out
+
+    def _apply_hosts(self, effects: list) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                self.send(effect.identity, effect.message)
+            elif isinstance(effect, HostJoined):
+                self._joined(effect)
+                self.host_events.append(f"host {effect.name} joined: {len(effect.actors)} actor(s), "
+                                        + ", ".join(a.device for a in effect.actors))
+            elif isinstance(effect, HostLost):
+                self.host_events.append(effect.why)
+                for actor_id in effect.actors:
+                    self._remote_exited(actor_id, effect.why)
+            elif isinstance(effect, RemoteExit):
+                self._remote_exited(effect.actor_id, effect.how)
+
+    def _joined(self, joined: HostJoined) -> None:
+        for actor in joined.actors:
+            if actor.actor_id not in self.plans:
+                self.ids.append(actor.actor_id)
+                self.restarts[actor.actor_id] = 0
+            self.plans[actor.actor_id] = ActorPlan(actor.device, None, actor.threads)
+            self.cores[actor.actor_id] = None
+            self.remote[actor.actor_id] = actor
+            self._live_remote.add(actor.actor_id)   # the agent starts them as it is welcomed
+
+    def _remote_exited(self, actor_id: str, how: str) -> None:
+        if actor_id in self._live_remote:
+            self._live_remote.discard(actor_id)
+            self.hellos.pop(actor_id, None)
+            self._remote_exits.append((actor_id, how))
+
+    def _forget_departed(self) -> None:
+        """Between jobs: the actors of hosts that are gone leave the pool (a job's world is who is here)."""
+        gone = [a for a in self.remote if a.partition("/")[0] not in self.hosts.hosts]
+        for actor_id in gone:
+            self.ids.remove(actor_id)
+            for table in (self.plans, self.cores, self.remote, self.restarts, self.known, self.hellos):
+                table.pop(actor_id, None)
+
+    def kill(self, actor_id: str) -> None:
+        """SIGKILL one actor (taken for hung), here or by its host's agent."""
+        actor = self.remote.get(actor_id)
+        if actor is None:
+            self.supervisor.kill(actor_id)
+            return
+        agent = self.hosts.agent_of(actor_id)
+        if agent is not None:
+            self.send(agent, KillActor(actor_id=actor.local_id))
 
     def respawn(self, actor_id: str) -> None:
-        """Start ``actor_id`` again: adopt the warm spare if it fits, else a new process."""
-        plan, cores = self.selection.actors[self.ids.index(actor_id)], self.cores[self.ids.index(actor_id)]
+        """Start ``actor_id`` again: adopt the warm spare if it fits, else a new process (a
+        remote actor: its agent starts one, if its host is still here)."""
+        plan, cores = self.plans[actor_id], self.cores[actor_id]
         self.hellos.pop(actor_id, None)
         self.restarts[actor_id] += 1
+        if actor_id in self.remote:
+            agent = self.hosts.agent_of(actor_id)
+            if agent is not None:   # the agent replaces the process it has, if any
+                self._live_remote.add(actor_id)
+                self.send(agent, StartActor(actor_id=self.remote[actor_id].local_id,
+                                            incarnation=self.restarts[actor_id]))
+            return
         if self.spare is not None and plan == self.spare_plan:
             identity, _hello = self.spare
             self.spare, self._spare_process = None, False
@@ -207,6 +352,8 @@ class ActorPool:
         self.started = False
         bye = protocol.encode(Shutdown(reason="broker closing"))
         try:
+            for effect in self.hosts.close():   # their agents stop their actors
+                self.send(effect.identity, effect.message)
             idle = list(self.hellos.values()) + ([self.spare] if self.spare else [])
             for identity, _hello in idle:   # idle actors; busy ones get SIGTERM
                 try:
@@ -215,7 +362,16 @@ class ActorPool:
                     pass
         finally:
             self.supervisor.close()
+            if self._auth is not None:
+                self._auth.close()
             if self.channel is not None:
                 self.channel.close()
             self.cache.close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+_BEAT = protocol.encode(HostBeat())
+
+
+def _bytes(frame) -> bytes:
+    return frame if isinstance(frame, bytes) else frame.bytes

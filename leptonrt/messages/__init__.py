@@ -11,7 +11,7 @@ invalid outgoing message is our bug (``InternalError``). A frame longer than its
 
 The schemas live by who speaks them: ``records`` (nested records, each channel's limits),
 ``actors`` (broker <-> actors, and the rendezvous store), ``clients`` (clients <-> the
-service). This module is the one door: the message union, ``encode`` and ``decode``.
+service), ``hosts`` (host agents <-> the head). This module is the one door: the message union, ``encode`` and ``decode``.
 """
 
 from __future__ import annotations
@@ -29,14 +29,17 @@ from .actors import (Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished
     StoreRequest, StoreReply)
 from .clients import (Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply,
     StopRequest, CancelRequest, Acknowledged)
+from .hosts import (HostActor, Join, Joined, HostHello, HostWelcome, HostRefused, HostBeat, ActorExited, StartActor,
+    KillActor, HostBye)
 from .records import (ACTOR_LIMITS, CLIENT_LIMITS, MAX_REPORT_STEPS, SERVICE_LIMITS, WEIGHTS_CHUNK,
                       ArrayRef, DatasetInfo, JobSpec, StepStat)
 
 VERSION = 3
 
-__all__ = ["Accepted", "Acknowledged", "Adopt", "CancelRequest", "CheckpointNow", "Checkpointed",
-           "EpochResult", "Failure", "Finished", "Grant", "GroupFailed", "Heartbeat", "Hello", "JobUpdate",
-           "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby", "StatusReply",
+__all__ = ["Accepted", "Acknowledged", "ActorExited", "Adopt", "CancelRequest", "CheckpointNow", "Checkpointed",
+           "EpochResult", "Failure", "Finished", "Grant", "GroupFailed", "Heartbeat", "Hello", "HostActor", "HostBeat", "HostBye",
+           "HostHello", "HostRefused", "HostWelcome", "Join", "Joined", "JobUpdate", "KillActor",
+           "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby", "StartActor", "StatusReply",
            "StatusRequest", "Stop", "StopRequest", "StoreReply", "StoreRequest", "Submit", "Weights",
            "Welcome", "ACTOR_LIMITS", "CLIENT_LIMITS", "SERVICE_LIMITS", "WEIGHTS_CHUNK", "MAX_REPORT_STEPS",
            "ArrayRef", "DatasetInfo", "JobSpec", "StepStat", "Message", "VERSION", "encode", "decode",
@@ -48,6 +51,7 @@ Message = Union[
     Standby, CheckpointNow, Checkpointed, Adopt, Release, Shutdown, StoreRequest, StoreReply,
     Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply, StopRequest, CancelRequest,
     Acknowledged,
+    Join, Joined, HostHello, HostWelcome, HostRefused, HostBeat, ActorExited, StartActor, KillActor, HostBye,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}
 
