@@ -1,6 +1,7 @@
 """Hosts join a running broker (`leptonrt join`), each a network namespace of its own."""
 
 import json
+import sys
 import time
 
 import pytest
@@ -66,3 +67,85 @@ def _wait_step(cluster, step, timeout=120):
             return
         time.sleep(0.1)
     raise AssertionError("the job never got going")
+
+
+PROBE = """
+import sys, zmq
+from zmq.utils.monitor import recv_monitor_message
+ctx = zmq.Context()
+server = zmq.curve_keypair()[0]   # whatever key: a stranger knows no allowed secret
+s = ctx.socket(zmq.DEALER)
+public, secret = zmq.curve_keypair()
+s.curve_serverkey, s.curve_publickey, s.curve_secretkey = open(sys.argv[2]).read().split('"')[1].encode(), public, secret
+m = s.get_monitor_socket()
+s.connect(sys.argv[1])
+while m.poll(3000):
+    event = recv_monitor_message(m)["event"]
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        print("admitted"); break
+    if event & (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+        print("refused"); break
+else:
+    print("no answer")
+"""
+
+
+def test_nothing_of_the_job_is_reachable_from_a_namespace_that_did_not_join(cluster, hosts):
+    from tests.hosts.conftest import PUBLIC
+    cluster.up()
+    cluster.join("alpha")
+    cluster.wait_actors(2)
+    job = cluster.start("head", "train", "--dataset", "digits", "--epochs", "4", "--batch-size", "64", "--hidden",
+                        "32", log="train.log")
+    _wait_step(cluster, 4)
+    listening = {role: hosts.listening(role) for role in ("head", "agent")}
+    assert job.poll() is None, "the job ended before its sockets were looked at"
+    reachable = []
+    for role, sockets in listening.items():
+        for address, port in sockets:
+            target = PUBLIC[role] if address in ("0.0.0.0", "*", "::") else address
+            if not target.startswith("127.") and hosts.connects("third", target, port, timeout=1.0):
+                reachable.append((target, port))
+    # gloo listens for the group (on the private link only): the test sees the job's sockets
+    assert any(address.startswith("10.231.9.") for sockets in listening.values() for address, _ in sockets)
+    # what the third namespace reaches at all is CURVE, and it refuses a stranger's key
+    assert sorted(p for _a, p in reachable) == sorted({7420, _actor_port(cluster)})
+    for target, port in reachable:
+        out = hosts.run("third", sys.executable, "-c", PROBE, f"tcp://{target}:{port}",
+                        str(cluster.head_keys / "public.key"))
+        assert out.stdout.strip() == "refused", (target, port, out.stdout, out.stderr)
+    assert job.wait(timeout=180) == 0, cluster.log("train.log")
+
+
+def _actor_port(cluster):
+    """The actors' channel's TCP port: the head's other listener on its public address."""
+    return next(p for a, p in cluster.hosts.listening("head") if p != 7420 and a == "10.231.0.1")
+
+
+def test_a_link_slowed_to_100mbit_still_trains(cluster, hosts):
+    # tbf shapes the rate; this kernel has no netem, so no delay can be added
+    hosts.run("agent", "tc", "qdisc", "add", "dev", "priv0", "root", "tbf", "rate", "100mbit", "burst", "32kbit",
+              "latency", "50ms")
+    hosts.run("head", "tc", "qdisc", "add", "dev", "priv0", "root", "tbf", "rate", "100mbit", "burst", "32kbit",
+              "latency", "50ms")
+    cluster.up()
+    cluster.join("alpha")
+    cluster.wait_actors(2)
+    out, result = cluster.train()
+    assert out.returncode == 0, out.stderr
+    assert len({a["host"] for a in result["actors"]}) == 2
+    assert "tbf" in hosts.run("agent", "tc", "qdisc", "show", "dev", "priv0").stdout
+
+
+def test_without_a_gradient_interface_no_group_spans_hosts(cluster):
+    proc = cluster.start("head", "up", "--gpus", "none", "--cpu-actors", "1", "--no-tui", "--listen",
+                         "tcp://10.231.0.1:7420", "--keys", cluster.head_keys, log="up.log")
+    cluster.wait_actors(1)
+    agent = cluster.join("alpha")
+    assert agent.wait(timeout=60) == 78
+    assert "without --gradient-iface or --trust-network" in cluster.log("join-alpha.log")
+    keys = cluster.keys("beta", allow=True)
+    bare = cluster.cli("agent", "join", "tcp://10.231.0.1:7420", "--server-key", cluster.head_keys / "public.key",
+                       "--keys", keys, "--gpus", "none", "--cpu-actors", "1", timeout=60)
+    assert bare.returncode == 78 and "neither authenticated nor encrypted" in bare.stderr
+    assert proc.poll() is None and len(cluster.status()["actors"]) == 1
