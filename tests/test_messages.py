@@ -24,6 +24,8 @@ from leptonrt.messages import (
     Submit,
     StoreRequest,
     ArrayRef,
+    CacheArray,
+    CacheOffer,
     DatasetInfo,
     EpochResult,
     Failure,
@@ -48,10 +50,25 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 
 # --- valid instances built from the annotations and metadata ------------------------
 
-# Fields whose generic strategy would almost never pass the record's own check().
-OVERRIDES = {(Welcome, "rank"): st.integers(0, 4095)}
 # Keep generated strings and lists short: the limits are tested on their own below.
 SHORT = 8
+HEX64 = st.text("0123456789abcdef", min_size=64, max_size=64)
+
+
+@st.composite
+def offered_arrays(draw, n_features=3):
+    """The four arrays of a CacheOffer, shaped as one dataset of ``n_features`` columns."""
+    out = []
+    for x, y in (("x_train", "y_train"), ("x_test", "y_test")):
+        rows = draw(st.integers(1, 1000))
+        out += [CacheArray(x, "float32", [rows, n_features], rows * n_features * 4, draw(HEX64)),
+                CacheArray(y, "int64", [rows], rows * 8, draw(HEX64))]
+    return out
+
+
+# Fields whose generic strategy would almost never pass the record's own check().
+OVERRIDES = {(Welcome, "rank"): st.integers(0, 4095), (CacheArray, "sha256"): HEX64,
+             (CacheOffer, "n_features"): st.just(3), (CacheOffer, "arrays"): offered_arrays()}
 
 
 PLAIN = st.dictionaries(st.text(max_size=8), st.recursive(
@@ -105,8 +122,8 @@ def strategy_for(hint, meta):
         low, high = meta.get("min"), meta.get("max")
         return st.floats(low, high, allow_nan=False, allow_infinity=not finite)
     if hint is str:
-        high = min(meta.get("max_len", SHORT), SHORT)
-        return st.text(min_size=meta.get("min_len", 0), max_size=high)
+        low = meta.get("min_len", 0)
+        return st.text(min_size=low, max_size=max(low, min(meta.get("max_len", SHORT), SHORT)))
     raise AssertionError(f"no strategy for {hint!r}")
 
 

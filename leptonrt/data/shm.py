@@ -85,22 +85,28 @@ class SegmentWriter:
 
     def put(self, key: str, array: np.ndarray) -> str:
         """Copy ``array`` into a new segment named after ``key``; return the segment name."""
+        data = np.ascontiguousarray(array)
+        name, mm = self.allocate(key, data.nbytes)
+        with mm:
+            np.frombuffer(mm, dtype=np.uint8, count=data.nbytes)[:] = data.reshape(-1).view(np.uint8)
+        return name
+
+    def allocate(self, key: str, nbytes: int) -> tuple[str, mmap.mmap]:
+        """A new segment named after ``key`` with ``nbytes`` bytes reserved, mapped for
+        writing: the caller fills it and closes the map. Returns (segment name, map)."""
         name = f"{PREFIX}{self.run_id}-{key}"
         path = shm_dir() / name
-        data = np.ascontiguousarray(array)
-        size = max(data.nbytes, 1)  # mmap cannot map zero bytes; an empty array gets 1 byte
+        size = max(nbytes, 1)  # mmap cannot map zero bytes; an empty array gets 1 byte
         try:
             fd = self._create(name, path)
             try:
                 _reserve(fd, size)
-                with mmap.mmap(fd, size) as mm:
-                    np.frombuffer(mm, dtype=np.uint8, count=data.nbytes)[:] = data.reshape(-1).view(np.uint8)
+                return name, mmap.mmap(fd, size)
             finally:
                 os.close(fd)
         except OSError as exc:
             self.remove([name])
             raise DataError(f"cannot write shared-memory segment {path}: {exc.strerror}") from exc
-        return name
 
     def _create(self, name: str, path: Path) -> int:
         with self._lock:  # a name is recorded before close() could miss it

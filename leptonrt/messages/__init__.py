@@ -11,7 +11,9 @@ invalid outgoing message is our bug (``InternalError``). A frame longer than its
 
 The schemas live by who speaks them: ``records`` (nested records, each channel's limits),
 ``actors`` (broker <-> actors, and the rendezvous store), ``clients`` (clients <-> the
-service), ``hosts`` (host agents <-> the head). This module is the one door: the message union, ``encode`` and ``decode``.
+service), ``cachefill`` (the head <-> a host agent: filling its dataset cache, or
+streaming rows), ``hosts`` (host agents <-> the head: joining, their actors, liveness).
+This module is the one door: the message union, ``encode`` and ``decode``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from leptonrt.wire import Limits, describe, record_from_map, record_to_map, rule
 from .actors import (Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat,
     GroupFailed, Resplit, Regroup, Standby, CheckpointNow, Checkpointed, Adopt, Release, Shutdown,
     StoreRequest, StoreReply)
+from .cachefill import (BATCH_FRAME, BATCH_WINDOW, CACHE_ARRAYS, CACHE_CHUNK, CACHE_WINDOW, BatchCredit,
+    BatchRows, CacheArray, CacheChunk, CacheCredit, CacheDone, CacheHave, CacheOffer, CacheRefused)
 from .clients import (Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply,
     StopRequest, CancelRequest, Acknowledged)
 from .hosts import (HostActor, Join, Joined, HostHello, HostWelcome, HostRefused, HostBeat, ActorExited, StartActor,
@@ -36,12 +40,15 @@ from .records import (ACTOR_LIMITS, CLIENT_LIMITS, MAX_REPORT_STEPS, SERVICE_LIM
 
 VERSION = 3
 
-__all__ = ["Accepted", "Acknowledged", "ActorExited", "Adopt", "CancelRequest", "CheckpointNow", "Checkpointed",
-           "EpochResult", "Failure", "Finished", "Grant", "GroupFailed", "Heartbeat", "Hello", "HostActor", "HostBeat", "HostBye",
-           "HostHello", "HostRefused", "HostWelcome", "Join", "Joined", "JobUpdate", "KillActor",
-           "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby", "StartActor", "StatusReply",
+__all__ = ["Accepted", "Acknowledged", "ActorExited", "Adopt", "BatchCredit", "BatchRows", "CacheArray", "CacheChunk",
+           "CacheCredit", "CacheDone", "CacheHave", "CacheOffer", "CacheRefused", "CancelRequest", "CheckpointNow",
+           "Checkpointed", "EpochResult", "Failure", "Finished", "Grant", "GroupFailed", "Heartbeat", "Hello",
+           "HostActor", "HostBeat", "HostBye", "HostHello", "HostRefused", "HostWelcome", "Join", "Joined",
+           "JobUpdate", "KillActor", "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby",
+           "StartActor", "StatusReply",
            "StatusRequest", "Stop", "StopRequest", "StoreReply", "StoreRequest", "Submit", "Weights",
-           "Welcome", "ACTOR_LIMITS", "CLIENT_LIMITS", "SERVICE_LIMITS", "WEIGHTS_CHUNK", "MAX_REPORT_STEPS",
+           "Welcome", "ACTOR_LIMITS", "BATCH_FRAME", "BATCH_WINDOW", "CACHE_ARRAYS", "CACHE_CHUNK", "CACHE_WINDOW",
+           "CLIENT_LIMITS", "SERVICE_LIMITS", "WEIGHTS_CHUNK", "MAX_REPORT_STEPS",
            "ArrayRef", "DatasetInfo", "JobSpec", "StepStat", "Message", "VERSION", "encode", "decode",
            "validate"]
 
@@ -50,7 +57,8 @@ Message = Union[
     Hello, Welcome, Grant, Resplit, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, GroupFailed, Regroup,
     Standby, CheckpointNow, Checkpointed, Adopt, Release, Shutdown, StoreRequest, StoreReply,
     Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply, StopRequest, CancelRequest,
-    Acknowledged,
+    Acknowledged, CacheOffer, CacheHave, CacheCredit, CacheChunk, CacheDone, CacheRefused,
+    BatchRows, BatchCredit,
     Join, Joined, HostHello, HostWelcome, HostRefused, HostBeat, ActorExited, StartActor, KillActor, HostBye,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}

@@ -94,4 +94,4 @@ class KillActor:
 @dataclass(frozen=True, slots=True)
 class HostBye:
     """Agent <-> broker: leaving (the agent stops, or the broker closes)."""
-    reason: str = required(max_len=1024)
+    reason: str = required(max_len=1024)  # why, for the log
