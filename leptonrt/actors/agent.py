@@ -4,7 +4,8 @@
       -> HostHello there -> HostWelcome (or HostRefused: exit 78)
       -> one actor per device, started as ``up`` starts them (the Supervisor), connecting to
          the actors' channel over CURVE with this host's keys
-      -> beat, report exits, start and kill actors as the broker says, until
+      -> beat, report exits, start and kill actors as the broker says, fill this host's
+         dataset cache when offered one (``data.transfer``: its actors map that copy), until
            Ctrl-C / SIGTERM: HostBye, stop the actors, exit 0
            the head closed (HostBye) or went silent: stop the actors, exit 69
 
@@ -31,11 +32,15 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .. import messages
 from ..curve import arm_client
-from ..errors import ConfigError, NoDeviceError, ProtocolError
+from ..data.hostcache import HostCache
+from ..data.shm import new_run_id
+from ..data.transfer import Receiver, refusal
+from ..errors import ConfigError, LeptonError, NoDeviceError, ProtocolError
 from ..interfaces import UNSAFE, gradient_iface
 from ..keys import keys_dir, load_keypair, read_public_key
-from ..messages import (ACTOR_LIMITS, SERVICE_LIMITS, ActorExited, HostActor, HostBeat, HostBye, HostHello,
-                        HostRefused, HostWelcome, Join, Joined, KillActor, Rejected, StartActor)
+from ..messages import (ACTOR_LIMITS, SERVICE_LIMITS, ActorExited, CacheChunk, CacheDone, CacheHave, CacheOffer,
+                        HostActor, HostBeat, HostBye, HostDataset, HostHello, HostRefused, HostWelcome, Join, Joined,
+                        KillActor, Rejected, StartActor)
 from .devices import allowed_cores, core_sets, select
 from .spawn import Supervisor
 from .tether import make_run_dir
@@ -85,6 +90,8 @@ class Agent:
             signal.signal(signum, lambda n, _f: setattr(self, "_stop", signal.Signals(n).name))
         ctx = zmq.Context()
         link = supervisor = None
+        self.cache = HostCache(new_run_id())   # this host's copies of the datasets it is sent
+        self._fills: dict[str, tuple[CacheOffer, Receiver]] = {}
         try:
             endpoint = self._join(ctx, server, own)
             link = ctx.socket(zmq.DEALER)
@@ -108,6 +115,7 @@ class Agent:
             if supervisor is not None:
                 supervisor.close(grace=2.0)
                 shutil.rmtree(supervisor.run_dir, ignore_errors=True)
+            self.cache.close()   # every copy is freed: the actors that mapped them are gone
             if link is not None:
                 link.close()
             ctx.term()
@@ -196,7 +204,7 @@ class Agent:
                     msg = _decode(link.recv(), ACTOR_LIMITS)
                     if msg is not None:
                         heard = time.monotonic()
-                        self._obey(msg, supervisor)
+                        self._obey(msg, supervisor, link)
             for actor_id, how in supervisor.exited():
                 _send(link, ActorExited(actor_id=actor_id, how=how))
             now = time.monotonic()
@@ -211,8 +219,13 @@ class Agent:
               file=sys.stderr, flush=True)
         return 0
 
-    def _obey(self, msg: messages.Message, supervisor: Supervisor) -> None:
-        if isinstance(msg, StartActor) and msg.actor_id in self.plans:
+    def _obey(self, msg: messages.Message, supervisor: Supervisor, link: zmq.Socket) -> None:
+        if isinstance(msg, (CacheOffer, CacheChunk, CacheDone)):
+            for reply in self._fill(msg):
+                _send(link, reply)
+                if isinstance(reply, CacheHave):
+                    _send(link, HostDataset(fingerprint=reply.fingerprint, data=self.cache.info(reply.fingerprint)))
+        elif isinstance(msg, StartActor) and msg.actor_id in self.plans:
             supervisor.kill(msg.actor_id)   # a process it still has is replaced, its exit no news
             supervisor.spawn(msg.actor_id, self.plans[msg.actor_id], {**self.env, "LEPTONRT_INCARNATION": str(msg.incarnation)},
                              self.cores[msg.actor_id])
@@ -220,6 +233,30 @@ class Agent:
             supervisor.kill(msg.actor_id)
         elif isinstance(msg, HostBye):
             raise HeadLost(f"the head at {self.config.address} closed ({msg.reason}): this host's actors are stopped")
+
+
+    def _fill(self, msg: messages.Message) -> list[messages.Message]:
+        """One message of a cache fill in, the answers out (see ``data.transfer``)."""
+        if isinstance(msg, CacheOffer):
+            if self.cache.has(msg.fingerprint):
+                return [CacheHave(fingerprint=msg.fingerprint)]   # a later job on the same data
+            try:
+                receiver = Receiver(msg, self.cache.sink(msg))
+            except LeptonError as exc:   # no room, or an offer that does not match its content
+                return [refusal(msg, exc)]
+            self._fills[msg.fingerprint] = (msg, receiver)
+            return receiver.start()
+        offer, receiver = self._fills.get(msg.fingerprint, (None, None))
+        if receiver is None:
+            return []   # a fill we refused or ended already
+        try:
+            out = receiver.handle(msg)
+        except LeptonError as exc:   # the receiver aborted its sink: nothing partial is kept
+            del self._fills[msg.fingerprint]
+            return [refusal(offer, exc)]
+        if isinstance(msg, CacheDone):
+            del self._fills[msg.fingerprint]
+        return out
 
 
 def _send(link: zmq.Socket, msg: messages.Message) -> None:

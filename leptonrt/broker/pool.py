@@ -19,11 +19,12 @@ from ..actors.spawn import Supervisor
 from ..actors.tether import clean_stale_run_dirs
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
-from ..errors import ProtocolError
+from ..errors import ConfigError, DataError, ProtocolError
 from ..imports import allowed_modules
 from ..messages import ACTOR_LIMITS, HostBeat, KillActor, Shutdown, StartActor, StoreRequest
 from .channel import Channel, PeerGone
 from .events import Send
+from .fill import FILL_MESSAGES, Fills, Offers
 from .hosts import HOST_MESSAGES, HostJoined, HostLost, HostTable, RemoteActor, RemoteExit, qualified
 from .store import StoreCore
 
@@ -77,9 +78,11 @@ class ActorPool:
         self.local_host = socket.gethostname() or "local"
         self._auth = None                          # the CURVE authenticator of the actors' channel
         self._live_remote: set[str] = set()        # remote actors whose agent started a process not yet ended
-        self._remote_exits: list[tuple[str, str]] = []
+        self._remote_exits: list[tuple[tuple[str, ...], str, str | None]] = []
         self.host_events: list[str] = []           # hosts joined and lost, for the log
         self._probed = 0.0                         # when the agents' connections were last tried
+        self._offers = Offers()                    # datasets offered to hosts, hashed once
+        self._fills: Fills | None = None           # the hosts' cache fills under way
         self.hellos: dict[str, tuple[bytes, protocol.Hello]] = {}   # idle actors: identity and hello
         self.known: dict[str, protocol.Hello] = {}                   # the last hello of every actor
         self.restarts = dict.fromkeys(self.ids, 0)
@@ -176,10 +179,11 @@ class ActorPool:
             while (frames := self.channel.recv_nowait(copy=False)) is not None:
                 self.note(frames)
         self.tick()
-        for actor_id, how in self.take_exits():
-            if not self.exited(actor_id):
-                self.exits.append((actor_id, how))
-                self.respawn(actor_id)
+        for actor_ids, how, _host in self.take_exits():
+            for actor_id in actor_ids:
+                if not self.exited(actor_id):
+                    self.exits.append((actor_id, how))
+                    self.respawn(actor_id)
         self._forget_departed()
         self._start_spare()
         self.flush()
@@ -205,6 +209,13 @@ class ActorPool:
         message = protocol.decode(_bytes(frames[1]), ACTOR_LIMITS)
         if isinstance(message, StoreRequest):
             self.store_request(identity, message)
+            return None
+        if isinstance(message, FILL_MESSAGES) and host is not None:
+            if self._fills is not None:
+                agent = self.hosts.hosts[host].identity if host in self.hosts.hosts else None
+                for reply in self._fills.handle(host, message):
+                    if agent is not None:
+                        self.send(agent, reply)
             return None
         if isinstance(message, HOST_MESSAGES):
             if host is None:
@@ -249,9 +260,11 @@ class ActorPool:
             except PeerGone:
                 self._apply_hosts(self.hosts.lose(host.name, "its agent's connection closed"))
 
-    def take_exits(self) -> list[tuple[str, str]]:
-        """(actor_id, how) of every actor that ended since the last call, here or on a joined host."""
-        out, self._remote_exits = self.supervisor.exited() + self._remote_exits, []
+    def take_exits(self) -> list[tuple[tuple[str, ...], str, str | None]]:
+        """(actor ids, how, host) of the actors that ended since the last call: one at a time
+        here or on a joined host (host None), or every actor of a host lost at once (its name)."""
+        out = [((actor_id, ), how, None) for actor_id, how in self.supervisor.exited()] + self._remote_exits
+        self._remote_exits = []
         return out
 
     def _apply_hosts(self, effects: list) -> None:
@@ -264,10 +277,9 @@ class ActorPool:
                                         + ", ".join(a.device for a in effect.actors))
             elif isinstance(effect, HostLost):
                 self.host_events.append(effect.why)
-                for actor_id in effect.actors:
-                    self._remote_exited(actor_id, effect.why)
+                self._remote_exited(effect.actors, effect.why, effect.name)
             elif isinstance(effect, RemoteExit):
-                self._remote_exited(effect.actor_id, effect.how)
+                self._remote_exited((effect.actor_id,), effect.how)
 
     def _joined(self, joined: HostJoined) -> None:
         for actor in joined.actors:
@@ -279,11 +291,13 @@ class ActorPool:
             self.remote[actor.actor_id] = actor
             self._live_remote.add(actor.actor_id)   # the agent starts them as it is welcomed
 
-    def _remote_exited(self, actor_id: str, how: str) -> None:
-        if actor_id in self._live_remote:
+    def _remote_exited(self, actor_ids: tuple[str, ...], how: str, host: str | None = None) -> None:
+        ended = tuple(a for a in actor_ids if a in self._live_remote)
+        for actor_id in ended:
             self._live_remote.discard(actor_id)
             self.hellos.pop(actor_id, None)
-            self._remote_exits.append((actor_id, how))
+        if ended:
+            self._remote_exits.append((ended, how, host))
 
     def _forget_departed(self) -> None:
         """Between jobs: the actors of hosts that are gone leave the pool (a job's world is who is here)."""
@@ -292,6 +306,31 @@ class ActorPool:
             self.ids.remove(actor_id)
             for table in (self.plans, self.cores, self.remote, self.restarts, self.known, self.hellos):
                 table.pop(actor_id, None)
+
+    async def fill_hosts(self, data: protocol.DatasetInfo, timeout_s: float = 600.0) -> dict[str, protocol.DatasetInfo]:
+        """Fill every joined host's cache with ``data`` (a host that holds it answers at once);
+        actor id -> where its host holds the data, for its Welcome. A host that refuses fails
+        the job with its reason (its exit code); one that leaves meanwhile is left out."""
+        hosts = sorted({a.host for a in self.remote.values()} & set(self.hosts.hosts))
+        if not hosts:
+            return {}
+        self._fills = fills = await self._offers.fills(data, hosts)
+        try:
+            for name, message in fills.start():
+                self.send(self.hosts.hosts[name].identity, message)
+            deadline = time.monotonic() + timeout_s
+            while fills.pending(set(self.hosts.hosts)):
+                if time.monotonic() > deadline:
+                    raise DataError(f"filling the caches of hosts {', '.join(fills.pending(set(self.hosts.hosts)))} "
+                                    f"took over {timeout_s:.0f} s")
+                await self.idle(100)
+            for name, refused in fills.refused.items():
+                kind = ConfigError if refused.exit_code == ConfigError.exit_code else DataError
+                raise kind(f"host {name} cannot hold the dataset: {refused.message}")
+            return {a: fills.held[r.host] for a, r in self.remote.items() if r.host in fills.held}
+        finally:
+            self._fills = None
+            fills.close()
 
     def kill(self, actor_id: str) -> None:
         """SIGKILL one actor (taken for hung), here or by its host's agent."""

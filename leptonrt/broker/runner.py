@@ -133,6 +133,7 @@ class JobRunner:
         # pinned while the job runs: the cache never evicts it meanwhile
         self._data = data = await pool.cache.acquire(job.dataset, seed=job.seed, test_fraction=job.test_fraction,
                                                      label_column=job.label_column)
+        data_of = await pool.fill_hosts(data)   # joined hosts' own copies, for their actors' Welcome
         world, n_train = pool.world, data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
         split = initial_split(job, world)
         rebalancer = Rebalancer(world, job.batch_size, align=job.align) if job.planned and world > 1 else None
@@ -145,7 +146,8 @@ class JobRunner:
                        threads=[pool.plans[a].threads for a in pool.ids], split=split, n_train=n_train,
                        steps_per_epoch=steps_per_epoch(n_train, job.batch_size), config=config, rebalancer=rebalancer,
                        save_path=str(weights) if self._wants_weights() else None, start_step=start_step,
-                       resume_from=resume_from, prior_epochs=tuple(prior), history=history, tally=self.tally)
+                       resume_from=resume_from, prior_epochs=tuple(prior), history=history, tally=self.tally,
+                       data_of=data_of)
         if self.interrupted:   # asked while the data was loading: no step will be granted
             core.interrupt()
         self._sync_store(core)
@@ -209,9 +211,11 @@ class JobRunner:
         waiting up to ``wait_ms`` for the first)."""
         channel = self.pool.channel
         self.pool.tick()
-        for actor_id, how in self.pool.take_exits():   # exits first: they explain the errors that follow them
-            if not self.pool.exited(actor_id):
-                self._apply(core, core.exited(actor_id, how, time.monotonic()))
+        for actor_ids, how, host in self.pool.take_exits():   # exits first: they explain the errors that follow
+            if host is not None:   # a host lost: all its actors at once
+                self._apply(core, core.host_lost(host, list(actor_ids), how, time.monotonic()))
+            elif not self.pool.exited(actor_ids[0]):
+                self._apply(core, core.exited(actor_ids[0], how, time.monotonic()))
         if await channel.wait_readable(wait_ms):
             for _ in range(PUMP_BATCH):
                 frames = channel.recv_nowait(copy=False)

@@ -34,7 +34,7 @@ from .cachefill import (BATCH_FRAME, BATCH_WINDOW, CACHE_ARRAYS, CACHE_CHUNK, CA
 from .clients import (Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply,
     StopRequest, CancelRequest, Acknowledged)
 from .hosts import (HostActor, Join, Joined, HostHello, HostWelcome, HostRefused, HostBeat, ActorExited, StartActor,
-    KillActor, HostBye)
+    KillActor, HostBye, HostDataset)
 from .records import (ACTOR_LIMITS, CLIENT_LIMITS, MAX_REPORT_STEPS, SERVICE_LIMITS, WEIGHTS_CHUNK,
                       ArrayRef, DatasetInfo, JobSpec, StepStat)
 
@@ -43,7 +43,7 @@ VERSION = 3
 __all__ = ["Accepted", "Acknowledged", "ActorExited", "Adopt", "BatchCredit", "BatchRows", "CacheArray", "CacheChunk",
            "CacheCredit", "CacheDone", "CacheHave", "CacheOffer", "CacheRefused", "CancelRequest", "CheckpointNow",
            "Checkpointed", "EpochResult", "Failure", "Finished", "Grant", "GroupFailed", "Heartbeat", "Hello",
-           "HostActor", "HostBeat", "HostBye", "HostHello", "HostRefused", "HostWelcome", "Join", "Joined",
+           "HostActor", "HostBeat", "HostBye", "HostDataset", "HostHello", "HostRefused", "HostWelcome", "Join", "Joined",
            "JobUpdate", "KillActor", "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby",
            "StartActor", "StatusReply",
            "StatusRequest", "Stop", "StopRequest", "StoreReply", "StoreRequest", "Submit", "Weights",
@@ -60,6 +60,7 @@ Message = Union[
     Acknowledged, CacheOffer, CacheHave, CacheCredit, CacheChunk, CacheDone, CacheRefused,
     BatchRows, BatchCredit,
     Join, Joined, HostHello, HostWelcome, HostRefused, HostBeat, ActorExited, StartActor, KillActor, HostBye,
+    HostDataset,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}
 

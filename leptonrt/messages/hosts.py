@@ -2,7 +2,9 @@
 
 An agent asks the service (its CURVE ``--listen`` address) to ``Join``; the answer names the
 actors' channel, where the agent then says what it has (``HostHello``) and its actors
-connect as local ones do, over CURVE with the agent's key. A host's name is the name its
+connect as local ones do, over CURVE with the agent's key. Before a job's first Welcome to
+a host's actors the broker fills that host's cache (``cachefill``), and the agent says where
+it holds the data (``HostDataset``): its actors map their own host's copy. A host's name is the name its
 key is allowed under on the head: it never travels in a payload.
 """
 
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 from leptonrt.errors import ProtocolError
 from leptonrt.wire import given, required
+
+from .records import DatasetInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,13 @@ class StartActor:
 class KillActor:
     """Broker -> agent: SIGKILL this actor (taken for hung or unreachable)."""
     actor_id: str = required(min_len=1, max_len=64)
+
+
+@dataclass(frozen=True, slots=True)
+class HostDataset:
+    """Agent -> broker, after each CacheHave: where this host holds that dataset, for its actors' Welcome."""
+    fingerprint: str = required(min_len=64, max_len=64)  # the offer's (see CacheOffer)
+    data: DatasetInfo  # its arrays in this host's shared memory
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,13 +25,22 @@ def test_a_two_host_job_trains_shows_both_hosts_and_matches_the_one_host_digest(
     cluster.up()
     alone, one = cluster.train(json_out="one.json")
     assert alone.returncode == 0, alone.stderr
-    cluster.join("alpha")
+    agent = cluster.join("alpha")
     snap = cluster.wait_actors(2)
     assert sorted(a["host"] for a in snap["actors"])[0] == "alpha"
     out, two = cluster.train(json_out="two.json")
     assert out.returncode == 0, out.stderr + cluster.log("up.log")[-3000:] + cluster.log("join-alpha.log")[-3000:]
     assert len({a["host"] for a in two["actors"]}) == 2
     assert two["history_digest"] == one["history_digest"]
+    filled = _segments_of(agent.pid)
+    assert len(filled) == 4   # the host's own copy: x_train, y_train, x_test, y_test
+    again, three = cluster.train(json_out="three.json")
+    assert again.returncode == 0 and three["history_digest"] == one["history_digest"]
+    assert _segments_of(agent.pid) == filled   # the later job reused the host's copy
+
+
+def _segments_of(pid):
+    return sorted(p.name for p in Path("/dev/shm").glob(f"leptonrt-{pid}x*"))
 
 
 def test_a_host_whose_key_is_not_allowed_is_refused_and_join_exits_78(cluster):
@@ -93,13 +103,18 @@ else:
 def test_nothing_of_the_job_is_reachable_from_a_namespace_that_did_not_join(cluster, hosts):
     from tests.hosts.conftest import PUBLIC
     cluster.up()
-    cluster.join("alpha")
+    agent = cluster.join("alpha")
     cluster.wait_actors(2)
-    job = cluster.start("head", "train", "--dataset", "digits", "--epochs", "4", "--batch-size", "64", "--hidden",
+    job = cluster.start("head", "train", "--dataset", "digits", "--epochs", "6", "--batch-size", "64", "--hidden",
                         "32", log="train.log")
     _wait_step(cluster, 4)
     listening = {role: hosts.listening(role) for role in ("head", "agent")}
+    snap = cluster.status()
+    remote = next(a["pid"] for a in snap["actors"] if a["host"] == "alpha")
+    maps = Path(f"/proc/{remote}/maps").read_text()
     assert job.poll() is None, "the job ended before its sockets were looked at"
+    # the data came over the actors' channel into the host's own cache: its actor maps that copy
+    assert f"/leptonrt-{agent.pid}x" in maps and f"/leptonrt-{snap['pid']}x" not in maps, maps
     reachable = []
     for role, sockets in listening.items():
         for address, port in sockets:
@@ -107,9 +122,9 @@ def test_nothing_of_the_job_is_reachable_from_a_namespace_that_did_not_join(clus
             if not target.startswith("127.") and hosts.connects("third", target, port, timeout=1.0):
                 reachable.append((target, port))
     # gloo listens for the group (on the private link only): the test sees the job's sockets
-    assert any(address.startswith("10.231.9.") for sockets in listening.values() for address, _ in sockets)
+    assert any(address.startswith("10.231.9.") for sockets in listening.values() for address, _ in sockets), listening
     # what the third namespace reaches at all is CURVE, and it refuses a stranger's key
-    assert sorted(p for _a, p in reachable) == sorted({7420, _actor_port(cluster)})
+    assert sorted(p for _a, p in reachable) == sorted({7420, _actor_port(cluster)}), (reachable, listening)
     for target, port in reachable:
         out = hosts.run("third", sys.executable, "-c", PROBE, f"tcp://{target}:{port}",
                         str(cluster.head_keys / "public.key"))
