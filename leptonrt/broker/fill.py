@@ -86,3 +86,54 @@ class Offers:
         except BaseException:
             reader.close()
             raise
+
+
+class JobData:
+    """Where the running job's data lies for each joined host, and the fills of hosts that
+    joined while it runs (one that came back): their actors' hellos wait until their host
+    holds the data, so a replacement's Welcome never names a copy that is not there."""
+
+    def __init__(self, data: DatasetInfo, offer: CacheOffer, held: dict[str, DatasetInfo]) -> None:
+        self.data, self.offer = data, offer
+        self.held = dict(held)                      # host -> where it holds the data
+        self.data_of: dict[str, DatasetInfo] = {}   # actor id -> its host's copy (the job core reads it)
+        self._late: dict[str, Fills] = {}           # host -> its fill, started after the job
+        self._waiting: dict[str, list[tuple[bytes, Message]]] = {}   # host -> hellos held back
+
+    def joined(self, host: str) -> list[Message]:
+        """A host joined mid-job: what to send it to start its fill."""
+        self.held.pop(host, None)   # an earlier agent's copy went with it
+        self._drop(host)
+        self._late[host] = fills = Fills(self.offer, SegmentReader(), self.data, [host])
+        return [m for _name, m in fills.start()]
+
+    def hold(self, host: str, identity: bytes, hello: Message) -> bool:
+        """Keep a hello back while its host's fill runs (True)."""
+        if host not in self._late:
+            return False
+        self._waiting.setdefault(host, []).append((identity, hello))
+        return True
+
+    def answer(self, host: str, msg: Message) -> tuple[list[Message], list[tuple[bytes, Message]]]:
+        """An agent's answer to a late fill: (replies to it, hellos released)."""
+        fills = self._late.get(host)
+        if fills is None:
+            return [], []
+        replies = fills.handle(host, msg)
+        if host in fills.held:
+            self.held[host] = fills.held[host]
+            self._late.pop(host).close()
+            return replies, self._waiting.pop(host, [])
+        if host in fills.refused:   # its actors stay out of this job
+            self._drop(host)
+        return replies, []
+
+    def close(self) -> None:
+        for host in list(self._late):
+            self._drop(host)
+
+    def _drop(self, host: str) -> None:
+        fills = self._late.pop(host, None)
+        if fills is not None:
+            fills.close()
+        self._waiting.pop(host, None)

@@ -70,7 +70,9 @@ class JobCore(Regrouping):
         if len(split) != len(actor_ids) or sum(split) != settings.batch_size:
             raise InternalError(f"split {split} does not fit {len(actor_ids)} actors and batch {settings.batch_size}")
         self.job, self.data, self.config, self.rebalancer = job, data, config, rebalancer
-        self.data_of = data_of or {}   # actor id -> its host's own copy of the data (a joined host's)
+        # actor id -> its host's own copy of the data (a joined host's); the shell adds to it
+        # when a host comes back mid-job
+        self.data_of = data_of if data_of is not None else {}
         self.tally = tally if tally is not None else Tally()   # the broker's, across its jobs
         self.batch, self.n_train, self.steps_per_epoch = settings.batch_size, n_train, steps_per_epoch
         self.total_steps = settings.epochs * steps_per_epoch

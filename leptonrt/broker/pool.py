@@ -24,7 +24,7 @@ from ..imports import allowed_modules
 from ..messages import ACTOR_LIMITS, HostBeat, KillActor, Shutdown, StartActor, StoreRequest
 from .channel import Channel, PeerGone
 from .events import Send
-from .fill import FILL_MESSAGES, Fills, Offers
+from .fill import FILL_MESSAGES, Fills, JobData, Offers
 from .hosts import HOST_MESSAGES, HostJoined, HostLost, HostTable, RemoteActor, RemoteExit, qualified
 from .store import StoreCore
 
@@ -82,7 +82,10 @@ class ActorPool:
         self.host_events: list[str] = []           # hosts joined and lost, for the log
         self._probed = 0.0                         # when the agents' connections were last tried
         self._offers = Offers()                    # datasets offered to hosts, hashed once
-        self._fills: Fills | None = None           # the hosts' cache fills under way
+        self._fills: Fills | None = None           # the hosts' cache fills before a job
+        self.job_data: JobData | None = None       # the running job's data on each host
+        self.released: list[tuple[bytes, protocol.Message]] = []   # hellos held back, for the job now
+        self.job_actors: set[str] | None = None       # the running job's actors (a host that joins later waits)
         self.hellos: dict[str, tuple[bytes, protocol.Hello]] = {}   # idle actors: identity and hello
         self.known: dict[str, protocol.Hello] = {}                   # the last hello of every actor
         self.restarts = dict.fromkeys(self.ids, 0)
@@ -211,11 +214,16 @@ class ActorPool:
             self.store_request(identity, message)
             return None
         if isinstance(message, FILL_MESSAGES) and host is not None:
+            replies, released = [], []
             if self._fills is not None:
-                agent = self.hosts.hosts[host].identity if host in self.hosts.hosts else None
-                for reply in self._fills.handle(host, message):
-                    if agent is not None:
-                        self.send(agent, reply)
+                replies = self._fills.handle(host, message)
+            elif self.job_data is not None:
+                replies, released = self.job_data.answer(host, message)
+                self._data_of_host(host)
+            agent = self.hosts.hosts[host].identity if host in self.hosts.hosts else None
+            for reply in replies if agent is not None else ():
+                self.send(agent, reply)
+            self.released += released
             return None
         if isinstance(message, HOST_MESSAGES):
             if host is None:
@@ -225,6 +233,12 @@ class ActorPool:
         if isinstance(message, protocol.Hello):
             if host is not None:
                 message = replace(message, actor_id=qualified(host, message.actor_id))
+                if self.job_actors is not None and message.actor_id not in self.job_actors:
+                    self.hellos[message.actor_id] = (identity, message)   # not this job's: the next one's
+                    self.known[message.actor_id] = message
+                    return None
+                if self.job_data is not None and self.job_data.hold(host, identity, message):
+                    return None   # its host is being filled: it says hello once the data is there
             elif message.actor_id == self.SPARE:
                 self.spare = (identity, message)
                 return None
@@ -273,6 +287,9 @@ class ActorPool:
                 self.send(effect.identity, effect.message)
             elif isinstance(effect, HostJoined):
                 self._joined(effect)
+                if self.job_data is not None:   # mid-job (it came back): its data before its actors' Welcome
+                    for message in self.job_data.joined(effect.name):
+                        self.send(self.hosts.hosts[effect.name].identity, message)
                 self.host_events.append(f"host {effect.name} joined: {len(effect.actors)} actor(s), "
                                         + ", ".join(a.device for a in effect.actors))
             elif isinstance(effect, HostLost):
@@ -311,6 +328,8 @@ class ActorPool:
         """Fill every joined host's cache with ``data`` (a host that holds it answers at once);
         actor id -> where its host holds the data, for its Welcome. A host that refuses fails
         the job with its reason (its exit code); one that leaves meanwhile is left out."""
+        self._forget_departed()
+        self.job_actors = set(self.ids)   # the job's actors: who is here now
         hosts = sorted({a.host for a in self.remote.values()} & set(self.hosts.hosts))
         if not hosts:
             return {}
@@ -327,10 +346,26 @@ class ActorPool:
             for name, refused in fills.refused.items():
                 kind = ConfigError if refused.exit_code == ConfigError.exit_code else DataError
                 raise kind(f"host {name} cannot hold the dataset: {refused.message}")
-            return {a: fills.held[r.host] for a, r in self.remote.items() if r.host in fills.held}
+            self.job_data = JobData(data, fills.offer, fills.held)
+            for name in fills.held:
+                self._data_of_host(name)
+            return self.job_data.data_of
         finally:
             self._fills = None
             fills.close()
+
+    def job_ended(self) -> None:
+        """The job is over: what its data was on each host is no longer news."""
+        if self.job_data is not None:
+            self.job_data.close()
+        self.job_data, self.released, self.job_actors = None, [], None
+
+    def _data_of_host(self, host: str) -> None:
+        """Tell the job where ``host``'s actors find its data (its copy, once it holds one)."""
+        if self.job_data is not None and host in self.job_data.held:
+            for actor_id, actor in self.remote.items():
+                if actor.host == host:
+                    self.job_data.data_of[actor_id] = self.job_data.held[host]
 
     def kill(self, actor_id: str) -> None:
         """SIGKILL one actor (taken for hung), here or by its host's agent."""

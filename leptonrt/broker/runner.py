@@ -112,6 +112,7 @@ class JobRunner:
 
     def _end(self, failed: bool) -> None:
         pool = self.pool
+        pool.job_ended()
         if pool.started:
             for identity, reply in pool.store.close():
                 pool.send(identity, reply)
@@ -222,6 +223,9 @@ class JobRunner:
                 if frames is None:
                     break
                 self._take(core, frames)
+        released, self.pool.released = self.pool.released, []
+        for identity, hello in released:   # a host that came back holds the data now: its actors join
+            self._apply(core, core.handle(identity, hello, time.monotonic()))
         self.pool.flush()
 
     def _take(self, core: JobCore, frames: list) -> None:
