@@ -19,17 +19,17 @@ from ..actors.spawn import Supervisor
 from ..actors.tether import clean_stale_run_dirs
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
-from ..errors import ConfigError, DataError, ProtocolError
+from ..errors import ProtocolError
 from ..imports import allowed_modules
-from ..messages import ACTOR_LIMITS, HostBeat, KillActor, Shutdown, StartActor, StoreRequest
+from ..messages import ACTOR_LIMITS, KillActor, Shutdown, StartActor, StoreRequest
 from .channel import Channel, PeerGone
-from .events import Send
 from .fill import FILL_MESSAGES, Fills, JobData, Offers
-from .hosts import HOST_MESSAGES, HostJoined, HostLost, HostTable, RemoteActor, RemoteExit, qualified
+from .hosts import HOST_MESSAGES, HostTable, RemoteActor, qualified
+from .joined import JoinedHosts
 from .store import StoreCore
 
 
-class ActorPool:
+class ActorPool(JoinedHosts):
     """The broker's long-lived half: one actor process per device, the socket they talk to,
     the store where they form gradient groups and the shared-memory dataset cache.
 
@@ -65,8 +65,7 @@ class ActorPool:
         self.selection: Selection = select(gpus, cpu_actors)
         # each CPU actor on cores of its own (its replacements too); None: not pinned
         self.local_ids = [f"a{rank}" for rank in range(len(self.selection.actors))]
-        cores = core_sets(self.selection, allowed_cores()) if pin else [None] * len(self.selection.actors)
-        self.cores = dict(zip(self.local_ids, cores))
+        self.cores = core_sets(self.selection, allowed_cores()) if pin else [None] * len(self.selection.actors)
         self.actor_env = actor_env or {}
         self.ids = list(self.local_ids)   # every actor: the local ones, then those of joined hosts
         self.plans: dict[str, ActorPlan] = dict(zip(self.local_ids, self.selection.actors))
@@ -123,7 +122,7 @@ class ActorPool:
         self.store = StoreCore()   # groups form through it, on this channel (nothing else listens)
         for actor_id in self.local_ids:
             self.supervisor.spawn(actor_id, self.plans[actor_id], {**self.actor_env, "LEPTONRT_INCARNATION": "0"},
-                                  self.cores[actor_id])
+                                  self._cores_of(actor_id))
 
     def job_running(self, seconds: float) -> None:
         """A job has run for ``seconds``: long enough to give it a spare?"""
@@ -157,6 +156,10 @@ class ActorPool:
         while self.outbox:
             identity, message = self.outbox.pop(0)
             self.send(identity, message)
+
+    def _cores_of(self, actor_id: str) -> tuple[int, ...] | None:
+        """The cores a local actor is pinned to (None: not pinned, or another host's)."""
+        return self.cores[self.local_ids.index(actor_id)] if actor_id in self.local_ids else None
 
     def host_of(self, actor_id: str) -> str:
         """The host an actor runs on: a joined host's name, or this one's."""
@@ -246,126 +249,12 @@ class ActorPool:
                 self.known[message.actor_id] = message
         return identity, message
 
-    def _sender_host(self, frame) -> str | None:
-        """The host a message came from: None for the private ipc channel (this host), else
-        the name its CURVE key is allowed under now."""
-        if isinstance(frame, bytes):
-            return None
-        try:
-            frame.get("User-Id")
-        except zmq.ZMQError:   # no ZAP verdict: the private ipc endpoint
-            return None
-        name = self._auth.sender(frame) if self._auth is not None else None
-        if name is None:
-            raise ProtocolError("the sender's key is no longer allowed")
-        return name
-
-    def tick(self) -> None:
-        """The passing of time: hosts silent for too long are lost, and so are those whose
-        agent's connection is gone (a beat to it cannot be routed: it died, or closed it)."""
-        now = time.monotonic()
-        self._apply_hosts(self.hosts.tick(now))
-        if now - self._probed < self.hosts.beat_s / 2:
-            return
-        self._probed = now
-        for host in list(self.hosts.hosts.values()):
-            try:
-                self.channel.send_nowait(host.identity, _BEAT)
-            except PeerGone:
-                self._apply_hosts(self.hosts.lose(host.name, "its agent's connection closed"))
-
     def take_exits(self) -> list[tuple[tuple[str, ...], str, str | None]]:
         """(actor ids, how, host) of the actors that ended since the last call: one at a time
         here or on a joined host (host None), or every actor of a host lost at once (its name)."""
         out = [((actor_id, ), how, None) for actor_id, how in self.supervisor.exited()] + self._remote_exits
         self._remote_exits = []
         return out
-
-    def _apply_hosts(self, effects: list) -> None:
-        for effect in effects:
-            if isinstance(effect, Send):
-                self.send(effect.identity, effect.message)
-            elif isinstance(effect, HostJoined):
-                self._joined(effect)
-                if self.job_data is not None:   # mid-job (it came back): its data before its actors' Welcome
-                    for message in self.job_data.joined(effect.name):
-                        self.send(self.hosts.hosts[effect.name].identity, message)
-                self.host_events.append(f"host {effect.name} joined: {len(effect.actors)} actor(s), "
-                                        + ", ".join(a.device for a in effect.actors))
-            elif isinstance(effect, HostLost):
-                self.host_events.append(effect.why)
-                self._remote_exited(effect.actors, effect.why, effect.name)
-            elif isinstance(effect, RemoteExit):
-                self._remote_exited((effect.actor_id,), effect.how)
-
-    def _joined(self, joined: HostJoined) -> None:
-        for actor in joined.actors:
-            if actor.actor_id not in self.plans:
-                self.ids.append(actor.actor_id)
-                self.restarts[actor.actor_id] = 0
-            self.plans[actor.actor_id] = ActorPlan(actor.device, None, actor.threads)
-            self.cores[actor.actor_id] = None
-            self.remote[actor.actor_id] = actor
-            self._live_remote.add(actor.actor_id)   # the agent starts them as it is welcomed
-
-    def _remote_exited(self, actor_ids: tuple[str, ...], how: str, host: str | None = None) -> None:
-        ended = tuple(a for a in actor_ids if a in self._live_remote)
-        for actor_id in ended:
-            self._live_remote.discard(actor_id)
-            self.hellos.pop(actor_id, None)
-        if ended:
-            self._remote_exits.append((ended, how, host))
-
-    def _forget_departed(self) -> None:
-        """Between jobs: the actors of hosts that are gone leave the pool (a job's world is who is here)."""
-        gone = [a for a in self.remote if a.partition("/")[0] not in self.hosts.hosts]
-        for actor_id in gone:
-            self.ids.remove(actor_id)
-            for table in (self.plans, self.cores, self.remote, self.restarts, self.known, self.hellos):
-                table.pop(actor_id, None)
-
-    async def fill_hosts(self, data: protocol.DatasetInfo, timeout_s: float = 600.0) -> dict[str, protocol.DatasetInfo]:
-        """Fill every joined host's cache with ``data`` (a host that holds it answers at once);
-        actor id -> where its host holds the data, for its Welcome. A host that refuses fails
-        the job with its reason (its exit code); one that leaves meanwhile is left out."""
-        self._forget_departed()
-        self.job_actors = set(self.ids)   # the job's actors: who is here now
-        hosts = sorted({a.host for a in self.remote.values()} & set(self.hosts.hosts))
-        if not hosts:
-            return {}
-        self._fills = fills = await self._offers.fills(data, hosts)
-        try:
-            for name, message in fills.start():
-                self.send(self.hosts.hosts[name].identity, message)
-            deadline = time.monotonic() + timeout_s
-            while fills.pending(set(self.hosts.hosts)):
-                if time.monotonic() > deadline:
-                    raise DataError(f"filling the caches of hosts {', '.join(fills.pending(set(self.hosts.hosts)))} "
-                                    f"took over {timeout_s:.0f} s")
-                await self.idle(100)
-            for name, refused in fills.refused.items():
-                kind = ConfigError if refused.exit_code == ConfigError.exit_code else DataError
-                raise kind(f"host {name} cannot hold the dataset: {refused.message}")
-            self.job_data = JobData(data, fills.offer, fills.held)
-            for name in fills.held:
-                self._data_of_host(name)
-            return self.job_data.data_of
-        finally:
-            self._fills = None
-            fills.close()
-
-    def job_ended(self) -> None:
-        """The job is over: what its data was on each host is no longer news."""
-        if self.job_data is not None:
-            self.job_data.close()
-        self.job_data, self.released, self.job_actors = None, [], None
-
-    def _data_of_host(self, host: str) -> None:
-        """Tell the job where ``host``'s actors find its data (its copy, once it holds one)."""
-        if self.job_data is not None and host in self.job_data.held:
-            for actor_id, actor in self.remote.items():
-                if actor.host == host:
-                    self.job_data.data_of[actor_id] = self.job_data.held[host]
 
     def kill(self, actor_id: str) -> None:
         """SIGKILL one actor (taken for hung), here or by its host's agent."""
@@ -380,7 +269,7 @@ class ActorPool:
     def respawn(self, actor_id: str) -> None:
         """Start ``actor_id`` again: adopt the warm spare if it fits, else a new process (a
         remote actor: its agent starts one, if its host is still here)."""
-        plan, cores = self.plans[actor_id], self.cores[actor_id]
+        plan, cores = self.plans[actor_id], self._cores_of(actor_id)
         self.hellos.pop(actor_id, None)
         self.restarts[actor_id] += 1
         if actor_id in self.remote:
@@ -442,9 +331,6 @@ class ActorPool:
                 self.channel.close()
             self.cache.close()
             shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-_BEAT = protocol.encode(HostBeat())
 
 
 def _bytes(frame) -> bytes:
