@@ -300,8 +300,11 @@ class ActorPool(JoinedHosts):
             self.respawn(actor_id)
 
     def take_hellos(self) -> list[tuple[bytes, protocol.Hello]]:
-        """The idle actors' hellos, for a starting job; they are its actors now."""
-        out, self.hellos = list(self.hellos.values()), {}
+        """The idle actors' hellos, for a starting job; they are its actors now (but those of a
+        host that joined after the job took its actors: they wait for the next)."""
+        mine = self.job_actors if self.job_actors is not None else set(self.hellos)
+        out = [hello for actor_id, hello in self.hellos.items() if actor_id in mine]
+        self.hellos = {a: h for a, h in self.hellos.items() if a not in mine}
         return out
 
     async def close(self) -> None:

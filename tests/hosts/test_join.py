@@ -1,6 +1,8 @@
 """Hosts join a running broker (`leptonrt join`), each a network namespace of its own."""
 
 import json
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -185,3 +187,43 @@ def test_a_host_that_comes_back_mid_job_gets_the_data_and_joins_like_a_replaceme
     assert two["history_digest"] == one["history_digest"]
     assert all(a["in_group"] for a in two["actors"]) and two["regroups"] == 2, events   # lost, then rejoined
     assert _segments_of(back.pid)   # with its own copy of the data, filled mid-job
+
+
+def test_an_agent_stopped_frees_everything_and_one_whose_head_stops_exits_69(cluster, hosts):
+    cluster.up()
+    agent = cluster.join("alpha")
+    cluster.wait_actors(2)
+    out, _result = cluster.train()   # the host's cache gets the data
+    assert out.returncode == 0 and _segments_of(agent.pid)
+    agent.send_signal(signal.SIGTERM)
+    assert agent.wait(timeout=60) == 0
+    assert _segments_of(agent.pid) == [] and "leaving" in cluster.log("join-alpha.log")
+    left = subprocess.run(["ip", "netns", "pids", hosts.names["agent"]], capture_output=True, text=True).stdout
+    assert left.split() == []   # its actors stopped with it
+    cluster.wait_actors(1)   # the head saw it go
+    again = cluster.join("beta")
+    cluster.wait_actors(2)
+    assert cluster.cli("head", "stop", timeout=60).returncode == 0
+    assert again.wait(timeout=60) == 69
+    assert "closed" in cluster.log("join-beta.log").splitlines()[-1]
+
+
+def test_a_host_that_joins_during_a_job_waits_for_the_next_one(cluster):
+    cluster.up()
+    job = cluster.start("head", "train", "--dataset", "digits", "--epochs", "5000", "--batch-size", "64", "--hidden",
+                        "32", log="train.log")
+    _wait_step(cluster, 4)
+    cluster.join("alpha")
+    deadline, alpha = time.monotonic() + 120, None
+    while time.monotonic() < deadline and job.poll() is None:
+        alpha = next((a for a in cluster.status()["actors"] if a["host"] == "alpha"), None)
+        if alpha is not None and alpha["state"] == "idle":
+            break
+        time.sleep(0.2)
+    assert job.poll() is None and alpha["state"] == "idle", alpha   # said hello, kept for the next job
+    assert cluster.cli("head", "jobs", "cancel", "1", timeout=60).returncode == 0
+    assert job.wait(timeout=120) == 3
+    cluster.wait_actors(2)
+    out, second = cluster.train()
+    assert out.returncode == 0, out.stderr
+    assert len({a["host"] for a in second["actors"]}) == 2
