@@ -9,7 +9,7 @@ import os
 import sys
 
 from . import keys, settings
-from .commands import serve, train
+from .commands import join, serve, train
 from .config import OPTIMIZERS, PRECISIONS
 from .errors import LeptonError
 from .progress import LEVELS, setup_logging
@@ -188,6 +188,20 @@ def _add_service(sub) -> None:
                    help="serve Prometheus metrics over HTTP on PORT (unauthenticated: see --metrics-host)")
     p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                    help="the address the metrics listen on; beyond loopback, anyone who can reach it reads them")
+    _add_gradient_net(p)
+    p = sub.add_parser("join", help="add this host's devices to a running broker (`up --listen tcp://...`)",
+                       epilog="example:\n  leptonrt join tcp://head:7420 --server-key head-public.key "
+                              "--keys ~/.config/leptonrt/keys --gradient-iface eth1 --gpus all\n\n"
+                              "exit codes: 0 stopped (Ctrl-C, SIGTERM), 78 refused (key, settings), "
+                              "69 no head answers, or the head was lost or closed")
+    p.add_argument("address", metavar="tcp://HEAD:PORT", help="the head's --listen address")
+    p.add_argument("--server-key", required=True, metavar="FILE", help="the head's public.key (CURVE)")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="this host's key pair; the head must allow its public key (default: ~/.config/leptonrt/keys)")
+    p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
+    p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
+    p.add_argument("--no-pin", action="store_true", help="leave CPU actors to the scheduler")
+    _add_gradient_net(p)
     p = sub.add_parser("top", help="show the live view of a running broker",
                        epilog="keys: q quits, e hides or shows the event log\nexample:\n  leptonrt top")
     p.add_argument("--connect", default=None, metavar="ADDR")
@@ -213,6 +227,13 @@ def _add_service(sub) -> None:
                        epilog="example:\n  leptonrt stop\n\nexit codes: 0 stopped, 69 no broker is answering")
     p.add_argument("--connect", default=None, metavar="ADDR")
     _add_client_keys(p)
+
+
+def _add_gradient_net(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gradient-iface", default=None, metavar="IFACE",
+                   help="the private interface gradients between hosts travel on (gloo: unauthenticated, unencrypted)")
+    p.add_argument("--trust-network", action="store_true",
+                   help="let gradients between hosts travel on the interface of the route to the head, unprotected")
 
 
 def _add_client_keys(p: argparse.ArgumentParser) -> None:
@@ -241,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = list(sys.argv[1:] if argv is None else argv)   # as given: `up --detach` runs it again
         setup_logging(getattr(args, "log_level", "info"))
         commands = {"train": train.run, "up": serve.up, "top": serve.top, "status": serve.status, "jobs": serve.jobs,
-                    "stop": serve.stop, "keys": keys.run, "config": settings.run}
+                    "stop": serve.stop, "join": join.run, "keys": keys.run, "config": settings.run}
         return commands[args.command](args)
     except LeptonError as exc:
         print(f"leptonrt: {exc}", file=sys.stderr)

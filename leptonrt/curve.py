@@ -177,15 +177,20 @@ def _properties(values: dict[str, bytes]) -> bytes:
     return b"".join(bytes([len(k)]) + k.encode() + struct.pack(">I", len(v)) + v for k, v in values.items())
 
 
-def arm_server(sock: zmq.Socket, server: KeyPair, authenticator: Authenticator) -> None:
+def arm_server(sock: zmq.Socket, server: KeyPair, authenticator: Authenticator, beside_ipc: bool = False) -> None:
     """Make ``sock`` (not yet bound) a CURVE server whose every connection asks ``authenticator``.
     Both ways CURVE fails open are closed here: the domain is never empty and is enforced, and
-    a socket is never armed without a live authenticator on its own context."""
+    a socket is never armed without a live authenticator on its own context.
+
+    ``beside_ipc``: ``sock`` may already listen on one private ``ipc://`` endpoint, which keeps
+    the mechanism it was bound with (libzmq copies a socket's options into each listener as it
+    binds): the actors' channel serves local actors there, and remote ones over CURVE."""
     if not authenticator.alive:
         raise InternalError("refusing to arm a CURVE socket without a live authenticator")
     if sock.context.underlying != authenticator.underlying:
         raise InternalError("the authenticator serves another zmq context than this socket's")
-    if sock.get(zmq.LAST_ENDPOINT):
+    bound = sock.get(zmq.LAST_ENDPOINT)
+    if bound and not (beside_ipc and bound.startswith(b"ipc://") and not sock.get(zmq.CURVE_SERVER)):
         raise InternalError("arm a CURVE socket before it binds: options do not reach an existing listener")
     sock.set(zmq.CURVE_SERVER, 1)
     sock.set(zmq.CURVE_SECRETKEY, server.secret)

@@ -211,6 +211,7 @@ def _gpu_memory(a: ActorStats) -> str:
 
 
 COLUMNS = (
+    _Column("host", lambda a: a.host, "left"),
     _Column("rank", lambda a: str(a.rank)),
     _Column("device", lambda a: a.device, "left"),
     _Column("name", _device_name, "left"),
@@ -231,9 +232,14 @@ COLUMNS = (
 def _actors(actors: tuple[ActorStats, ...], width: int) -> Union[Table, Text]:
     if not actors:
         return Text("no actors", style="dim")
-    ranked = sorted(actors, key=lambda a: a.rank)
+    # grouped by host (in the order of their lowest rank); the host named once, atop its group
+    first = {}
+    for a in sorted(actors, key=lambda a: a.rank):
+        first.setdefault(a.host, a.rank)
+    ranked = sorted(actors, key=lambda a: (first[a.host], a.rank))
     cells = {c.name: [c.cell(a) for a in ranked] for c in COLUMNS}
-    shown = [c.name for c in COLUMNS]
+    cells["host"] = [a.host if i == 0 or ranked[i - 1].host != a.host else "" for i, a in enumerate(ranked)]
+    shown = [c.name for c in COLUMNS if c.name != "host" or len(first) > 1]   # one host: no column
     blank = {name: {"-", "0"} if name == "restarts" else {"-"} for name in DROP_ORDER}
     empty = [name for name in DROP_ORDER if all(str(v) in blank[name] for v in cells[name])]
 

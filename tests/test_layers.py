@@ -13,8 +13,8 @@ PURE = ["leptonrt.broker.job", "leptonrt.broker.lifecycle", "leptonrt.broker.led
         "leptonrt.broker.splits", "leptonrt.broker.gate", "leptonrt.broker.store", "leptonrt.broker.events",
         "leptonrt.broker.rebalance", "leptonrt.broker.rebalance.simulate", "leptonrt.actors.schedule",
         "leptonrt.broker.roster", "leptonrt.broker.grants", "leptonrt.broker.restarts", "leptonrt.broker.regroup", "leptonrt.broker.granting",
-        "leptonrt.broker.tally", "leptonrt.broker.rebalance.trial", "leptonrt.broker.series", "leptonrt.batches",
-        "leptonrt.messages", "leptonrt.wire", "leptonrt.data.transfer",
+        "leptonrt.broker.tally", "leptonrt.broker.hosts", "leptonrt.broker.rebalance.trial", "leptonrt.broker.series",
+        "leptonrt.batches", "leptonrt.messages", "leptonrt.wire", "leptonrt.data.transfer",
         "leptonrt.data.stream"]
 
 

@@ -12,7 +12,7 @@ from leptonrt import config, messages
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 RECORDS = [messages.ArrayRef, messages.DatasetInfo, config.Slowdown, config.TrainJob, messages.JobSpec,
-           messages.StepStat, messages.CacheArray, *typing.get_args(messages.Message)]
+           messages.StepStat, messages.CacheArray, messages.HostActor, *typing.get_args(messages.Message)]
 
 
 def _comments(cls) -> dict[str, str]:
@@ -26,7 +26,7 @@ def _comments(cls) -> dict[str, str]:
 
 
 def _type(hint) -> str:
-    text = str(hint).replace("typing.", "").replace("leptonrt.messages.records.", "").replace("leptonrt.messages.actors.", "").replace("leptonrt.messages.clients.", "").replace("leptonrt.messages.cachefill.", "").replace("leptonrt.messages.", "").replace("leptonrt.config.", "").replace("leptonrt.wire.", "")
+    text = str(hint).replace("typing.", "").replace("leptonrt.messages.records.", "").replace("leptonrt.messages.actors.", "").replace("leptonrt.messages.clients.", "").replace("leptonrt.messages.cachefill.", "").replace("leptonrt.messages.hosts.", "").replace("leptonrt.messages.", "").replace("leptonrt.config.", "").replace("leptonrt.wire.", "")
     return text.replace("<class '", "").replace("'>", "").replace("NoneType", "None")
 
 

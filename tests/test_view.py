@@ -378,3 +378,16 @@ async def test_keys_are_not_read_off_a_terminal():
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_actors_are_grouped_by_host_and_the_host_named_once_atop_its_group():
+    base = busy().actors[0]
+    actors = tuple(dataclasses.replace(base, rank=r, pid=5000 + r, host=h)
+                   for r, h in ((0, "head"), (1, "alpha"), (2, "head"), (3, "alpha")))
+    out = [line for line in text_of(dataclasses.replace(busy(), actors=actors), 160).splitlines()
+           if any(f"500{r}" in line.split() for r in range(4))]
+    assert [line.split()[1] if line.split()[0] in ("head", "alpha") else line.split()[0] for line in out] == \
+        ["0", "2", "1", "3"]                                  # head's actors, then alpha's
+    assert [line.split()[0] for line in out if line.split()[0] in ("head", "alpha")] == ["head", "alpha"]
+    single = text_of(busy(), 160)
+    assert not any(line.startswith("host") for line in single.splitlines())   # one host: no column

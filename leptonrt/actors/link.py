@@ -7,6 +7,7 @@ import zmq
 from .. import messages as protocol
 from ..messages import ACTOR_LIMITS
 from ..errors import ProtocolError
+from .dial import connect
 
 
 class Link:
@@ -18,7 +19,7 @@ class Link:
         self.sock.setsockopt(zmq.LINGER, 2000)  # let the last reports leave before exit
         self.sock.setsockopt(zmq.MAXMSGSIZE, ACTOR_LIMITS.frame_bytes)
         self.address = address
-        self.sock.connect(address)
+        connect(self.sock, address)
         self.bad_messages = 0
 
     def send(self, msg: protocol.Message) -> None:

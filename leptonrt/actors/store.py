@@ -3,7 +3,7 @@
 torch.distributed forms a group by having its members exchange addresses through a store.
 Its TCPStore would listen on every interface for anyone to read and write; this one sends
 each operation to the broker (``leptonrt.broker.store``) on a DEALER socket of its own,
-next to the actor's, on the broker's private ipc channel. Every key gets the group's
+next to the actor's, on the broker's private ipc channel (over CURVE, for an actor of a joined host). Every key gets the group's
 namespace (``job3/gen1/``), so a group never sees another's keys.
 
 torch calls a store from whichever thread forms or uses the group, so the socket is used
@@ -24,6 +24,7 @@ import zmq
 from .. import messages
 from ..errors import ProtocolError
 from ..messages import ACTOR_LIMITS, StoreReply, StoreRequest
+from .dial import connect
 
 
 class StoreRefused(RuntimeError):
@@ -42,7 +43,7 @@ class BrokerStore(dist.Store):
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, ACTOR_LIMITS.frame_bytes)
-        self._sock.connect(address)
+        connect(self._sock, address)
 
     def close(self) -> None:
         with self._lock:

@@ -82,9 +82,13 @@ class Broker:
     def __init__(self, gpus: str = "all", cpu_actors: int | None = None,
                  actor_env: dict[str, str] | None = None,
                  address: str = "embedded", pin: bool = True, runner: type[JobRunner] = JobRunner,
-                 cache_bytes: int | None = None, allow_imports: Iterable[str] | None = ()) -> None:
-        # device selection errors surface here; pin=False leaves CPU actors to the scheduler
-        self.pool = ActorPool(gpus, cpu_actors, actor_env, pin, cache_bytes=cache_bytes, allow_imports=allow_imports)
+                 cache_bytes: int | None = None, allow_imports: Iterable[str] | None = (),
+                 listen: str | None = None, keys: str | None = None, hosts_refused: str | None = None) -> None:
+        # device selection errors surface here; pin=False leaves CPU actors to the scheduler.
+        # listen (tcp://HOST:PORT) and keys: other hosts may join, their actors reach ours over
+        # CURVE there (hosts_refused: why none may, e.g. no interface for cross-host gradients)
+        self.pool = ActorPool(gpus, cpu_actors, actor_env, pin, cache_bytes=cache_bytes, allow_imports=allow_imports,
+                              listen=listen, keys=keys, hosts_refused=hosts_refused)
         self.address = address
         self._runner_type = runner   # what runs each job (a test may give one that fails on purpose)
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -201,7 +205,10 @@ class Broker:
     def _log_exits(self) -> None:
         for actor_id, how in self.pool.exits:
             self._log(f"actor {actor_id} exited while idle ({how}); restarted")
+        for text in self.pool.host_events:
+            self._log(text)
         self.pool.exits.clear()
+        self.pool.host_events.clear()
 
     async def _run(self, job: Job) -> None:
         job.state = "running"
@@ -359,8 +366,8 @@ class Broker:
             while True:
                 if self.pool.started:
                     pids = self.pool.supervisor.pids()
-                    targets = [Target(pids[a], plan.visible or None)
-                               for a, plan in zip(self.pool.ids, self.pool.selection.actors) if a in pids]
+                    targets = [Target(pids[a], self.pool.plans[a].visible or None)
+                               for a in self.pool.local_ids if a in pids]
                     self._usage = await asyncio.to_thread(sampler.sample, targets)
                 await asyncio.sleep(USAGE_EVERY_S)
         finally:
@@ -371,22 +378,23 @@ class Broker:
         pids = pool.supervisor.pids() if pool.started else {}
         view = {s.actor_id: s for s in core.statistics().slots} if core is not None else {}
         out = []
-        for rank, (actor_id, plan) in enumerate(zip(pool.ids, pool.selection.actors)):
-            hello = pool.known.get(actor_id)
+        for rank, actor_id in enumerate(pool.ids):
+            plan, hello = pool.plans[actor_id], pool.known.get(actor_id)
             v = view.get(actor_id)
             if v is not None:   # in the job: its slot's state ("training", "standby", "joining", ...)
                 state = {"starting": "restarting", "ready": "restarting"}.get(v.state, v.state)
             else:
                 state = "idle" if actor_id in pool.hellos else "starting"
             share = v.share if v is not None and v.member else 0.0
-            pid = pids.get(actor_id)
-            usage = self._usage.get(pid, Usage()) if pid is not None else Usage()
+            remote = actor_id in pool.remote
+            pid = hello.pid if remote and hello else pids.get(actor_id)   # a remote pid is its host's
+            usage = self._usage.get(pid, Usage()) if pid is not None and not remote else Usage()
             out.append(ActorStats(
                 rank=rank, device=plan.device, device_name=hello.device_name if hello and hello.device != "cpu" else None,
                 pid=pid, state=state, share=share, compute_ms=v.compute_ms if v else None,
                 samples_per_s=rate * share if rate is not None and v else None,
                 memory_bytes=None if plan.device == "cpu" else (hello.memory_bytes if hello else None),
-                restarts=pool.restarts.get(actor_id, 0), **asdict(usage)))
+                restarts=pool.restarts.get(actor_id, 0), host=pool.host_of(actor_id), **asdict(usage)))
         return tuple(out)
 
     def stop_accepting(self) -> None:

@@ -21,9 +21,9 @@ from enum import Enum
 
 from .. import messages
 from ..errors import ProtocolError
-from ..messages import CLIENT_LIMITS, CancelRequest, StatusRequest, StopRequest, Submit
+from ..messages import CLIENT_LIMITS, CancelRequest, Join, StatusRequest, StopRequest, Submit
 
-CLIENT_KINDS = (Submit, StatusRequest, StopRequest, CancelRequest)
+CLIENT_KINDS = (Submit, StatusRequest, StopRequest, CancelRequest, Join)
 
 
 @dataclass(frozen=True)

@@ -68,11 +68,14 @@ class JobCore(Granting, Regrouping):
                  split: list[int], n_train: int, steps_per_epoch: int, config: JobConfig = JobConfig(),
                  rebalancer: Rebalancer | None = None, save_path: str | None = None, start_step: int = 0,
                  resume_from: str | None = None, prior_epochs: tuple = (), history: bytes | None = None,
-                 tally: Tally | None = None) -> None:
+                 tally: Tally | None = None, data_of: dict[str, DatasetInfo] | None = None) -> None:
         settings = job.job
         if len(split) != len(actor_ids) or sum(split) != settings.batch_size:
             raise InternalError(f"split {split} does not fit {len(actor_ids)} actors and batch {settings.batch_size}")
         self.job, self.data, self.config, self.rebalancer = job, data, config, rebalancer
+        # actor id -> its host's own copy of the data (a joined host's); the shell adds to it
+        # when a host comes back mid-job
+        self.data_of = data_of if data_of is not None else {}
         self.tally = tally if tally is not None else Tally()   # the broker's, across its jobs
         self.batch, self.n_train, self.steps_per_epoch = settings.batch_size, n_train, steps_per_epoch
         self.total_steps = settings.epochs * steps_per_epoch
@@ -136,6 +139,20 @@ class JobCore(Granting, Regrouping):
         # a lost process is a root cause: it goes before the collective errors it provoked
         self.problems.insert(len(self.lost), f"rank {slot.rank} (actor {actor_id}) exited: {how}")
         self.lost[slot.rank] = how
+        return self._fail(None, now)
+
+    def host_lost(self, host: str, actor_ids: list[str], how: str, now: float) -> list[Effect]:
+        """Every actor of one host ended at once (its agent died or was cut off): one regroup
+        without all of them, and one loss against the restart budget, the host's."""
+        slots = [s for s in map(self.roster.actor, actor_ids)
+                 if s is not None and s.state not in (SlotState.FINISHED, SlotState.LOST)]
+        if self.state == JobState.DONE or not slots:
+            return []
+        if self.state == JobState.RUNNING and self._may_restart(slots[0], now, host=host, together=tuple(slots[1:])):
+            return self._lose(slots[0], how, now, together=tuple(slots[1:]))
+        for slot in slots:
+            self.problems.insert(len(self.lost), f"rank {slot.rank} (actor {slot.actor_id}) exited: {how}")
+            self.lost[slot.rank] = how
         return self._fail(None, now)
 
     def unreachable(self, identity: bytes, now: float) -> list[Effect]:

@@ -23,30 +23,38 @@ from .stats import Change
 class Regrouping:
     """Losing actors, re-forming the group, and the messages that tell its members."""
 
-    def _may_restart(self, slot: Slot, now: float, lost: bool = True) -> bool:
-        problem = self._restarts.spend(slot.rank, now)
+    def _may_restart(self, slot: Slot, now: float, lost: bool = True, host: str | None = None,
+                     together: tuple[Slot, ...] = ()) -> bool:
+        """Whether the job may go on after losing ``slot`` (and the slots lost ``together``
+        with it, a host's: the budget is then the host's, spent once)."""
+        problem = self._restarts.spend(slot.rank if host is None else f"host {host}", now)
         if problem is not None:
             self.budget_exceeded = True
             self.problems.append(problem)
             return False
-        survivors = [s for s in self.roster.members() if (s is not slot or not lost) and s.has_state]
+        gone = {slot.rank, *(s.rank for s in together)} if lost else set()
+        survivors = [s for s in self.roster.members() if s.rank not in gone and s.has_state]
         if not survivors:
             self.problems.append("no actor with the training state survived; nothing to recover from")
             return False
         return True
 
-    def _lose(self, slot: Slot, how: str, now: float) -> list[Effect]:
+    def _lose(self, slot: Slot, how: str, now: float, together: tuple[Slot, ...] = ()) -> list[Effect]:
         """Start a replacement; if the lost actor was a member, the others re-form the group
-        now without it (and replay what it had not committed), taking over its share."""
-        member = slot.member
-        slot.restarts += 1
-        out: list[Effect] = [Emit(ActorLost(slot.rank, how, self.committed())), Respawn(slot.actor_id)]
-        self.roster.forget(slot)
-        slot.state = SLOT.apply(SLOT.apply(slot.state, "exited"), "respawned")
+        now without it (and replay what it had not committed), taking over its share. Slots
+        lost ``together`` with it (a host's) go the same way, in the same one regroup."""
+        member = any(s.member for s in (slot, *together))
+        out: list[Effect] = []
+        for lost in (slot, *together):
+            lost.restarts += 1
+            out += [Emit(ActorLost(lost.rank, how, self.committed())), Respawn(lost.actor_id)]
+            self.roster.forget(lost)
+            lost.state = SLOT.apply(SLOT.apply(lost.state, "exited"), "respawned")
         if not member:
             return out   # a replacement or a standby actor lost: the group is not affected
+        ranks = ",".join(str(s.rank) for s in (slot, *together))
         return out + self._form(now, self._rewind_floor(), self.roster.members(),
-                                self.roster.waiting(self._benched), [], reason=f"rank {slot.rank} lost")
+                                self.roster.waiting(self._benched), [], reason=f"rank {ranks} lost")
 
     def _regroup_all(self, now: float) -> list[Effect]:
         slot, message, _at = self._group_failed
@@ -174,7 +182,8 @@ class Regrouping:
         ranks = [s.rank for s in self.roster.members()] or [s.rank for s in self.roster.ranked()]
         if slot.rank not in ranks:
             ranks = sorted(ranks + [slot.rank])
-        return Welcome(rank=slot.rank, world_size=len(self.roster), job=self.job, data=self.data,
+        return Welcome(rank=slot.rank, world_size=len(self.roster), job=self.job,
+                       data=self.data_of.get(slot.actor_id, self.data),
                        steps_per_epoch=self.steps_per_epoch, threads=slot.threads, backend=self.roster.backend(),
                        collective_timeout_s=self.liveness.collective_timeout(), generation=self.generation,
                        start_step=self.group_start, source_rank=source,

@@ -21,7 +21,7 @@ from ..data.background import run_in_daemon_thread
 from ..errors import ConfigError, Interrupted, JobFailed, ProtocolError, RestartBudgetExceeded
 from ..actors.spawn import Supervisor
 from ..imports import ANY
-from ..messages import ACTOR_LIMITS, EpochResult, JobSpec, Release, StoreRequest
+from ..messages import EpochResult, JobSpec, Release
 from ..config import TrainJob
 from ..nn import checkpoint
 from .events import Effect, Emit, Kill, Respawn, Send
@@ -91,6 +91,8 @@ class JobRunner:
             self.core = await self._start()
             await self._serve(self.core)
             result = self.core.result()
+            for entry, slot in zip(result["actors"], self.core.roster.ranked()):
+                entry["host"] = pool.host_of(slot.actor_id)
             if self.job.slowdowns:
                 result["simulated_slowdowns"] = [{"rank": s.rank, "factor": s.factor, "from_step": s.from_step,
                                                   "to_step": s.to_step} for s in self.job.slowdowns]
@@ -110,6 +112,7 @@ class JobRunner:
 
     def _end(self, failed: bool) -> None:
         pool = self.pool
+        pool.job_ended()
         if pool.started:
             for identity, reply in pool.store.close():
                 pool.send(identity, reply)
@@ -131,6 +134,7 @@ class JobRunner:
         # pinned while the job runs: the cache never evicts it meanwhile
         self._data = data = await pool.cache.acquire(job.dataset, seed=job.seed, test_fraction=job.test_fraction,
                                                      label_column=job.label_column)
+        data_of = await pool.fill_hosts(data)   # joined hosts' own copies, for their actors' Welcome
         world, n_train = pool.world, data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
         split = initial_split(job, world)
         rebalancer = Rebalancer(world, job.batch_size, align=job.align) if job.planned and world > 1 else None
@@ -140,10 +144,11 @@ class JobRunner:
         config = replace(self.core_config, hang_timeout_s=job.hang_timeout_s, max_restarts=job.max_restarts,
                          restart_window_s=job.restart_window_s)
         core = JobCore(job=job_spec(job, job_id), data=data, actor_ids=list(pool.ids),
-                       threads=[p.threads for p in self.selection.actors], split=split, n_train=n_train,
+                       threads=[pool.plans[a].threads for a in pool.ids], split=split, n_train=n_train,
                        steps_per_epoch=steps_per_epoch(n_train, job.batch_size), config=config, rebalancer=rebalancer,
                        save_path=str(weights) if self._wants_weights() else None, start_step=start_step,
-                       resume_from=resume_from, prior_epochs=tuple(prior), history=history, tally=self.tally)
+                       resume_from=resume_from, prior_epochs=tuple(prior), history=history, tally=self.tally,
+                       data_of=data_of)
         if self.interrupted:   # asked while the data was loading: no step will be granted
             core.interrupt()
         self._sync_store(core)
@@ -205,33 +210,34 @@ class JobRunner:
     async def _pump(self, core: JobCore, wait_ms: int) -> None:
         """Feed the core every process exit and the messages queued (at most PUMP_BATCH,
         waiting up to ``wait_ms`` for the first)."""
-        channel, supervisor = self.pool.channel, self.pool.supervisor
-        for actor_id, how in supervisor.exited():   # exits first: they explain the errors that follow them
-            if not self.pool.exited(actor_id):
-                self._apply(core, core.exited(actor_id, how, time.monotonic()))
+        channel = self.pool.channel
+        self.pool.tick()
+        for actor_ids, how, host in self.pool.take_exits():   # exits first: they explain the errors that follow
+            if host is not None:   # a host lost: all its actors at once
+                self._apply(core, core.host_lost(host, list(actor_ids), how, time.monotonic()))
+            elif not self.pool.exited(actor_ids[0]):
+                self._apply(core, core.exited(actor_ids[0], how, time.monotonic()))
         if await channel.wait_readable(wait_ms):
             for _ in range(PUMP_BATCH):
-                frames = channel.recv_nowait()
+                frames = channel.recv_nowait(copy=False)
                 if frames is None:
                     break
                 self._take(core, frames)
+        released, self.pool.released = self.pool.released, []
+        for identity, hello in released:   # a host that came back holds the data now: its actors join
+            self._apply(core, core.handle(identity, hello, time.monotonic()))
         self.pool.flush()
 
-    def _take(self, core: JobCore, frames: list[bytes]) -> None:
-        """One message from the actors' channel: for the store, the pool or the job."""
+    def _take(self, core: JobCore, frames: list) -> None:
+        """One message from the actors' channel: for the pool (the store's, the spare's, a
+        host agent's) or the job."""
         try:
-            if len(frames) != 2:
-                raise ProtocolError(f"expected 2 frames (identity, payload), got {len(frames)}")
-            message = protocol.decode(frames[1], ACTOR_LIMITS)
+            taken = self.pool.take(frames)
         except ProtocolError:
             core.bad_messages += 1   # dropped; it changes nothing
             return
-        if isinstance(message, StoreRequest):
-            self.pool.store_request(frames[0], message)
-        elif isinstance(message, protocol.Hello) and message.actor_id == ActorPool.SPARE:
-            self.pool.note(frames)
-        else:
-            self._apply(core, core.handle(frames[0], message, time.monotonic()))
+        if taken is not None:
+            self._apply(core, core.handle(*taken, time.monotonic()))
 
     def _apply(self, core: JobCore, effects: list[Effect]) -> None:
         """Carry out the core's effects, in order."""
@@ -240,7 +246,7 @@ class JobRunner:
                 if not self.pool.send(effect.identity, effect.message):
                     self._apply(core, core.unreachable(effect.identity, time.monotonic()))
             elif isinstance(effect, Kill):
-                self.pool.supervisor.kill(effect.actor_id)
+                self.pool.kill(effect.actor_id)
             elif isinstance(effect, Respawn):
                 self.pool.respawn(effect.actor_id)
             elif isinstance(effect, Emit):
@@ -300,9 +306,10 @@ class JobRunner:
     def _failure_report(self, core: JobCore) -> str:
         lines = [core.failure or "job failed"]
         pids = self.pool.supervisor.pids()
-        for slot, plan in zip(core.statistics().slots, self.selection.actors):
-            how = core.lost.get(slot.rank, "running")
-            lines.append(f"  rank {slot.rank}  {plan.device}  pid {pids.get(slot.actor_id)}  {how}")
+        for slot in core.statistics().slots:
+            how, plan = core.lost.get(slot.rank, "running"), self.pool.plans.get(slot.actor_id)
+            where = f"{plan.device if plan else '?'} on {self.pool.host_of(slot.actor_id)}"
+            lines.append(f"  rank {slot.rank}  {where}  pid {pids.get(slot.actor_id)}  {how}")
             lines.extend(f"    | {line[:200]}" for line in self.pool.supervisor.log_tail(slot.actor_id, 4))
         return "\n".join(lines)
 

@@ -34,8 +34,8 @@ import zmq
 
 from .. import messages
 from ..errors import ConfigError, InternalError, LeptonError, ProtocolError
-from ..messages import (SERVICE_LIMITS, WEIGHTS_CHUNK, Accepted, Acknowledged, CancelRequest, JobUpdate, Rejected,
-                        StatusReply, StatusRequest, StopRequest, Submit, Weights)
+from ..messages import (SERVICE_LIMITS, WEIGHTS_CHUNK, Accepted, Acknowledged, CancelRequest, Join, Joined, JobUpdate,
+                        Rejected, StatusReply, StatusRequest, StopRequest, Submit, Weights)
 from ..config import TrainJob
 from ..wire import Plain
 from .address import check_listen, ipc_path
@@ -270,8 +270,23 @@ class Service:
             self._stop(peer)
         elif isinstance(admission.message, CancelRequest):
             self._cancel(peer, admission.message.job_id)
+        elif isinstance(admission.message, Join):
+            self._join(peer)
         else:
             self._send_frame(peer, self._status_frame(now))
+
+    def _join(self, peer: Peer) -> None:
+        """A host agent asks where its actors connect: the actors' channel's CURVE endpoint."""
+        endpoint = self.broker.pool.actor_endpoint
+        if peer[0].auth is None:
+            self._send(peer, Rejected(message="a host joins over the broker's tcp:// --listen address", exit_code=78))
+        elif endpoint is None and self.broker.pool.listen is not None:   # the pool is starting: ask again
+            self._send(peer, Rejected(message="the broker is starting", exit_code=75))
+        elif endpoint is None:
+            self._send(peer, Rejected(message="this broker takes no hosts (it was started without a tcp:// --listen)",
+                                      exit_code=78))
+        else:
+            self._send(peer, Joined(actor_endpoint=endpoint))
 
     def _cancel(self, peer: Peer, job_id: int) -> None:
         try:

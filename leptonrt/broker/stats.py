@@ -33,6 +33,7 @@ class ActorStats:
     gpu_percent: float | None = None      # its GPU's utilisation (NVML; None without NVML or a GPU)
     gpu_memory_bytes: int | None = None   # memory in use on its GPU (NVML)
     gpu_power_w: float | None = None      # its GPU's power draw, watts (NVML)
+    host: str = "local"                   # the host it runs on: a joined host's key name, else the head's hostname
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,11 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
     from ..view import watch
     loop, main_task = asyncio.get_running_loop(), asyncio.current_task()
     stop, seen, broken = asyncio.Event(), [], []
-    broker = Broker(args.gpus, args.cpu_actors, address=" ".join(addresses), pin=not args.no_pin,
-                    cache_bytes=args.cache_bytes, allow_imports=args.allow_import)
+    listen = next((a for a in addresses if a.startswith("tcp://")), None)
+    actor_env, refused = _gradient_net(args, listen)
+    broker = Broker(args.gpus, args.cpu_actors, actor_env=actor_env, address=" ".join(addresses), pin=not args.no_pin,
+                    cache_bytes=args.cache_bytes, allow_imports=args.allow_import, listen=listen, keys=args.keys,
+                    hosts_refused=refused)
     for note in broker.notes:
         print(f"leptonrt: {note}", file=sys.stderr)
     metrics = _serve_metrics(args, broker) if args.metrics_port is not None else None   # a port in use: 78, now
@@ -103,6 +106,20 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
         if metrics is not None:
             metrics.close()
     return seen[0] if seen else 0
+
+
+def _gradient_net(args: argparse.Namespace, listen: str | None) -> tuple[dict[str, str], str | None]:
+    """(the actors' environment, why hosts may not join): on a tcp:// listener, gradients to
+    joined hosts need an interface the user named or trusts (see leptonrt.interfaces)."""
+    if listen is None:
+        return {}, None
+    from ..interfaces import UNSAFE, gradient_iface
+    host = listen.removeprefix("tcp://").rpartition(":")[0]
+    iface = gradient_iface(args.gradient_iface, args.trust_network,
+                           None if host in ("*", "0.0.0.0", "[::]", "[*]") else host)
+    if iface is None:
+        return {}, f"the head was started without --gradient-iface or --trust-network: {UNSAFE}"
+    return {"GLOO_SOCKET_IFNAME": iface}, None
 
 
 def _serve_metrics(args: argparse.Namespace, broker):

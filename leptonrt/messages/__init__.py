@@ -12,7 +12,8 @@ invalid outgoing message is our bug (``InternalError``). A frame longer than its
 The schemas live by who speaks them: ``records`` (nested records, each channel's limits),
 ``actors`` (broker <-> actors, and the rendezvous store), ``clients`` (clients <-> the
 service), ``cachefill`` (the head <-> a host agent: filling its dataset cache, or
-streaming rows). This module is the one door: the message union, ``encode`` and ``decode``.
+streaming rows), ``hosts`` (host agents <-> the head: joining, their actors, liveness).
+This module is the one door: the message union, ``encode`` and ``decode``.
 """
 
 from __future__ import annotations
@@ -32,15 +33,19 @@ from .cachefill import (BATCH_FRAME, BATCH_WINDOW, CACHE_ARRAYS, CACHE_CHUNK, CA
     BatchRows, CacheArray, CacheChunk, CacheCredit, CacheDone, CacheHave, CacheOffer, CacheRefused)
 from .clients import (Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply,
     StopRequest, CancelRequest, Acknowledged)
+from .hosts import (HostActor, Join, Joined, HostHello, HostWelcome, HostRefused, HostBeat, ActorExited, StartActor,
+    KillActor, HostBye, HostDataset)
 from .records import (ACTOR_LIMITS, CLIENT_LIMITS, MAX_REPORT_STEPS, SERVICE_LIMITS, WEIGHTS_CHUNK,
                       ArrayRef, DatasetInfo, JobSpec, StepStat)
 
 VERSION = 3
 
-__all__ = ["Accepted", "Acknowledged", "Adopt", "BatchCredit", "BatchRows", "CacheArray", "CacheChunk",
+__all__ = ["Accepted", "Acknowledged", "ActorExited", "Adopt", "BatchCredit", "BatchRows", "CacheArray", "CacheChunk",
            "CacheCredit", "CacheDone", "CacheHave", "CacheOffer", "CacheRefused", "CancelRequest", "CheckpointNow",
            "Checkpointed", "EpochResult", "Failure", "Finished", "Grant", "GroupFailed", "Heartbeat", "Hello",
-           "JobUpdate", "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby", "StatusReply",
+           "HostActor", "HostBeat", "HostBye", "HostDataset", "HostHello", "HostRefused", "HostWelcome", "Join", "Joined",
+           "JobUpdate", "KillActor", "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby",
+           "StartActor", "StatusReply",
            "StatusRequest", "Stop", "StopRequest", "StoreReply", "StoreRequest", "Submit", "Weights",
            "Welcome", "ACTOR_LIMITS", "BATCH_FRAME", "BATCH_WINDOW", "CACHE_ARRAYS", "CACHE_CHUNK", "CACHE_WINDOW",
            "CLIENT_LIMITS", "SERVICE_LIMITS", "WEIGHTS_CHUNK", "MAX_REPORT_STEPS",
@@ -54,6 +59,8 @@ Message = Union[
     Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply, StopRequest, CancelRequest,
     Acknowledged, CacheOffer, CacheHave, CacheCredit, CacheChunk, CacheDone, CacheRefused,
     BatchRows, BatchCredit,
+    Join, Joined, HostHello, HostWelcome, HostRefused, HostBeat, ActorExited, StartActor, KillActor, HostBye,
+    HostDataset,
 ]
 _KINDS: dict[str, type] = {cls.__name__: cls for cls in typing.get_args(Message)}
 

@@ -201,6 +201,21 @@ def test_a_lost_member_is_replaced_and_the_rest_rewind_to_the_snapshot_before_th
     assert sends(out, Grant)[-1].split == [4, 0]
 
 
+def test_a_host_lost_loses_all_its_actors_in_one_regroup_and_spends_its_budget_once():
+    core, cluster, _ = started(4, epochs=4, snapshot_every=4, max_restarts=1)
+    cluster.everyone(0, 1, 2, 3, 4)
+    out = core.host_lost("alpha", ["a2", "a3"], "host alpha lost: silent for 5.1 s", now=2.0)
+    assert sorted(e.rank for e in emitted(out, ActorLost)) == [2, 3]
+    assert [(r.rank, r.rewind_step, r.members) for r in sends(out, Regroup)] == [(0, 4, [0, 1]), (1, 4, [0, 1])]
+    assert core.regroups == 1 and core.state == JobState.RUNNING
+    core.exited("a1", "exit code 1", now=2.5)   # rank 1 alone: its own budget, untouched by the host's
+    assert core.state == JobState.RUNNING
+    for rank in (2, 3):   # the host came back...
+        core.handle(f"new{rank}".encode(), hello(rank), now=3.0)
+    core.host_lost("alpha", ["a2", "a3"], "host alpha lost again", now=3.5)   # ...and is lost again
+    assert core.state == JobState.FAILED and "host alpha was lost 2 times" in core.failure
+
+
 def test_a_replacement_joins_at_the_next_snapshot_boundary_without_replaying_anything():
     core, cluster, _ = started(2, epochs=4, snapshot_every=4)
     cluster.everyone(0, 1)

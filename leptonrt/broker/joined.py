@@ -1,0 +1,148 @@
+"""The half of the actor pool that other hosts' actors add (``leptonrt join``).
+
+Their agents and actors reach the pool's own channel over CURVE (``remote``); who they
+are is the name their key is allowed under. This part decides what their messages mean
+for the pool (``hosts.HostTable``, pure), keeps their actors in the pool's lists while
+they are here, loses all of a host's actors at once, and fills each host's dataset cache
+before a job (``fill``). ``JoinedHosts`` is a part of ``pool.ActorPool``, kept here so that
+each file reads as one story; it works on the state ``ActorPool.__init__`` sets up.
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from .. import messages as protocol
+from ..actors.devices import ActorPlan
+from ..errors import ConfigError, DataError, ProtocolError
+from ..messages import HostBeat
+from .channel import PeerGone
+from .events import Send
+from .fill import JobData
+from .hosts import HostJoined, HostLost, RemoteExit
+
+_BEAT = protocol.encode(HostBeat())
+
+
+class JoinedHosts:
+    """Joined hosts' actors in the pool: their hosts' comings and goings, and their data."""
+
+    def _sender_host(self, frame) -> str | None:
+        """The host a message came from: None for the private ipc channel (this host), else
+        the name its CURVE key is allowed under now."""
+        if isinstance(frame, bytes):
+            return None
+        try:
+            frame.get("User-Id")
+        except zmq.ZMQError:   # no ZAP verdict: the private ipc endpoint
+            return None
+        name = self._auth.sender(frame) if self._auth is not None else None
+        if name is None:
+            raise ProtocolError("the sender's key is no longer allowed")
+        return name
+
+    def tick(self) -> None:
+        """The passing of time: hosts silent for too long are lost, and so are those whose
+        agent's connection is gone (a beat to it cannot be routed: it died, or closed it)."""
+        now = time.monotonic()
+        self._apply_hosts(self.hosts.tick(now))
+        if now - self._probed < self.hosts.beat_s / 2:
+            return
+        self._probed = now
+        for host in list(self.hosts.hosts.values()):
+            try:
+                self.channel.send_nowait(host.identity, _BEAT)
+            except PeerGone:
+                self._apply_hosts(self.hosts.lose(host.name, "its agent's connection closed"))
+
+    def _apply_hosts(self, effects: list) -> None:
+        for effect in effects:
+            if isinstance(effect, Send):
+                self.send(effect.identity, effect.message)
+            elif isinstance(effect, HostJoined):
+                self._joined(effect)
+                if self.job_data is not None:   # mid-job (it came back): its data before its actors' Welcome
+                    for message in self.job_data.joined(effect.name):
+                        self.send(self.hosts.hosts[effect.name].identity, message)
+                self.host_events.append(f"host {effect.name} joined: {len(effect.actors)} actor(s), "
+                                        + ", ".join(a.device for a in effect.actors))
+            elif isinstance(effect, HostLost):
+                self.host_events.append(effect.why)
+                self._remote_exited(effect.actors, effect.why, effect.name)
+            elif isinstance(effect, RemoteExit):
+                self._remote_exited((effect.actor_id,), effect.how)
+
+    def _joined(self, joined: HostJoined) -> None:
+        for actor in joined.actors:
+            if actor.actor_id not in self.plans:
+                self.ids.append(actor.actor_id)
+                self.restarts[actor.actor_id] = 0
+            self.plans[actor.actor_id] = ActorPlan(actor.device, None, actor.threads)
+            self.remote[actor.actor_id] = actor
+            self._live_remote.add(actor.actor_id)   # the agent starts them as it is welcomed
+
+    def _remote_exited(self, actor_ids: tuple[str, ...], how: str, host: str | None = None) -> None:
+        ended = tuple(a for a in actor_ids if a in self._live_remote)
+        for actor_id in ended:
+            self._live_remote.discard(actor_id)
+            self.hellos.pop(actor_id, None)
+        if ended:
+            self._remote_exits.append((ended, how, host))
+
+    def _forget_departed(self) -> None:
+        """Between jobs: the actors of hosts that are gone leave the pool (a job's world is who is here)."""
+        gone = [a for a in self.remote if a.partition("/")[0] not in self.hosts.hosts]
+        for actor_id in gone:
+            self.ids.remove(actor_id)
+            for table in (self.plans, self.remote, self.restarts, self.known, self.hellos):
+                table.pop(actor_id, None)
+
+    async def fill_hosts(self, data: protocol.DatasetInfo, timeout_s: float = 600.0) -> dict[str, protocol.DatasetInfo]:
+        """Fill every joined host's cache with ``data`` (a host that holds it answers at once);
+        actor id -> where its host holds the data, for its Welcome. A host that refuses fails
+        the job with its reason (its exit code); one that leaves meanwhile is left out."""
+        self._forget_departed()
+        self.job_actors = set(self.ids)   # the job's actors: who is here now
+        hosts = sorted({a.host for a in self.remote.values()} & set(self.hosts.hosts))
+        if not hosts:
+            return {}
+        self._fills = fills = await self._offers.fills(data, hosts)
+        started = time.monotonic()
+        try:
+            for name, message in fills.start():
+                self.send(self.hosts.hosts[name].identity, message)
+            deadline = time.monotonic() + timeout_s
+            while fills.pending(set(self.hosts.hosts)):
+                if time.monotonic() > deadline:
+                    raise DataError(f"filling the caches of hosts {', '.join(fills.pending(set(self.hosts.hosts)))} "
+                                    f"took over {timeout_s:.0f} s")
+                await self.idle(100)
+            for name, refused in fills.refused.items():
+                kind = ConfigError if refused.exit_code == ConfigError.exit_code else DataError
+                raise kind(f"host {name} cannot hold the dataset: {refused.message}")
+            sent = sum(sender.sent_chunks for sender in fills.senders.values())
+            self.host_events.append(f"dataset {data.spec}: hosts {', '.join(sorted(fills.held))} hold it "
+                                    + (f"({sent} chunks sent in {time.monotonic() - started:.3f} s)" if sent
+                                       else "already"))
+            self.job_data = JobData(data, fills.offer, fills.held)
+            for name in fills.held:
+                self._data_of_host(name)
+            return self.job_data.data_of
+        finally:
+            self._fills = None
+            fills.close()
+
+    def job_ended(self) -> None:
+        """The job is over: what its data was on each host is no longer news."""
+        if self.job_data is not None:
+            self.job_data.close()
+        self.job_data, self.released, self.job_actors = None, [], None
+
+    def _data_of_host(self, host: str) -> None:
+        """Tell the job where ``host``'s actors find its data (its copy, once it holds one)."""
+        if self.job_data is not None and host in self.job_data.held:
+            for actor_id, actor in self.remote.items():
+                if actor.host == host:
+                    self.job_data.data_of[actor_id] = self.job_data.held[host]
