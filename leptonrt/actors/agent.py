@@ -103,7 +103,8 @@ class Agent:
             env = {"LEPTONRT_SERVER_KEY": str(Path(config.server_key).resolve()),
                    "LEPTONRT_KEYS": str(keys_dir(config.keys).resolve()), "GLOO_SOCKET_IFNAME": iface}
             self.env = env
-            supervisor = Supervisor(Path(make_run_dir()), endpoint, env, fork=fork_wanted(os.environ, selection.any_gpu))
+            supervisor = Supervisor(Path(make_run_dir()), endpoint, env,
+                                    fork=fork_wanted(os.environ, selection.any_gpu))
             for actor_id in ids:
                 supervisor.spawn(actor_id, self.plans[actor_id], {**env, "LEPTONRT_INCARNATION": "0"},
                                  self.cores[actor_id])
