@@ -81,7 +81,9 @@ def test_splits_the_actors_agree_on_before_their_grants_end_train_the_same_weigh
     from leptonrt.broker.runner import JobRunner
     from leptonrt.config import TrainJob
     single = _weights(leptonrt_cli, tmp_path, "one", "--cpu-actors", "1", "--hidden", "512")
-    far_ahead = JobConfig(min_window=256, max_window=256)   # grants up to 256 steps ahead
+    # grants up to 256 steps ahead, and a membership change waits for them (so the 8x straggler
+    # is answered by moves, which are what this test is about, not by a standby)
+    far_ahead = JobConfig(min_window=256, max_window=256, cut_short=False)
     path = tmp_path / "agreed.safetensors"
     # a wider model than _weights' own: its cost per row is what a SIMULATED 4x straggler makes
     # worth moving (in the small one the gradient sum's fixed cost dominates)

@@ -55,6 +55,8 @@ class JobConfig:
     min_window: int = 4
     plan_every_s: float = 0.02      # decisions at most 50 times a second: one costs ~0.5 ms (bench/rebalance_sim.py)
     snapshot_every: int = 8         # actors snapshot their state in memory this often (steps)
+    cut_short: bool = True          # a membership change may re-form at once from the newest
+                                    # snapshot when that is cheaper (else after the steps granted)
     hang_timeout_s: float = 3.0     # --hang-timeout
     max_restarts: int = 3           # replacements allowed per actor within restart_window_s...
     restart_window_s: float = 60.0  # ...beyond that the job fails (exit code 70)

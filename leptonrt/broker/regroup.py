@@ -94,7 +94,7 @@ class Regrouping:
         same change, so it is made on the expected saving (``change.expected_s``). One with
         none expected (a trial undone, a memory cap) waits."""
         step_s, saving = self.grants.step_s, change.expected_s
-        if step_s is None or saving <= 0:
+        if not self.config.cut_short or step_s is None or saving <= 0:
             return False
         waiting = self.grants.granted - (self.committed() + 1)
         replay = self.committed() + 1 - self._rewind_floor()

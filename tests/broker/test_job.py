@@ -1,6 +1,8 @@
 """JobCore: the broker's decisions for one job, driven with plain messages and numbers."""
 
 
+import pytest
+
 from leptonrt.batches import fold, history_start, piece
 from leptonrt.broker.events import ActorLost, Progress, Recovered, Respawn, Send
 from leptonrt.broker.job import JobConfig, JobCore
@@ -284,8 +286,10 @@ def test_a_standby_that_saves_more_than_its_replay_costs_cuts_the_granted_window
     assert core.committed() == plain.committed() and core.ledger.digest() == plain.ledger.digest()
 
 
-def test_a_standby_that_saves_less_than_its_replay_costs_waits_for_the_granted_window():
-    core, cluster, _ = started(2, epochs=4, window=12, snapshot_every=4, rebalancer=OneChange(_standby(0.0002), 14))
+@pytest.mark.parametrize("saving_s,cut_short", [(0.0002, True), (0.0015, False)])
+def test_a_standby_waits_for_the_granted_window_when_replay_costs_more_or_cutting_short_is_off(saving_s, cut_short):
+    core, cluster, _ = started(2, epochs=4, window=12, snapshot_every=4, cut_short=cut_short,
+                               rebalancer=OneChange(_standby(saving_s), 14))
     cluster.report(0, 0, 1, 2, 3, 4, 5)
     cluster.now = 1.0
     out = cluster.report(1, 0, 1, 2, 3, 4, 5)
