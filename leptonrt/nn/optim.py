@@ -91,9 +91,14 @@ class FusedOptimizer:
                amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                eps=group["eps"], maximize=False)
 
-    def zero_grad(self) -> None:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch.optim's: drop the gradients, or with ``set_to_none=False`` zero them in place."""
         for p in self.params:
-            if p.grad is not None:
+            if p.grad is None:
+                continue
+            if set_to_none:
+                p.grad = None
+            else:
                 p.grad.zero_()
 
     def state_dict(self) -> dict:

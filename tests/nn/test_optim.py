@@ -100,3 +100,14 @@ def test_training_takes_no_import_of_torch_dynamo():
 
 def test_make_optimizer_uses_the_fused_kernels_on_this_cpu():
     assert isinstance(make_optimizer(_params(), "adam", 0.1, 0.9, 0.0), FusedOptimizer)
+
+
+def test_zero_grad_drops_or_zeroes_the_gradients_as_torch_optim_does():
+    params = _params()
+    mine = FusedOptimizer(params, "sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    mine.zero_grad(set_to_none=False)
+    assert all(p.grad is not None and not p.grad.any() for p in params)
+    mine.zero_grad()
+    assert all(p.grad is None for p in params)
