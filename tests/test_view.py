@@ -17,7 +17,8 @@ from rich.console import Console
 
 from leptonrt.broker.stats import ActorStats, Event, FinishedJob, JobEntry, JobStats, QueuedJob, Snapshot
 from leptonrt.errors import NoDeviceError
-from leptonrt.view import BLOCKS, bars, hms, job_lines, plain_line, render, sparkline, watch
+from leptonrt.view import BLOCKS, bars, hms, job_lines, plain_line, render, sparkline
+from leptonrt.watch import watch
 
 NOW = 1_700_000_000.0
 

@@ -46,7 +46,7 @@ async def _up(args: argparse.Namespace, addresses: list[str]) -> int:
 
     from ..broker.embedded import Broker
     from ..broker.service import Service
-    from ..view import watch
+    from ..watch import watch
     loop, main_task = asyncio.get_running_loop(), asyncio.current_task()
     stop, seen, broken = asyncio.Event(), [], []
     listen = next((a for a in addresses if a.startswith("tcp://")), None)
@@ -143,7 +143,7 @@ async def _top(args: argparse.Namespace) -> int:
     import signal
 
     from ..client import connect
-    from ..view import watch
+    from ..watch import watch
     loop, stop, seen = asyncio.get_running_loop(), asyncio.Event(), []
     for signum, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         loop.add_signal_handler(signum, lambda c=code: (seen.append(c), stop.set()))
