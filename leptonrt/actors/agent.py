@@ -42,7 +42,7 @@ from ..messages import (ACTOR_LIMITS, SERVICE_LIMITS, ActorExited, CacheChunk, C
                         HostActor, HostBeat, HostBye, HostDataset, HostHello, HostRefused, HostWelcome, Join, Joined,
                         KillActor, Rejected, StartActor)
 from .devices import allowed_cores, core_sets, select
-from .spawn import Supervisor, fork_wanted
+from .spawn import Supervisor
 from .tether import make_run_dir
 
 JOIN_TIMEOUT_S = 15.0   # a head that has not answered the join (or the hello) by then is not there
@@ -103,8 +103,7 @@ class Agent:
             env = {"LEPTONRT_SERVER_KEY": str(Path(config.server_key).resolve()),
                    "LEPTONRT_KEYS": str(keys_dir(config.keys).resolve()), "GLOO_SOCKET_IFNAME": iface}
             self.env = env
-            supervisor = Supervisor(Path(make_run_dir()), endpoint, env,
-                                    fork=fork_wanted(os.environ, selection.any_gpu))
+            supervisor = Supervisor(Path(make_run_dir()), endpoint, env, gpus=selection.any_gpu)
             for actor_id in ids:
                 supervisor.spawn(actor_id, self.plans[actor_id], {**env, "LEPTONRT_INCARNATION": "0"},
                                  self.cores[actor_id])

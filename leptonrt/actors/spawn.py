@@ -1,10 +1,9 @@
 """Starting, watching and stopping actor processes.
 
 On Linux, CPU actors are forked from one warm process per pool (``forkserver``), started
-with the pool (``fork_wanted`` says when; ``LEPTONRT_SPAWN=popen`` gives each its own
-interpreter):
-PyTorch's import is paid once, while the broker gets on with
-its own start-up, instead of once per actor, all at the same time.
+with the pool: PyTorch's import is paid once, while the broker gets on with its own
+start-up, instead of once per actor, all at the same time. ``fork_wanted`` says when
+(``LEPTONRT_SPAWN=popen`` gives each actor its own interpreter).
 """
 
 from __future__ import annotations
@@ -83,20 +82,23 @@ class Supervisor:
     """Owns the actor processes of one broker; nothing it starts outlives ``close()``."""
 
     def __init__(self, run_dir: Path, connect: str, actor_env: dict[str, str] | None = None,
-                 fork: bool | None = None) -> None:
+                 fork: bool | None = None, gpus: bool = False) -> None:
+        """``fork``: whether actors are forked (None: as ``fork_wanted`` says for a pool with
+        GPU actors, ``gpus``, or without)."""
         self.run_dir = run_dir
         self.connect = connect
         self._procs: dict[str, _Proc] = {}
-        fork = fork_wanted(os.environ) if fork is None else fork
+        fork = fork_wanted(os.environ, gpus) if fork is None else fork
         # started now, so that its imports run while the broker does its own start-up
         self._server = ForkServer(run_dir, connect, self._base_env(actor_env or {})) if fork else None
 
     @classmethod
-    def in_new_run_dir(cls, actor_env: dict[str, str] | None = None, fork: bool | None = None) -> Supervisor:
+    def in_new_run_dir(cls, actor_env: dict[str, str] | None = None, fork: bool | None = None,
+                       gpus: bool = False) -> Supervisor:
         """A supervisor in a new run directory (the actors' socket, their logs), its fork
         server (if any) starting. Whoever asks removes the directory after ``close()``."""
         run_dir = Path(make_run_dir())
-        return cls(run_dir, f"ipc://{run_dir}/broker.sock", actor_env, fork=fork)
+        return cls(run_dir, f"ipc://{run_dir}/broker.sock", actor_env, fork=fork, gpus=gpus)
 
     def spawn(self, actor_id: str, plan: ActorPlan, extra_env: dict[str, str] | None = None,
               cores: tuple[int, ...] | None = None) -> None:

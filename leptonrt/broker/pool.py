@@ -5,7 +5,6 @@ actors of hosts that joined (``leptonrt join``), which reach the same channel ov
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import socket
 import time
@@ -16,7 +15,7 @@ import zmq
 
 from .. import messages as protocol
 from ..actors.devices import ActorPlan, Selection, allowed_cores, core_sets, select
-from ..actors.spawn import Supervisor, fork_wanted
+from ..actors.spawn import Supervisor
 from ..actors.tether import clean_stale_run_dirs
 from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
@@ -114,7 +113,7 @@ class ActorPool(JoinedHosts):
         self.run_id = new_run_id()
         self.cache = DatasetCache(self.run_id, budget_bytes=self.cache_bytes, allowed_imports=self.allow_imports)
         self.supervisor, self._early = self._early or Supervisor.in_new_run_dir(
-            self.actor_env, fork=fork_wanted(os.environ, self.selection.any_gpu)), None
+            self.actor_env, gpus=self.selection.any_gpu), None
         self.run_dir = self.supervisor.run_dir
         self.started = True
         self.channel = Channel(self.supervisor.connect, ACTOR_LIMITS.frame_bytes)

@@ -125,11 +125,11 @@ def _train_here(args: argparse.Namespace, job: TrainJob) -> int:
     """Run the job on actors of this process. The actors' fork server starts first, so that
     its seconds of imports overlap this process's own (which load no PyTorch)."""
     from ..actors.devices import describe, select
-    from ..actors.spawn import Supervisor, fork_wanted
+    from ..actors.spawn import Supervisor
     selection = select(args.gpus, args.cpu_actors)   # asks PyTorch only if a GPU may be picked
     if sys.stderr.isatty():   # for the person waiting; in a pipe an error stays the only line
         print(f"leptonrt: loading {job.dataset}; starting {describe(selection)}", file=sys.stderr, flush=True)
-    supervisor = Supervisor.in_new_run_dir(fork=fork_wanted(os.environ, selection.any_gpu))
+    supervisor = Supervisor.in_new_run_dir(gpus=selection.any_gpu)
     label = describe_slowdowns(job)
     follow = _follow(args, label)
     try:
