@@ -14,6 +14,7 @@ Where a device or dtype has no fused kernel, ``make_optimizer`` (``step.py``) fa
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 
 import torch
@@ -23,9 +24,10 @@ KINDS = ("adam", "adamw", "sgd")
 BETAS, EPS = (0.9, 0.999), 1e-8   # torch.optim's defaults
 
 
+@functools.lru_cache(maxsize=None)
 def fused_kernels_work(kind: str, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether this torch has the fused kernel of ``kind`` for ``device`` and ``dtype``
-    (one step on a scratch tensor says)."""
+    (one step on a scratch tensor says, once per process)."""
     try:
         scratch = nn.Parameter(torch.zeros(2, device=device, dtype=dtype))
         scratch.grad = torch.ones_like(scratch)

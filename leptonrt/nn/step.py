@@ -12,7 +12,6 @@ whether all of them voted the same: the actors agree on a new split that way).
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -40,17 +39,12 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return "fp32"
 
 
-@functools.lru_cache(maxsize=None)
-def _fused(kind: str, device: torch.device, dtype: torch.dtype) -> bool:
-    return fused_kernels_work(kind, device, dtype)
-
-
 def make_optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: float,
                    weight_decay: float) -> FusedOptimizer | torch.optim.Optimizer:
     """PyTorch's fused kernels called directly (``optim.py``: no torch._dynamo import) where
     this torch has them for the parameters' device and dtypes, else torch.optim's foreach
     implementation."""
-    if all(_fused(name, params[0].device, dtype) for dtype in {p.dtype for p in params}):
+    if all(fused_kernels_work(name, params[0].device, dtype) for dtype in {p.dtype for p in params}):
         return FusedOptimizer(params, name, lr=lr, momentum=momentum, weight_decay=weight_decay)
     kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     kwargs: dict = {"lr": lr, "weight_decay": weight_decay}

@@ -267,7 +267,7 @@ class Rebalancer:
                                            self.config.confidence, collective)[0])
             if lasting * beyond > regroup:
                 expected = base.mean + collective[0] - float(np.max(finish_times(group_theta[0], group_theta[1], new)))
-                best = _Candidate(group, new, saving, cost, lasting, expected=max(expected, saving))
+                best = _Candidate(group, new, saving, cost, lasting, expected=expected)
         return best
 
     def _lasting(self, ranks: np.ndarray, group: np.ndarray, base: Slowest, horizon: int) -> int:
