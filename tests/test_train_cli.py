@@ -34,6 +34,10 @@ def test_two_cpu_actors_reach_95_percent_on_digits(leptonrt_cli, tmp_path, no_le
     assert f"rebalances {result['rebalances']}  regroups {result['regroups']}" in done, done
     # a member trains a share; one the rebalancer put on standby trains none (and says so)
     assert all((a["share"] > 0) == a["in_group"] and a["in_group"] != a["standby"] for a in result["actors"])
+    # each actor has a core of its own (pinned, 1 thread); one on standby lends its core to the member
+    if len(os.sched_getaffinity(0)) >= 2:
+        standby = any(a["standby"] for a in result["actors"])
+        assert sorted(a["threads"] for a in result["actors"]) == ([1, 2] if standby else [1, 1])
 
 
 def _weights(leptonrt_cli, tmp_path, name, *args):

@@ -55,6 +55,7 @@ class JobLoop:
         self.link, self.welcome, self.device, self.tether = link, welcome, device, tether
         self.job, self.job_id = welcome.job.job, welcome.job.job_id
         self.plan = ActorSchedule.from_welcome(welcome)
+        _use_threads(welcome.threads)   # its own cores' worth (another job may have lent it more)
         self.group = Group(link.address, self.job_id, welcome.backend, welcome.collective_timeout_s, device)
         self.trainer = Trainer(welcome, device, self.group)
         self.faults = Injector(welcome.rank)
@@ -86,6 +87,7 @@ class JobLoop:
             if place is None:      # released while on standby: the job is over for us
                 return
             g = place.rewind_step
+            _use_threads(place.threads)   # the broker has pinned us to the cores of the new group
             formed = self._form(g, restored=self.trainer.restore(g), history=place.history)
         self._finish()
 
@@ -308,6 +310,13 @@ class JobLoop:
 
 
 # -- the process -----------------------------------------------------------------------------
+
+
+def _use_threads(threads: int) -> None:
+    """Run ``threads`` CPU threads from the next operation on (0: as now)."""
+    if threads and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        _log(f"now {threads} thread(s)")
 
 
 def _warm_up(device: torch.device) -> None:

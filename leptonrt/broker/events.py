@@ -1,8 +1,8 @@
 """What a job's core hands its shell: typed effects, and the events a job's owner sees.
 
 The core decides; the shell only carries out its effects, in order: ``Send`` a message to
-an actor, ``Kill`` a process taken for hung, ``Respawn`` a lost actor, ``Emit`` an event
-to whoever follows the job (``job.events()``, the live view, a remote client).
+an actor, ``Kill`` a process taken for hung, ``Respawn`` a lost actor, ``Pin`` an actor to
+cores (lent while others are on standby), ``Emit`` an event to whoever follows the job (``job.events()``, the live view, a remote client).
 """
 
 from __future__ import annotations
@@ -30,11 +30,17 @@ class Respawn:
 
 
 @dataclass(frozen=True)
+class Pin:
+    actor_id: str            # move every thread of it onto these cores (before its Regroup
+    cores: tuple[int, ...]   # tells it how many threads to run)
+
+
+@dataclass(frozen=True)
 class Emit:
     event: object     # an EpochEvent, Progress, SplitChanged, ActorLost, Recovered or Benched
 
 
-Effect = Union[Send, Kill, Respawn, Emit]
+Effect = Union[Send, Kill, Respawn, Pin, Emit]
 
 
 @dataclass(frozen=True)

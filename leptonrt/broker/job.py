@@ -2,7 +2,7 @@
 
 The shell feeds every decoded message (with the sender's ROUTER identity), every observed
 process exit and the passing of time into a ``JobCore`` and carries out the effects it
-returns (``events.Send``, ``Kill``, ``Respawn``, ``Emit``). Time is a parameter, so tests
+returns (``events.Send``, ``Kill``, ``Respawn``, ``Pin``, ``Emit``). Time is a parameter, so tests
 drive it with plain numbers. The job's lifecycle and each actor's are tables
 (``lifecycle``); who holds which rank is the ``Roster``'s; the committed history is the
 ``Ledger``'s; who is hung is ``Liveness``'s; how far ahead steps are granted, ``Grants``';
@@ -32,6 +32,7 @@ from ..messages import (CheckpointNow, DatasetInfo, EpochResult, Failure, Finish
 from .grants import Grants
 from .events import Effect, Emit, EpochEvent, Kill, Progress, Send
 from .capacity import rows_that_fit
+from .cores import Lending
 from .ledger import HistoryBroken, Ledger
 from .lifecycle import JOB, SLOT, JobState, SlotState
 from .liveness import Liveness, Watched
@@ -70,7 +71,8 @@ class JobCore(Granting, Regrouping):
                  split: list[int], n_train: int, steps_per_epoch: int, config: JobConfig = JobConfig(),
                  rebalancer: Rebalancer | None = None, save_path: str | None = None, start_step: int = 0,
                  resume_from: str | None = None, prior_epochs: tuple = (), history: bytes | None = None,
-                 tally: Tally | None = None, data_of: dict[str, DatasetInfo] | None = None) -> None:
+                 tally: Tally | None = None, data_of: dict[str, DatasetInfo] | None = None,
+                 lending: Lending | None = None) -> None:
         settings = job.job
         if len(split) != len(actor_ids) or sum(split) != settings.batch_size:
             raise InternalError(f"split {split} does not fit {len(actor_ids)} actors and batch {settings.batch_size}")
@@ -94,6 +96,9 @@ class JobCore(Granting, Regrouping):
         self.grants = Grants(config.window_s, config.min_window, config.max_window, granted=start_step)
         self._change: Membership | None = None  # ...with the members the rebalancer chose, if that is why
         self._benched: set[int] = set()         # ranks the rebalancer keeps out of the group
+        # the cores of pinned CPU actors: those on standby lend theirs to the members
+        self.lending = lending if lending is not None else Lending({})
+        self._pinned = dict(self.lending.home)  # rank -> the cores it runs on now
         self._formed_at: float | None = None    # when the last planned regroup began (its cost is measured)
         self._planned_at = -math.inf
         self._restarts = RestartBudget(config.max_restarts, config.restart_window_s)
@@ -265,7 +270,8 @@ class JobCore(Granting, Regrouping):
             "replayed_steps": self.replayed_steps,
             "history_digest": self.ledger.digest(),
             "split_changes": [{"step": c.first, "split": list(c.split), "why": c.why} for c in changes],
-            "actors": [s.result(final[s.rank] / self.batch) for s in self.roster.ranked()],
+            "actors": [s.result(final[s.rank] / self.batch, len(self._pinned.get(s.rank, ())) or s.threads)
+                       for s in self.roster.ranked()],
         }
 
     # -- handlers ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ from .channel import Channel, PeerGone
 from .fill import FILL_MESSAGES, Fills, JobData, Offers
 from .hosts import HOST_MESSAGES, HostTable, RemoteActor, qualified
 from .joined import JoinedHosts
+from .cores import Lending
 from .store import StoreCore
 
 
@@ -78,6 +79,7 @@ class ActorPool(JoinedHosts):
         self._auth = None                          # the CURVE authenticator of the actors' channel
         self._live_remote: set[str] = set()        # remote actors whose agent started a process not yet ended
         self._remote_exits: list[tuple[tuple[str, ...], str, str | None]] = []
+        self._lent: set[str] = set()               # local actors pinned off their own cores in this job
         self.host_events: list[str] = []           # hosts joined and lost, for the log
         self._probed = 0.0                         # when the agents' connections were last tried
         self._offers = Offers()                    # datasets offered to hosts, hashed once
@@ -157,6 +159,23 @@ class ActorPool(JoinedHosts):
         while self.outbox:
             identity, message = self.outbox.pop(0)
             self.send(identity, message)
+
+    def lending(self) -> Lending:
+        """Each local pinned CPU actor's own cores, by rank: what a job's actors on standby lend."""
+        return Lending({rank: cores for rank, actor_id in enumerate(self.ids)
+                        if (cores := self._cores_of(actor_id)) is not None})
+
+    def pin(self, actor_id: str, cores: tuple[int, ...]) -> None:
+        """Move a local actor onto ``cores`` (lent while others are on standby) for this job."""
+        self.supervisor.pin(actor_id, cores)
+        self._lent.add(actor_id)
+
+    def job_ended(self) -> None:
+        """Every actor that was lent cores goes back to its own for the next job."""
+        super().job_ended()
+        for actor_id in sorted(self._lent):
+            self.supervisor.pin(actor_id, self._cores_of(actor_id))
+        self._lent.clear()
 
     def _cores_of(self, actor_id: str) -> tuple[int, ...] | None:
         """The cores a local actor is pinned to (None: not pinned, or another host's)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ..batches import share_among
 from ..messages import Regroup, Standby, Welcome
-from .events import ActorLost, Benched, Effect, Emit, Recovered, Respawn, Send
+from .events import ActorLost, Benched, Effect, Emit, Pin, Recovered, Respawn, Send
 from .lifecycle import SLOT, JobState, SlotState
 from .roster import Slot
 from .stats import Change
@@ -144,27 +144,44 @@ class Regrouping:
         members = sorted(staying + joiners, key=lambda s: s.rank)
         ranks = [s.rank for s in members]
         source = next(s.rank for s in members if s.has_state)
+        idle = {s.rank for s in benched} | {s.rank for s in self.roster.ranked() if s.state == SlotState.STANDBY}
+        if self.rebalancer is not None:   # before the split: it is of the threads each member will run
+            for rank, n in self.lending.threads(ranks, idle).items():
+                self.rebalancer.configure(rank, n)
         self.splits.reset(rewind, split or self._split_for(ranks))
         self.last_change = Change(rewind, tuple(self.splits.current), reason)
         out: list[Effect] = []
         for slot in benched:
             slot.state = SLOT.apply(slot.state, "benched")
             out.append(Send(slot.identity, Standby(job_id=self.job.job_id, generation=self.generation)))
+        threads = self._lend(ranks, idle, out)
         fresh = {s.rank for s in members if s.state == SlotState.READY}   # new processes: a Welcome
         for slot in members:   # every member's state first: each message describes the whole new group
             event = "welcomed" if slot.state in (SlotState.READY, SlotState.STANDBY) else "regrouped"
             slot.state = SLOT.apply(slot.state, event)
             slot.last_step, slot.last_heard = rewind - 1, now   # forming a group: its own clock of silence
         for slot in members:
-            out.append(Send(slot.identity, self._welcome(slot, source) if slot.rank in fresh else Regroup(
+            n = threads.get(slot.rank, slot.threads)
+            out.append(Send(slot.identity, self._welcome(slot, source, n) if slot.rank in fresh else Regroup(
                 job_id=self.job.job_id, generation=self.generation, rank=slot.rank, world_size=len(self.roster),
                 rewind_step=rewind, source_rank=source, members=ranks, gradient_sync=self.roster.gradient_sync(),
-                history=self.ledger.digest())))
+                history=self.ledger.digest(), threads=n)))
         if benched:
             out.append(Emit(Benched(rewind, tuple(s.rank for s in benched), tuple(ranks), reason)))
         out.append(Emit(Recovered(self.generation, rewind, self.replayed_steps, tuple(ranks),
                                   tuple(s.rank for s in joiners))))
         return out + self._grant_more(force=True)
+
+    def _lend(self, ranks: list[int], idle: set[int], out: list[Effect]) -> dict[int, int]:
+        """Pin each CPU actor to its cores in the new group (the ``idle``, on standby, lend
+        theirs to the members): a ``Pin`` for each that moves, ahead of the message that tells
+        it its threads. rank -> the threads each runs."""
+        cores = self.lending.cores(ranks, idle)
+        for rank, these in cores.items():
+            if self._pinned.get(rank) != these:
+                self._pinned[rank] = these
+                out.append(Pin(self.roster.ranked()[rank].actor_id, these))
+        return {rank: len(these) for rank, these in cores.items()}
 
     def _split_for(self, ranks: list[int]) -> list[int]:
         """A new group's split: the rebalancer's best guess when it has measured every member,
@@ -178,13 +195,13 @@ class Regrouping:
 
     # -- messages out ---------------------------------------------------------------------
 
-    def _welcome(self, slot: Slot, source: int | None = None) -> Welcome:
+    def _welcome(self, slot: Slot, source: int | None = None, threads: int | None = None) -> Welcome:
         ranks = [s.rank for s in self.roster.members()] or [s.rank for s in self.roster.ranked()]
         if slot.rank not in ranks:
             ranks = sorted(ranks + [slot.rank])
         return Welcome(rank=slot.rank, world_size=len(self.roster), job=self.job,
                        data=self.data_of.get(slot.actor_id, self.data),
-                       steps_per_epoch=self.steps_per_epoch, threads=slot.threads, backend=self.roster.backend(),
+                       steps_per_epoch=self.steps_per_epoch, threads=threads or slot.threads, backend=self.roster.backend(),
                        collective_timeout_s=self.liveness.collective_timeout(), generation=self.generation,
                        start_step=self.group_start, source_rank=source,
                        resume_from=self.resume_from if self.generation == 0 else None,

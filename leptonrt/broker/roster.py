@@ -44,8 +44,9 @@ class Slot:
                               compute_ms=median(self.compute) * 1000 if self.compute else None,
                               restarts=self.restarts, member=self.member, standby=standby)
 
-    def result(self, share: float) -> dict:
-        """This rank's part of the job's result (``share``: of the batch, at the last step)."""
+    def result(self, share: float, threads: int) -> dict:
+        """This rank's part of the job's result (``share``: of the batch, at the last step;
+        ``threads``: the CPU threads it ran at the end)."""
         fin, hello, seen = self.finished, self.hello, self.seen
         return {
             "rank": self.rank,
@@ -57,6 +58,7 @@ class Slot:
             "restarts": self.restarts,
             "in_group": self.member,
             "standby": self.state == SlotState.STANDBY,
+            "threads": threads,
         }
 
 

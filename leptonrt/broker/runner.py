@@ -24,7 +24,7 @@ from ..imports import ANY
 from ..messages import EpochResult, JobSpec, Release
 from ..config import TrainJob
 from ..nn import checkpoint
-from .events import Effect, Emit, Kill, Respawn, Send
+from .events import Effect, Emit, Kill, Pin, Respawn, Send
 from .job import JobConfig, JobCore
 from .lifecycle import JobState
 from .pool import ActorPool
@@ -137,7 +137,9 @@ class JobRunner:
         data_of = await pool.fill_hosts(data)   # joined hosts' own copies, for their actors' Welcome
         world, n_train = pool.world, data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
         split = initial_split(job, world)
-        rebalancer = Rebalancer(world, job.batch_size, align=job.align) if job.planned and world > 1 else None
+        lending = pool.lending()   # the cores of actors on standby go to the members
+        rebalancer = Rebalancer(world, job.batch_size, align=job.align, threads_in=lending.threads) \
+            if job.planned and world > 1 else None
         start_step, prior, resume_from, history = await self._resume_point()
         job_id = pool.next_job_id()
         weights = pool.run_dir / f"weights-job{job_id}.safetensors"
@@ -148,7 +150,7 @@ class JobRunner:
                        steps_per_epoch=steps_per_epoch(n_train, job.batch_size), config=config, rebalancer=rebalancer,
                        save_path=str(weights) if self._wants_weights() else None, start_step=start_step,
                        resume_from=resume_from, prior_epochs=tuple(prior), history=history, tally=self.tally,
-                       data_of=data_of)
+                       data_of=data_of, lending=lending)
         if self.interrupted:   # asked while the data was loading: no step will be granted
             core.interrupt()
         self._sync_store(core)
@@ -249,6 +251,8 @@ class JobRunner:
                 self.pool.kill(effect.actor_id)
             elif isinstance(effect, Respawn):
                 self.pool.respawn(effect.actor_id)
+            elif isinstance(effect, Pin):
+                self.pool.pin(effect.actor_id, effect.cores)
             elif isinstance(effect, Emit):
                 self.on_event(effect.event)
         self._sync_store(core)

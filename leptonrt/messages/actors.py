@@ -172,6 +172,7 @@ class Regroup:
     members: list[int] | None = given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the new group; None: all
     gradient_sync: str = given("allreduce", choices=_SYNCS)  # how the new group sums gradients
     history: str = given("", max_len=64)  # hex digest of the committed history before rewind_step
+    threads: int = given(0, min=0, max=4096)  # CPU threads to run from now (cores lent or given back); 0: as before
 
     def check(self) -> None:
         """The receiver and the source must both be in the new group."""

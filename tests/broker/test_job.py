@@ -23,14 +23,14 @@ N_TRAIN = 20
 
 
 def make_core(world=2, epochs=2, batch=4, window=4, split=None, rebalancer=None, model=None, tally=None,
-              **config):
+              lending=None, **config):
     settings = TrainJob(dataset=DATA.spec, hidden=(8,), epochs=epochs, batch_size=batch, lr=0.1, optimizer="sgd",
                         momentum=0.0, precision="fp32", seed=1, align=1, model=model)
     cfg = JobConfig(min_window=window, max_window=window, **config)
     return JobCore(job=JobSpec(job_id=7, job=settings), data=DATA, actor_ids=[f"a{i}" for i in range(world)],
                    threads=[1] * world, split=split or [batch // world] * world, n_train=N_TRAIN,
                    steps_per_epoch=-(-N_TRAIN // batch), config=cfg, rebalancer=rebalancer, save_path="/tmp/w",
-                   tally=tally)
+                   tally=tally, lending=lending)
 
 
 def hello(i):

@@ -24,7 +24,12 @@ class Measurements:
     """The models the policy decides with, kept up to date from step reports."""
 
     def __init__(self, world: int, config: RebalanceConfig) -> None:
+        self.config = config
         self.models = [CostModel(config.forgetting, config.false_alarm) for _ in range(world)]
+        # each rank's model is of the threads it runs now; a model of other threads it ran
+        # with before is kept, with the complete steps seen at its last fit, for when it does again
+        self.threads: list[int | None] = [None] * world
+        self._kept: dict[tuple[int, int | None], tuple[CostModel, int]] = {}
         self.collective = CollectiveModel(config.forgetting)
         # per rank, kept as lists (cheap to touch once per report) and mirrored into arrays
         # (cheap to read once per decision) whenever a step completes
@@ -106,6 +111,21 @@ class Measurements:
         if self._probe is not None:
             self._measure(wall, {rank: rows for rank, (rows, _, _) in reports.items()})
 
+    def configure(self, rank: int, threads: int) -> None:
+        """``rank`` runs ``threads`` CPU threads from now (cores lent or given back): another
+        machine, known to have changed, so not a change of speed to detect. Its model so far is
+        kept; the one of ``threads``, if it ran with them before, takes its place."""
+        if self.threads[rank] is None:
+            self.threads[rank] = threads
+        if threads == self.threads[rank]:
+            return
+        self._kept[(rank, self.threads[rank])] = (self.models[rank], self._seen[rank])
+        model, seen = self._kept.pop((rank, threads), (None, self.steps))
+        self.models[rank] = model or CostModel(self.config.forgetting, self.config.false_alarm)
+        self.threads[rank], self._seen[rank] = threads, seen
+        self._rows[rank], self._settled[rank] = -1, 0   # its next steps are fresh
+        self._dirty.add(rank)
+
     # -- the costs of acting ----------------------------------------------------------
 
     def acted(self, members: np.ndarray, rows: np.ndarray) -> None:
@@ -163,13 +183,20 @@ class Measurements:
         self._mirror()
         return bool(np.all(self.rows[ranks] == rows) and np.all((rows == 0) | (self.settled[ranks] > 0)))
 
-    def view(self, ranks: np.ndarray) -> np.ndarray:
-        """(a, c, var a, cov, var c) x len(ranks), each model aged by the steps since its last fit."""
+    def view(self, ranks: np.ndarray, threads: dict[int, int] | None = None) -> np.ndarray:
+        """(a, c, var a, cov, var c) x len(ranks), each model aged by the steps since its last fit.
+        ``threads``: rank -> the threads it would run (in a candidate group); a rank is seen by
+        its model of those threads where it ran with them before, else by its current one."""
         self._mirror()
         theta = self.theta[:, ranks].copy()
         idle = self.steps - self.seen[ranks]
         for i in np.flatnonzero((idle > 1) & self.started[ranks]).tolist():
             theta[:, i] = self.models[int(ranks[i])].state(int(idle[i]))
+        for i, rank in enumerate(ranks.tolist()):
+            kept = self._kept.get((rank, threads.get(rank))) if threads else None
+            if kept is not None and kept[0].started:
+                unseen = self.steps - kept[1]
+                theta[:, i] = kept[0].state(unseen if unseen > 1 else 0)
         return theta
 
     def predict(self, rank: int, rows: float) -> float:

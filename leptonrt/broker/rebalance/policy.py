@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -57,8 +57,12 @@ class Rebalancer:
 
     def __init__(self, world: int, batch: int, *, align: int = 1,
                  caps: Sequence[int | None] | None = None,
-                 config: RebalanceConfig = RebalanceConfig()) -> None:
+                 config: RebalanceConfig = RebalanceConfig(),
+                 threads_in: Callable[[Sequence[int]], dict[int, int]] | None = None) -> None:
+        # ``threads_in(members)``: rank -> the CPU threads it would run were ``members`` the
+        # group (cores of actors on standby are lent: see ``broker.cores``); None: fixed
         self.world, self.batch, self.align, self.config = world, batch, align, config
+        self._threads_in = threads_in
         self._m = Measurements(world, config)
         self.set_caps(caps if caps is not None else [None] * world)
         self.moves = self.regroups = 0
@@ -77,6 +81,14 @@ class Rebalancer:
         """The measured wall cost of the last regroup (s)."""
         self._m.regrouped(cost_s)
 
+    def configure(self, rank: int, threads: int) -> None:
+        """``rank`` runs ``threads`` CPU threads from now: its model becomes the one of them."""
+        self._m.configure(rank, threads)
+
+    def _view(self, group: np.ndarray) -> np.ndarray:
+        """The members of a candidate ``group`` as they would run in it."""
+        return self._m.view(group, self._threads_in(group.tolist()) if self._threads_in else None)
+
     def set_caps(self, caps: Sequence[int | None]) -> None:
         """Rows that fit on each device (None: not tracked; 0: never a member)."""
         if len(caps) != self.world:
@@ -91,7 +103,7 @@ class Rebalancer:
         caps = self._caps[ranks]
         if not self._m.measured()[ranks].all() or caps.sum() < self.batch:
             return None
-        theta = self._m.view(ranks)
+        theta = self._view(ranks)
         return self._full(ranks, best_split(theta[0], theta[1], caps, self.batch, self.align))
 
     def decide(self, split: Sequence[int], members: Sequence[int], *, steps_left: int,
@@ -252,7 +264,7 @@ class Rebalancer:
         for group, group_room, collective in self._groups(ranks, rows, room, theta, base, target, horizon, cost, stale):
             if group_room.sum() < self.batch:
                 continue
-            group_theta = self._m.view(group)
+            group_theta = self._view(group)
             new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
             before = self._before(ranks, rows, group)
             saving = float(bounded_savings(base, group, group_theta, new, before, self.config.confidence,
@@ -298,7 +310,11 @@ class Rebalancer:
         finish = finish_times(theta[0], theta[1], target)
         if n >= 2:
             least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
-            others = float(np.max(np.delete(finish, least)))    # they only gain its rows
+            others = float(np.max(np.delete(finish, least)))    # they only gain its rows...
+            if self._threads_in is not None:   # ...and the cores it lends them
+                rest = np.delete(ranks, least)
+                lent = self._view(rest)
+                others = min(others, float(np.max(finish_times(lent[0], lent[1], np.delete(target, least)))))
             if (collective := collective_if_worth(n - 1, base.mean - others)) is not None:
                 groups.append((np.delete(ranks, least), np.delete(room, least), collective))
         if n >= 3:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from leptonrt.broker.cores import Lending
 from leptonrt.broker.rebalance import Move, RebalanceConfig, Rebalancer, Regroup
 
 
@@ -11,10 +12,15 @@ class Group:
     Rebalancer; decisions take effect at the next step, a regroup costs ``regroup_s``."""
 
     def __init__(self, costs, batch, *, collective_s=2e-3, cv=0.05, seed=0, align=1, caps=None,
-                 members=None, split=None, config=RebalanceConfig(), regroup_s=0.2):
+                 members=None, split=None, config=RebalanceConfig(), regroup_s=0.2, lent_speedup=None):
         self.costs, self.batch, self.collective_s, self.cv = [list(c) for c in costs], batch, collective_s, cv
         self.rng = np.random.default_rng(seed)
-        self.reb = Rebalancer(len(costs), batch, align=align, caps=caps, config=config)
+        # ``lent_speedup``: each actor has a core of its own, those on standby lend theirs to the
+        # members, and a member with k cores runs lent_speedup ** (k - 1) times faster
+        self.lending = Lending({r: (r,) for r in range(len(costs))}) if lent_speedup else None
+        self.speedup, self.threads = lent_speedup, {r: 1 for r in range(len(costs))}
+        self.reb = Rebalancer(len(costs), batch, align=align, caps=caps, config=config,
+                              threads_in=self.lending.threads if self.lending else None)
         self.members = list(members if members is not None else range(len(costs)))
         if split is None:
             split = [0] * len(costs)
@@ -28,7 +34,8 @@ class Group:
     def run(self, steps, steps_left=10_000):
         for _ in range(steps):
             compute = {r: (self.costs[r][0] + self.costs[r][1] * self.split[r]) * (1 + self.cv * self.rng.standard_normal())
-                       if self.split[r] > 0 else 0.0 for r in self.members}
+                       / (self.speedup or 1.0) ** (self.threads[r] - 1) if self.split[r] > 0 else 0.0
+                       for r in self.members}
             slowest, size = max(compute.values()), len(self.members)
             collective = self.collective_s if size > 1 else 0.0
             for rank in self.members:
@@ -42,6 +49,10 @@ class Group:
                 if isinstance(decision, Regroup):
                     self.members = list(decision.members)
                     self.reb.regrouped(self.regroup_s)
+                    if self.lending:
+                        self.threads = self.lending.threads(self.members)
+                        for rank, n in self.threads.items():
+                            self.reb.configure(rank, n)
         return self
 
 
@@ -148,6 +159,20 @@ def test_an_actor_on_standby_is_readmitted_when_it_pays_again():
     group.run(200)
     back = [d for d in group.decisions if isinstance(d, Regroup) and len(d.members) == 2]
     assert back and back[0].reason.endswith("re-admitted")
+
+
+def test_a_member_lent_the_cores_of_one_on_standby_is_judged_as_it_would_run_in_each_group():
+    # the member left alone runs 1.5x faster on both cores; taking the other back would give
+    # the core back too, so the pair is judged at one thread each: no re-admission, no thrash
+    group = Group(TINY, 64, collective_s=2e-3, lent_speedup=1.5).run(3000)
+    regroups = [d for d in group.decisions if isinstance(d, Regroup)]
+    assert len(regroups) == 1 and len(group.members) == 1 and group.threads[group.members[0]] == 2
+    # ...but when it slows down enough, the other is taken back, then found the one to keep
+    slowed = group.members[0]
+    group.slow(slowed, 20.0)
+    group.run(300)
+    back = [d for d in group.decisions if isinstance(d, Regroup) and len(d.members) == 2]
+    assert back and group.members == [1 - slowed] and group.threads == {slowed: 1, 1 - slowed: 2}
 
 
 def test_a_stale_actor_on_standby_is_not_readmitted():

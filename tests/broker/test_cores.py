@@ -1,0 +1,79 @@
+"""Cores of actors on standby are lent to the members that stay, and given back."""
+
+from leptonrt.broker.cores import Lending
+from leptonrt.broker.events import Pin, Send
+from leptonrt.broker.rebalance import Regroup as Membership
+from leptonrt.messages import Grant, Regroup, Standby
+
+from tests.broker.test_job import make_core, Cluster, sends
+
+HOME = {0: (0,), 1: (1,), 2: (2,), 3: (3,)}
+
+
+def test_the_idle_ranks_cores_go_round_the_members_by_rank():
+    lending = Lending(HOME)
+    assert lending.cores([0, 1, 2, 3]) == HOME
+    assert lending.cores([0, 2]) == {0: (0, 1), 1: (1,), 2: (2, 3), 3: (3,)}
+    assert lending.threads([3]) == {0: 1, 1: 1, 2: 1, 3: 4}
+    # a rank that is neither a member nor idle (a replacement starting) keeps its core to itself
+    assert lending.cores([0, 1], idle=[3]) == {0: (0, 3), 1: (1,), 2: (2,), 3: (3,)}
+
+
+def test_actors_without_cores_of_their_own_neither_lend_nor_borrow():
+    lending = Lending({0: (0,), 1: None, 2: (2,)})   # rank 1: a GPU actor, or another host's
+    assert lending.cores([1]) == {0: (0,), 2: (2,)}
+    assert lending.cores([0, 1]) == {0: (0, 2), 2: (2,)}
+
+
+class Changes:
+    """A rebalancer that asks for the given membership changes, one per decision."""
+
+    def __init__(self, *changes):
+        self.changes, self.configured = list(changes), []
+
+    def observe(self, rank, **_):
+        pass
+
+    def regrouped(self, cost_s):
+        pass
+
+    def set_caps(self, caps):
+        pass
+
+    def configure(self, rank, threads):
+        self.configured.append((rank, threads))
+
+    def best(self, members):
+        return None
+
+    def decide(self, split, members, *, steps_left, stale=frozenset()):
+        return self.changes.pop(0) if self.changes else None
+
+
+def _change(members, split, reason):
+    return Membership(members=members, split=split, saving_s=1.0, horizon=100, cost_s=0.01, reason=reason,
+                      expected_s=1.0)
+
+
+def test_a_standby_lends_its_core_to_the_member_and_a_readmission_takes_it_back():
+    reb = Changes()
+    core = make_core(2, epochs=6, window=8, snapshot_every=4, rebalancer=reb, lending=Lending({0: (0,), 1: (1,)}))
+    cluster = Cluster(core, 2)
+    cluster.start()
+    cluster.report(0, *range(8))
+    reb.changes.append(_change((0,), (4, 0), "rank 1 to standby"))
+    cluster.now = 1.0
+    out = cluster.report(1, *range(8))
+    pins = [e for e in out if isinstance(e, Pin)]
+    assert pins == [Pin("a0", (0, 1))] and sends(out, Standby)
+    # the pin comes before the Regroup that tells the member how many threads to run
+    assert out.index(pins[0]) < next(i for i, e in enumerate(out) if isinstance(e, Send)
+                                     and isinstance(e.message, Regroup))
+    assert [(r.rank, r.threads) for r in sends(out, Regroup)] == [(0, 2)]
+    assert (0, 2) in reb.configured and core.result()["actors"][0]["threads"] == 2
+    reb.changes.append(_change((0, 1), (2, 2), "rank 1 re-admitted"))
+    cluster.now = 2.0
+    out = cluster.report(0, *range(8, 16), split=[4, 0])
+    assert [e for e in out if isinstance(e, Pin)] == [Pin("a0", (0,))]
+    assert sorted((r.rank, r.threads) for r in sends(out, Regroup)) == [(0, 1), (1, 1)]
+    assert reb.configured[-2:] == [(0, 1), (1, 1)] and sends(out, Grant)[-1].split == [2, 2]
