@@ -30,7 +30,8 @@ from .bound import Slowest, bounded_savings, slowest, z_above
 from .config import RebalanceConfig
 from .decisions import Move, RankStatistics, RebalanceStatistics, Regroup
 from .measure import Measurements
-from .split import best_split, equalise_measured, finish_times, finish_vars, round_split
+from .split import (best_split, equalise_measured, finish_times, finish_vars, full_split, round_split,
+                    rows_within)
 from .probe import safe_fractions, worst_finish
 from .trial import Trials
 
@@ -104,7 +105,7 @@ class Rebalancer:
         if not self._m.measured()[ranks].all() or caps.sum() < self.batch:
             return None
         theta = self._view(ranks)
-        return self._full(ranks, best_split(theta[0], theta[1], caps, self.batch, self.align))
+        return full_split(self.world, ranks, best_split(theta[0], theta[1], caps, self.batch, self.align))
 
     def decide(self, split: Sequence[int], members: Sequence[int], *, steps_left: int,
                stale: frozenset[int] = frozenset()) -> Move | Regroup | None:
@@ -207,7 +208,7 @@ class Rebalancer:
         rows = np.array(trial_before.split, dtype=np.int64)
         self.regroups += 1
         self._m.acted(members, rows)
-        return Regroup(trial_before.before, self._full(members, rows), 0.0, 0, self._m.regroup_cost_s(),
+        return Regroup(trial_before.before, full_split(self.world, members, rows), 0.0, 0, self._m.regroup_cost_s(),
                        f"rank(s) {','.join(str(r) for r in sorted(set(trial_before.before) - set(trial_before.group)))}"
                        " re-admitted: the smaller group was measured slower")
 
@@ -266,7 +267,7 @@ class Rebalancer:
                 continue
             group_theta = self._view(group)
             new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
-            before = self._before(ranks, rows, group)
+            before = rows_within(ranks, rows, group)
             saving = float(bounded_savings(base, group, group_theta, new, before, self.config.confidence,
                                            collective)[0])
             lasting = self._lasting(ranks, group, base, horizon)
@@ -275,7 +276,7 @@ class Rebalancer:
             if own is None:
                 best_rows = round_split(target, theta[0], theta[1], room, self.batch, self.align)
                 own = slowest(ranks, theta, best_rows)
-            beyond = float(bounded_savings(own, group, group_theta, new, self._before(ranks, best_rows, group),
+            beyond = float(bounded_savings(own, group, group_theta, new, rows_within(ranks, best_rows, group),
                                            self.config.confidence, collective)[0])
             if lasting * beyond > regroup:
                 expected = base.mean + collective[0] - float(np.max(finish_times(group_theta[0], group_theta[1], new)))
@@ -338,13 +339,6 @@ class Rebalancer:
         share = self.batch / (len(ranks) + 1)
         return min(candidates, key=lambda r: self._m.predict(r, share)) if candidates else None
 
-    @staticmethod
-    def _before(ranks: np.ndarray, rows: np.ndarray, group: np.ndarray) -> np.ndarray:
-        """The rows each member of ``group`` has at the split ``rows`` of ``ranks`` (0 if none)."""
-        at = np.searchsorted(ranks, group)
-        inside = (at < len(ranks)) & (ranks[np.minimum(at, len(ranks) - 1)] == group)
-        return np.where(inside, rows[np.minimum(at, len(ranks) - 1)], 0)
-
     def _collective_saving(self, size: int, new_size: int) -> tuple[float, float] | None:
         """(mean, variance) of the seconds per step the collective saves going to ``new_size``."""
         now, then = self._m.collective.predict(size), self._m.collective.predict(new_size)
@@ -365,13 +359,13 @@ class Rebalancer:
         self._m.acted(keep, new)
         if len(keep) < len(ranks):
             self.regroups += 1
-            return Regroup(tuple(keep.tolist()), self._full(keep, new), 0.0, horizon,
+            return Regroup(tuple(keep.tolist()), full_split(self.world, keep, new), 0.0, horizon,
                            cost + self._m.regroup_cost_s(), "cap 0: not a member")
         self.moves += 1
-        return Move(self._full(keep, new), 0.0, horizon, cost, "over a memory cap")
+        return Move(full_split(self.world, keep, new), 0.0, horizon, cost, "over a memory cap")
 
     def _emit(self, chosen: _Candidate, ranks, rows, theta) -> Move | Regroup:
-        split, saving = self._full(chosen.members, chosen.rows), max(chosen.saving, 0.0)
+        split, saving = full_split(self.world, chosen.members, chosen.rows), max(chosen.saving, 0.0)
         if np.array_equal(chosen.members, ranks):
             reason = self._reason(ranks, rows, theta, chosen.rows)
             self.moves += 1
@@ -395,12 +389,6 @@ class Rebalancer:
         before = float(np.max(finish_times(theta[0], theta[1], rows)))
         after = float(np.max(finish_times(theta[0], theta[1], new_rows)))
         return f"imbalance {100 * (before - after) / max(before, 1e-12):.0f}%"
-
-    def _full(self, members: np.ndarray, rows: np.ndarray) -> tuple[int, ...]:
-        out = [0] * self.world
-        for rank, n in zip(members.tolist(), rows.tolist()):
-            out[rank] = int(n)
-        return tuple(out)
 
     def statistics(self) -> RebalanceStatistics:
         ranks = []

@@ -104,3 +104,18 @@ def finish_vars(theta: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The variance of each of those predictions (models' rows ``theta``: a, c, var a, cov,
     var c), at least 0."""
     return np.maximum(theta[2] + 2 * rows * theta[3] + rows * rows * theta[4], 0.0)
+
+
+def rows_within(ranks: np.ndarray, rows: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """The rows each member of ``group`` has at the split ``rows`` of ``ranks`` (0 if none)."""
+    at = np.searchsorted(ranks, group)
+    inside = (at < len(ranks)) & (ranks[np.minimum(at, len(ranks) - 1)] == group)
+    return np.where(inside, rows[np.minimum(at, len(ranks) - 1)], 0)
+
+
+def full_split(world: int, members: np.ndarray, rows: np.ndarray) -> tuple[int, ...]:
+    """Rows per rank of the whole world (0 for a rank outside ``members``)."""
+    out = [0] * world
+    for rank, n in zip(members.tolist(), rows.tolist()):
+        out[rank] = int(n)
+    return tuple(out)
