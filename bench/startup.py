@@ -15,6 +15,10 @@ Prints one JSON line per run, then one with the medians and the ratios new/old:
 
     python bench/startup.py [--repeats 5] [--old-tree /work/main]
 
+``--warm`` compares instead the same job run locally (old) with it submitted to a
+``leptonrt up --detach --gpus none --cpu-actors 2`` already running (new: its actors are
+warm, so no process starts), in the same invocation.
+
 ``--phases`` times, in this process, what the local run does before it trains (each way,
 alternating): importing the broker, loading the dataset, actors from spawn to hello, and
 from hello to the first epoch (the group forming, plus the first epoch's own steps).
@@ -36,16 +40,32 @@ from pathlib import Path
 
 TREE = Path(__file__).resolve().parent.parent
 JOB = ["--dataset", "digits", "--gpus", "none", "--cpu-actors", "2", "--epochs", "30", "--batch-size", "64"]
+DEVICE_ARGS = ("--gpus", "none", "--cpu-actors", "2")
 
 
-def run_once(tree: Path, spawn: str) -> dict:
-    """One README job from ``tree``, timed from launch."""
+def warm_broker(tree: Path, runtime: str) -> None:
+    """``leptonrt up --detach`` with the README job's actors, in ``runtime``."""
+    env = dict(os.environ, PYTHONPATH=str(tree), LEPTONRT_RUNTIME_DIR=runtime)
+    subprocess.run([sys.executable, "-m", "leptonrt", "up", "--detach", *DEVICE_ARGS], env=env, cwd=runtime,
+                   check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=120)
+
+
+def stop_broker(tree: Path, runtime: str) -> None:
+    env = dict(os.environ, PYTHONPATH=str(tree), LEPTONRT_RUNTIME_DIR=runtime)
+    subprocess.run([sys.executable, "-m", "leptonrt", "stop"], env=env, cwd=runtime, timeout=120,
+                   stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
+def run_once(tree: Path, spawn: str, runtime: str | None = None) -> dict:
+    """One README job from ``tree``, timed from launch; given the ``runtime`` directory of a
+    running ``up``, submitted to it (without the device options, which are ``up``'s)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        env = dict(os.environ, PYTHONPATH=str(tree), LEPTONRT_SPAWN=spawn, LEPTONRT_RUNTIME_DIR=tmp)
+        env = dict(os.environ, PYTHONPATH=str(tree), LEPTONRT_SPAWN=spawn, LEPTONRT_RUNTIME_DIR=runtime or tmp)
+        job = JOB if runtime is None else [a for a in JOB if a not in DEVICE_ARGS]
         primary, secondary = pty.openpty()
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", *JOB, "--json-out", str(out)],
+        proc = subprocess.Popen([sys.executable, "-m", "leptonrt", "train", *job, "--json-out", str(out)],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary, env=env, cwd=tmp)
         os.close(secondary)
         times = _watch(proc, primary, t0)
@@ -141,20 +161,32 @@ def main() -> None:
     p.add_argument("--old-tree", type=Path, default=None,
                    help="run 'old' from this tree (default: this tree with LEPTONRT_SPAWN=popen)")
     p.add_argument("--phases", action="store_true", help="time the phases of start-up instead")
+    p.add_argument("--warm", action="store_true", help="local run (old) against a running `up` (new)")
     args = p.parse_args()
     if args.phases:
         phases(args.repeats)
         return
-    sides = {"old": (args.old_tree or TREE, "popen" if args.old_tree is None else "fork"), "new": (TREE, "fork")}
+    sides = {"old": (args.old_tree or TREE, "popen" if args.old_tree is None and not args.warm else "fork"),
+             "new": (TREE, "fork")}
     runs: dict[str, list[dict]] = {"old": [], "new": []}
-    for i in range(args.repeats):
-        for side, (tree, spawn) in sides.items():
-            runs[side].append(run_once(tree, spawn))
-            print(json.dumps({"bench": "startup", "side": side, "round": i, **_rounded(runs[side][-1])}), flush=True)
+    with tempfile.TemporaryDirectory() as runtime:
+        if args.warm:
+            os.chmod(runtime, 0o700)
+            warm_broker(TREE, runtime)
+        try:
+            for i in range(args.repeats):
+                for side, (tree, spawn) in sides.items():
+                    runs[side].append(run_once(tree, spawn, runtime if args.warm and side == "new" else None))
+                    print(json.dumps({"bench": "startup", "side": side, "round": i, **_rounded(runs[side][-1])}),
+                          flush=True)
+        finally:
+            if args.warm:
+                stop_broker(TREE, runtime)
     keys = runs["old"][0].keys()
     medians = {side: {k: statistics.median(r[k] for r in values) for k in keys} for side, values in runs.items()}
     print(json.dumps({"bench": "startup", "job": "leptonrt train " + " ".join(JOB),
-                      "old": str(args.old_tree) if args.old_tree else f"{TREE} LEPTONRT_SPAWN=popen", "new": str(TREE),
+                      "old": str(args.old_tree) if args.old_tree else f"{TREE} LEPTONRT_SPAWN=" + sides["old"][1],
+                      "new": f"{TREE} (submitted to a running `up`)" if args.warm else str(TREE),
                       "old_median": _rounded(medians["old"]), "new_median": _rounded(medians["new"]),
                       "ratio_new_over_old": _rounded({k: medians["new"][k] / medians["old"][k] for k in keys}),
                       "runs": args.repeats}), flush=True)
