@@ -8,7 +8,7 @@ heavy-tailed spikes, two-speed steps (alternately slow and fast), and changes of
 last, come and go, or drift. The group pays a collective (latency plus a term per member, none
 for a group of one) and an optimizer step. The mechanics of the real system are there: a
 decided split takes effect a few steps later, the first steps at a larger share run slow, and
-a regroup costs wall seconds. The ORACLE knows the true current costs and picks the best
+a regroup costs wall seconds; the cores of actors on standby may be lent to the members. The ORACLE knows the true current costs and picks the best
 membership and split at every step, with no lag and no cost of switching; it sees the same
 noise (common random numbers), so regret measures decisions, not luck.
 """
@@ -23,6 +23,7 @@ import numpy as np
 
 from .policy import Move, RebalanceConfig, Rebalancer, Regroup
 from .split import best_split, finish_times, round_split
+from ..cores import Lending
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class Scenario:
     fresh_steps: int = 2          # the first steps at a larger share...
     fresh_slow: float = 0.10      # ...run this much slower
     regroup_s: float = 0.3        # wall seconds a regroup costs
+    lent_speedup: float | None = None   # each actor has a core of its own, one on standby lends it
+                                  # to the members (``broker.cores``), and a member on k cores
+                                  # computes this ** (k - 1) times faster; None: no lending
     pure_noise: bool = False      # nothing changes: every decision is a false move
     persistent_change: bool = False   # some change lasts to the end of the run
 
@@ -97,6 +101,7 @@ class _Truth:
         self.s, self.rng, self.n = s, rng, len(s.a)
         self.a, self.c, self.cv = np.array(s.a), np.array(s.c), np.array(s.cv)
         self.two = np.array(s.two_speed) if s.two_speed else np.zeros(self.n)
+        self.lending = Lending({r: (r,) for r in range(self.n)})
 
     def speed(self, t: int) -> np.ndarray:
         factor = np.ones(self.n)
@@ -117,6 +122,13 @@ class _Truth:
 
     def collective(self, size: int) -> float:
         return 0.0 if size <= 1 else self.s.latency_s + self.s.per_member_s * size
+
+    def lent(self, members: np.ndarray) -> np.ndarray:
+        """Per actor, the factor its compute is divided by while ``members`` form the group."""
+        if not self.s.lent_speedup:
+            return np.ones(self.n)
+        threads = self.lending.threads(members.tolist())
+        return np.array([self.s.lent_speedup ** (threads[r] - 1) for r in range(self.n)])
 
 
 class _Oracle:
@@ -139,8 +151,9 @@ class _Oracle:
         for group in self._groups(a, c, eligible):
             if self.caps[group].sum() < s.batch:
                 continue
-            rows = best_split(a[group], c[group], self.caps[group], s.batch, s.align)
-            t = float(np.max(finish_times(a[group], c[group], rows))) + self.truth.collective(len(group))
+            lent = self.truth.lent(group)[group]
+            rows = best_split(a[group] / lent, c[group] / lent, self.caps[group], s.batch, s.align)
+            t = float(np.max(finish_times(a[group] / lent, c[group] / lent, rows))) + self.truth.collective(len(group))
             if t < best_t:
                 best, best_t = (group, rows), t
         return best  # type: ignore[return-value]
@@ -164,7 +177,8 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
     truth = _Truth(s, rng)
     n = truth.n
     caps = np.array([s.batch if cap is None else cap for cap in (s.caps or [None] * n)], dtype=np.int64)
-    reb = Rebalancer(n, s.batch, align=s.align, caps=s.caps, config=config)
+    reb = Rebalancer(n, s.batch, align=s.align, caps=s.caps, config=config,
+                     threads_in=truth.lending.threads if s.lent_speedup else None)
     oracle = _Oracle(truth, caps)
     members = np.flatnonzero(caps > 0)
     running = np.zeros(n, dtype=np.int64)
@@ -181,6 +195,7 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
     watch = next((ch for ch in s.changes if ch.factor == 2.0 and ch.steps is None and ch.ramp == 0), None)
     detect: int | None = None
     needed = False   # whether the watched slowdown calls for an answer (it may not: caps)
+    alone = np.array([truth.lent(np.array([r]))[r] for r in range(n)])   # an actor alone: on every core
     for t in range(s.steps):
         extra = 0.0
         while pending and pending[0][0] <= t:
@@ -190,11 +205,15 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
             if regroup:
                 extra += s.regroup_s
                 reb.regrouped(s.regroup_s)
+                if s.lent_speedup:
+                    for rank, k in truth.lending.threads(members.tolist()).items():
+                        reb.configure(rank, k)
         speed, noise = truth.speed(t), truth.noise(t)
         a, c = truth.a * speed, truth.c * speed
+        lent = truth.lent(members)   # (the oracle's and the baselines' groups lend as theirs would)
         coll_noise = max(1.0 + 0.05 * rng.standard_normal(), 0.5)
         fresh = np.where(t - grew < s.fresh_steps, 1.0 + s.fresh_slow, 1.0)
-        compute = finish_times(a, c, running) * noise * fresh
+        compute = finish_times(a, c, running) * noise * fresh / lent
         slowest = float(compute[members].max())
         coll = truth.collective(len(members)) * coll_noise
         walls[t] = slowest + coll + s.optimizer_s + extra
@@ -210,11 +229,11 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
             # for the new costs (with caps, the oracle may have nothing better to do)
             kept = float(finish_times(a, c, decided)[decided_members].max()) + truth.collective(len(decided_members))
             needed = kept > 1.05 * (float(finish_times(a, c, full).max()) + truth.collective(len(group)))
-        oracle_walls[t] = float((finish_times(a, c, full) * noise)[group].max()) \
+        oracle_walls[t] = float((finish_times(a, c, full) * noise / truth.lent(group))[group].max()) \
             + truth.collective(len(group)) * coll_noise + s.optimizer_s
         even_walls[t] = float((finish_times(a, c, even) * noise).max()) \
             + truth.collective(int((even > 0).sum())) * coll_noise + s.optimizer_s
-        singles[:, t] = np.where(caps >= s.batch, (a + c * s.batch) * noise, np.inf) + s.optimizer_s
+        singles[:, t] = np.where(caps >= s.batch, (a + c * s.batch) * noise / alone, np.inf) + s.optimizer_s
         started = timer() if timer else 0.0
         decision = reb.decide(decided.tolist(), decided_members.tolist(), steps_left=s.steps - t - 1)
         if timer:

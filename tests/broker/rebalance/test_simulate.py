@@ -34,7 +34,7 @@ def test_pure_noise_makes_no_decision(n):
 
 
 def test_a_job_whose_collective_costs_more_than_a_second_actor_saves_runs_on_one():
-    for build in (scenarios.mlp784_b64, scenarios.mlp64_b32):
+    for build in (scenarios.mlp784_b64, scenarios.mlp784_b64_lent, scenarios.mlp64_b32):
         verdict = simulate(build(steps=1200), seed=0)
         assert len(verdict.members_final) == 1 and verdict.regroups == 1
         assert verdict.speed_vs_single >= 0.95
