@@ -65,6 +65,7 @@ class AgentConfig:
     pin: bool = True
     gradient_iface: str | None = None
     trust_network: bool = False
+    data: str = "cache"           # "stream": hold no training rows, take each step's by value
 
 
 class Agent:
@@ -180,7 +181,7 @@ class Agent:
         _send(link, HostHello(
             pid=os.getpid(), actors=[HostActor(a, p.device, p.threads) for a, p in zip(ids, selection.actors)],
             memory_bytes=psutil.virtual_memory().total,
-            versions=versions, gradient_iface=iface))
+            versions=versions, gradient_iface=iface, data=self.config.data))
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while (left := deadline - time.monotonic()) > 0 and self._stop is None:
             if not link.poll(int(min(left, RETRY_S) * 1000)):

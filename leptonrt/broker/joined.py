@@ -64,7 +64,8 @@ class JoinedHosts:
             elif isinstance(effect, HostJoined):
                 self._joined(effect)
                 if self.job_data is not None:   # mid-job (it came back): its data before its actors' Welcome
-                    for message in self.job_data.joined(effect.name):
+                    streams = self.hosts.hosts[effect.name].hello.data == "stream"
+                    for message in self.job_data.joined(effect.name, test_only=streams):
                         self.send(self.hosts.hosts[effect.name].identity, message)
                 self.host_events.append(f"host {effect.name} joined: {len(effect.actors)} actor(s), "
                                         + ", ".join(a.device for a in effect.actors))
@@ -100,39 +101,47 @@ class JoinedHosts:
                 table.pop(actor_id, None)
 
     async def fill_hosts(self, data: protocol.DatasetInfo, timeout_s: float = 600.0) -> dict[str, protocol.DatasetInfo]:
-        """Fill every joined host's cache with ``data`` (a host that holds it answers at once);
-        actor id -> where its host holds the data, for its Welcome. A host that refuses fails
-        the job with its reason (its exit code); one that leaves meanwhile is left out."""
+        """Fill every joined host's cache with ``data`` (a host that holds it answers at once;
+        one that streams its training rows gets the test split alone); actor id -> where its
+        host holds the data, for its Welcome. A host that refuses fails the job with its
+        reason (its exit code); one that leaves meanwhile is left out."""
         self._forget_departed()
         self.job_actors = set(self.ids)   # the job's actors: who is here now
         hosts = sorted({a.host for a in self.remote.values()} & set(self.hosts.hosts))
         if not hosts:
             return {}
-        self._fills = fills = await self._offers.fills(data, hosts)
+        streaming = {h for h in hosts if self.hosts.hosts[h].hello.data == "stream"}
+        # both offers, so a host that comes back mid-job is filled whichever way it joins
+        self._fills = fills = [await self._offers.fills(data, [h for h in hosts if h not in streaming]),
+                               await self._offers.fills(data, sorted(streaming), test_only=True)]
         started = time.monotonic()
         try:
-            for name, message in fills.start():
-                self.send(self.hosts.hosts[name].identity, message)
+            for part in fills:
+                for name, message in part.start():
+                    self.send(self.hosts.hosts[name].identity, message)
             deadline = time.monotonic() + timeout_s
-            while fills.pending(set(self.hosts.hosts)):
+            while pending := [h for part in fills for h in part.pending(set(self.hosts.hosts))]:
                 if time.monotonic() > deadline:
-                    raise DataError(f"filling the caches of hosts {', '.join(fills.pending(set(self.hosts.hosts)))} "
-                                    f"took over {timeout_s:.0f} s")
+                    raise DataError(f"filling the caches of hosts {', '.join(pending)} took over {timeout_s:.0f} s")
                 await self.idle(100)
-            for name, refused in fills.refused.items():
+            for name, refused in (item for part in fills for item in part.refused.items()):
                 kind = ConfigError if refused.exit_code == ConfigError.exit_code else DataError
                 raise kind(f"host {name} cannot hold the dataset: {refused.message}")
-            sent = sum(sender.sent_chunks for sender in fills.senders.values())
-            self.host_events.append(f"dataset {data.spec}: hosts {', '.join(sorted(fills.held))} hold it "
+            held = {name: info for part in fills for name, info in part.held.items()}
+            sent = sum(sender.sent_chunks for part in fills for sender in part.senders.values())
+            self.host_events.append(f"dataset {data.spec}: hosts {', '.join(sorted(held))} hold it "
                                     + (f"({sent} chunks sent in {time.monotonic() - started:.3f} s)" if sent
-                                       else "already"))
-            self.job_data = JobData(data, fills.offer, fills.held)
-            for name in fills.held:
+                                       else "already")
+                                    + (f"; {', '.join(sorted(streaming))} its test split (rows by value)"
+                                       if streaming else ""))
+            self.job_data = JobData(data, fills[0].offer, fills[1].offer, held)
+            for name in held:
                 self._data_of_host(name)
             return self.job_data.data_of
         finally:
             self._fills = None
-            fills.close()
+            for part in fills:
+                part.close()
 
     def job_ended(self) -> None:
         """The job is over: what its data was on each host is no longer news."""

@@ -81,7 +81,7 @@ class ActorPool(JoinedHosts):
         self.host_events: list[str] = []           # hosts joined and lost, for the log
         self._probed = 0.0                         # when the agents' connections were last tried
         self._offers = Offers()                    # datasets offered to hosts, hashed once
-        self._fills: Fills | None = None           # the hosts' cache fills before a job
+        self._fills: list[Fills] | None = None     # the hosts' cache fills before a job (whole, test split)
         self.job_data: JobData | None = None       # the running job's data on each host
         self.released: list[tuple[bytes, protocol.Message]] = []   # hellos held back, for the job now
         self.job_actors: set[str] | None = None       # the running job's actors (a host that joins later waits)
@@ -220,7 +220,7 @@ class ActorPool(JoinedHosts):
         if isinstance(message, FILL_MESSAGES) and host is not None:
             replies, released = [], []
             if self._fills is not None:
-                replies = self._fills.handle(host, message)
+                replies = [reply for part in self._fills for reply in part.handle(host, message)]
             elif self.job_data is not None:
                 replies, released = self.job_data.answer(host, message)
                 self._data_of_host(host)
