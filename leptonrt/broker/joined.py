@@ -10,18 +10,22 @@ each file reads as one story; it works on the state ``ActorPool.__init__`` sets 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import numpy as np
 import zmq
 
 from .. import messages as protocol
 from ..actors.devices import ActorPlan
+from ..data.shm import SegmentReader
 from ..errors import ConfigError, DataError, ProtocolError
 from ..messages import HostBeat
 from .channel import PeerGone
 from .events import Send
 from .fill import JobData
 from .hosts import HostJoined, HostLost, RemoteExit
+from .streams import Streams
 
 _BEAT = protocol.encode(HostBeat())
 
@@ -143,10 +147,44 @@ class JoinedHosts:
             for part in fills:
                 part.close()
 
+    async def open_streams(self, data: protocol.DatasetInfo, job_id: int, batch_size: int, seed: int,
+                           actor_ids: list[str]) -> None:
+        """Rows by value for the job's actors on streaming hosts (``streams``), if it has any."""
+        hosts = {rank: self.remote[a].host for rank, a in enumerate(actor_ids)
+                 if a in self.remote and self.remote[a].host in self.hosts.hosts
+                 and self.hosts.hosts[self.remote[a].host].hello.data == "stream"}
+        if not hosts:
+            return
+        self._stream_reader = reader = SegmentReader()
+        x = reader.attach(data.x_train.segment, data.x_train.dtype, data.x_train.shape)
+        y = reader.attach(data.y_train.segment, data.y_train.dtype, data.y_train.shape)
+        order = await asyncio.to_thread(_orders, len(x), seed)   # imports torch: only a job that streams pays
+        self.streams = Streams(job_id, x, y, order, batch_size, hosts)
+
+    def stream_ahead(self, identity: bytes, message: protocol.Message) -> None:
+        """``message`` goes to an actor next: first what its rows by value need its agent to get."""
+        if self.streams is not None:
+            for host, frame in self.streams.before(identity, message):
+                self._to_agent(host, frame)
+
+    def _credited(self, host: str, message: protocol.BatchCredit) -> None:
+        if self.streams is not None:   # else the job is over: a late credit is nobody's
+            for to, frame in self.streams.credit(host, message):
+                self._to_agent(to, frame)
+
+    def _to_agent(self, host: str, message: protocol.Message) -> None:
+        joined = self.hosts.hosts.get(host)
+        if joined is not None:   # a host gone is lost by the pool; its rows with it
+            self.send(joined.identity, message)
+
     def job_ended(self) -> None:
         """The job is over: what its data was on each host is no longer news."""
         if self.job_data is not None:
             self.job_data.close()
+        if self.streams is not None:
+            self.host_events.append(f"rows by value: {self.streams.sent_frames()} frames sent")
+            self.streams = None
+            self._stream_reader.close()
         self.job_data, self.released, self.job_actors = None, [], None
 
     def _data_of_host(self, host: str) -> None:
@@ -155,3 +193,15 @@ class JoinedHosts:
             for actor_id, actor in self.remote.items():
                 if actor.host == host:
                     self.job_data.data_of[actor_id] = self.job_data.held[host]
+
+
+def _orders(n_train: int, seed: int):
+    """Each epoch's permutation, as the actors derive it (``nn.order``), as numpy indices."""
+    from ..nn.order import epoch_permutation
+    last: list = [None, None]
+
+    def order(epoch: int) -> np.ndarray:
+        if last[0] != epoch:
+            last[:] = [epoch, epoch_permutation(n_train, seed, epoch).numpy()]
+        return last[1]
+    return order

@@ -21,12 +21,13 @@ from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
 from ..errors import ProtocolError
 from ..imports import allowed_modules
-from ..messages import ACTOR_LIMITS, KillActor, Shutdown, StartActor, StoreRequest
+from ..messages import ACTOR_LIMITS, BatchCredit, KillActor, Shutdown, StartActor, StoreRequest
 from .channel import Channel, PeerGone
 from .fill import FILL_MESSAGES, Fills, JobData, Offers
 from .hosts import HOST_MESSAGES, HostTable, RemoteActor, qualified
 from .joined import JoinedHosts
 from .store import StoreCore
+from .streams import Streams
 
 
 class ActorPool(JoinedHosts):
@@ -83,6 +84,7 @@ class ActorPool(JoinedHosts):
         self._offers = Offers()                    # datasets offered to hosts, hashed once
         self._fills: list[Fills] | None = None     # the hosts' cache fills before a job (whole, test split)
         self.job_data: JobData | None = None       # the running job's data on each host
+        self.streams: Streams | None = None        # the running job's rows by value (streaming hosts)
         self.released: list[tuple[bytes, protocol.Message]] = []   # hellos held back, for the job now
         self.job_actors: set[str] | None = None       # the running job's actors (a host that joins later waits)
         self.hellos: dict[str, tuple[bytes, protocol.Hello]] = {}   # idle actors: identity and hello
@@ -228,6 +230,9 @@ class ActorPool(JoinedHosts):
             for reply in replies if agent is not None else ():
                 self.send(agent, reply)
             self.released += released
+            return None
+        if isinstance(message, BatchCredit) and host is not None:
+            self._credited(host, message)
             return None
         if isinstance(message, HOST_MESSAGES):
             if host is None:

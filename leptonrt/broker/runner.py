@@ -149,6 +149,7 @@ class JobRunner:
                        save_path=str(weights) if self._wants_weights() else None, start_step=start_step,
                        resume_from=resume_from, prior_epochs=tuple(prior), history=history, tally=self.tally,
                        data_of=data_of)
+        await pool.open_streams(data, job_id, job.batch_size, job.seed, list(pool.ids))
         if self.interrupted:   # asked while the data was loading: no step will be granted
             core.interrupt()
         self._sync_store(core)
@@ -243,6 +244,7 @@ class JobRunner:
         """Carry out the core's effects, in order."""
         for effect in effects:
             if isinstance(effect, Send):
+                self.pool.stream_ahead(effect.identity, effect.message)
                 if not self.pool.send(effect.identity, effect.message):
                     self._apply(core, core.unreachable(effect.identity, time.monotonic()))
             elif isinstance(effect, Kill):
