@@ -149,16 +149,17 @@ class JoinedHosts:
 
     async def open_streams(self, data: protocol.DatasetInfo, job_id: int, batch_size: int, seed: int,
                            actor_ids: list[str]) -> None:
-        """Rows by value for the job's actors on streaming hosts (``streams``), if it has any."""
-        hosts = {rank: self.remote[a].host for rank, a in enumerate(actor_ids)
-                 if a in self.remote and self.remote[a].host in self.hosts.hosts
-                 and self.hosts.hosts[self.remote[a].host].hello.data == "stream"}
+        """Rows by value for the job's actors on streaming hosts (``streams``), in a job with
+        actors of other hosts (one may come back streaming)."""
+        hosts = {rank: self.remote[a].host for rank, a in enumerate(actor_ids) if a in self.remote}
         if not hosts:
             return
         self._stream_reader = reader = SegmentReader()
         x = reader.attach(data.x_train.segment, data.x_train.dtype, data.x_train.shape)
         y = reader.attach(data.y_train.segment, data.y_train.dtype, data.y_train.shape)
-        order = await asyncio.to_thread(_orders, len(x), seed)   # imports torch: only a job that streams pays
+        order = _orders(len(x), seed)
+        if any(self.hosts.hosts[h].hello.data == "stream" for h in set(hosts.values()) if h in self.hosts.hosts):
+            await asyncio.to_thread(order, 0)   # imports torch, off the loop: only a job that streams pays
         self.streams = Streams(job_id, x, y, order, batch_size, hosts)
 
     def stream_ahead(self, identity: bytes, message: protocol.Message) -> None:
@@ -182,7 +183,8 @@ class JoinedHosts:
         if self.job_data is not None:
             self.job_data.close()
         if self.streams is not None:
-            self.host_events.append(f"rows by value: {self.streams.sent_frames()} frames sent")
+            if self.streams.sent_frames():
+                self.host_events.append(f"rows by value: {self.streams.sent_frames()} frames sent")
             self.streams = None
             self._stream_reader.close()
         self.job_data, self.released, self.job_actors = None, [], None
@@ -196,12 +198,13 @@ class JoinedHosts:
 
 
 def _orders(n_train: int, seed: int):
-    """Each epoch's permutation, as the actors derive it (``nn.order``), as numpy indices."""
-    from ..nn.order import epoch_permutation
+    """Each epoch's permutation, as the actors derive it (``nn.order``: torch, imported at the
+    first call), as numpy indices; the last one is kept."""
     last: list = [None, None]
 
     def order(epoch: int) -> np.ndarray:
         if last[0] != epoch:
+            from ..nn.order import epoch_permutation
             last[:] = [epoch, epoch_permutation(n_train, seed, epoch).numpy()]
         return last[1]
     return order

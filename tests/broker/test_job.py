@@ -415,8 +415,8 @@ def test_the_last_change_says_why_for_a_move_and_for_a_loss():
 
 
 def test_an_actor_whose_host_holds_only_the_test_split_is_welcomed_to_take_its_rows_by_value():
-    streamed = DatasetInfo(spec="synthetic:12,4,3 (test split)", n_features=4, n_classes=3, x_train=_ref("h-xt", shape=(0, 4)),
-                           y_train=_ref("h-yt", "int64", (0,)), x_test=_ref("h-xs", shape=(2, 4)),
+    streamed = DatasetInfo(spec="synthetic:12,4,3 (test split)", n_features=4, n_classes=3,
+                           x_train=_ref("h-xt", shape=(0, 4)), y_train=_ref("h-yt", "int64", (0,)), x_test=_ref("h-xs", shape=(2, 4)),
                            y_test=_ref("h-ys", "int64", (2,)))
     core = make_core()
     core.data_of["a1"] = streamed

@@ -23,11 +23,12 @@ def order(epoch):
     return np.random.default_rng([1, epoch]).permutation(N)
 
 
-def welcome(rank, generation=0):
+def welcome(rank, generation=0, by_value=N):
     ref = ArrayRef(segment="s", dtype="float32", shape=[N, D])
     data = DatasetInfo(spec="x", n_features=D, n_classes=2, x_train=ref, y_train=ref, x_test=ref, y_test=ref)
     return Welcome(rank=rank, world_size=2, job=JobSpec(job_id=7, job=TrainJob(batch_size=BATCH)), data=data,
-                   steps_per_epoch=SPE, threads=1, backend="gloo", collective_timeout_s=5.0, generation=generation)
+                   steps_per_epoch=SPE, threads=1, backend="gloo", collective_timeout_s=5.0, generation=generation,
+                   rows_by_value=by_value)
 
 
 def wire(msg):
@@ -52,7 +53,7 @@ def rows_of(streams, receiver, host, wanted):
 
 def test_a_streaming_actor_gets_the_rows_of_its_granted_pieces_across_an_epoch_and_a_short_batch():
     streams = Streams(7, X, Y, order, BATCH, hosts={1: "alpha"})
-    assert streams.before(b"local", welcome(0)) == [] and streams.before(b"remote", welcome(1)) == []
+    assert streams.before(b"local", welcome(0, by_value=0)) == [] and streams.before(b"remote", welcome(1)) == []
     grant = Grant(job_id=7, first_step=0, end_step=2 * SPE, split=[10, 6])
     assert streams.before(b"local", grant) == []   # rank 0 holds its data: nothing streams for it
     assert streams.before(b"remote", grant) == []  # nothing is sent before the agent's credit
@@ -88,3 +89,15 @@ def test_a_host_cannot_credit_another_hosts_actor_or_another_job():
                          ("alpha", BatchCredit(job_id=8, rank=1, generation=0, frames=1))):
         with pytest.raises(ProtocolError, match="not one of its actors'"):
             streams.credit(host, credit)
+
+
+def test_a_host_that_comes_back_holding_the_data_streams_no_more():
+    streams = Streams(7, X, Y, order, BATCH, hosts={1: "alpha"})
+    streams.before(b"remote", welcome(1))
+    streams.before(b"remote", Grant(job_id=7, first_step=0, end_step=1, split=[10, 6]))
+    assert streams.credit("alpha", BatchCredit(job_id=7, rank=1, generation=0, frames=4))
+    streams.before(b"back", welcome(1, generation=1, by_value=0))   # its new agent holds the data
+    assert streams.before(b"back", Grant(job_id=7, first_step=0, end_step=1, split=[10, 6])) == []
+    with pytest.raises(ProtocolError):
+        streams.credit("alpha", BatchCredit(job_id=7, rank=1, generation=1, frames=4))
+    assert streams.sent_frames() == 1
