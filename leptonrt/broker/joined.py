@@ -19,6 +19,7 @@ import zmq
 from .. import messages as protocol
 from ..actors.devices import ActorPlan
 from ..data.shm import SegmentReader
+from ..data.stream import BatchReceiver
 from ..errors import ConfigError, DataError, ProtocolError
 from ..messages import HostBeat
 from .channel import PeerGone
@@ -146,6 +147,12 @@ class JoinedHosts:
             self._fills = None
             for part in fills:
                 part.close()
+
+    def check_streamable(self, data: protocol.DatasetInfo, batch_size: int) -> None:
+        """ConfigError, before anything is sent, when a streaming host is here and a whole batch
+        of this data is more than its agent holds per actor (the receiver's own rule)."""
+        if any(h.hello.data == "stream" for h in self.hosts.hosts.values()):
+            BatchReceiver(0, 0, data.n_features, batch_size)
 
     async def open_streams(self, data: protocol.DatasetInfo, job_id: int, batch_size: int, seed: int,
                            actor_ids: list[str]) -> None:

@@ -134,6 +134,7 @@ class JobRunner:
         # pinned while the job runs: the cache never evicts it meanwhile
         self._data = data = await pool.cache.acquire(job.dataset, seed=job.seed, test_fraction=job.test_fraction,
                                                      label_column=job.label_column)
+        pool.check_streamable(data, job.batch_size)
         data_of = await pool.fill_hosts(data)   # joined hosts' own copies, for their actors' Welcome
         world, n_train = pool.world, data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
         split = initial_split(job, world)

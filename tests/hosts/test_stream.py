@@ -52,6 +52,9 @@ def test_a_streaming_host_trains_what_the_per_host_cache_trains_and_holds_no_tra
     held = {p.name.rsplit(".", 1)[-1]: p.stat().st_size for p in Path("/dev/shm").glob(f"leptonrt-{agent.pid}x*")}
     assert sorted(held) == ["x_test", "x_train", "y_test", "y_train"], held   # the test split's offer...
     assert held["x_train"] <= 1 and held["y_train"] <= 1 and held["x_test"] > 1, held   # ...with no training rows
+    # a batch wider than the agent's window (80 frames of 15 rows of 8,192 features) is refused up front
+    wide = cluster.cli("head", "train", "--dataset", "synthetic:1500,8192,2", "--batch-size", "1200", "--epochs", "1")
+    assert wide.returncode == 78 and "takes 80 frames to stream" in wide.stderr, wide.stderr
 
 
 def test_a_streaming_agent_whose_head_is_killed_mid_job_stops_its_actors_and_exits_69(cluster, hosts):
