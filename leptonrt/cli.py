@@ -201,6 +201,9 @@ def _add_service(sub) -> None:
     p.add_argument("--gpus", default="all", help="all | N | device=0,2 | none")
     p.add_argument("--cpu-actors", type=int, default=None, help="number of CPU actors")
     p.add_argument("--no-pin", action="store_true", help="leave CPU actors to the scheduler")
+    p.add_argument("--data", choices=("cache", "stream"), default="cache",
+                   help="cache: hold each job's dataset here, filled once; stream: hold only its test split, "
+                        "the head sends each step's rows ahead of need (a host that cannot hold the data)")
     _add_gradient_net(p)
     p = sub.add_parser("top", help="show the live view of a running broker",
                        epilog="keys: q quits, e hides or shows the event log\nexample:\n  leptonrt top")

@@ -15,7 +15,7 @@ PURE = ["leptonrt.broker.job", "leptonrt.broker.lifecycle", "leptonrt.broker.led
         "leptonrt.broker.roster", "leptonrt.broker.grants", "leptonrt.broker.restarts", "leptonrt.broker.regroup", "leptonrt.broker.granting", "leptonrt.broker.cores", "leptonrt.broker.figures",
         "leptonrt.broker.tally", "leptonrt.broker.hosts", "leptonrt.broker.rebalance.trial", "leptonrt.broker.series",
         "leptonrt.batches", "leptonrt.messages", "leptonrt.wire", "leptonrt.data.transfer",
-        "leptonrt.data.stream"]
+        "leptonrt.data.stream", "leptonrt.broker.streams"]
 
 
 @pytest.mark.parametrize("module", PURE)

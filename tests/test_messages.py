@@ -21,6 +21,7 @@ from leptonrt.messages import (
     MAX_REPORT_STEPS,
     VERSION,
     JobUpdate,
+    PieceRows,
     Submit,
     StoreRequest,
     ArrayRef,
@@ -68,7 +69,9 @@ def offered_arrays(draw, n_features=3):
 
 # Fields whose generic strategy would almost never pass the record's own check().
 OVERRIDES = {(Welcome, "rank"): st.integers(0, 4095), (CacheArray, "sha256"): HEX64,
-             (CacheOffer, "n_features"): st.just(3), (CacheOffer, "arrays"): offered_arrays()}
+             (CacheOffer, "n_features"): st.just(3), (CacheOffer, "arrays"): offered_arrays(),
+             (PieceRows, "start"): st.just(2), (PieceRows, "stop"): st.just(3),
+             (PieceRows, "y"): st.binary(min_size=8, max_size=8)}
 
 
 PLAIN = st.dictionaries(st.text(max_size=8), st.recursive(

@@ -5,7 +5,9 @@
       -> one actor per device, started as ``up`` starts them (the Supervisor), connecting to
          the actors' channel over CURVE with this host's keys
       -> beat, report exits, start and kill actors as the broker says, fill this host's
-         dataset cache when offered one (``data.transfer``: its actors map that copy), until
+         dataset cache when offered one (``data.transfer``: its actors map that copy); with
+         ``--data stream``, hold each actor's rows as the head streams them and hand each
+         piece over as its actor asks (``rows``), until
            Ctrl-C / SIGTERM: HostBye, stop the actors, exit 0
            the head closed (HostBye) or went silent: stop the actors, exit 69
 
@@ -38,10 +40,11 @@ from ..data.transfer import Receiver, refusal
 from ..errors import ConfigError, LeptonError, NoDeviceError, ProtocolError
 from ..interfaces import UNSAFE, gradient_iface
 from ..keys import keys_dir, load_keypair, read_public_key
-from ..messages import (ACTOR_LIMITS, SERVICE_LIMITS, ActorExited, CacheChunk, CacheDone, CacheHave, CacheOffer,
-                        HostActor, HostBeat, HostBye, HostDataset, HostHello, HostRefused, HostWelcome, Join, Joined,
-                        KillActor, Rejected, StartActor)
+from ..messages import (ACTOR_LIMITS, SERVICE_LIMITS, ActorExited, BatchRows, CacheChunk, CacheDone, CacheHave,
+                        CacheOffer, HostActor, HostBeat, HostBye, HostDataset, HostHello, HostRefused, HostWelcome,
+                        Join, Joined, KillActor, Rejected, StartActor)
 from .devices import allowed_cores, core_sets, select
+from .rows import ENV as ROWS_ENV, Desk
 from .spawn import Supervisor
 from .tether import make_run_dir
 
@@ -65,6 +68,7 @@ class AgentConfig:
     pin: bool = True
     gradient_iface: str | None = None
     trust_network: bool = False
+    data: str = "cache"           # "stream": hold no training rows, take each step's by value
 
 
 class Agent:
@@ -92,6 +96,7 @@ class Agent:
         link = supervisor = None
         self.cache = HostCache(new_run_id())   # this host's copies of the datasets it is sent
         self._fills: dict[str, tuple[CacheOffer, Receiver]] = {}
+        self.desk: Desk | None = None          # its actors' rows by value (``--data stream``)
         try:
             endpoint = self._join(ctx, server, own)
             link = ctx.socket(zmq.DEALER)
@@ -102,8 +107,12 @@ class Agent:
             welcome = self._hello(link, ids, selection, iface)
             env = {"LEPTONRT_SERVER_KEY": str(Path(config.server_key).resolve()),
                    "LEPTONRT_KEYS": str(keys_dir(config.keys).resolve()), "GLOO_SOCKET_IFNAME": iface}
+            run_dir = Path(make_run_dir())
+            if config.data == "stream":   # its actors ask for their rows here (``rows``)
+                self.desk = Desk(ctx, run_dir)
+                env[ROWS_ENV] = self.desk.endpoint
             self.env = env
-            supervisor = Supervisor(Path(make_run_dir()), endpoint, env, gpus=selection.any_gpu)
+            supervisor = Supervisor(run_dir, endpoint, env, gpus=selection.any_gpu)
             for actor_id in ids:
                 supervisor.spawn(actor_id, self.plans[actor_id], {**env, "LEPTONRT_INCARNATION": "0"},
                                  self.cores[actor_id])
@@ -116,6 +125,8 @@ class Agent:
                 supervisor.close(grace=2.0)
                 shutil.rmtree(supervisor.run_dir, ignore_errors=True)
             self.cache.close()   # every copy is freed: the actors that mapped them are gone
+            if self.desk is not None:
+                self.desk.close()
             if link is not None:
                 link.close()
             ctx.term()
@@ -180,7 +191,7 @@ class Agent:
         _send(link, HostHello(
             pid=os.getpid(), actors=[HostActor(a, p.device, p.threads) for a, p in zip(ids, selection.actors)],
             memory_bytes=psutil.virtual_memory().total,
-            versions=versions, gradient_iface=iface))
+            versions=versions, gradient_iface=iface, data=self.config.data))
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while (left := deadline - time.monotonic()) > 0 and self._stop is None:
             if not link.poll(int(min(left, RETRY_S) * 1000)):
@@ -198,13 +209,21 @@ class Agent:
 
     def _serve(self, link: zmq.Socket, supervisor: Supervisor, welcome: HostWelcome) -> int:
         heard = beat = time.monotonic()
+        poller = zmq.Poller()
+        poller.register(link, zmq.POLLIN)
+        if self.desk is not None:
+            poller.register(self.desk.sock, zmq.POLLIN)
         while self._stop is None:
-            if link.poll(int(welcome.beat_s * 1000 / 2)):
+            ready = dict(poller.poll(int(welcome.beat_s * 1000 / 2)))
+            if link in ready:
                 while link.poll(0):
                     msg = _decode(link.recv(), ACTOR_LIMITS)
                     if msg is not None:
                         heard = time.monotonic()
                         self._obey(msg, supervisor, link)
+            if self.desk is not None and self.desk.sock in ready:
+                for credit in self.desk.requests():
+                    _send(link, credit)
             for actor_id, how in supervisor.exited():
                 _send(link, ActorExited(actor_id=actor_id, how=how))
             now = time.monotonic()
@@ -220,7 +239,10 @@ class Agent:
         return 0
 
     def _obey(self, msg: messages.Message, supervisor: Supervisor, link: zmq.Socket) -> None:
-        if isinstance(msg, (CacheOffer, CacheChunk, CacheDone)):
+        if isinstance(msg, BatchRows):
+            for credit in self.desk.frame(msg) if self.desk is not None else ():
+                _send(link, credit)
+        elif isinstance(msg, (CacheOffer, CacheChunk, CacheDone)):
             for reply in self._fill(msg):
                 _send(link, reply)
                 if isinstance(reply, CacheHave):

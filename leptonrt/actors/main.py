@@ -32,6 +32,7 @@ from .faults import Injector
 from .group import Group, finish_teardown
 from .heap import keep_heap
 from .link import Link
+from .rows import Rows
 from .schedule import ActorSchedule
 from .tether import Tether, parse_args
 from .trainer import Piece, Trainer
@@ -58,6 +59,9 @@ class JobLoop:
         _use_threads(welcome.threads)   # its own cores' worth (another job may have lent it more)
         self.group = Group(link.address, self.job_id, welcome.backend, welcome.collective_timeout_s, device)
         self.trainer = Trainer(welcome, device, self.group)
+        # a streaming host's actor takes its training rows from its agent, piece by piece
+        self.rows = (Rows(self.job_id, welcome.data.n_features, self.job.batch_size) if welcome.rows_by_value
+                     else None)
         self.faults = Injector(welcome.rank)
         self.faults.at_start()
         self.epochs: list[dict] = self.trainer.resume(welcome.resume_from) if welcome.resume_from else []
@@ -94,6 +98,8 @@ class JobLoop:
     def close(self) -> None:
         self.group.leave()
         self.trainer.close()
+        if self.rows is not None:
+            self.rows.close()
 
     def _form(self, g: int, restored: bool, history: str = "") -> bool:
         """Form the group the schedule's place names, from step ``g``."""
@@ -144,7 +150,9 @@ class JobLoop:
         version, split = self.plan.plan_for(g)
         batch, self.next_piece = self.next_piece, None
         if batch is None or batch.step != g or batch.split != split:
-            batch = self.trainer.gather(g, split, self.rank)
+            batch = self._gather(g, split)
+            if batch is None:   # the group broke, or the job ended, while its rows were on their way
+                return False
         factor = self._slowdown(g)
         t0 = time.perf_counter()
         mark = self.trainer.timer.start()
@@ -154,7 +162,8 @@ class JobLoop:
         simulated = (factor - 1.0) * compute_s if factor > 1.0 else 0.0
         if simulated:
             time.sleep(simulated)   # SIMULATED straggler: before the sum, so it looks like slow compute
-        vote = self.plan.vote(version)
+        # rows by value follow the grants' splits: an actor that streams never votes to switch early
+        vote = self.plan.vote(version) if self.rows is None else 0
         try:
             self.trainer.step.apply(meanwhile=lambda: self._prefetch(g, split), vote=vote)
         except RuntimeError as exc:   # the group broke under the sum
@@ -174,8 +183,27 @@ class JobLoop:
         """Gather the next step's rows while the gradients are being summed."""
         self.faults.inside_allreduce(g)
         plan = None if (g + 1) % self.spe == 0 else self.plan.plan_for(g + 1)
-        if plan is not None:
+        if plan is not None and self.rows is not None:   # ask for it now; it is taken when it is trained
+            start, stop = self.trainer.piece_of(g + 1, plan[1], self.rank)
+            self.rows.ask(self.rank, self.plan.place.generation, g + 1, start, stop)
+        elif plan is not None:
             self.next_piece = self.trainer.gather(g + 1, plan[1], self.rank)
+
+    def _gather(self, g: int, split: list[int]) -> Piece | None:
+        """This actor's rows of step ``g``: from the shared cache, or by value from its agent
+        (None if the group broke or the job ended meanwhile)."""
+        if self.rows is None:
+            return self.trainer.gather(g, split, self.rank)
+        started = time.perf_counter()
+        start, stop = self.trainer.piece_of(g, split, self.rank)
+
+        def meanwhile() -> bool:   # alive while it waits, and listening for a regroup
+            self._poll(0)
+            self.link.send(Heartbeat(rank=self.rank, step=max(g - 1, 0)))
+            return not self.plan.broken and not self.plan.released
+        got = self.rows.wait(self.rank, self.plan.place.generation, g, start, stop, IDLE_POLL_MS, meanwhile)
+        return None if got is None else self.trainer.received(g, split, start, stop, *got,
+                                                               waited_s=time.perf_counter() - started)
 
     def _after_step(self, g: int) -> None:
         """``g`` steps are done: snapshot and checkpoint on schedule."""

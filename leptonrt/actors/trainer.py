@@ -71,14 +71,21 @@ class Trainer:
         self._perm: tuple[int, torch.Tensor] | None = None
 
     def _map_data(self, welcome: Welcome) -> None:
+        """Map the arrays the Welcome names; an actor that takes its training rows by value
+        (``rows_by_value``) maps the test split alone."""
         d = welcome.data
+        names = ("x_test", "y_test") if welcome.rows_by_value else ("x_train", "y_train", "x_test", "y_test")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the mapping is read-only; we never write to it
             arrays = {name: torch.from_numpy(self.reader.attach(getattr(d, name).segment, getattr(d, name).dtype,
                                                                 getattr(d, name).shape))
-                      for name in ("x_train", "y_train", "x_test", "y_test")}
-        self.x_train, self.y_train = arrays["x_train"], arrays["y_train"]
+                      for name in names}
         self.x_test, self.y_test = arrays["x_test"], arrays["y_test"]
+        if welcome.rows_by_value:
+            self.x_train = self.y_train = None
+            self.n_train = welcome.rows_by_value
+            return
+        self.x_train, self.y_train = arrays["x_train"], arrays["y_train"]
         self.n_train = self.x_train.shape[0]
         if self.device.type == "cuda":
             # one copy to device memory, then rows are gathered there
@@ -89,16 +96,26 @@ class Trainer:
 
     # -- rows -------------------------------------------------------------------------------
 
+    def piece_of(self, g: int, split: list[int], rank: int) -> tuple[int, int]:
+        """Positions [start, stop) of ``rank``'s rows in global batch ``g``."""
+        return piece(split, self.batch_rows(g), rank)
+
     def gather(self, g: int, split: list[int], rank: int) -> Piece:
         """This actor's rows of global step ``g``, gathered from the shared cache."""
         started = time.perf_counter()
         batch, spe = self.job.batch_size, self.welcome.steps_per_epoch
         epoch, t = divmod(g, spe)
-        start, stop = piece(split, batch_rows(self.n_train, batch, t), rank)
+        start, stop = self.piece_of(g, split, rank)
         idx = self._permutation(epoch)[t * batch + start: t * batch + stop]
         x = self.x_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b, D)
         y = self.y_train.index_select(0, idx).to(self.device, non_blocking=True)   # (b,)
         return Piece(g, split, x, y, start, stop, time.perf_counter() - started)
+
+    def received(self, g: int, split: list[int], start: int, stop: int, x, y, waited_s: float) -> Piece:
+        """Rows that came by value (numpy, from the agent) as this step's piece."""
+        x = torch.from_numpy(x.copy()).to(self.device, non_blocking=True)   # (b, D)
+        y = torch.from_numpy(y.copy()).to(self.device, non_blocking=True)   # (b,)
+        return Piece(g, split, x, y, start, stop, waited_s)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._perm is None or self._perm[0] != epoch:

@@ -4,8 +4,9 @@ Before a job's first Welcome to a joined host's actors, each such host gets the 
 dataset once: the head offers it (``CacheOffer``, hashed once per loaded dataset), the
 agent answers that it holds it or credits chunks, and says where its copy lies
 (``HostDataset``); those actors' Welcome names that copy. A later job on the same data
-costs one offer and one answer. This module keeps the exchange's state; the pool moves its
-messages.
+costs one offer and one answer. A host that streams its training rows (``join --data
+stream``) is offered the test split alone: the same exchange, with empty training arrays.
+This module keeps the exchange's state; the pool moves its messages.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ class Fills:
 
     def __init__(self, offer: CacheOffer, reader: SegmentReader, data: DatasetInfo, hosts: list[str]) -> None:
         self.offer, self._reader = offer, reader
-        arrays = {name: reader.attach(ref.segment, ref.dtype, ref.shape)
-                  for name, ref in zip(CACHE_ARRAYS, (data.x_train, data.y_train, data.x_test, data.y_test))}
+        arrays = _arrays(reader, data, test_only=offer.arrays[0].shape[0] == 0)
         self.senders = {name: Sender(offer, arrays) for name in hosts}
         self.held: dict[str, DatasetInfo] = {}      # host -> where it holds the data
         self.refused: dict[str, CacheRefused] = {}  # host -> why it would not
@@ -70,16 +70,18 @@ class Offers:
     def __init__(self) -> None:
         self._offers: OrderedDict[str, CacheOffer] = OrderedDict()
 
-    async def fills(self, data: DatasetInfo, hosts: list[str]) -> Fills:
+    async def fills(self, data: DatasetInfo, hosts: list[str], test_only: bool = False) -> Fills:
+        """The fills of ``hosts``: of the whole dataset, or of its test split alone."""
         reader = SegmentReader()
         try:
-            offer = self._offers.get(data.x_train.segment)
+            key = data.x_train.segment + (" test" if test_only else "")
+            offer = self._offers.get(key)
             if offer is None:
-                arrays = {name: reader.attach(ref.segment, ref.dtype, ref.shape)
-                          for name, ref in zip(CACHE_ARRAYS, (data.x_train, data.y_train, data.x_test, data.y_test))}
-                offer = await asyncio.to_thread(make_offer, data.spec, data.n_features, data.n_classes, arrays)
+                arrays = _arrays(reader, data, test_only)
+                spec = f"{data.spec} (test split)" if test_only else data.spec
+                offer = await asyncio.to_thread(make_offer, spec, data.n_features, data.n_classes, arrays)
                 del arrays
-                self._offers[data.x_train.segment] = offer
+                self._offers[key] = offer
                 while len(self._offers) > OFFERS_KEPT:
                     self._offers.popitem(last=False)
             return Fills(offer, reader, data, hosts)
@@ -88,23 +90,34 @@ class Offers:
             raise
 
 
+def _arrays(reader: SegmentReader, data: DatasetInfo, test_only: bool) -> dict:
+    """The offer's arrays, mapped from the head's cache; ``test_only``: the training ones empty."""
+    arrays = {name: reader.attach(ref.segment, ref.dtype, ref.shape)
+              for name, ref in zip(CACHE_ARRAYS, (data.x_train, data.y_train, data.x_test, data.y_test))}
+    if test_only:
+        arrays["x_train"], arrays["y_train"] = arrays["x_train"][:0], arrays["y_train"][:0]
+    return arrays
+
+
 class JobData:
     """Where the running job's data lies for each joined host, and the fills of hosts that
     joined while it runs (one that came back): their actors' hellos wait until their host
     holds the data, so a replacement's Welcome never names a copy that is not there."""
 
-    def __init__(self, data: DatasetInfo, offer: CacheOffer, held: dict[str, DatasetInfo]) -> None:
-        self.data, self.offer = data, offer
+    def __init__(self, data: DatasetInfo, offer: CacheOffer, test_offer: CacheOffer,
+                 held: dict[str, DatasetInfo]) -> None:
+        self.data, self._offers = data, (offer, test_offer)   # the whole dataset's, its test split's
         self.held = dict(held)                      # host -> where it holds the data
         self.data_of: dict[str, DatasetInfo] = {}   # actor id -> its host's copy (the job core reads it)
         self._late: dict[str, Fills] = {}           # host -> its fill, started after the job
         self._waiting: dict[str, list[tuple[bytes, Message]]] = {}   # host -> hellos held back
 
-    def joined(self, host: str) -> list[Message]:
-        """A host joined mid-job: what to send it to start its fill."""
+    def joined(self, host: str, test_only: bool = False) -> list[Message]:
+        """A host joined mid-job: what to send it to start its fill (``test_only``: it streams
+        its training rows)."""
         self.held.pop(host, None)   # an earlier agent's copy went with it
         self._drop(host)
-        self._late[host] = fills = Fills(self.offer, SegmentReader(), self.data, [host])
+        self._late[host] = fills = Fills(self._offers[test_only], SegmentReader(), self.data, [host])
         return [m for _name, m in fills.start()]
 
     def hold(self, host: str, identity: bytes, hello: Message) -> bool:

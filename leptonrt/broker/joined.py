@@ -10,18 +10,23 @@ each file reads as one story; it works on the state ``ActorPool.__init__`` sets 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+import numpy as np
 import zmq
 
 from .. import messages as protocol
 from ..actors.devices import ActorPlan
+from ..data.shm import SegmentReader
+from ..data.stream import BatchReceiver
 from ..errors import ConfigError, DataError, ProtocolError
 from ..messages import HostBeat
 from .channel import PeerGone
 from .events import Send
 from .fill import JobData
 from .hosts import HostJoined, HostLost, RemoteExit
+from .streams import Streams
 
 _BEAT = protocol.encode(HostBeat())
 
@@ -64,7 +69,8 @@ class JoinedHosts:
             elif isinstance(effect, HostJoined):
                 self._joined(effect)
                 if self.job_data is not None:   # mid-job (it came back): its data before its actors' Welcome
-                    for message in self.job_data.joined(effect.name):
+                    streams = self.hosts.hosts[effect.name].hello.data == "stream"
+                    for message in self.job_data.joined(effect.name, test_only=streams):
                         self.send(self.hosts.hosts[effect.name].identity, message)
                 self.host_events.append(f"host {effect.name} joined: {len(effect.actors)} actor(s), "
                                         + ", ".join(a.device for a in effect.actors))
@@ -100,44 +106,94 @@ class JoinedHosts:
                 table.pop(actor_id, None)
 
     async def fill_hosts(self, data: protocol.DatasetInfo, timeout_s: float = 600.0) -> dict[str, protocol.DatasetInfo]:
-        """Fill every joined host's cache with ``data`` (a host that holds it answers at once);
-        actor id -> where its host holds the data, for its Welcome. A host that refuses fails
-        the job with its reason (its exit code); one that leaves meanwhile is left out."""
+        """Fill every joined host's cache with ``data`` (a host that holds it answers at once;
+        one that streams its training rows gets the test split alone); actor id -> where its
+        host holds the data, for its Welcome. A host that refuses fails the job with its
+        reason (its exit code); one that leaves meanwhile is left out."""
         self._forget_departed()
         self.job_actors = set(self.ids)   # the job's actors: who is here now
         hosts = sorted({a.host for a in self.remote.values()} & set(self.hosts.hosts))
         if not hosts:
             return {}
-        self._fills = fills = await self._offers.fills(data, hosts)
+        streaming = {h for h in hosts if self.hosts.hosts[h].hello.data == "stream"}
+        # both offers, so a host that comes back mid-job is filled whichever way it joins
+        self._fills = fills = [await self._offers.fills(data, [h for h in hosts if h not in streaming]),
+                               await self._offers.fills(data, sorted(streaming), test_only=True)]
         started = time.monotonic()
         try:
-            for name, message in fills.start():
-                self.send(self.hosts.hosts[name].identity, message)
+            for part in fills:
+                for name, message in part.start():
+                    self.send(self.hosts.hosts[name].identity, message)
             deadline = time.monotonic() + timeout_s
-            while fills.pending(set(self.hosts.hosts)):
+            while pending := [h for part in fills for h in part.pending(set(self.hosts.hosts))]:
                 if time.monotonic() > deadline:
-                    raise DataError(f"filling the caches of hosts {', '.join(fills.pending(set(self.hosts.hosts)))} "
-                                    f"took over {timeout_s:.0f} s")
+                    raise DataError(f"filling the caches of hosts {', '.join(pending)} took over {timeout_s:.0f} s")
                 await self.idle(100)
-            for name, refused in fills.refused.items():
+            for name, refused in (item for part in fills for item in part.refused.items()):
                 kind = ConfigError if refused.exit_code == ConfigError.exit_code else DataError
                 raise kind(f"host {name} cannot hold the dataset: {refused.message}")
-            sent = sum(sender.sent_chunks for sender in fills.senders.values())
-            self.host_events.append(f"dataset {data.spec}: hosts {', '.join(sorted(fills.held))} hold it "
+            held = {name: info for part in fills for name, info in part.held.items()}
+            sent = sum(sender.sent_chunks for part in fills for sender in part.senders.values())
+            self.host_events.append(f"dataset {data.spec}: hosts {', '.join(sorted(held))} hold it "
                                     + (f"({sent} chunks sent in {time.monotonic() - started:.3f} s)" if sent
-                                       else "already"))
-            self.job_data = JobData(data, fills.offer, fills.held)
-            for name in fills.held:
+                                       else "already")
+                                    + (f"; {', '.join(sorted(streaming))} its test split (rows by value)"
+                                       if streaming else ""))
+            self.job_data = JobData(data, fills[0].offer, fills[1].offer, held)
+            for name in held:
                 self._data_of_host(name)
             return self.job_data.data_of
         finally:
             self._fills = None
-            fills.close()
+            for part in fills:
+                part.close()
+
+    def check_streamable(self, data: protocol.DatasetInfo, batch_size: int) -> None:
+        """ConfigError, before anything is sent, when a streaming host is here and a whole batch
+        of this data is more than its agent holds per actor (the receiver's own rule)."""
+        if any(h.hello.data == "stream" for h in self.hosts.hosts.values()):
+            BatchReceiver(0, 0, data.n_features, batch_size)
+
+    async def open_streams(self, data: protocol.DatasetInfo, job_id: int, batch_size: int, seed: int,
+                           actor_ids: list[str]) -> None:
+        """Rows by value for the job's actors on streaming hosts (``streams``), in a job with
+        actors of other hosts (one may come back streaming)."""
+        hosts = {rank: self.remote[a].host for rank, a in enumerate(actor_ids) if a in self.remote}
+        if not hosts:
+            return
+        self._stream_reader = reader = SegmentReader()
+        x = reader.attach(data.x_train.segment, data.x_train.dtype, data.x_train.shape)
+        y = reader.attach(data.y_train.segment, data.y_train.dtype, data.y_train.shape)
+        order = _orders(len(x), seed)
+        if any(self.hosts.hosts[h].hello.data == "stream" for h in set(hosts.values()) if h in self.hosts.hosts):
+            await asyncio.to_thread(order, 0)   # imports torch, off the loop: only a job that streams pays
+        self.streams = Streams(job_id, x, y, order, batch_size, hosts)
+
+    def stream_ahead(self, identity: bytes, message: protocol.Message) -> None:
+        """``message`` goes to an actor next: first what its rows by value need its agent to get."""
+        if self.streams is not None:
+            for host, frame in self.streams.before(identity, message):
+                self._to_agent(host, frame)
+
+    def _credited(self, host: str, message: protocol.BatchCredit) -> None:
+        if self.streams is not None:   # else the job is over: a late credit is nobody's
+            for to, frame in self.streams.credit(host, message):
+                self._to_agent(to, frame)
+
+    def _to_agent(self, host: str, message: protocol.Message) -> None:
+        joined = self.hosts.hosts.get(host)
+        if joined is not None:   # a host gone is lost by the pool; its rows with it
+            self.send(joined.identity, message)
 
     def job_ended(self) -> None:
         """The job is over: what its data was on each host is no longer news."""
         if self.job_data is not None:
             self.job_data.close()
+        if self.streams is not None:
+            if self.streams.sent_frames():
+                self.host_events.append(f"rows by value: {self.streams.sent_frames()} frames sent")
+            self.streams = None
+            self._stream_reader.close()
         self.job_data, self.released, self.job_actors = None, [], None
 
     def _data_of_host(self, host: str) -> None:
@@ -146,3 +202,16 @@ class JoinedHosts:
             for actor_id, actor in self.remote.items():
                 if actor.host == host:
                     self.job_data.data_of[actor_id] = self.job_data.held[host]
+
+
+def _orders(n_train: int, seed: int):
+    """Each epoch's permutation, as the actors derive it (``nn.order``: torch, imported at the
+    first call), as numpy indices; the last one is kept."""
+    last: list = [None, None]
+
+    def order(epoch: int) -> np.ndarray:
+        if last[0] != epoch:
+            from ..nn.order import epoch_permutation
+            last[:] = [epoch, epoch_permutation(n_train, seed, epoch).numpy()]
+        return last[1]
+    return order

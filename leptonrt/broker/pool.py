@@ -21,13 +21,14 @@ from ..data.cache import DatasetCache
 from ..data.shm import clean_stale, new_run_id
 from ..errors import ProtocolError
 from ..imports import allowed_modules
-from ..messages import ACTOR_LIMITS, KillActor, Shutdown, StartActor, StoreRequest
+from ..messages import ACTOR_LIMITS, BatchCredit, KillActor, Shutdown, StartActor, StoreRequest
 from .channel import Channel, PeerGone
 from .fill import FILL_MESSAGES, Fills, JobData, Offers
 from .hosts import HOST_MESSAGES, HostTable, RemoteActor, qualified
 from .joined import JoinedHosts
 from .cores import Lending
 from .store import StoreCore
+from .streams import Streams
 
 
 class ActorPool(JoinedHosts):
@@ -83,8 +84,9 @@ class ActorPool(JoinedHosts):
         self.host_events: list[str] = []           # hosts joined and lost, for the log
         self._probed = 0.0                         # when the agents' connections were last tried
         self._offers = Offers()                    # datasets offered to hosts, hashed once
-        self._fills: Fills | None = None           # the hosts' cache fills before a job
+        self._fills: list[Fills] | None = None     # the hosts' cache fills before a job (whole, test split)
         self.job_data: JobData | None = None       # the running job's data on each host
+        self.streams: Streams | None = None        # the running job's rows by value (streaming hosts)
         self.released: list[tuple[bytes, protocol.Message]] = []   # hellos held back, for the job now
         self.job_actors: set[str] | None = None       # the running job's actors (a host that joins later waits)
         self.hellos: dict[str, tuple[bytes, protocol.Hello]] = {}   # idle actors: identity and hello
@@ -239,7 +241,7 @@ class ActorPool(JoinedHosts):
         if isinstance(message, FILL_MESSAGES) and host is not None:
             replies, released = [], []
             if self._fills is not None:
-                replies = self._fills.handle(host, message)
+                replies = [reply for part in self._fills for reply in part.handle(host, message)]
             elif self.job_data is not None:
                 replies, released = self.job_data.answer(host, message)
                 self._data_of_host(host)
@@ -247,6 +249,9 @@ class ActorPool(JoinedHosts):
             for reply in replies if agent is not None else ():
                 self.send(agent, reply)
             self.released += released
+            return None
+        if isinstance(message, BatchCredit) and host is not None:
+            self._credited(host, message)
             return None
         if isinstance(message, HOST_MESSAGES):
             if host is None:

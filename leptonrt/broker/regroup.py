@@ -199,8 +199,10 @@ class Regrouping:
         ranks = [s.rank for s in self.roster.members()] or [s.rank for s in self.roster.ranked()]
         if slot.rank not in ranks:
             ranks = sorted(ranks + [slot.rank])
-        return Welcome(rank=slot.rank, world_size=len(self.roster), job=self.job,
-                       data=self.data_of.get(slot.actor_id, self.data),
+        data = self.data_of.get(slot.actor_id, self.data)
+        # a host's copy without training rows is a streaming host's: its actors take them by value
+        by_value = self.n_train if data.x_train.shape[0] == 0 else 0
+        return Welcome(rank=slot.rank, world_size=len(self.roster), job=self.job, data=data, rows_by_value=by_value,
                        steps_per_epoch=self.steps_per_epoch, threads=threads or slot.threads, backend=self.roster.backend(),
                        collective_timeout_s=self.liveness.collective_timeout(), generation=self.generation,
                        start_step=self.group_start, source_rank=source,

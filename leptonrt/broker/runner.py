@@ -134,6 +134,7 @@ class JobRunner:
         # pinned while the job runs: the cache never evicts it meanwhile
         self._data = data = await pool.cache.acquire(job.dataset, seed=job.seed, test_fraction=job.test_fraction,
                                                      label_column=job.label_column)
+        pool.check_streamable(data, job.batch_size)
         data_of = await pool.fill_hosts(data)   # joined hosts' own copies, for their actors' Welcome
         world, n_train = pool.world, data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
         split = initial_split(job, world)
@@ -151,6 +152,7 @@ class JobRunner:
                        save_path=str(weights) if self._wants_weights() else None, start_step=start_step,
                        resume_from=resume_from, prior_epochs=tuple(prior), history=history, tally=self.tally,
                        data_of=data_of, lending=lending)
+        await pool.open_streams(data, job_id, job.batch_size, job.seed, list(pool.ids))
         if self.interrupted:   # asked while the data was loading: no step will be granted
             core.interrupt()
         self._sync_store(core)
@@ -245,6 +247,7 @@ class JobRunner:
         """Carry out the core's effects, in order."""
         for effect in effects:
             if isinstance(effect, Send):
+                self.pool.stream_ahead(effect.identity, effect.message)
                 if not self.pool.send(effect.identity, effect.message):
                     self._apply(core, core.unreachable(effect.identity, time.monotonic()))
             elif isinstance(effect, Kill):

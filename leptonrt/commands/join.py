@@ -14,5 +14,5 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("join: the head's address is its tcp:// --listen address, e.g. tcp://head:7420")
     config = AgentConfig(address=args.address, server_key=args.server_key, keys=args.keys, gpus=args.gpus,
                          cpu_actors=args.cpu_actors, pin=not args.no_pin, gradient_iface=args.gradient_iface,
-                         trust_network=args.trust_network)
+                         trust_network=args.trust_network, data=args.data)
     return Agent(config).run()

@@ -12,7 +12,8 @@ invalid outgoing message is our bug (``InternalError``). A frame longer than its
 The schemas live by who speaks them: ``records`` (nested records, each channel's limits),
 ``actors`` (broker <-> actors, and the rendezvous store), ``clients`` (clients <-> the
 service), ``cachefill`` (the head <-> a host agent: filling its dataset cache, or
-streaming rows), ``hosts`` (host agents <-> the head: joining, their actors, liveness).
+streaming rows), ``hosts`` (host agents <-> the head: joining, their actors, liveness), ``rows`` (a
+streaming host's agent <-> its actors).
 This module is the one door: the message union, ``encode`` and ``decode``.
 """
 
@@ -35,6 +36,7 @@ from .clients import (Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequ
     StopRequest, CancelRequest, Acknowledged)
 from .hosts import (HostActor, Join, Joined, HostHello, HostWelcome, HostRefused, HostBeat, ActorExited, StartActor,
     KillActor, HostBye, HostDataset)
+from .rows import PIECE_BYTES, ROWS_LIMITS, PieceRows, PieceWanted
 from .records import (ACTOR_LIMITS, CLIENT_LIMITS, MAX_REPORT_STEPS, SERVICE_LIMITS, WEIGHTS_CHUNK,
                       ArrayRef, DatasetInfo, JobSpec, StepStat)
 
@@ -44,11 +46,11 @@ __all__ = ["Accepted", "Acknowledged", "ActorExited", "Adopt", "BatchCredit", "B
            "CacheCredit", "CacheDone", "CacheHave", "CacheOffer", "CacheRefused", "CancelRequest", "CheckpointNow",
            "Checkpointed", "EpochResult", "Failure", "Finished", "Grant", "GroupFailed", "Heartbeat", "Hello",
            "HostActor", "HostBeat", "HostBye", "HostDataset", "HostHello", "HostRefused", "HostWelcome", "Join", "Joined",
-           "JobUpdate", "KillActor", "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby",
+           "JobUpdate", "KillActor", "PieceRows", "PieceWanted", "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby",
            "StartActor", "StatusReply",
            "StatusRequest", "Stop", "StopRequest", "StoreReply", "StoreRequest", "Submit", "Weights",
            "Welcome", "ACTOR_LIMITS", "BATCH_FRAME", "BATCH_WINDOW", "CACHE_ARRAYS", "CACHE_CHUNK", "CACHE_WINDOW",
-           "CLIENT_LIMITS", "SERVICE_LIMITS", "WEIGHTS_CHUNK", "MAX_REPORT_STEPS",
+           "CLIENT_LIMITS", "PIECE_BYTES", "ROWS_LIMITS", "SERVICE_LIMITS", "WEIGHTS_CHUNK", "MAX_REPORT_STEPS",
            "ArrayRef", "DatasetInfo", "JobSpec", "StepStat", "Message", "VERSION", "encode", "decode",
            "validate"]
 
@@ -58,7 +60,7 @@ Message = Union[
     Standby, CheckpointNow, Checkpointed, Adopt, Release, Shutdown, StoreRequest, StoreReply,
     Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply, StopRequest, CancelRequest,
     Acknowledged, CacheOffer, CacheHave, CacheCredit, CacheChunk, CacheDone, CacheRefused,
-    BatchRows, BatchCredit,
+    BatchRows, BatchCredit, PieceWanted, PieceRows,
     Join, Joined, HostHello, HostWelcome, HostRefused, HostBeat, ActorExited, StartActor, KillActor, HostBye,
     HostDataset,
 ]

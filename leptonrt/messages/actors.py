@@ -46,6 +46,7 @@ class Welcome:
     members: list[int] | None = given(None, min_len=1, max_len=4096, item_min=0)  # ranks in the gradient group; None: all
     gradient_sync: str = given("allreduce", choices=_SYNCS)  # how the group sums gradients
     save_path: str | None = given(None, min_len=1, max_len=4096)  # the leader writes the weights here at the end
+    rows_by_value: int = given(0, min=0)  # >0: training rows (this many) come from its agent, data holds the test split
 
     def check(self) -> None:
         """A rank must index into the world, and belong to the group it is told to join."""

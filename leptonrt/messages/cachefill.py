@@ -69,13 +69,14 @@ class CacheOffer:
 
     def check(self) -> None:
         """The four arrays, in order, shaped as one dataset: (n, features) inputs and (n,)
-        labels, with at least one row in each split (as every loader guarantees)."""
+        labels, with at least one row in the test split, and in the training split but in
+        the test split's own offer (for a host that streams its training rows)."""
         if tuple(a.name for a in self.arrays) != CACHE_ARRAYS:
             raise ProtocolError(f"arrays must be {', '.join(CACHE_ARRAYS)} in that order")
-        for x, y in (self.arrays[0:2], self.arrays[2:4]):
-            if len(x.shape) != 2 or x.shape[1] != self.n_features or y.shape != x.shape[:1] or not y.shape[0]:
+        for (x, y), least in ((self.arrays[0:2], 0), (self.arrays[2:4], 1)):
+            if len(x.shape) != 2 or x.shape[1] != self.n_features or y.shape != x.shape[:1] or y.shape[0] < least:
                 raise ProtocolError(f"{x.name} {x.shape} and {y.name} {y.shape} are not "
-                                    f"(rows >= 1, {self.n_features}) inputs and (rows,) labels")
+                                    f"(rows >= {least}, {self.n_features}) inputs and (rows,) labels")
 
 
 @dataclass(frozen=True, slots=True)

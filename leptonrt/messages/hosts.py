@@ -47,6 +47,7 @@ class HostHello:
     versions: tuple[str, ...] = required(max_len=16)  # "leptonrt 0.1", "python 3.12.1", ...
     gradient_iface: str = required(min_len=1, max_len=15)  # the interface its actors' gradient traffic uses
     datasets: tuple[str, ...] = given((), max_len=256)  # fingerprints of the datasets it holds already
+    data: str = given("cache", choices=frozenset({"cache", "stream"}))  # a job's data: its cache filled once, or rows by value
 
 
     def check(self) -> None:

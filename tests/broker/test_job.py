@@ -412,3 +412,15 @@ def test_the_last_change_says_why_for_a_move_and_for_a_loss():
     assert change.step == 4   # what was granted by then: the split applies from there
     core.exited("a1", "killed by SIGKILL", now=2.0)
     assert core.statistics().last_change == Change(step=0, split=(4, 0), reason="rank 1 lost")
+
+
+def test_an_actor_whose_host_holds_only_the_test_split_is_welcomed_to_take_its_rows_by_value():
+    streamed = DatasetInfo(spec="synthetic:12,4,3 (test split)", n_features=4, n_classes=3,
+                           x_train=_ref("h-xt", shape=(0, 4)), y_train=_ref("h-yt", "int64", (0,)), x_test=_ref("h-xs", shape=(2, 4)),
+                           y_test=_ref("h-ys", "int64", (2,)))
+    core = make_core()
+    core.data_of["a1"] = streamed
+    out = Cluster(core, 2).start()
+    local, remote = sends(out, Welcome)
+    assert (local.rows_by_value, local.data) == (0, DATA)
+    assert (remote.rows_by_value, remote.data) == (N_TRAIN, streamed)

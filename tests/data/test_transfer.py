@@ -283,3 +283,18 @@ def test_an_offer_of_arrays_that_are_not_one_dataset_is_our_bug():
     _, arrays = digits_arrays()
     with pytest.raises(InternalError, match=r"CacheOffer.arrays\[0\].dtype: .float64. is not one of"):
         make_offer("digits", 64, 10, {**arrays, "x_train": arrays["x_train"].astype(np.float64)})
+
+
+def test_a_test_split_offer_with_no_training_rows_fills_for_a_streaming_host():
+    ds, arrays = digits_arrays()
+    arrays = {**arrays, "x_train": arrays["x_train"][:0], "y_train": arrays["y_train"][:0]}
+    offer = wire(make_offer("digits (test split)", ds.n_features, ds.n_classes, arrays, chunk_bytes=SMALL_CHUNK))
+    sender, sink = Sender(offer, arrays), MemorySink(offer)
+    fill(sender, Receiver(offer, sink))
+    assert sender.done and sink.finished
+    assert len(sink.arrays["x_train"]) == 0 and bytes(sink.arrays["x_test"]) == arrays["x_test"].tobytes()
+    no_test = [dataclasses.replace(offer.arrays[0], name="x_test"), dataclasses.replace(offer.arrays[1], name="y_test")]
+    bad = dataclasses.replace(offer, arrays=[*offer.arrays[:2], *no_test])   # the test split still needs rows
+    frame = msgpack.packb([messages.VERSION, "CacheOffer", _fields(bad)], use_bin_type=True)
+    with pytest.raises(ProtocolError, match="rows >= 1"):
+        messages.decode(frame)
