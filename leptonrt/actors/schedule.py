@@ -1,6 +1,6 @@
 """What an actor does next in a job, decided with no torch, no sockets and no clock.
 
-The process shell (``leptonrt.actors.main``) feeds the broker's messages in (``receive``)
+The job loop (``leptonrt.actors.loop``) feeds the broker's messages in (``receive``)
 and asks: which split does step ``g`` use (``plan_for``), how does this actor vote on a
 newer split (``vote``), is a snapshot or a checkpoint due, are reports due, must the group
 be left (``broken``), and where does it go then (``take_place``). Tested like the broker's

@@ -13,7 +13,7 @@ The frames travel on the agent's link, not the actor's socket: the agent is the 
 holds and credits them (the actor asks it for a piece when it trains it), so the shells on
 both ends only move bytes, and one host's window is one connection's. Splits change only
 where grants change them: an actor that streams never votes for an early switch
-(``actors.main``), so a Resplit takes effect where the grants already out end, and
+(``actors.loop``), so a Resplit takes effect where the grants already out end, and
 every step's piece is the one its grant planned.
 """
 
