@@ -12,10 +12,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "leptonrt"
 PURE = ["leptonrt.broker.job", "leptonrt.broker.lifecycle", "leptonrt.broker.ledger", "leptonrt.broker.liveness",
         "leptonrt.broker.splits", "leptonrt.broker.gate", "leptonrt.broker.store", "leptonrt.broker.events",
         "leptonrt.broker.rebalance", "leptonrt.broker.rebalance.simulate", "leptonrt.actors.schedule",
-        "leptonrt.broker.roster", "leptonrt.broker.grants", "leptonrt.broker.restarts", "leptonrt.broker.regroup", "leptonrt.broker.granting", "leptonrt.broker.cores", "leptonrt.broker.figures",
+        "leptonrt.broker.roster", "leptonrt.broker.grants", "leptonrt.broker.restarts", "leptonrt.broker.regroup",
+        "leptonrt.broker.granting", "leptonrt.broker.cores", "leptonrt.broker.figures",
         "leptonrt.broker.tally", "leptonrt.broker.hosts", "leptonrt.broker.rebalance.trial", "leptonrt.broker.series",
         "leptonrt.batches", "leptonrt.messages", "leptonrt.wire", "leptonrt.data.transfer",
-        "leptonrt.data.stream", "leptonrt.broker.streams"]
+        "leptonrt.data.stream", "leptonrt.broker.streams", "leptonrt.actors.agentcore", "leptonrt.tables"]
 
 
 @pytest.mark.parametrize("module", PURE)

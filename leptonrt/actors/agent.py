@@ -4,16 +4,13 @@
       -> HostHello there -> HostWelcome (or HostRefused: exit 78)
       -> one actor per device, started as ``up`` starts them (the Supervisor), connecting to
          the actors' channel over CURVE with this host's keys
-      -> beat, report exits, start and kill actors as the broker says, fill this host's
-         dataset cache when offered one (``data.transfer``: its actors map that copy); with
-         ``--data stream``, hold each actor's rows as the head streams them and hand each
-         piece over as its actor asks (``rows``), until
-           Ctrl-C / SIGTERM: HostBye, stop the actors, exit 0
-           the head closed (HostBye) or went silent: stop the actors, exit 69
+      -> what the head says and the actors do, through ``agentcore.AgentCore`` (pure: beats,
+         exits, starts and kills, the head's silence, leaving); the shell here carries out
+         its effects: the sockets, the processes, this host's dataset cache when offered one
+         (``data.transfer``: its actors map that copy) and, with ``--data stream``, the desk
+         that holds each actor's rows as the head streams them (``rows``).
 
-Only the broker grants steps, so actors that lost it can do nothing but wait; the agent
-stops them all the same, at once, so a host cut off holds nothing (no split brain). A key
-the head refuses shows as a failed CURVE handshake on the join socket's monitor: a
+A key the head refuses shows as a failed CURVE handshake on the join socket's monitor: a
 one-line error and exit 78, never a wait.
 """
 
@@ -40,9 +37,9 @@ from ..data.transfer import Receiver, refusal
 from ..errors import ConfigError, LeptonError, NoDeviceError, ProtocolError
 from ..interfaces import UNSAFE, gradient_iface
 from ..keys import keys_dir, load_keypair, read_public_key
-from ..messages import (ACTOR_LIMITS, SERVICE_LIMITS, ActorExited, BatchRows, CacheChunk, CacheDone, CacheHave,
-                        CacheOffer, HostActor, HostBeat, HostBye, HostDataset, HostHello, HostRefused, HostWelcome,
-                        Join, Joined, KillActor, Rejected, StartActor)
+from ..messages import (ACTOR_LIMITS, SERVICE_LIMITS, CacheDone, CacheHave, CacheOffer, HostActor, HostDataset,
+                        HostHello, HostRefused, HostWelcome, Join, Joined, Rejected)
+from .agentcore import AgentCore, Fill, Kill, Leave, Send, Spawn, ToDesk
 from .devices import allowed_cores, core_sets, select
 from .rows import ENV as ROWS_ENV, Desk
 from .spawn import Supervisor
@@ -113,13 +110,12 @@ class Agent:
                 env[ROWS_ENV] = self.desk.endpoint
             self.env = env
             supervisor = Supervisor(run_dir, endpoint, env, gpus=selection.any_gpu)
-            for actor_id in ids:
-                supervisor.spawn(actor_id, self.plans[actor_id], {**env, "LEPTONRT_INCARNATION": "0"},
-                                 self.cores[actor_id])
+            core = AgentCore(ids, config.address)
+            self._apply(core.welcomed(welcome, time.monotonic()), link, supervisor)   # its actors start
             print(f"leptonrt: joined {config.address} as {welcome.name}: {len(ids)} actor(s) "
                   f"({', '.join(p.device for p in selection.actors)}), gradients on {iface} (Ctrl-C to leave)",
                   file=sys.stderr, flush=True)
-            return self._serve(link, supervisor, welcome)
+            return self._serve(link, supervisor, core)
         finally:
             if supervisor is not None:
                 supervisor.close(grace=2.0)
@@ -207,55 +203,57 @@ class Agent:
 
     # -- serving ----------------------------------------------------------------------------
 
-    def _serve(self, link: zmq.Socket, supervisor: Supervisor, welcome: HostWelcome) -> int:
-        heard = beat = time.monotonic()
+    def _serve(self, link: zmq.Socket, supervisor: Supervisor, core: AgentCore) -> int:
+        """Move bytes between the head, the actors and the core until the core leaves."""
         poller = zmq.Poller()
         poller.register(link, zmq.POLLIN)
         if self.desk is not None:
             poller.register(self.desk.sock, zmq.POLLIN)
-        while self._stop is None:
-            ready = dict(poller.poll(int(welcome.beat_s * 1000 / 2)))
+        while True:
+            ready = dict(poller.poll(int(core.wait_s * 1000)))
+            effects = []
             if link in ready:
                 while link.poll(0):
                     msg = _decode(link.recv(), ACTOR_LIMITS)
                     if msg is not None:
-                        heard = time.monotonic()
-                        self._obey(msg, supervisor, link)
+                        effects += core.handle(msg, time.monotonic())
             if self.desk is not None and self.desk.sock in ready:
-                for credit in self.desk.requests():
-                    _send(link, credit)
+                effects += [Send(credit) for credit in self.desk.requests()]
             for actor_id, how in supervisor.exited():
-                _send(link, ActorExited(actor_id=actor_id, how=how))
-            now = time.monotonic()
-            if now - beat >= welcome.beat_s:
-                _send(link, HostBeat(running=sum(p is not None for p in supervisor.pids().values())))
-                beat = now
-            if now - heard > welcome.lost_after_s:
-                raise HeadLost(f"lost the head at {self.config.address} (silent for {now - heard:.1f} s): "
-                               "this host's actors are stopped")
-        _send(link, HostBye(reason=f"the agent was stopped ({self._stop})"))
-        print(f"leptonrt: leaving {self.config.address} ({self._stop}): stopping this host's actors",
-              file=sys.stderr, flush=True)
-        return 0
+                effects += core.exited(actor_id, how)
+            effects += core.tick(time.monotonic(), sum(p is not None for p in supervisor.pids().values()))
+            if self._stop is not None:
+                effects += core.stop(self._stop)
+            left = self._apply(effects, link, supervisor)
+            if left is not None:
+                if left.code:
+                    raise HeadLost(left.why)
+                print(f"leptonrt: {left.why}", file=sys.stderr, flush=True)
+                return 0
 
-    def _obey(self, msg: messages.Message, supervisor: Supervisor, link: zmq.Socket) -> None:
-        if isinstance(msg, BatchRows):
-            for credit in self.desk.frame(msg) if self.desk is not None else ():
-                _send(link, credit)
-        elif isinstance(msg, (CacheOffer, CacheChunk, CacheDone)):
-            for reply in self._fill(msg):
-                _send(link, reply)
-                if isinstance(reply, CacheHave):
-                    _send(link, HostDataset(fingerprint=reply.fingerprint, data=self.cache.info(reply.fingerprint)))
-        elif isinstance(msg, StartActor) and msg.actor_id in self.plans:
-            supervisor.kill(msg.actor_id)   # a process it still has is replaced, its exit no news
-            supervisor.spawn(msg.actor_id, self.plans[msg.actor_id], {**self.env, "LEPTONRT_INCARNATION": str(msg.incarnation)},
-                             self.cores[msg.actor_id])
-        elif isinstance(msg, KillActor):
-            supervisor.kill(msg.actor_id)
-        elif isinstance(msg, HostBye):
-            raise HeadLost(f"the head at {self.config.address} closed ({msg.reason}): this host's actors are stopped")
-
+    def _apply(self, effects: list, link: zmq.Socket, supervisor: Supervisor) -> Leave | None:
+        """Carry out the core's effects in order, up to the first Leave (returned)."""
+        for effect in effects:
+            if isinstance(effect, Send):
+                _send(link, effect.message)
+            elif isinstance(effect, Spawn):
+                supervisor.kill(effect.actor_id)   # a process it still has is replaced, its exit no news
+                supervisor.spawn(effect.actor_id, self.plans[effect.actor_id],
+                                 {**self.env, "LEPTONRT_INCARNATION": str(effect.incarnation)},
+                                 self.cores[effect.actor_id])
+            elif isinstance(effect, Kill):
+                supervisor.kill(effect.actor_id)
+            elif isinstance(effect, ToDesk):
+                for credit in self.desk.frame(effect.message) if self.desk is not None else ():
+                    _send(link, credit)
+            elif isinstance(effect, Fill):
+                for reply in self._fill(effect.message):
+                    _send(link, reply)
+                    if isinstance(reply, CacheHave):
+                        _send(link, HostDataset(fingerprint=reply.fingerprint, data=self.cache.info(reply.fingerprint)))
+            elif isinstance(effect, Leave):
+                return effect
+        return None
 
     def _fill(self, msg: messages.Message) -> list[messages.Message]:
         """One message of a cache fill in, the answers out (see ``data.transfer``)."""
