@@ -15,6 +15,14 @@ Uses the namespace helpers of the test suite (tests/hosts).
 
     python bench/hosts.py [--epochs 3] [--batch-sizes 256,1024] [--rate 1gbit]
                           [--dataset synthetic:20000,64,10] [--hidden 256]
+                          [--core-per-host] [--data cache|stream]
+
+``--core-per-host`` confines the head's processes to one core and the agent's to another, so
+each "host" runs its actor on a core of its own, as two one-core machines would, against the
+one-host pair on both cores (1 thread each either way). Without it each namespace sizes its
+actor for every core (2 threads), and two "hosts" run 4 threads on 2 cores.
+``--data stream`` joins the host with ``join --data stream`` (rows by value each step; the
+control bytes per step then include them).
 
 ``--costs`` instead measures what one actor message costs the broker to take in, over the
 private ipc channel and over CURVE (decrypting, the key's check, decoding), and to send
@@ -75,7 +83,9 @@ def _one_host(hosts: Hosts, root: Path, args, batch: int) -> dict:
     (root / f"one-{batch}").mkdir()
     cluster = Cluster(hosts, root / f"one-{batch}")
     try:
-        cluster.start("head", "up", "--gpus", "none", "--cpu-actors", "2", "--no-tui", "--no-pin", "--listen",
+        # alone in its namespace, the pair may pin (a core each), as the two hosts' actors are with --core-per-host
+        pin = [] if args.core_per_host else ["--no-pin"]
+        cluster.start("head", "up", "--gpus", "none", "--cpu-actors", "2", "--no-tui", *pin, "--listen",
                       ADDRESS, "--keys", cluster.head_keys, "--gradient-iface", PRIVATE_IFACE["head"], log="up.log")
         cluster.wait_actors(2)
         _job(cluster, args, batch)   # warm-up, as the two-host run's first job (which fills the cache)
@@ -90,8 +100,10 @@ def _two_hosts(hosts: Hosts, root: Path, args, batch: int) -> tuple[dict, float 
     (root / f"two-{batch}").mkdir()
     cluster = Cluster(hosts, root / f"two-{batch}")
     try:
+        if args.core_per_host:   # each "host" a core of its own: its actor one thread there
+            cluster.prefix = {"head": ["taskset", "-c", str(args.cores[0])], "agent": ["taskset", "-c", str(args.cores[-1])]}
         cluster.up("--no-pin")   # namespaces share the cores: each "host" pinning its own would stack them
-        cluster.join("alpha", "agent", None, "--no-pin")
+        cluster.join("alpha", "agent", None, "--no-pin", "--data", args.data)
         cluster.wait_actors(2)
         _job(cluster, args, batch)
         cluster.wait_actors(2)   # the broker logs the fill once it is idle again
@@ -173,9 +185,15 @@ def main() -> None:
     p.add_argument("--hidden", default="256")
     p.add_argument("--costs", action="store_true", help="measure the broker's per-message costs, then exit")
     p.add_argument("--messages", type=int, default=20000)
+    p.add_argument("--core-per-host", action="store_true",
+                   help="the head's processes on the first core, the agent's on the last (each actor 1 thread)")
+    p.add_argument("--data", choices=("cache", "stream"), default="cache", help="the joined host's `join --data`")
     args = p.parse_args()
     if args.costs:
         return _costs(args.messages)
+    args.cores = sorted(os.sched_getaffinity(0))
+    if args.core_per_host and len(args.cores) < 2:
+        raise SystemExit("hosts.py: --core-per-host needs two cores")
     names = {role: f"lrb{os.getpid()}{role[0]}" for role in ("head", "agent", "third")}
     root = Path(tempfile.mkdtemp(prefix="leptonrt-bench-hosts-"))
     _remove(names)
@@ -195,7 +213,8 @@ def main() -> None:
                 for hosts_n, result in ((1, one), (2, two)):
                     print(json.dumps({"bench": "hosts", "link": link, "batch": batch, "hosts": hosts_n, "actors": 2,
                                       "samples_per_s": result["samples_per_s"], "digest": result["history_digest"][:12]}))
-                print(json.dumps({"bench": "hosts", "link": link, "batch": batch,
+                print(json.dumps({"bench": "hosts", "link": link, "batch": batch, "data": args.data,
+                                  "core_per_host": args.core_per_host,
                                   "two_over_one": two["samples_per_s"] / one["samples_per_s"],
                                   "fill_s": fill_s, "gradient_bytes_per_step": moved[PRIVATE_IFACE["agent"]] / steps,
                                   "control_bytes_per_step": moved[PUBLIC_IFACE["agent"]] / steps,

@@ -25,6 +25,7 @@ class Cluster:
         self.runtime.mkdir(mode=0o700)
         self.head_keys = self.keys("head")
         self.procs: list[subprocess.Popen] = []
+        self.prefix: dict[str, list[str]] = {}   # role -> what its long-lived processes run under (taskset)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ, LEPTONRT_RUNTIME_DIR=str(self.runtime), NO_COLOR="1")
@@ -49,7 +50,8 @@ class Cluster:
 
     def start(self, role: str, *args, log: str) -> subprocess.Popen:
         out = open(self.root / log, "wb")
-        proc = self.hosts.popen(role, sys.executable, "-m", "leptonrt", *map(str, args), stdin=subprocess.DEVNULL,
+        proc = self.hosts.popen(role, *self.prefix.get(role, []), sys.executable, "-m", "leptonrt", *map(str, args),
+                                stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, env=self.env())
         self.procs.append(proc)
         return proc
