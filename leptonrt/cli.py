@@ -8,8 +8,8 @@ import math
 import os
 import sys
 
-from . import keys, settings
-from .commands import join, serve, train
+from . import settings
+from .commands import join, keys, serve, train
 from .config import OPTIMIZERS, PRECISIONS
 from .errors import LeptonError
 from .progress import LEVELS, setup_logging

@@ -5,24 +5,25 @@
     DIR/                0700   default $XDG_CONFIG_HOME/leptonrt/keys, else ~/.config/leptonrt/keys
     ├── public.key      0644   the public key alone: hand it to clients (``--server-key``) or servers
     ├── secret.key      0600   public and secret key; refused when group or others can open it
-    └── authorized/     0700   NAME.key: a public key allowed to connect, under the name it is known by
+    ├── authorized/     0700   NAME.key: a client's public key allowed to connect, under the name it is known by
+    └── hosts/          0700   NAME.key: a host's, allowed to join (``leptonrt join``) and to connect
 
 Files are ZeroMQ's certificate format (``zmq.auth.load_certificate`` reads them). Every
 file is written to a temporary name and renamed, so a reader sees the old file or the new
 one, and ``AuthorizedKeys`` notices a change by the directory's signature: ``keys allow``
 and ``keys revoke`` take effect on a running broker without a restart. The sockets that use
-these keys are armed in ``leptonrt.curve``.
+these keys are armed in ``leptonrt.curve``. A name is allowed once, as a client or as a host:
+only a host's key reaches the actors' channel, where the datasets and the gradients are
+(a client's may submit jobs, never receive another user's data).
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import re
 import stat
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ Z85_KEY = re.compile(rb"[0-9a-zA-Z.:+=^!/*?&<>()\[\]{}@%$#-]{40}")
 MAX_KEY_FILE_BYTES = 16 * 1024   # a certificate is a few hundred bytes; anything bigger is not one
 RACY_S = 0.05    # seconds: a file changed this recently may change again within one timestamp tick (<= 10 ms
                  # on Linux) and its mtime would not show it; RESCAN_S bounds what any clock does beyond
+CLIENTS, HOSTS = "authorized", "hosts"   # the directories of the keys allowed, by role
 RESCAN_S = 1.0   # seconds: the longest a key file edited in place (no directory change) goes unnoticed
 
 
@@ -209,7 +211,7 @@ def _private_dir(path: Path) -> None:
 
 
 def init(directory: str | os.PathLike | None = None, force: bool = False) -> KeyPair:
-    """Write a new key pair to DIR (0700), with an empty DIR/authorized/; existing keys are kept
+    """Write a new key pair to DIR (0700), with empty DIR/authorized/ and hosts/; existing keys are kept
     unless ``force``, since every peer that trusts the old public key would be locked out."""
     directory = keys_dir(directory)
     existing = [p.name for p in (directory / "secret.key", directory / "public.key") if os.path.lexists(p)]
@@ -218,29 +220,37 @@ def init(directory: str | os.PathLike | None = None, force: bool = False) -> Key
                           "(peers that trust the old public key would be locked out): use --force to replace them")
     _private_dir(directory)
     _private_dir(directory / "authorized")
+    _private_dir(directory / "hosts")
     public, secret = zmq.curve_keypair()
     _write_atomic(directory / "secret.key", _certificate(public, secret), 0o600)
     _write_atomic(directory / "public.key", _certificate(public), 0o644)
     return KeyPair(public, secret)
 
 
-def _authorized_path(directory: Path, name: str) -> Path:
+def _authorized_path(directory: Path, name: str, host: bool = False) -> Path:
     if not NAME.fullmatch(name):
         raise ConfigError(f"a key's name is 1 to 64 of A-Z a-z 0-9 _ . - (not starting with a dot), got {name!r}")
-    return directory / "authorized" / f"{name}.key"
+    return directory / (HOSTS if host else CLIENTS) / f"{name}.key"
 
 
 def allow(directory: str | os.PathLike | None, name: str, public_key_file: str | os.PathLike,
-          force: bool = False) -> bytes:
-    """Allow the public key in ``public_key_file`` to connect, as ``name``; returns the key."""
+          force: bool = False, host: bool = False) -> bytes:
+    """Allow the public key in ``public_key_file`` to connect, as ``name`` (a host's, allowed to
+    join, with ``host``); returns the key."""
     directory = keys_dir(directory)
-    target = _authorized_path(directory, name)
+    target = _authorized_path(directory, name, host)
     key = read_public_key(public_key_file)
     _check_dir(directory)
-    _check_dir(directory / "authorized", "directory of allowed keys")
-    known = {k: n for n, k in authorized(directory).items()}
+    if host:
+        _private_dir(directory / HOSTS)   # a key directory made before hosts could join has none
+    _check_dir(target.parent, "directory of allowed keys")
+    known = {k: n for n, k in {**authorized(directory), **authorized(directory, hosts=True)}.items()}
     if known.get(key, name) != name:
         raise ConfigError(f"that key is already allowed as {known[key]!r}: `leptonrt keys revoke {known[key]}` first")
+    other = _authorized_path(directory, name, not host)
+    if other.exists():
+        raise ConfigError(f"{name!r} is already allowed as a {'client' if host else 'host'}: revoke it first "
+                          f"(a name is a client or a host, not both)")
     if target.exists() and not force:
         raise ConfigError(f"a key named {name!r} is already allowed: revoke it first, or use --force to replace it")
     _write_atomic(target, _certificate(key), 0o644)
@@ -248,19 +258,32 @@ def allow(directory: str | os.PathLike | None, name: str, public_key_file: str |
 
 
 def revoke(directory: str | os.PathLike | None, name: str) -> None:
-    """Remove ``name`` from the allowed keys; a running broker refuses it from its next message."""
-    target = _authorized_path(keys_dir(directory), name)
-    try:
-        target.unlink()
-    except FileNotFoundError:
-        raise ConfigError(f"no key named {name!r} is allowed (see `leptonrt keys list`)") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot remove {target}: {exc.strerror}") from None
+    """Remove ``name`` from the allowed keys, client or host; a running broker refuses it from
+    its next message."""
+    directory = keys_dir(directory)
+    for target in (_authorized_path(directory, name), _authorized_path(directory, name, host=True)):
+        try:
+            target.unlink()
+            return
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot remove {target}: {exc.strerror}") from None
+    raise ConfigError(f"no key named {name!r} is allowed (see `leptonrt keys list`)")
 
 
-def authorized(directory: str | os.PathLike | None = None) -> dict[str, bytes]:
-    """NAME -> public key of every valid file in DIR/authorized (invalid ones are left out)."""
-    return AuthorizedKeys(keys_dir(directory) / "authorized").snapshot()
+def authorized(directory: str | os.PathLike | None = None, hosts: bool = False) -> dict[str, bytes]:
+    """NAME -> public key of every valid file in DIR/authorized (DIR/hosts with ``hosts``;
+    invalid ones are left out)."""
+    return allowed_keys(directory, hosts=hosts).snapshot()
+
+
+def allowed_keys(directory: str | os.PathLike | None, clients: bool = True, hosts: bool = True):
+    """The keys a server admits: clients', hosts', or both (an ``AuthorizedKeys`` or ``AnyOf``)."""
+    directory = keys_dir(directory)
+    sets = ([AuthorizedKeys(directory / CLIENTS)] if clients else []) + \
+        ([AuthorizedKeys(directory / HOSTS, optional=True)] if hosts else [])
+    return sets[0] if len(sets) == 1 else AnyOf(*sets)
 
 
 # -- the allowed set, as a running server sees it ----------------------------------------------
@@ -272,8 +295,9 @@ class AuthorizedKeys:
     service's event loop both ask. An unsafe or unreadable directory allows no one."""
 
     def __init__(self, directory: str | os.PathLike, rescan_s: float = RESCAN_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, optional: bool = False) -> None:
         self.directory = Path(directory)
+        self.optional = optional   # a missing directory allows no one, and is no error (hosts/)
         self.rescan_s = rescan_s   # seconds between re-scans when nothing else says it changed
         self._clock = clock        # monotonic seconds
         self._lock = threading.Lock()
@@ -284,8 +308,9 @@ class AuthorizedKeys:
         self.problems: tuple[str, ...] = ()     # why a file or the directory is ignored
 
     def check(self) -> None:
-        """Raise ConfigError when the directory is missing or others could write to it."""
-        _check_dir(self.directory, "directory of allowed keys")
+        """Raise ConfigError when the directory is missing (unless optional) or others could write to it."""
+        if not (self.optional and not os.path.lexists(self.directory)):
+            _check_dir(self.directory, "directory of allowed keys")
 
     def name_of(self, public: bytes) -> str | None:
         """The name a z85 public key is allowed as, or None."""
@@ -301,6 +326,8 @@ class AuthorizedKeys:
     def _refresh(self) -> None:
         try:
             info = os.stat(self.directory)
+        except FileNotFoundError as exc:
+            return self._fail(None if self.optional else f"{self.directory}: {exc.strerror}")
         except OSError as exc:
             return self._fail(f"{self.directory}: {exc.strerror}")
         signature = (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_mode, info.st_uid)
@@ -314,8 +341,8 @@ class AuthorizedKeys:
             return self._fail(str(exc))
         self._signature, self._scanned_at = signature, self._clock()
 
-    def _fail(self, why: str) -> None:
-        self._signature, self._files, self._names, self.problems = None, {}, {}, (why,)
+    def _fail(self, why: str | None) -> None:
+        self._signature, self._files, self._names, self.problems = None, {}, {}, (why,) if why else ()
 
     def _scan(self) -> None:
         files, names = {}, {}
@@ -344,56 +371,26 @@ class AuthorizedKeys:
             return signature, None, str(exc)
 
 
-# -- the command line ------------------------------------------------------------------------
+class AnyOf:
+    """Keys allowed by any of several sets (a server that admits clients and hosts alike);
+    a name is looked up in each in turn (``allow`` keeps names apart)."""
 
-def add_parser(subparsers) -> None:
-    """Add ``leptonrt keys init|show|allow|revoke|list`` to the CLI's subparsers."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--keys", default=None, metavar="DIR", help=f"key directory (default {default_dir()})")
-    p = subparsers.add_parser("keys", help="CURVE keys: this machine's key pair and the keys allowed to connect")
-    sub = p.add_subparsers(dest="keys_command", required=True)
-    q = sub.add_parser("init", parents=[common], help="write a new key pair (refuses to replace one)")
-    q.add_argument("--force", action="store_true", help="replace existing keys: peers trusting them are locked out")
-    sub.add_parser("show", parents=[common], help="print the public key and the path of public.key")
-    q = sub.add_parser("allow", parents=[common], help="allow a public key to connect, as NAME")
-    q.add_argument("name", metavar="NAME")
-    q.add_argument("public_key_file", metavar="PUBLIC_KEY_FILE")
-    q.add_argument("--force", action="store_true", help="replace the key already allowed as NAME")
-    q = sub.add_parser("revoke", parents=[common], help="stop allowing NAME (takes effect without a restart)")
-    q.add_argument("name", metavar="NAME")
-    sub.add_parser("list", parents=[common], help="list the names (and keys) allowed to connect")
+    def __init__(self, *sets: AuthorizedKeys) -> None:
+        self.sets = sets
 
+    def check(self) -> None:
+        for allowed in self.sets:
+            allowed.check()
 
-def run(args: argparse.Namespace) -> int:
-    """Run one ``leptonrt keys`` command; errors are ConfigError (78), printed by the CLI."""
-    directory = keys_dir(args.keys)
-    command = args.keys_command
-    if command == "init":
-        pair = init(directory, force=args.force)
-        print(f"wrote {directory / 'secret.key'} (0600, keep it private) and {directory / 'public.key'}")
-        print(f"public key: {pair.public.decode()}")
-    elif command == "show":   # the whole pair is checked: what this machine presents, and that it is private
-        load_keypair(directory)
-        print(f"public key: {read_public_key(directory / 'public.key').decode()}")   # refused if missing
-        print(f"file: {directory / 'public.key'}")
-    elif command == "allow":
-        key = allow(directory, args.name, args.public_key_file, force=args.force)
-        print(f"allowed {args.name} ({key.decode()}); new connections see it at once")
-    elif command == "revoke":
-        revoke(directory, args.name)
-        print(f"revoked {args.name}; a running broker refuses its next message and connection")
-    else:
-        _list(directory)
-    return 0
+    def name_of(self, public: bytes) -> str | None:
+        return next((name for allowed in self.sets if (name := allowed.name_of(public)) is not None), None)
 
+    def snapshot(self) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for allowed in reversed(self.sets):
+            out.update(allowed.snapshot())
+        return out
 
-def _list(directory: Path) -> None:
-    allowed = AuthorizedKeys(directory / "authorized")
-    allowed.check()
-    names = allowed.snapshot()
-    for name, key in sorted(names.items()):
-        print(f"{name}  {key.decode()}")
-    for problem in allowed.problems:
-        print(f"leptonrt: ignored: {problem}", file=sys.stderr)
-    if not names:
-        print("leptonrt: no keys are allowed yet (`leptonrt keys allow NAME FILE`)", file=sys.stderr)
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return tuple(p for allowed in self.sets for p in allowed.problems)

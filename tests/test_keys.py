@@ -186,15 +186,42 @@ def test_allow_list_and_revoke_manage_the_allowed_names(server_dir, client_dir, 
     directory, _ = server_dir
     other = keys.init(tmp_path / "other")
     assert main(["keys", "allow", "alice", str(client_dir[0] / "public.key"), "--keys", str(directory)]) == 0
-    assert main(["keys", "allow", "bob.laptop", str(tmp_path / "other" / "public.key"), "--keys", str(directory)]) == 0
+    assert main(["keys", "allow", "bob.laptop", str(tmp_path / "other" / "public.key"), "--keys", str(directory),
+                 "--host"]) == 0
     capsys.readouterr()
     assert main(["keys", "list", "--keys", str(directory)]) == 0
-    assert capsys.readouterr().out.splitlines() == [f"alice  {client_dir[1].public.decode()}",
-                                                    f"bob.laptop  {other.public.decode()}"]
+    assert capsys.readouterr().out.splitlines() == [f"alice  client  {client_dir[1].public.decode()}",
+                                                    f"bob.laptop  host  {other.public.decode()}"]
     assert zmq.auth.load_certificate(directory / "authorized" / "alice.key") == (client_dir[1].public, None)
     assert main(["keys", "revoke", "alice", "--keys", str(directory)]) == 0
-    assert keys.authorized(directory) == {"bob.laptop": other.public}
+    assert keys.authorized(directory) == {} and keys.authorized(directory, hosts=True) == {"bob.laptop": other.public}
     assert main(["keys", "revoke", "alice", "--keys", str(directory)]) == 78
+    assert main(["keys", "revoke", "bob.laptop", "--keys", str(directory)]) == 0
+    assert keys.authorized(directory, hosts=True) == {}
+
+
+def test_a_name_is_a_client_or_a_host_and_only_hosts_reach_the_actors_channel(server_dir, client_dir, tmp_path):
+    directory, _ = server_dir
+    keys.allow(directory, "alice", client_dir[0] / "public.key")
+    keys.init(tmp_path / "host")
+    with pytest.raises(ConfigError, match="'alice' is already allowed as a client"):
+        keys.allow(directory, "alice", tmp_path / "host" / "public.key", host=True)
+    with pytest.raises(ConfigError, match="already allowed as 'alice'"):   # the same key under another name
+        keys.allow(directory, "alice-host", client_dir[0] / "public.key", host=True)
+    host = keys.allow(directory, "rack1", tmp_path / "host" / "public.key", host=True)
+    service, actors = keys.allowed_keys(directory), keys.allowed_keys(directory, clients=False)
+    assert service.name_of(client_dir[1].public) == "alice" and service.name_of(host) == "rack1"
+    assert actors.name_of(client_dir[1].public) is None and actors.name_of(host) == "rack1"
+
+
+def test_a_key_directory_made_before_hosts_could_join_admits_its_clients_and_no_host(server_dir, client_dir):
+    directory, _ = server_dir
+    keys.allow(directory, "alice", client_dir[0] / "public.key")
+    (directory / "hosts").rmdir()
+    service, actors = keys.allowed_keys(directory), keys.allowed_keys(directory, clients=False)
+    service.check()
+    actors.check()
+    assert service.name_of(client_dir[1].public) == "alice" and actors.snapshot() == {} and not actors.problems
 
 
 def test_allowing_a_name_or_a_key_twice_is_refused(server_dir, client_dir, tmp_path):

@@ -23,7 +23,8 @@ async def listen_for_hosts(channel: Channel, listen: str, key_dir: str | None) -
     """Arm ``channel`` (bound to its ipc endpoint only) for remote actors on a free port of
     ``listen``'s host; (its authenticator, the endpoint bound). ConfigError if it cannot bind."""
     pair = keys.load_keypair(key_dir)
-    auth = curve.Authenticator(channel.ctx, keys.AuthorizedKeys(keys.keys_dir(key_dir) / "authorized")).start()
+    # hosts' keys only: the datasets and the gradients go over this channel, never to a client
+    auth = curve.Authenticator(channel.ctx, keys.allowed_keys(key_dir, clients=False)).start()
     try:
         curve.arm_server(channel.sock, pair, auth, beside_ipc=True)
         host = listen.removeprefix("tcp://").rpartition(":")[0]

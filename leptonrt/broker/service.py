@@ -169,7 +169,7 @@ class Service:
         client without CURVE must be refused) or the service does not start."""
         from .. import curve, keys
         pair = keys.load_keypair(self.keys)
-        auth = curve.Authenticator(self._ctx, keys.AuthorizedKeys(keys.keys_dir(self.keys) / "authorized")).start()
+        auth = curve.Authenticator(self._ctx, keys.allowed_keys(self.keys)).start()   # clients and hosts
         try:
             channel = self._bind(address, lambda sock: curve.arm_server(sock, pair, auth))
             endpoint = _Endpoint(address, channel, auth)
@@ -248,17 +248,18 @@ class Service:
         if not endpoint.sender_allowed(frames):   # a key revoked since its connection opened
             self.unauthorised += 1
             return
+        name = endpoint.auth.sender(frames[1]) if endpoint.auth is not None else None   # its key's, over CURVE
         frames = [f if isinstance(f, bytes) else f.bytes for f in frames]
         peer = (endpoint, frames[0])
         try:
-            self._handle(peer, frames[1:], time.monotonic())
+            self._handle(peer, frames[1:], time.monotonic(), name)
         except Exception as exc:
             self.handler_errors += 1
             log.exception("leptonrt service: handling a request failed")
             self._send(peer, Rejected(message=f"internal error handling the request ({type(exc).__name__}); "
                                               "the service goes on", exit_code=70))
 
-    def _handle(self, peer: Peer, rest: list[bytes], now: float) -> None:
+    def _handle(self, peer: Peer, rest: list[bytes], now: float, name: str | None = None) -> None:
         admission = self.gate.admit(peer[1], rest, now)
         if admission.verdict is Verdict.DROP:
             return
@@ -271,15 +272,21 @@ class Service:
         elif isinstance(admission.message, CancelRequest):
             self._cancel(peer, admission.message.job_id)
         elif isinstance(admission.message, Join):
-            self._join(peer)
+            self._join(peer, name)
         else:
             self._send_frame(peer, self._status_frame(now))
 
-    def _join(self, peer: Peer) -> None:
-        """A host agent asks where its actors connect: the actors' channel's CURVE endpoint."""
+    def _join(self, peer: Peer, name: str | None) -> None:
+        """A host agent asks where its actors connect: the actors' channel's CURVE endpoint
+        (which admits hosts' keys only: ``name`` must be one)."""
+        from .. import keys
         endpoint = self.broker.pool.actor_endpoint
         if peer[0].auth is None:
             self._send(peer, Rejected(message="a host joins over the broker's tcp:// --listen address", exit_code=78))
+        elif name not in keys.allowed_keys(self.keys, clients=False).snapshot():
+            self._send(peer, Rejected(message=f"the key {name!r} is allowed as a client, not as a host (on the head: "
+                                              f"`leptonrt keys revoke {name}`, then `leptonrt keys allow {name} FILE "
+                                              f"--host`)", exit_code=78))
         elif endpoint is None and self.broker.pool.listen is not None:   # the pool is starting: ask again
             self._send(peer, Rejected(message="the broker is starting", exit_code=75))
         elif endpoint is None:

@@ -36,15 +36,16 @@ class Cluster:
         return subprocess.run(self.hosts.cmd(role, sys.executable, "-m", "leptonrt", *map(str, args)),
                               capture_output=True, text=True, timeout=timeout, env=self.env())
 
-    def keys(self, name: str, allow: bool = False) -> Path:
-        """A key pair for ``name`` (allowed on the head as ``name`` if ``allow``)."""
+    def keys(self, name: str, allow: bool = False, role: str = "host") -> Path:
+        """A key pair for ``name`` (allowed on the head as ``name`` if ``allow``, as a host or a client)."""
         directory = self.root / f"keys-{name}"
         out = subprocess.run([sys.executable, "-m", "leptonrt", "keys", "init", "--keys", directory],
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         if allow:
+            host = ["--host"] if role == "host" else []
             out = subprocess.run([sys.executable, "-m", "leptonrt", "keys", "allow", name, directory / "public.key",
-                                  "--keys", self.head_keys], capture_output=True, text=True, timeout=60)
+                                  "--keys", self.head_keys, *host], capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stderr
         return directory
 

@@ -41,6 +41,16 @@ def test_a_two_host_job_trains_shows_both_hosts_and_matches_the_one_host_digest(
     assert _segments_of(agent.pid) == filled   # the later job reused the host's copy
 
 
+def test_a_key_allowed_as_a_client_cannot_join_as_a_host(cluster):
+    cluster.up()
+    client = cluster.keys("carol", allow=True, role="client")   # may submit jobs, never receive their data
+    proc = cluster.join("carol", "agent", client)
+    assert proc.wait(timeout=60) == 78
+    lines = cluster.log("join-carol.log").strip().splitlines()
+    assert len(lines) == 1 and "allowed as a client, not as a host" in lines[0], lines
+    assert len(cluster.status()["actors"]) == 1
+
+
 def _segments_of(pid):
     return sorted(p.name for p in Path("/dev/shm").glob(f"leptonrt-{pid}x*"))
 
