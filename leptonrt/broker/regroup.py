@@ -48,6 +48,8 @@ class Regrouping:
         for lost in (slot, *together):
             lost.restarts += 1
             out += [Emit(ActorLost(lost.rank, how, self.committed())), Respawn(lost.actor_id)]
+            if lost.rank in self.lending.home:   # its replacement starts on its own cores
+                self._pinned[lost.rank] = self.lending.home[lost.rank]
             self.roster.forget(lost)
             lost.state = SLOT.apply(SLOT.apply(lost.state, "exited"), "respawned")
         if not member:
@@ -144,7 +146,7 @@ class Regrouping:
         members = sorted(staying + joiners, key=lambda s: s.rank)
         ranks = [s.rank for s in members]
         source = next(s.rank for s in members if s.has_state)
-        idle = {s.rank for s in benched} | {s.rank for s in self.roster.ranked() if s.state == SlotState.STANDBY}
+        idle = ({s.rank for s in benched} | self._benched) - set(ranks)   # on standby (or its replacement, waiting)
         if self.rebalancer is not None:   # before the split: it is of the threads each member will run
             for rank, n in self.lending.threads(ranks, idle).items():
                 self.rebalancer.configure(rank, n)

@@ -3,7 +3,7 @@
 from leptonrt.broker.cores import Lending
 from leptonrt.broker.events import Pin, Send
 from leptonrt.broker.rebalance import Regroup as Membership
-from leptonrt.messages import Grant, Regroup, Standby
+from leptonrt.messages import Grant, Hello, Regroup, Standby, Welcome
 
 from tests.broker.test_job import make_core, Cluster, sends
 
@@ -77,3 +77,29 @@ def test_a_standby_lends_its_core_to_the_member_and_a_readmission_takes_it_back(
     assert [e for e in out if isinstance(e, Pin)] == [Pin("a0", (0,))]
     assert sorted((r.rank, r.threads) for r in sends(out, Regroup)) == [(0, 1), (1, 1)]
     assert reb.configured[-2:] == [(0, 1), (1, 1)] and sends(out, Grant)[-1].split == [2, 2]
+
+
+def test_a_member_lent_cores_that_is_lost_is_replaced_on_its_own_and_told_so():
+    reb = Changes()
+    core = make_core(3, batch=6, epochs=6, window=8, snapshot_every=4, rebalancer=reb,
+                     lending=Lending({0: (0,), 1: (1,), 2: (2,)}))
+    cluster = Cluster(core, 3)
+    cluster.start()
+    cluster.report(0, *range(8))
+    cluster.report(1, *range(8))
+    reb.changes.append(_change((0, 1), (3, 3, 0), "rank 2 to standby"))
+    cluster.now = 1.0
+    out = cluster.report(2, *range(8))
+    assert [e for e in out if isinstance(e, Pin)] == [Pin("a0", (0, 2))]   # rank 2's core goes round, to rank 0
+    out = core.exited("a0", "exit 9", now=2.0)   # the member lent a core dies: its replacement starts on core 0
+    assert [r.threads for r in sends(out, Regroup)] == [2]   # rank 1 alone, with its core and rank 2's
+    assert [e for e in out if isinstance(e, Pin)] == [Pin("a1", (1, 2))]
+    cluster.now = 3.0
+    out = core.handle(b"id9", Hello(actor_id="a0", pid=900, device="cpu", device_name="cpu", threads=1,
+                                    memory_bytes=0, bf16=False), now=3.0)
+    out += cluster.report(1, *range(8, 16), split=[0, 6, 0])   # to the boundary (16), where it joins
+    # the replacement joins: it was started on its own core, so it is pinned to its share
+    # before its Welcome says how many threads, and rank 1 gives the lent core back
+    pins = [e for e in out if isinstance(e, Pin)]
+    assert sorted(pins, key=lambda p: p.actor_id) == [Pin("a0", (0, 2)), Pin("a1", (1,))]
+    assert next(m for m in sends(out, Welcome)).threads == 2
