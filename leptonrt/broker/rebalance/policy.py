@@ -59,12 +59,18 @@ class Rebalancer:
     def __init__(self, world: int, batch: int, *, align: int = 1,
                  caps: Sequence[int | None] | None = None,
                  config: RebalanceConfig = RebalanceConfig(),
-                 threads_in: Callable[[Sequence[int]], dict[int, int]] | None = None) -> None:
+                 threads_in: Callable[[Sequence[int]], dict[int, int]] | None = None,
+                 hosts: Sequence[str] | None = None) -> None:
         # ``threads_in(members)``: rank -> the CPU threads it would run were ``members`` the
-        # group (cores of actors on standby are lent: see ``broker.cores``); None: fixed
+        # group (cores of actors on standby are lent: see ``broker.cores``); None: fixed.
+        # ``hosts``: each rank's host, for the collective's cost by the hosts a group spans
+        # (a far host's link costs everyone); None: every rank on this one
+        if hosts is not None and len(hosts) != world:
+            raise ValueError(f"{len(hosts)} hosts for {world} ranks")
         self.world, self.batch, self.align, self.config = world, batch, align, config
         self._threads_in = threads_in
-        self._m = Measurements(world, config)
+        self._hosts = list(hosts) if hosts is not None else None
+        self._m = Measurements(world, config, hosts)
         self.set_caps(caps if caps is not None else [None] * world)
         self.moves = self.regroups = 0
         self._trials = Trials()
@@ -165,15 +171,26 @@ class Rebalancer:
         return None
 
     def _trial(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate | None:
-        """A smaller group to try (see ``trial.py``): without the member that carries least,
-        when the models expect its place in the collective to cost more than its rows save,
-        by a saving the walls can show, and by more over the horizon than a failed trial
-        costs."""
+        """A smaller group to try (see ``trial.py``): without the members ``_leavers`` names,
+        when the models expect their place in the collective to cost more than their rows
+        save, by a saving the walls can show, and by more over the horizon than a failed trial
+        costs; of those, the one expected to save most net of that."""
         if len(ranks) < 2:
             return None
-        least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
-        group, group_room = np.delete(ranks, least), np.delete(room, least)
-        collective = self._collective_saving(len(ranks), len(group))
+        tried = [c for c in (self._trial_without(ranks, rows, room, base, horizon, leave)
+                             for leave in self._leavers(ranks, rows, target, theta)) if c is not None]
+        if not tried:
+            return None
+        chosen, judged = max(tried, key=lambda cj: cj[0].net())
+        self._trials.start(tuple(ranks.tolist()), tuple(rows.tolist()), list(self._m.walls),
+                           tuple(chosen.members.tolist()), judged)
+        return chosen
+
+    def _trial_without(self, ranks, rows, room, base, horizon, leave) -> tuple[_Candidate, int] | None:
+        """The trial of the group without the members at positions ``leave``, and the steps its
+        verdict is read from; None when it does not qualify (see ``_trial``)."""
+        group, group_room = np.delete(ranks, leave), np.delete(room, leave)
+        collective = self._collective_saving(ranks, group)
         key = tuple(group.tolist())
         if collective is None or group_room.sum() < self.batch or \
                 not self._trials.may_try(key, self._m.last_change(ranks.tolist())):
@@ -187,7 +204,7 @@ class Rebalancer:
         new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
         # what leaving out the member saves whoever is slow: the collective's cost, less the
         # compute its rows add to the others (a slow member is the bounded rule's business)
-        now = float(np.max(finish_times(group_theta[0], group_theta[1], np.delete(rows, least))))
+        now = float(np.max(finish_times(group_theta[0], group_theta[1], np.delete(rows, leave))))
         finish = finish_times(group_theta[0], group_theta[1], new)
         expected = collective[0] - (float(np.max(finish)) - now)
         judged = self._trials.judged_steps(list(self._m.walls), expected)
@@ -199,9 +216,26 @@ class Rebalancer:
         lasting = self._lasting(ranks, group, base, horizon)
         if lasting * expected <= worst:
             return None
-        self._trials.start(tuple(ranks.tolist()), tuple(rows.tolist()), list(self._m.walls), key, judged)
         return _Candidate(group, new, expected, worst, lasting, reason=" (a trial: measured before it is kept)",
-                          expected=expected)
+                          expected=expected), judged
+
+    def _leavers(self, ranks, rows, target, theta) -> list[np.ndarray]:
+        """Whom a smaller group would leave out (positions in ``ranks``): the member that
+        carries least, and, where the group spans hosts, every member of the host whose leaving
+        the collective's model expects to save most per row its members train (a far host's
+        link costs everyone; the rows it leaves are what the others must take on)."""
+        least = np.array([int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))])
+        if self._hosts is None:
+            return [least]
+        on = np.array([self._hosts[r] for r in ranks.tolist()])
+        now = self._m.collective.predict(ranks.tolist())
+        best, most = None, 0.0
+        for host in sorted(set(on.tolist())) if now is not None and len(set(on.tolist())) > 1 else ():
+            then = self._m.collective.predict(ranks[on != host].tolist())
+            carried = max(int(rows[on == host].sum()), 1)
+            if then is not None and (now[0] - then[0]) / carried > most:
+                best, most = np.flatnonzero(on == host), (now[0] - then[0]) / carried
+        return [least] if best is None or np.array_equal(best, least) else [least, best]
 
     def _undo_trial(self, trial_before) -> Regroup:
         members = np.array(trial_before.before, dtype=np.int64)
@@ -296,37 +330,39 @@ class Rebalancer:
 
     def _groups(self, ranks, rows, room, theta, base, target, horizon, cost, stale):
         """The candidate groups worth weighing: (ranks, the rows each may take, what the
-        collective saves). At most three, and each skipped cheaply when a ceiling on its bound
-        cannot pay: without a member the others finish no sooner than at the members' own best
-        split (they only gain its rows), an actor alone takes its time at the batch, and every
-        term of the bound carries the collective's sd."""
+        collective saves). At most four (without each of ``_leavers``, the fastest alone, one
+        re-admitted), and each skipped cheaply when a ceiling on its bound cannot pay: without
+        members the others finish no sooner than at the members' own best split (they only gain
+        their rows), an actor alone takes its time at the batch, and every term of the bound
+        carries the collective's sd."""
         n, floor_z, groups = len(ranks), z_above((1.0 - self.config.confidence) / 2), []
 
-        def collective_if_worth(size: int, compute: float) -> tuple[float, float] | None:
-            collective = self._collective_saving(n, size)
+        def collective_if_worth(group: np.ndarray, compute: float) -> tuple[float, float] | None:
+            collective = self._collective_saving(ranks, group)
             if collective is None or horizon * (compute + collective[0] - floor_z * math.sqrt(collective[1])) <= cost:
                 return None
             return collective
 
         finish = finish_times(theta[0], theta[1], target)
-        if n >= 2:
-            least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
-            others = float(np.max(np.delete(finish, least)))    # they only gain its rows...
-            if self._threads_in is not None:   # ...and the cores it lends them
-                rest = np.delete(ranks, least)
+        for leave in self._leavers(ranks, rows, target, theta) if n >= 2 else ():
+            rest = np.delete(ranks, leave)
+            others = float(np.max(np.delete(finish, leave)))    # they only gain their rows...
+            if self._threads_in is not None:   # ...and the cores they lend them
                 lent = self._view(rest)
-                others = min(others, float(np.max(finish_times(lent[0], lent[1], np.delete(target, least)))))
-            if (collective := collective_if_worth(n - 1, base.mean - others)) is not None:
-                groups.append((np.delete(ranks, least), np.delete(room, least), collective))
+                others = min(others, float(np.max(finish_times(lent[0], lent[1], np.delete(target, leave)))))
+            if (collective := collective_if_worth(rest, base.mean - others)) is not None:
+                groups.append((rest, np.delete(room, leave), collective))
         if n >= 3:
             alone = np.where(room >= self.batch, theta[0] + theta[1] * self.batch, np.inf)
             fastest = int(np.argmin(alone))
-            if (collective := collective_if_worth(1, base.mean - alone[fastest])) is not None:
+            if (collective := collective_if_worth(ranks[[fastest]], base.mean - alone[fastest])) is not None:
                 groups.append((ranks[[fastest]], room[[fastest]], collective))
         back = self._readmission(ranks, stale)
-        if back is not None and (collective := collective_if_worth(n + 1, base.mean)) is not None:
+        if back is not None:
             at = int(np.searchsorted(ranks, back))
-            groups.append((np.insert(ranks, at, back), np.insert(room, at, self._caps[back]), collective))
+            grown = np.insert(ranks, at, back)
+            if (collective := collective_if_worth(grown, base.mean)) is not None:
+                groups.append((grown, np.insert(room, at, self._caps[back]), collective))
         return groups
 
     def _readmission(self, ranks: np.ndarray, stale: frozenset[int]) -> int | None:
@@ -339,9 +375,10 @@ class Rebalancer:
         share = self.batch / (len(ranks) + 1)
         return min(candidates, key=lambda r: self._m.predict(r, share)) if candidates else None
 
-    def _collective_saving(self, size: int, new_size: int) -> tuple[float, float] | None:
-        """(mean, variance) of the seconds per step the collective saves going to ``new_size``."""
-        now, then = self._m.collective.predict(size), self._m.collective.predict(new_size)
+    def _collective_saving(self, ranks: np.ndarray, group: np.ndarray) -> tuple[float, float] | None:
+        """(mean, variance) of the seconds per step the collective saves going from the group
+        ``ranks`` to ``group``."""
+        now, then = self._m.collective.predict(ranks.tolist()), self._m.collective.predict(group.tolist())
         if now is None or then is None:
             return None
         return now[0] - then[0], now[1] ** 2 + then[1] ** 2

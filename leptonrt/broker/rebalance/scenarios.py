@@ -117,22 +117,23 @@ def _pair(case: str, a: float, c: float, batch: int, steps: int, *, optimizer_s:
 
 
 def far_slow_link(steps: int = 1500) -> Scenario:
-    """Two actors on the head and one behind a slow link (8 ms an all-reduce), batch 512
-    (0.5 ms + 10 us a row, the head's own all-reduce ~1 ms): the far one's rows save 0.85 ms a
-    step, its link costs everyone 8. The right answer is the two on the head (4.1 ms a step,
-    against 11.3 with all three and 5.6 with one)."""
-    return _hosts("far-slow-link", 512, steps, hosts=(0, 0, 1), link_s=(0.0, 8e-3))
+    """Two actors on the head and one behind a slow link (4 ms an all-reduce: a 20 KB gradient
+    over 100 Mbit/s, latency included), batch 512 (0.5 ms + 10 us a row, the head's own
+    all-reduce ~1 ms): the far one's rows save 0.85 ms a step, its link costs everyone 4. The
+    right answer is the two on the head (4.3 ms a step, against 7.5 with all three and 5.8
+    with one)."""
+    return _hosts("far-slow-link", 512, steps, hosts=(0, 0, 1), link_s=(0.0, 4e-3))
 
 
 def far_fast_link(steps: int = 1500) -> Scenario:
     """``far_slow_link`` with a fast link (0.3 ms) and a compute-bound batch of 1024: all three
-    stay (5.3 ms a step, against 6.6 with the two on the head)."""
+    stay (5.5 ms a step, against 6.8 with the two on the head)."""
     return _hosts("far-fast-link", 1024, steps, hosts=(0, 0, 1), link_s=(0.0, 0.3e-3))
 
 
 def far_pair(steps: int = 1500) -> Scenario:
     """One actor on the head and one on another host behind a 2 ms link, batch 1024: the far
-    one's rows pay for its link, and both stay (8.6 ms a step, against 10.7 alone)."""
+    one's rows pay for its link, and both stay (8.8 ms a step, against 10.9 alone)."""
     return _hosts("far-pair", 1024, steps, hosts=(0, 1), link_s=(0.0, 2e-3))
 
 

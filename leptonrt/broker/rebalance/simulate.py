@@ -198,7 +198,8 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
     n = truth.n
     caps = np.array([s.batch if cap is None else cap for cap in (s.caps or [None] * n)], dtype=np.int64)
     reb = Rebalancer(n, s.batch, align=s.align, caps=s.caps, config=config,
-                     threads_in=truth.lending.threads if s.lent_speedup else None)
+                     threads_in=truth.lending.threads if s.lent_speedup else None,
+                     hosts=[f"host{h}" for h in s.hosts] if s.hosts else None)
     oracle = _Oracle(truth, caps)
     members = np.flatnonzero(caps > 0)
     running = np.zeros(n, dtype=np.int64)
