@@ -29,6 +29,7 @@ import numpy as np
 from .bound import Slowest, bounded_savings, slowest, z_above
 from .config import RebalanceConfig
 from .decisions import Move, RankStatistics, RebalanceStatistics, Regroup
+from .leavers import leavers
 from .measure import Measurements
 from .split import (best_split, equalise_measured, finish_times, finish_vars, full_split, round_split,
                     rows_within)
@@ -171,14 +172,15 @@ class Rebalancer:
         return None
 
     def _trial(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate | None:
-        """A smaller group to try (see ``trial.py``): without the members ``_leavers`` names,
+        """A smaller group to try (see ``trial.py``): without the members ``leavers`` names,
         when the models expect their place in the collective to cost more than their rows
         save, by a saving the walls can show, and by more over the horizon than a failed trial
         costs; of those, the one expected to save most net of that."""
         if len(ranks) < 2:
             return None
         tried = [c for c in (self._trial_without(ranks, rows, room, base, horizon, leave)
-                             for leave in self._leavers(ranks, rows, target, theta)) if c is not None]
+                             for leave in leavers(ranks, rows, target, theta, self._hosts, self._m.collective))
+                 if c is not None]
         if not tried:
             return None
         chosen, judged = max(tried, key=lambda cj: cj[0].net())
@@ -218,24 +220,6 @@ class Rebalancer:
             return None
         return _Candidate(group, new, expected, worst, lasting, reason=" (a trial: measured before it is kept)",
                           expected=expected), judged
-
-    def _leavers(self, ranks, rows, target, theta) -> list[np.ndarray]:
-        """Whom a smaller group would leave out (positions in ``ranks``): the member that
-        carries least, and, where the group spans hosts, every member of the host whose leaving
-        the collective's model expects to save most per row its members train (a far host's
-        link costs everyone; the rows it leaves are what the others must take on)."""
-        least = np.array([int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))])
-        if self._hosts is None:
-            return [least]
-        on = np.array([self._hosts[r] for r in ranks.tolist()])
-        now = self._m.collective.predict(ranks.tolist())
-        best, most = None, 0.0
-        for host in sorted(set(on.tolist())) if now is not None and len(set(on.tolist())) > 1 else ():
-            then = self._m.collective.predict(ranks[on != host].tolist())
-            carried = max(int(rows[on == host].sum()), 1)
-            if then is not None and (now[0] - then[0]) / carried > most:
-                best, most = np.flatnonzero(on == host), (now[0] - then[0]) / carried
-        return [least] if best is None or np.array_equal(best, least) else [least, best]
 
     def _undo_trial(self, trial_before) -> Regroup:
         members = np.array(trial_before.before, dtype=np.int64)
@@ -330,7 +314,7 @@ class Rebalancer:
 
     def _groups(self, ranks, rows, room, theta, base, target, horizon, cost, stale):
         """The candidate groups worth weighing: (ranks, the rows each may take, what the
-        collective saves). At most four (without each of ``_leavers``, the fastest alone, one
+        collective saves). At most four (without each of ``leavers``, the fastest alone, one
         re-admitted), and each skipped cheaply when a ceiling on its bound cannot pay: without
         members the others finish no sooner than at the members' own best split (they only gain
         their rows), an actor alone takes its time at the batch, and every term of the bound
@@ -344,7 +328,7 @@ class Rebalancer:
             return collective
 
         finish = finish_times(theta[0], theta[1], target)
-        for leave in self._leavers(ranks, rows, target, theta) if n >= 2 else ():
+        for leave in leavers(ranks, rows, target, theta, self._hosts, self._m.collective) if n >= 2 else ():
             rest = np.delete(ranks, leave)
             others = float(np.max(np.delete(finish, leave)))    # they only gain their rows...
             if self._threads_in is not None:   # ...and the cores they lend them
