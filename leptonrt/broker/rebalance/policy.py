@@ -143,7 +143,7 @@ class Rebalancer:
                 chosen = regroup
         if chosen.net() <= 0:
             chosen = self._probe(ranks, rows, room, theta, base, target, horizon) \
-                or self._trial(ranks, rows, room, theta, base, target, horizon)
+                or self._trial(ranks, rows, room, theta, base, target, horizon, stale)
             if chosen is None:
                 return None
         return self._emit(chosen, ranks, rows, theta)
@@ -171,16 +171,15 @@ class Rebalancer:
                 return _Candidate(ranks, new, expected, cost, horizon)
         return None
 
-    def _trial(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate | None:
-        """A smaller group to try (see ``trial.py``): without the members ``leavers`` names,
-        when the models expect their place in the collective to cost more than their rows
-        save, by a saving the walls can show, and by more over the horizon than a failed trial
-        costs; of those, the one expected to save most net of that."""
-        if len(ranks) < 2:
-            return None
-        tried = [c for c in (self._trial_without(ranks, rows, room, base, horizon, leave)
-                             for leave in leavers(ranks, rows, target, theta, self._hosts, self._m.collective))
-                 if c is not None]
+    def _trial(self, ranks, rows, room, theta, base, target, horizon, stale) -> _Candidate | None:
+        """A group to try (see ``trial.py``), by a saving the walls can show, and by more over
+        the horizon than a failed trial costs; of those, the one expected to save most net of
+        that. A smaller group, without the members ``leavers`` names, when the models expect
+        their place in the collective to cost more than their rows save; or a larger one
+        (``_trial_with``)."""
+        without = leavers(ranks, rows, target, theta, self._hosts, self._m.collective) if len(ranks) >= 2 else []
+        tried = [c for c in [self._trial_without(ranks, rows, room, base, horizon, leave) for leave in without]
+                 + [self._trial_with(ranks, rows, room, base, horizon, stale)] if c is not None]
         if not tried:
             return None
         chosen, judged = max(tried, key=lambda cj: cj[0].net())
@@ -221,14 +220,50 @@ class Rebalancer:
         return _Candidate(group, new, expected, worst, lasting, reason=" (a trial: measured before it is kept)",
                           expected=expected), judged
 
+    def _trial_with(self, ranks, rows, room, base, horizon, stale) -> tuple[_Candidate, int] | None:
+        """The trial of the group with the actor on standby that ``_readmission`` names, weighed
+        at the collective's best case (the lower confidence bound of what it adds): what only
+        a trial can teach is a collective never measured, e.g. the head's own all-reduce once
+        a far host's link was all the group ever showed. Measured once, its sd is small and
+        the best case is the case. (A group tried and undone is not tried again until a
+        change of speed: the next actor on standby may be.)"""
+        def may_try(rank: int) -> bool:
+            grown = sorted([*ranks.tolist(), rank])
+            return self._trials.may_try(tuple(grown), self._m.last_change(grown))
+
+        back = self._readmission(ranks, stale, may_try)
+        if back is None:
+            return None
+        at = int(np.searchsorted(ranks, back))
+        group, group_room = np.insert(ranks, at, back), np.insert(room, at, self._caps[back])
+        collective = self._collective_saving(ranks, group)
+        if collective is None or group_room.sum() < self.batch:
+            return None
+        group_theta = self._m.view(group)
+        new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
+        added = max(-collective[0] - z_above((1.0 - self.config.confidence) / 2) * math.sqrt(collective[1]), 0.0)
+        best_case = base.mean - float(np.max(finish_times(group_theta[0], group_theta[1], new))) - added
+        judged = self._trials.judged_steps(list(self._m.walls), best_case)
+        if judged is None or self._m.steady(ranks.tolist()) < self._trials.steps_at_stake(judged):
+            return None
+        worst = 2 * self._m.regroup_cost_s() + self._m.move_cost_s() + self._trials.steps_at_stake(judged) * best_case
+        lasting = self._lasting(ranks, group, base, horizon)
+        if lasting * best_case <= worst:
+            return None
+        return _Candidate(group, new, best_case, worst, lasting, reason=" (a trial: measured before it is kept)",
+                          expected=best_case), judged
+
     def _undo_trial(self, trial_before) -> Regroup:
         members = np.array(trial_before.before, dtype=np.int64)
         rows = np.array(trial_before.split, dtype=np.int64)
         self.regroups += 1
         self._m.acted(members, rows)
+        left, joined = set(trial_before.before) - set(trial_before.group), set(trial_before.group) - set(trial_before.before)
+        reason = (f"rank(s) {','.join(str(r) for r in sorted(left))} re-admitted: the smaller group was measured slower"
+                  if left else f"rank(s) {','.join(str(r) for r in sorted(joined))} back to standby: the larger group"
+                  " was measured slower")
         return Regroup(trial_before.before, full_split(self.world, members, rows), 0.0, 0, self._m.regroup_cost_s(),
-                       f"rank(s) {','.join(str(r) for r in sorted(set(trial_before.before) - set(trial_before.group)))}"
-                       " re-admitted: the smaller group was measured slower")
+                       reason)
 
     def _room(self, ranks: np.ndarray, rows: np.ndarray, stale: frozenset[int]) -> np.ndarray:
         """The most rows each member may be given: its cap, or no more than now for a stale
@@ -349,13 +384,16 @@ class Rebalancer:
                 groups.append((grown, np.insert(room, at, self._caps[back]), collective))
         return groups
 
-    def _readmission(self, ranks: np.ndarray, stale: frozenset[int]) -> int | None:
-        """The actor on standby predicted fastest at a member's share (measured, not stale)."""
+    def _readmission(self, ranks: np.ndarray, stale: frozenset[int],
+                     allowed: Callable[[int], bool] | None = None) -> int | None:
+        """The actor on standby predicted fastest at a member's share (measured, not stale, and
+        ``allowed`` where given)."""
         outside = self._m.measured() & (self._caps > 0)
         outside[ranks] = False
         if not outside.any():
             return None
-        candidates = [r for r in np.flatnonzero(outside).tolist() if r not in stale]
+        candidates = [r for r in np.flatnonzero(outside).tolist()
+                      if r not in stale and (allowed is None or allowed(r))]
         share = self.batch / (len(ranks) + 1)
         return min(candidates, key=lambda r: self._m.predict(r, share)) if candidates else None
 

@@ -125,6 +125,14 @@ def far_slow_link(steps: int = 1500) -> Scenario:
     return _hosts("far-slow-link", 512, steps, hosts=(0, 0, 1), link_s=(0.0, 4e-3))
 
 
+def far_slower_link(steps: int = 1500) -> Scenario:
+    """``far_slow_link`` behind a link four times slower (16 ms: a 100 KB gradient over
+    100 Mbit/s). All three cost 19.5 ms a step, so the rebalancer first goes to one actor
+    (bounded: 5.8 ms), having never seen the head's own all-reduce; only trying the pair
+    again shows it (4.3 ms)."""
+    return _hosts("far-slower-link", 512, steps, hosts=(0, 0, 1), link_s=(0.0, 16e-3))
+
+
 def far_fast_link(steps: int = 1500) -> Scenario:
     """``far_slow_link`` with a fast link (0.3 ms) and a compute-bound batch of 1024: all three
     stay (5.5 ms a step, against 6.8 with the two on the head)."""

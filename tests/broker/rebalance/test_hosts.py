@@ -76,6 +76,12 @@ def test_a_far_actor_whose_rows_do_not_pay_for_its_link_goes_to_standby():
     assert verdict.members_final == (0, 1) and verdict.speed_vs_oracle >= 0.95
 
 
+def test_behind_a_link_so_slow_that_one_actor_beats_all_three_the_pair_on_the_head_is_tried_and_kept():
+    for seed in range(2):
+        verdict = simulate(scenarios.far_slower_link(steps=600), seed=seed)
+        assert verdict.members_final == (0, 1) and verdict.speed_vs_oracle >= 0.95
+
+
 def test_a_compute_bound_job_keeps_a_far_actor_behind_a_fast_link():
     verdict = simulate(scenarios.far_fast_link(steps=600), seed=0)
     assert verdict.members_final == (0, 1, 2) and verdict.speed_vs_oracle >= 0.95
