@@ -19,7 +19,7 @@ import math
 from collections import deque
 from functools import lru_cache
 from statistics import median
-from typing import Iterable, Sequence
+from typing import Collection, Sequence
 
 # Model assumptions (not tuning knobs; each is a statement about step times):
 HUBER = 4.0                 # residuals beyond this many noise sd are down-weighted in the fit and
@@ -33,6 +33,7 @@ PRIOR_NOISE_CV = 0.2        # a step's relative noise (sd / mean) assumed before
 PRIOR_NOISE_STEPS = 2.0     # ...worth this many steps of evidence
 RESTART_STEPS = 8           # a detected change's new level: the median over at most this many latest steps
 _MIN_SECONDS = 1e-9         # predictions are floored here (a model never predicts a free step)
+_ONE_HOST: frozenset[str] = frozenset()   # the span of every group when hosts are not told
 
 
 def huber_variance(k: float = HUBER) -> float:
@@ -284,13 +285,12 @@ class CollectiveModel:
         # (size, hosts spanned) -> [weight, mean, weighted squared deviation]
         self._seen: dict[tuple[int, frozenset[str]], list[float]] = {}
 
-    def composition(self, members: Iterable[int]) -> tuple[int, frozenset[str]]:
+    def composition(self, members: Collection[int]) -> tuple[int, frozenset[str]]:
         """(size, hosts spanned) of the group of ranks ``members``."""
-        members = list(members)
         hosts = self._hosts
-        return len(members), frozenset(hosts[r] for r in members) if hosts is not None else frozenset()
+        return len(members), _ONE_HOST if hosts is None else frozenset(hosts[int(r)] for r in members)
 
-    def update(self, members: Iterable[int], seconds: float) -> None:
+    def update(self, members: Collection[int], seconds: float) -> None:
         key = self.composition(members)
         if key[0] < 2 or not seconds >= 0 or math.isinf(seconds):
             return
@@ -306,7 +306,7 @@ class CollectiveModel:
         dev = lam * dev + delta * (seconds - mean)
         self._seen[key] = [w, mean, dev]
 
-    def predict(self, members: Iterable[int]) -> tuple[float, float] | None:
+    def predict(self, members: Collection[int]) -> tuple[float, float] | None:
         """(mean, sd of the mean) seconds for the group of ranks ``members``; None before any
         group is seen, or for a span with a host never seen across hosts."""
         size, span = self.composition(members)

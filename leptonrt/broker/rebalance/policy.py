@@ -231,22 +231,25 @@ class Rebalancer:
             grown = sorted([*ranks.tolist(), rank])
             return self._trials.may_try(tuple(grown), self._m.last_change(grown))
 
-        back = self._readmission(ranks, stale, may_try)
-        if back is None:
+        back = self._readmission(ranks, stale, may_try) if len(ranks) < self.world else None
+        collective = None if back is None else self._collective_saving(ranks, np.append(ranks, back))
+        if collective is None:
             return None
+        added = max(-collective[0] - z_above((1.0 - self.config.confidence) / 2) * math.sqrt(collective[1]), 0.0)
+        there_and_back = 2 * self._m.regroup_cost_s() + self._m.move_cost_s()
+        if horizon * (base.mean - added) <= there_and_back:
+            return None   # not even every second of the slowest's compute saved could pay
         at = int(np.searchsorted(ranks, back))
         group, group_room = np.insert(ranks, at, back), np.insert(room, at, self._caps[back])
-        collective = self._collective_saving(ranks, group)
-        if collective is None or group_room.sum() < self.batch:
+        if group_room.sum() < self.batch:
             return None
         group_theta = self._m.view(group)
         new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
-        added = max(-collective[0] - z_above((1.0 - self.config.confidence) / 2) * math.sqrt(collective[1]), 0.0)
         best_case = base.mean - float(np.max(finish_times(group_theta[0], group_theta[1], new))) - added
         judged = self._trials.judged_steps(list(self._m.walls), best_case)
         if judged is None or self._m.steady(ranks.tolist()) < self._trials.steps_at_stake(judged):
             return None
-        worst = 2 * self._m.regroup_cost_s() + self._m.move_cost_s() + self._trials.steps_at_stake(judged) * best_case
+        worst = there_and_back + self._trials.steps_at_stake(judged) * best_case
         lasting = self._lasting(ranks, group, base, horizon)
         if lasting * best_case <= worst:
             return None
@@ -364,24 +367,24 @@ class Rebalancer:
 
         finish = finish_times(theta[0], theta[1], target)
         for leave in leavers(ranks, rows, target, theta, self._hosts, self._m.collective) if n >= 2 else ():
-            rest = np.delete(ranks, leave)
-            others = float(np.max(np.delete(finish, leave)))    # they only gain their rows...
+            stay = np.ones(n, dtype=bool)
+            stay[leave] = False
+            rest = ranks[stay]
+            others = float(np.max(finish[stay]))    # they only gain their rows...
             if self._threads_in is not None:   # ...and the cores they lend them
                 lent = self._view(rest)
-                others = min(others, float(np.max(finish_times(lent[0], lent[1], np.delete(target, leave)))))
+                others = min(others, float(np.max(finish_times(lent[0], lent[1], target[stay]))))
             if (collective := collective_if_worth(rest, base.mean - others)) is not None:
-                groups.append((rest, np.delete(room, leave), collective))
+                groups.append((rest, room[stay], collective))
         if n >= 3:
             alone = np.where(room >= self.batch, theta[0] + theta[1] * self.batch, np.inf)
             fastest = int(np.argmin(alone))
             if (collective := collective_if_worth(ranks[[fastest]], base.mean - alone[fastest])) is not None:
                 groups.append((ranks[[fastest]], room[[fastest]], collective))
         back = self._readmission(ranks, stale)
-        if back is not None:
+        if back is not None and (collective := collective_if_worth(np.append(ranks, back), base.mean)) is not None:
             at = int(np.searchsorted(ranks, back))
-            grown = np.insert(ranks, at, back)
-            if (collective := collective_if_worth(grown, base.mean)) is not None:
-                groups.append((grown, np.insert(room, at, self._caps[back]), collective))
+            groups.append((np.insert(ranks, at, back), np.insert(room, at, self._caps[back]), collective))
         return groups
 
     def _readmission(self, ranks: np.ndarray, stale: frozenset[int],
@@ -400,7 +403,7 @@ class Rebalancer:
     def _collective_saving(self, ranks: np.ndarray, group: np.ndarray) -> tuple[float, float] | None:
         """(mean, variance) of the seconds per step the collective saves going from the group
         ``ranks`` to ``group``."""
-        now, then = self._m.collective.predict(ranks.tolist()), self._m.collective.predict(group.tolist())
+        now, then = self._m.collective.predict(ranks), self._m.collective.predict(group)
         if now is None or then is None:
             return None
         return now[0] - then[0], now[1] ** 2 + then[1] ** 2
