@@ -9,6 +9,7 @@ wall time (what a decision's cost is measured in).
 from __future__ import annotations
 
 from collections import deque
+from typing import Sequence
 
 import numpy as np
 
@@ -23,14 +24,14 @@ SETTLED_STEPS = 4    # the steps after those, whose median is what a decision's 
 class Measurements:
     """The models the policy decides with, kept up to date from step reports."""
 
-    def __init__(self, world: int, config: RebalanceConfig) -> None:
+    def __init__(self, world: int, config: RebalanceConfig, hosts: Sequence[str] | None = None) -> None:
         self.config = config
         self.models = [CostModel(config.forgetting, config.false_alarm) for _ in range(world)]
         # each rank's model is of the threads it runs now; a model of other threads it ran
         # with before is kept, with the complete steps seen at its last fit, for when it does again
         self.threads: list[int | None] = [None] * world
         self._kept: dict[tuple[int, int | None], tuple[CostModel, int]] = {}
-        self.collective = CollectiveModel(config.forgetting)
+        self.collective = CollectiveModel(config.forgetting, hosts)   # by size and hosts spanned
         # per rank, kept as lists (cheap to touch once per report) and mirrored into arrays
         # (cheap to read once per decision) whenever a step completes
         self._rows, self._settled, self._seen = [-1] * world, [0] * world, [0] * world
@@ -103,7 +104,7 @@ class Measurements:
             self._group, self.group_since = frozenset(reports), self.steps
         wall = max(s for _, _, s in reports.values())
         if group_size >= 2:
-            self.collective.update(group_size, min(c for _, c, _ in reports.values()))
+            self.collective.update(sorted(reports), min(c for _, c, _ in reports.values()))
         self.step_s = wall if self.steps == 0 else 0.9 * self.step_s + 0.1 * wall
         self.walls.append(wall)
         self.steps += 1

@@ -19,6 +19,7 @@ import math
 from collections import deque
 from functools import lru_cache
 from statistics import median
+from typing import Collection, Sequence
 
 # Model assumptions (not tuning knobs; each is a statement about step times):
 HUBER = 4.0                 # residuals beyond this many noise sd are down-weighted in the fit and
@@ -32,6 +33,7 @@ PRIOR_NOISE_CV = 0.2        # a step's relative noise (sd / mean) assumed before
 PRIOR_NOISE_STEPS = 2.0     # ...worth this many steps of evidence
 RESTART_STEPS = 8           # a detected change's new level: the median over at most this many latest steps
 _MIN_SECONDS = 1e-9         # predictions are floored here (a model never predicts a free step)
+_ONE_HOST: frozenset[str] = frozenset()   # the span of every group when hosts are not told
 
 
 def huber_variance(k: float = HUBER) -> float:
@@ -252,23 +254,47 @@ def _solve(jaa: float, jac: float, jcc: float, ha: float, hc: float) -> tuple[fl
 
 
 class CollectiveModel:
-    """The all-reduce's own seconds per step for each group size (0 for a group of one).
+    """The all-reduce's own seconds per step of a group, by its composition: its size and the
+    hosts it spans (0 for a group of one).
 
-    Per size, a robust exponentially weighted mean of the step's smallest collective time over
-    its members (the last to arrive waits only for the collective itself). A size never seen
-    is read from the nearest one seen, scaled by log2(size) (a tree or recursive-doubling
-    all-reduce), with a sd of half the change that scaling makes (on top of the seen size's):
-    a guess, and priced as one.
+    Per composition seen, a robust exponentially weighted mean of the step's smallest
+    collective time over its members (the last to arrive waits only for the collective
+    itself). One never seen is read as ``local(n) + link(H)``, as the simulator's truth is:
+
+    - ``local(n)``: the all-reduce of n members on one host (taken to cost the same on every
+      host): seen, or read from the nearest size seen on one host, scaled by log2(n) (a tree or
+      recursive-doubling all-reduce), with a sd of half the change that scaling makes on top of
+      the seen one's. Before any group on one host is seen, the share of the nearest
+      composition seen that is local is unknown, anywhere from none to all: half, give or
+      take half.
+    - ``link(H)``: 0 on one host; across hosts, what the ring's slowest link adds (a ring runs
+      in lock-step at its slowest link). Each composition seen across hosts tells the link of
+      its span: its cost less ``local(n)``. A span never seen lies between the dearest span
+      seen inside it (more hosts cross no faster link) and the dearest of its hosts' least
+      links seen (a host's link is at most that of any span it was in): the midpoint, give or
+      take half the gap. A host never seen across hosts leaves it unknown (None).
+
+    Every guess is priced as one (sds add): so the bound decides conservatively, and a trial
+    measures what the models cannot tell. With every rank on one host (``hosts`` None) this
+    is a model per group size.
     """
 
-    def __init__(self, forgetting: float = 0.99) -> None:
+    def __init__(self, forgetting: float = 0.99, hosts: Sequence[str] | None = None) -> None:
         self.forgetting = forgetting
-        self._sizes: dict[int, list[float]] = {}   # size -> [weight, mean, weighted squared deviation]
+        self._hosts = list(hosts) if hosts is not None else None
+        # (size, hosts spanned) -> [weight, mean, weighted squared deviation]
+        self._seen: dict[tuple[int, frozenset[str]], list[float]] = {}
 
-    def update(self, size: int, seconds: float) -> None:
-        if size < 2 or not seconds >= 0 or math.isinf(seconds):
+    def composition(self, members: Collection[int]) -> tuple[int, frozenset[str]]:
+        """(size, hosts spanned) of the group of ranks ``members``."""
+        hosts = self._hosts
+        return len(members), _ONE_HOST if hosts is None else frozenset(hosts[int(r)] for r in members)
+
+    def update(self, members: Collection[int], seconds: float) -> None:
+        key = self.composition(members)
+        if key[0] < 2 or not seconds >= 0 or math.isinf(seconds):
             return
-        w, mean, dev = self._sizes.get(size, (0.0, seconds, 0.0))
+        w, mean, dev = self._seen.get(key, (0.0, seconds, 0.0))
         if w > 0:
             sd = math.sqrt(dev / w) if dev > 0 else abs(mean) * PRIOR_NOISE_CV
             limit = HUBER * max(sd, 1e-12)
@@ -278,27 +304,66 @@ class CollectiveModel:
         delta = seconds - mean
         mean += delta / w
         dev = lam * dev + delta * (seconds - mean)
-        self._sizes[size] = [w, mean, dev]
+        self._seen[key] = [w, mean, dev]
 
-    def predict(self, size: int) -> tuple[float, float] | None:
-        """(mean, sd of the mean) seconds for a group of ``size``; None before any size is seen."""
+    def predict(self, members: Collection[int]) -> tuple[float, float] | None:
+        """(mean, sd of the mean) seconds for the group of ranks ``members``; None before any
+        group is seen, or for a span with a host never seen across hosts."""
+        size, span = self.composition(members)
         if size <= 1:
             return 0.0, 0.0
-        if size in self._sizes:
-            w, mean, dev = self._sizes[size]
-            spread = math.sqrt(dev / w) if w > 1 else abs(mean) * PRIOR_NOISE_CV
-            return mean, spread / math.sqrt(w)
-        if not self._sizes:
+        if (size, span) in self._seen:
+            return self._estimate((size, span))
+        if not self._seen:
             return None
-        near = min(self._sizes, key=lambda s: (abs(math.log2(s) - math.log2(size)), s))
-        seen, seen_sd = self.predict(near)  # type: ignore[misc]
-        mean = seen * math.log2(size) / math.log2(near)
-        return mean, seen_sd + 0.5 * abs(mean - seen)
+        local = self._local(size)
+        if len(span) <= 1:
+            return local
+        link = self._link(span)
+        return None if link is None else (local[0] + link[0], local[1] + link[1])
 
     def sizes(self) -> tuple[tuple[int, float, float, float], ...]:
-        """(size, mean s, sd of the mean s, weight in steps) per size seen."""
+        """(size, mean s, sd of the mean s, weight in steps) per composition seen."""
         out = []
-        for size in sorted(self._sizes):
-            mean, sd = self.predict(size)  # type: ignore[misc]
-            out.append((size, mean, sd, self._sizes[size][0]))
+        for key in sorted(self._seen, key=lambda k: (k[0], sorted(k[1]))):
+            mean, sd = self._estimate(key)
+            out.append((key[0], mean, sd, self._seen[key][0]))
         return tuple(out)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _estimate(self, key: tuple[int, frozenset[str]]) -> tuple[float, float]:
+        w, mean, dev = self._seen[key]
+        spread = math.sqrt(dev / w) if w > 1 else abs(mean) * PRIOR_NOISE_CV
+        return mean, spread / math.sqrt(w)
+
+    def _local(self, size: int) -> tuple[float, float]:
+        """``local(size)``: see the class docstring."""
+        local = [key for key in self._seen if len(key[1]) <= 1]
+        near = self._nearest(local or list(self._seen), size)
+        seen, seen_sd = self._estimate(near)
+        mean = seen * math.log2(size) / math.log2(near[0])
+        if local:
+            return mean, seen_sd + 0.5 * abs(mean - seen)
+        return 0.5 * mean, seen_sd + 0.5 * mean
+
+    @staticmethod
+    def _nearest(keys: list[tuple[int, frozenset[str]]], size: int) -> tuple[int, frozenset[str]]:
+        return min(keys, key=lambda k: (abs(math.log2(k[0]) - math.log2(size)), k[0], sorted(k[1])))
+
+    def _link(self, span: frozenset[str]) -> tuple[float, float] | None:
+        """``link(span)`` for a span of two hosts or more: see the class docstring."""
+        links: dict[frozenset[str], tuple[float, float]] = {}
+        for key in sorted(self._seen, key=lambda k: -self._seen[k][0]):   # per span, its most weighed size
+            if len(key[1]) > 1 and key[1] not in links:
+                seen, seen_sd = self._estimate(key)
+                local, local_sd = self._local(key[0])
+                links[key[1]] = max(seen - local, 0.0), seen_sd + local_sd
+        if span in links:
+            return links[span]
+        bounds = [min((links[s] for s in links if host in s), default=None) for host in span]
+        if any(bound is None for bound in bounds):
+            return None
+        high, high_sd = max(bounds)  # type: ignore[type-var]
+        low = max((links[s][0] for s in links if s <= span), default=0.0)
+        return 0.5 * (low + high), high_sd + 0.5 * (high - low)

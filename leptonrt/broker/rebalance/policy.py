@@ -29,6 +29,7 @@ import numpy as np
 from .bound import Slowest, bounded_savings, slowest, z_above
 from .config import RebalanceConfig
 from .decisions import Move, RankStatistics, RebalanceStatistics, Regroup
+from .leavers import leavers
 from .measure import Measurements
 from .split import (best_split, equalise_measured, finish_times, finish_vars, full_split, round_split,
                     rows_within)
@@ -59,12 +60,18 @@ class Rebalancer:
     def __init__(self, world: int, batch: int, *, align: int = 1,
                  caps: Sequence[int | None] | None = None,
                  config: RebalanceConfig = RebalanceConfig(),
-                 threads_in: Callable[[Sequence[int]], dict[int, int]] | None = None) -> None:
+                 threads_in: Callable[[Sequence[int]], dict[int, int]] | None = None,
+                 hosts: Sequence[str] | None = None) -> None:
         # ``threads_in(members)``: rank -> the CPU threads it would run were ``members`` the
-        # group (cores of actors on standby are lent: see ``broker.cores``); None: fixed
+        # group (cores of actors on standby are lent: see ``broker.cores``); None: fixed.
+        # ``hosts``: each rank's host, for the collective's cost by the hosts a group spans
+        # (a far host's link costs everyone); None: every rank on this one
+        if hosts is not None and len(hosts) != world:
+            raise ValueError(f"{len(hosts)} hosts for {world} ranks")
         self.world, self.batch, self.align, self.config = world, batch, align, config
         self._threads_in = threads_in
-        self._m = Measurements(world, config)
+        self._hosts = list(hosts) if hosts is not None else None
+        self._m = Measurements(world, config, hosts)
         self.set_caps(caps if caps is not None else [None] * world)
         self.moves = self.regroups = 0
         self._trials = Trials()
@@ -136,7 +143,7 @@ class Rebalancer:
                 chosen = regroup
         if chosen.net() <= 0:
             chosen = self._probe(ranks, rows, room, theta, base, target, horizon) \
-                or self._trial(ranks, rows, room, theta, base, target, horizon)
+                or self._trial(ranks, rows, room, theta, base, target, horizon, stale)
             if chosen is None:
                 return None
         return self._emit(chosen, ranks, rows, theta)
@@ -164,16 +171,27 @@ class Rebalancer:
                 return _Candidate(ranks, new, expected, cost, horizon)
         return None
 
-    def _trial(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate | None:
-        """A smaller group to try (see ``trial.py``): without the member that carries least,
-        when the models expect its place in the collective to cost more than its rows save,
-        by a saving the walls can show, and by more over the horizon than a failed trial
-        costs."""
-        if len(ranks) < 2:
+    def _trial(self, ranks, rows, room, theta, base, target, horizon, stale) -> _Candidate | None:
+        """A group to try (see ``trial.py``), by a saving the walls can show, and by more over
+        the horizon than a failed trial costs; of those, the one expected to save most net of
+        that. A smaller group, without the members ``leavers`` names, when the models expect
+        their place in the collective to cost more than their rows save; or a larger one
+        (``_trial_with``)."""
+        without = leavers(ranks, rows, target, theta, self._hosts, self._m.collective) if len(ranks) >= 2 else []
+        tried = [c for c in [self._trial_without(ranks, rows, room, base, horizon, leave) for leave in without]
+                 + [self._trial_with(ranks, rows, room, base, horizon, stale)] if c is not None]
+        if not tried:
             return None
-        least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
-        group, group_room = np.delete(ranks, least), np.delete(room, least)
-        collective = self._collective_saving(len(ranks), len(group))
+        chosen, judged = max(tried, key=lambda cj: cj[0].net())
+        self._trials.start(tuple(ranks.tolist()), tuple(rows.tolist()), list(self._m.walls),
+                           tuple(chosen.members.tolist()), judged)
+        return chosen
+
+    def _trial_without(self, ranks, rows, room, base, horizon, leave) -> tuple[_Candidate, int] | None:
+        """The trial of the group without the members at positions ``leave``, and the steps its
+        verdict is read from; None when it does not qualify (see ``_trial``)."""
+        group, group_room = np.delete(ranks, leave), np.delete(room, leave)
+        collective = self._collective_saving(ranks, group)
         key = tuple(group.tolist())
         if collective is None or group_room.sum() < self.batch or \
                 not self._trials.may_try(key, self._m.last_change(ranks.tolist())):
@@ -187,7 +205,7 @@ class Rebalancer:
         new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
         # what leaving out the member saves whoever is slow: the collective's cost, less the
         # compute its rows add to the others (a slow member is the bounded rule's business)
-        now = float(np.max(finish_times(group_theta[0], group_theta[1], np.delete(rows, least))))
+        now = float(np.max(finish_times(group_theta[0], group_theta[1], np.delete(rows, leave))))
         finish = finish_times(group_theta[0], group_theta[1], new)
         expected = collective[0] - (float(np.max(finish)) - now)
         judged = self._trials.judged_steps(list(self._m.walls), expected)
@@ -199,18 +217,56 @@ class Rebalancer:
         lasting = self._lasting(ranks, group, base, horizon)
         if lasting * expected <= worst:
             return None
-        self._trials.start(tuple(ranks.tolist()), tuple(rows.tolist()), list(self._m.walls), key, judged)
         return _Candidate(group, new, expected, worst, lasting, reason=" (a trial: measured before it is kept)",
-                          expected=expected)
+                          expected=expected), judged
+
+    def _trial_with(self, ranks, rows, room, base, horizon, stale) -> tuple[_Candidate, int] | None:
+        """The trial of the group with the actor on standby that ``_readmission`` names, weighed
+        at the collective's best case (the lower confidence bound of what it adds): what only
+        a trial can teach is a collective never measured, e.g. the head's own all-reduce once
+        a far host's link was all the group ever showed. Measured once, its sd is small and
+        the best case is the case. (A group tried and undone is not tried again until a
+        change of speed: the next actor on standby may be.)"""
+        def may_try(rank: int) -> bool:
+            grown = sorted([*ranks.tolist(), rank])
+            return self._trials.may_try(tuple(grown), self._m.last_change(grown))
+
+        back = self._readmission(ranks, stale, may_try) if len(ranks) < self.world else None
+        collective = None if back is None else self._collective_saving(ranks, np.append(ranks, back))
+        if collective is None:
+            return None
+        added = max(-collective[0] - z_above((1.0 - self.config.confidence) / 2) * math.sqrt(collective[1]), 0.0)
+        there_and_back = 2 * self._m.regroup_cost_s() + self._m.move_cost_s()
+        if horizon * (base.mean - added) <= there_and_back:
+            return None   # not even every second of the slowest's compute saved could pay
+        at = int(np.searchsorted(ranks, back))
+        group, group_room = np.insert(ranks, at, back), np.insert(room, at, self._caps[back])
+        if group_room.sum() < self.batch:
+            return None
+        group_theta = self._m.view(group)
+        new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
+        best_case = base.mean - float(np.max(finish_times(group_theta[0], group_theta[1], new))) - added
+        judged = self._trials.judged_steps(list(self._m.walls), best_case)
+        if judged is None or self._m.steady(ranks.tolist()) < self._trials.steps_at_stake(judged):
+            return None
+        worst = there_and_back + self._trials.steps_at_stake(judged) * best_case
+        lasting = self._lasting(ranks, group, base, horizon)
+        if lasting * best_case <= worst:
+            return None
+        return _Candidate(group, new, best_case, worst, lasting, reason=" (a trial: measured before it is kept)",
+                          expected=best_case), judged
 
     def _undo_trial(self, trial_before) -> Regroup:
         members = np.array(trial_before.before, dtype=np.int64)
         rows = np.array(trial_before.split, dtype=np.int64)
         self.regroups += 1
         self._m.acted(members, rows)
+        left, joined = set(trial_before.before) - set(trial_before.group), set(trial_before.group) - set(trial_before.before)
+        reason = (f"rank(s) {','.join(str(r) for r in sorted(left))} re-admitted: the smaller group was measured slower"
+                  if left else f"rank(s) {','.join(str(r) for r in sorted(joined))} back to standby: the larger group"
+                  " was measured slower")
         return Regroup(trial_before.before, full_split(self.world, members, rows), 0.0, 0, self._m.regroup_cost_s(),
-                       f"rank(s) {','.join(str(r) for r in sorted(set(trial_before.before) - set(trial_before.group)))}"
-                       " re-admitted: the smaller group was measured slower")
+                       reason)
 
     def _room(self, ranks: np.ndarray, rows: np.ndarray, stale: frozenset[int]) -> np.ndarray:
         """The most rows each member may be given: its cap, or no more than now for a stale
@@ -296,52 +352,58 @@ class Rebalancer:
 
     def _groups(self, ranks, rows, room, theta, base, target, horizon, cost, stale):
         """The candidate groups worth weighing: (ranks, the rows each may take, what the
-        collective saves). At most three, and each skipped cheaply when a ceiling on its bound
-        cannot pay: without a member the others finish no sooner than at the members' own best
-        split (they only gain its rows), an actor alone takes its time at the batch, and every
-        term of the bound carries the collective's sd."""
+        collective saves). At most four (without each of ``leavers``, the fastest alone, one
+        re-admitted), and each skipped cheaply when a ceiling on its bound cannot pay: without
+        members the others finish no sooner than at the members' own best split (they only gain
+        their rows), an actor alone takes its time at the batch, and every term of the bound
+        carries the collective's sd."""
         n, floor_z, groups = len(ranks), z_above((1.0 - self.config.confidence) / 2), []
 
-        def collective_if_worth(size: int, compute: float) -> tuple[float, float] | None:
-            collective = self._collective_saving(n, size)
+        def collective_if_worth(group: np.ndarray, compute: float) -> tuple[float, float] | None:
+            collective = self._collective_saving(ranks, group)
             if collective is None or horizon * (compute + collective[0] - floor_z * math.sqrt(collective[1])) <= cost:
                 return None
             return collective
 
         finish = finish_times(theta[0], theta[1], target)
-        if n >= 2:
-            least = int(np.argmin(target - 1e-9 * finish_times(theta[0], theta[1], rows)))
-            others = float(np.max(np.delete(finish, least)))    # they only gain its rows...
-            if self._threads_in is not None:   # ...and the cores it lends them
-                rest = np.delete(ranks, least)
+        for leave in leavers(ranks, rows, target, theta, self._hosts, self._m.collective) if n >= 2 else ():
+            stay = np.ones(n, dtype=bool)
+            stay[leave] = False
+            rest = ranks[stay]
+            others = float(np.max(finish[stay]))    # they only gain their rows...
+            if self._threads_in is not None:   # ...and the cores they lend them
                 lent = self._view(rest)
-                others = min(others, float(np.max(finish_times(lent[0], lent[1], np.delete(target, least)))))
-            if (collective := collective_if_worth(n - 1, base.mean - others)) is not None:
-                groups.append((np.delete(ranks, least), np.delete(room, least), collective))
+                others = min(others, float(np.max(finish_times(lent[0], lent[1], target[stay]))))
+            if (collective := collective_if_worth(rest, base.mean - others)) is not None:
+                groups.append((rest, room[stay], collective))
         if n >= 3:
             alone = np.where(room >= self.batch, theta[0] + theta[1] * self.batch, np.inf)
             fastest = int(np.argmin(alone))
-            if (collective := collective_if_worth(1, base.mean - alone[fastest])) is not None:
+            if (collective := collective_if_worth(ranks[[fastest]], base.mean - alone[fastest])) is not None:
                 groups.append((ranks[[fastest]], room[[fastest]], collective))
         back = self._readmission(ranks, stale)
-        if back is not None and (collective := collective_if_worth(n + 1, base.mean)) is not None:
+        if back is not None and (collective := collective_if_worth(np.append(ranks, back), base.mean)) is not None:
             at = int(np.searchsorted(ranks, back))
             groups.append((np.insert(ranks, at, back), np.insert(room, at, self._caps[back]), collective))
         return groups
 
-    def _readmission(self, ranks: np.ndarray, stale: frozenset[int]) -> int | None:
-        """The actor on standby predicted fastest at a member's share (measured, not stale)."""
+    def _readmission(self, ranks: np.ndarray, stale: frozenset[int],
+                     allowed: Callable[[int], bool] | None = None) -> int | None:
+        """The actor on standby predicted fastest at a member's share (measured, not stale, and
+        ``allowed`` where given)."""
         outside = self._m.measured() & (self._caps > 0)
         outside[ranks] = False
         if not outside.any():
             return None
-        candidates = [r for r in np.flatnonzero(outside).tolist() if r not in stale]
+        candidates = [r for r in np.flatnonzero(outside).tolist()
+                      if r not in stale and (allowed is None or allowed(r))]
         share = self.batch / (len(ranks) + 1)
         return min(candidates, key=lambda r: self._m.predict(r, share)) if candidates else None
 
-    def _collective_saving(self, size: int, new_size: int) -> tuple[float, float] | None:
-        """(mean, variance) of the seconds per step the collective saves going to ``new_size``."""
-        now, then = self._m.collective.predict(size), self._m.collective.predict(new_size)
+    def _collective_saving(self, ranks: np.ndarray, group: np.ndarray) -> tuple[float, float] | None:
+        """(mean, variance) of the seconds per step the collective saves going from the group
+        ``ranks`` to ``group``."""
+        now, then = self._m.collective.predict(ranks), self._m.collective.predict(group)
         if now is None or then is None:
             return None
         return now[0] - then[0], now[1] ** 2 + then[1] ** 2

@@ -3,6 +3,8 @@
 Generic cases run at any size N: pure noise, one lasting 2x slowdown, and a run with every
 kind of trouble at once. Membership cases are two-actor jobs whose costs come from what was
 measured on the 2-core box (the all-reduce of two CPU processes costs ~2 ms a step there).
+Host cases put actors on other hosts (``leptonrt join``): the group's all-reduce then also
+crosses the slowest link of the hosts it spans.
 """
 
 from __future__ import annotations
@@ -112,3 +114,39 @@ def _pair(case: str, a: float, c: float, batch: int, steps: int, *, optimizer_s:
                     regroup_s=0.3)
 
 
+
+
+def far_slow_link(steps: int = 1500) -> Scenario:
+    """Two actors on the head and one behind a slow link (4 ms an all-reduce: a 20 KB gradient
+    over 100 Mbit/s, latency included), batch 512 (0.5 ms + 10 us a row, the head's own
+    all-reduce ~1 ms): the far one's rows save 0.85 ms a step, its link costs everyone 4. The
+    right answer is the two on the head (4.3 ms a step, against 7.5 with all three and 5.8
+    with one)."""
+    return _hosts("far-slow-link", 512, steps, hosts=(0, 0, 1), link_s=(0.0, 4e-3))
+
+
+def far_slower_link(steps: int = 1500) -> Scenario:
+    """``far_slow_link`` behind a link four times slower (16 ms: a 100 KB gradient over
+    100 Mbit/s). All three cost 19.5 ms a step, so the rebalancer first goes to one actor
+    (bounded: 5.8 ms), having never seen the head's own all-reduce; only trying the pair
+    again shows it (4.3 ms)."""
+    return _hosts("far-slower-link", 512, steps, hosts=(0, 0, 1), link_s=(0.0, 16e-3))
+
+
+def far_fast_link(steps: int = 1500) -> Scenario:
+    """``far_slow_link`` with a fast link (0.3 ms) and a compute-bound batch of 1024: all three
+    stay (5.5 ms a step, against 6.8 with the two on the head)."""
+    return _hosts("far-fast-link", 1024, steps, hosts=(0, 0, 1), link_s=(0.0, 0.3e-3))
+
+
+def far_pair(steps: int = 1500) -> Scenario:
+    """One actor on the head and one on another host behind a 2 ms link, batch 1024: the far
+    one's rows pay for its link, and both stay (8.8 ms a step, against 10.9 alone)."""
+    return _hosts("far-pair", 1024, steps, hosts=(0, 1), link_s=(0.0, 2e-3))
+
+
+def _hosts(case: str, batch: int, steps: int, *, hosts: tuple[int, ...], link_s: tuple[float, ...]) -> Scenario:
+    n = len(hosts)
+    return Scenario(case=case, a=(_A,) * n, c=(_C,) * n, batch=batch, steps=steps, cv=(0.10,) * n, spike_p=0.01,
+                    latency_s=0.9e-3, per_member_s=50e-6, optimizer_s=0.2e-3, hosts=hosts, link_s=link_s,
+                    regroup_s=0.3)

@@ -5,8 +5,17 @@ a caller that wants the wall time of ``decide`` passes its own timer in.
 
 Each actor's compute is ``(a + c * rows) * speed(t) * noise``: Gaussian noise of a given CV,
 heavy-tailed spikes, two-speed steps (alternately slow and fast), and changes of speed that
-last, come and go, or drift. The group pays a collective (latency plus a term per member, none
-for a group of one) and an optimizer step. The mechanics of the real system are there: a
+last, come and go, or drift. The group pays a collective and an optimizer step. The collective
+of a group of ``n >= 2`` members spanning the hosts ``H`` (none for a group of one) costs
+
+    latency_s + per_member_s * n + (max over h in H of link_s[h], when H has two hosts or more)
+
+A ring all-reduce moves its chunks in lock-step, each of its 2 (n - 1) steps as slow as the
+slowest link in the ring, and a ring through two hosts or more crosses each one's link: so the
+slowest link crossed sets the pace (a maximum, not a sum per host), and a group that spans one
+host crosses none. A host's ``link_s`` is what crossing its link adds to one all-reduce: its
+latency times the ring's steps plus the bytes the ring sends over it (about twice the
+gradient) over its bandwidth. The mechanics of the real system are there: a
 decided split takes effect a few steps later, the first steps at a larger share run slow, and
 a regroup costs wall seconds; the cores of actors on standby may be lent to the members. The ORACLE knows the true current costs and picks the best
 membership and split at every step, with no lag and no cost of switching; it sees the same
@@ -53,8 +62,10 @@ class Scenario:
     changes: tuple[Change, ...] = ()
     caps: tuple[int | None, ...] | None = None   # rows that fit on each actor (None: no limit)
     align: int = 1
-    latency_s: float = 0.5e-3     # the collective: latency_s + per_member_s * size, for size >= 2
+    latency_s: float = 0.5e-3     # the collective: latency_s + per_member_s * size, for size >= 2...
     per_member_s: float = 2e-6
+    hosts: tuple[int, ...] = ()   # ...plus the slowest link_s of the hosts it spans, when they are two or
+    link_s: tuple[float, ...] = ()   # more: each actor's host (empty: all on one) and each host's link (s)
     optimizer_s: float = 0.2e-3   # the optimizer step, every member, every step
     lag: tuple[int, int] = (3, 6)   # a decision takes effect this many steps later (uniform, inclusive)
     fresh_steps: int = 2          # the first steps at a larger share...
@@ -87,6 +98,7 @@ class Verdict:
     split_final: tuple[int, ...]
     speed_vs_single: float        # the best single actor's time over the rebalancer's, last half of the run
     speed_vs_even: float          # a fixed even split's time over the rebalancer's, last half of the run
+    speed_vs_oracle: float        # the oracle's time over the rebalancer's, last half of the run
     run_vs_single: float          # the same as speed_vs_single over the whole run (regroup costs included)
 
     def as_dict(self) -> dict:
@@ -102,6 +114,8 @@ class _Truth:
         self.a, self.c, self.cv = np.array(s.a), np.array(s.c), np.array(s.cv)
         self.two = np.array(s.two_speed) if s.two_speed else np.zeros(self.n)
         self.lending = Lending({r: (r,) for r in range(self.n)})
+        self.hosts = np.array(s.hosts if s.hosts else (0,) * self.n, dtype=np.int64)
+        self.link = np.array(s.link_s if s.link_s else (0.0,) * (int(self.hosts.max()) + 1))
 
     def speed(self, t: int) -> np.ndarray:
         factor = np.ones(self.n)
@@ -120,8 +134,14 @@ class _Truth:
                 noise[hit] *= self.rng.uniform(*self.s.spike, size=int(hit.sum()))
         return noise * (1.0 + self.two * (1 if t % 2 else -1))
 
-    def collective(self, size: int) -> float:
-        return 0.0 if size <= 1 else self.s.latency_s + self.s.per_member_s * size
+    def collective(self, group: np.ndarray) -> float:
+        """What the all-reduce of the ranks ``group`` costs (see the module's docstring)."""
+        size = len(group)
+        if size <= 1:
+            return 0.0
+        spanned = np.unique(self.hosts[group])
+        link = float(self.link[spanned].max()) if len(spanned) > 1 else 0.0
+        return self.s.latency_s + self.s.per_member_s * size + link
 
     def lent(self, members: np.ndarray) -> np.ndarray:
         """Per actor, the factor its compute is divided by while ``members`` form the group."""
@@ -153,7 +173,7 @@ class _Oracle:
                 continue
             lent = self.truth.lent(group)[group]
             rows = best_split(a[group] / lent, c[group] / lent, self.caps[group], s.batch, s.align)
-            t = float(np.max(finish_times(a[group] / lent, c[group] / lent, rows))) + self.truth.collective(len(group))
+            t = float(np.max(finish_times(a[group] / lent, c[group] / lent, rows))) + self.truth.collective(group)
             if t < best_t:
                 best, best_t = (group, rows), t
         return best  # type: ignore[return-value]
@@ -178,7 +198,8 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
     n = truth.n
     caps = np.array([s.batch if cap is None else cap for cap in (s.caps or [None] * n)], dtype=np.int64)
     reb = Rebalancer(n, s.batch, align=s.align, caps=s.caps, config=config,
-                     threads_in=truth.lending.threads if s.lent_speedup else None)
+                     threads_in=truth.lending.threads if s.lent_speedup else None,
+                     hosts=[f"host{h}" for h in s.hosts] if s.hosts else None)
     oracle = _Oracle(truth, caps)
     members = np.flatnonzero(caps > 0)
     running = np.zeros(n, dtype=np.int64)
@@ -215,7 +236,7 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
         fresh = np.where(t - grew < s.fresh_steps, 1.0 + s.fresh_slow, 1.0)
         compute = finish_times(a, c, running) * noise * fresh / lent
         slowest = float(compute[members].max())
-        coll = truth.collective(len(members)) * coll_noise
+        coll = truth.collective(members) * coll_noise
         walls[t] = slowest + coll + s.optimizer_s + extra
         for rank in members[np.argsort(compute[members])].tolist():
             reb.observe(rank, rows=int(running[rank]), compute_s=float(compute[rank]),
@@ -227,12 +248,12 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
         if watch is not None and t == watch.step:
             # an answer is called for when the split in force is 5% slower than the oracle's
             # for the new costs (with caps, the oracle may have nothing better to do)
-            kept = float(finish_times(a, c, decided)[decided_members].max()) + truth.collective(len(decided_members))
-            needed = kept > 1.05 * (float(finish_times(a, c, full).max()) + truth.collective(len(group)))
+            kept = float(finish_times(a, c, decided)[decided_members].max()) + truth.collective(decided_members)
+            needed = kept > 1.05 * (float(finish_times(a, c, full).max()) + truth.collective(group))
         oracle_walls[t] = float((finish_times(a, c, full) * noise / truth.lent(group))[group].max()) \
-            + truth.collective(len(group)) * coll_noise + s.optimizer_s
+            + truth.collective(group) * coll_noise + s.optimizer_s
         even_walls[t] = float((finish_times(a, c, even) * noise).max()) \
-            + truth.collective(int((even > 0).sum())) * coll_noise + s.optimizer_s
+            + truth.collective(np.flatnonzero(even > 0)) * coll_noise + s.optimizer_s
         singles[:, t] = np.where(caps >= s.batch, (a + c * s.batch) * noise / alone, np.inf) + s.optimizer_s
         started = timer() if timer else 0.0
         decision = reb.decide(decided.tolist(), decided_members.tolist(), steps_left=s.steps - t - 1)
@@ -264,4 +285,5 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
         members_final=tuple(int(r) for r in decided_members), split_final=tuple(int(r) for r in decided),
         speed_vs_single=float(singles[best_single, half].sum() / walls[half].sum()),
         speed_vs_even=float(even_walls[half].sum() / walls[half].sum()),
+        speed_vs_oracle=float(oracle_walls[half].sum() / walls[half].sum()),
         run_vs_single=float(singles[best_single].sum() / walls.sum()))

@@ -1,12 +1,14 @@
-"""Trying a smaller group: the one decision the models cannot bound from what they saw.
+"""Trying another group: the one decision the models cannot bound from what they saw.
 
 Actors that share a machine slow each other down (memory bandwidth, caches, the broker's
 own work), so measured side by side, an actor looks slower than it is alone, and models fed
 only with those measurements can never show that a smaller group would be faster. A
 smaller group is therefore *tried* when the models' expected saving over the horizon
 exceeds what a failed trial can cost at most: going there and coming back, two regroups
-and a move. Its measured step time then decides: kept if it beats the group's before it,
-undone otherwise. A group tried and undone is not tried again until a change of speed is
+and a move. A larger one (an actor back from standby) is tried when it would save that much
+at the best case of a collective never measured (a group that only ever crossed a far
+host's link never showed the head's own all-reduce). Its measured step time then decides:
+kept if it beats the group's before it, undone otherwise. A group tried and undone is not tried again until a change of speed is
 detected among the ranks (the conditions it lost under no longer hold). A trial runs as
 many steps as its verdict needs to tell the expected saving from the noise of the walls
 (``judged_steps``); one that would need more than MAX_JUDGED is not run.

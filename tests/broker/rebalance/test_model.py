@@ -99,23 +99,23 @@ def test_what_the_model_knew_fades_toward_its_prior_while_it_is_not_fed():
 
 
 def test_a_collective_of_one_member_costs_nothing():
-    assert CollectiveModel().predict(1) == (0.0, 0.0)
-    assert CollectiveModel().predict(2) is None
+    assert CollectiveModel().predict([0]) == (0.0, 0.0)
+    assert CollectiveModel().predict([0, 1]) is None
 
 
 def test_a_slow_collective_step_barely_moves_its_estimate():
     coll = CollectiveModel()
     for _ in range(200):
-        coll.update(2, 2e-3)
-    coll.update(2, 50e-3)
-    assert coll.predict(2)[0] == pytest.approx(2e-3, rel=0.02)
+        coll.update([0, 1], 2e-3)
+    coll.update([0, 1], 50e-3)
+    assert coll.predict([0, 1])[0] == pytest.approx(2e-3, rel=0.02)
 
 
 def test_a_group_size_never_seen_is_guessed_from_the_nearest_with_a_wide_spread():
     coll = CollectiveModel()
     for _ in range(100):
-        coll.update(8, 1e-3)
-    mean, sd = coll.predict(16)
+        coll.update(range(8), 1e-3)
+    mean, sd = coll.predict(range(16))
     assert mean == pytest.approx(1e-3 * 4 / 3) and sd >= 0.5 * (mean - 1e-3)
 
 
