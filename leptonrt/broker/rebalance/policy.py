@@ -15,13 +15,13 @@ that rule:
 The bound (see ``bound.py``) is tight where the models know a split well and wide where a
 candidate extrapolates, e.g. far from the rows an actor has trained, while its fixed cost was
 never told from its cost per row. So a first move may go only a half or a quarter of the way,
-and each move teaches the slope; and undoing a move needs evidence (hysteresis).
+and each move teaches the slope; and undoing a move needs evidence (hysteresis). What the
+bound cannot act on yet is learnt by probes and trials (``learning.py``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -33,28 +33,13 @@ from .leavers import leavers
 from .measure import Measurements
 from .split import (best_split, equalise_measured, finish_times, finish_vars, full_split, round_split,
                     rows_within)
-from .probe import safe_fractions, worst_finish
+from .learning import Candidate, Learning
 from .trial import Trials
 
 __all__ = ["Move", "RankStatistics", "RebalanceConfig", "RebalanceStatistics", "Rebalancer", "Regroup"]
 
 
-@dataclass
-class _Candidate:
-    members: np.ndarray           # ranks, ascending
-    rows: np.ndarray              # rows per member
-    saving: float = -math.inf     # bounded saving per step (s)
-    cost: float = 0.0             # cost of acting (s)
-    horizon: int = 0              # steps it is weighed over
-    reason: str = ""              # what to add to the decision's reason
-    expected: float = 0.0         # expected saving per step (s), where it differs from the bound
-
-    def net(self) -> float:
-        """Seconds it is expected to save at least, over its horizon, net of its cost."""
-        return self.horizon * self.saving - self.cost
-
-
-class Rebalancer:
+class Rebalancer(Learning):
     """Per-actor cost models, the collective's cost, and the one decision rule."""
 
     def __init__(self, world: int, batch: int, *, align: int = 1,
@@ -148,126 +133,6 @@ class Rebalancer:
                 return None
         return self._emit(chosen, ranks, rows, theta)
 
-    def _probe(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate | None:
-        """After a change of speed the bound cannot act on, the largest move toward the
-        target that cannot make a step slower (see ``probe.py``), if its expected saving over
-        the horizon beats a move's cost."""
-        if not self._m.news or not any(r in self._m.news for r in ranks.tolist()):
-            return None
-        z = z_above((1.0 - self.config.confidence) / 2 / len(ranks))
-        cost = self._m.move_cost_s()
-        # the slowest must be slower than each receiver beyond doubt: levels, not slopes, are
-        # what the steps measured well (a false alarm of the change test leaves a level
-        # known only from its few steps, and no probe)
-        behind, margin = self._behind(rows, theta, base, z)
-        clear = behind > margin
-        for step in safe_fractions(theta, rows, target, base.mean, z):
-            new = round_split(rows + step * (target - rows), theta[0], theta[1], room, self.batch, self.align)
-            receivers = new > rows
-            worst = worst_finish(theta, rows, new, z)
-            expected = base.mean - float(np.max(finish_times(theta[0], theta[1], new)))
-            if np.any(receivers) and np.all(clear[receivers]) and np.all(worst[receivers] <= base.mean) \
-                    and horizon * expected > cost:
-                return _Candidate(ranks, new, expected, cost, horizon)
-        return None
-
-    def _trial(self, ranks, rows, room, theta, base, target, horizon, stale) -> _Candidate | None:
-        """A group to try (see ``trial.py``), by a saving the walls can show, and by more over
-        the horizon than a failed trial costs; of those, the one expected to save most net of
-        that. A smaller group, without the members ``leavers`` names, when the models expect
-        their place in the collective to cost more than their rows save; or a larger one
-        (``_trial_with``)."""
-        without = leavers(ranks, rows, target, theta, self._hosts, self._m.collective) if len(ranks) >= 2 else []
-        tried = [c for c in [self._trial_without(ranks, rows, room, base, horizon, leave) for leave in without]
-                 + [self._trial_with(ranks, rows, room, base, horizon, stale)] if c is not None]
-        if not tried:
-            return None
-        chosen, judged = max(tried, key=lambda cj: cj[0].net())
-        self._trials.start(tuple(ranks.tolist()), tuple(rows.tolist()), list(self._m.walls),
-                           tuple(chosen.members.tolist()), judged)
-        return chosen
-
-    def _trial_without(self, ranks, rows, room, base, horizon, leave) -> tuple[_Candidate, int] | None:
-        """The trial of the group without the members at positions ``leave``, and the steps its
-        verdict is read from; None when it does not qualify (see ``_trial``)."""
-        group, group_room = np.delete(ranks, leave), np.delete(room, leave)
-        collective = self._collective_saving(ranks, group)
-        key = tuple(group.tolist())
-        if collective is None or group_room.sum() < self.batch or \
-                not self._trials.may_try(key, self._m.last_change(ranks.tolist())):
-            return None
-        there_and_back = 2 * self._m.regroup_cost_s() + self._m.move_cost_s()
-        # the most it could save is the collective's part, over the whole horizon: when that
-        # does not pay for going there and back, nothing below can (and it costs a split)
-        if horizon * collective[0] <= there_and_back:
-            return None
-        group_theta = self._m.view(group)
-        new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
-        # what leaving out the member saves whoever is slow: the collective's cost, less the
-        # compute its rows add to the others (a slow member is the bounded rule's business)
-        now = float(np.max(finish_times(group_theta[0], group_theta[1], np.delete(rows, leave))))
-        finish = finish_times(group_theta[0], group_theta[1], new)
-        expected = collective[0] - (float(np.max(finish)) - now)
-        judged = self._trials.judged_steps(list(self._m.walls), expected)
-        if judged is None or self._m.steady(ranks.tolist()) < self._trials.steps_at_stake(judged):
-            return None   # nothing the walls could show, or not yet from walls of this group as it is now
-        # what a failed trial costs at most: there and back, and its steps as much slower
-        # as they were expected to be faster
-        worst = there_and_back + self._trials.steps_at_stake(judged) * expected
-        lasting = self._lasting(ranks, group, base, horizon)
-        if lasting * expected <= worst:
-            return None
-        return _Candidate(group, new, expected, worst, lasting, reason=" (a trial: measured before it is kept)",
-                          expected=expected), judged
-
-    def _trial_with(self, ranks, rows, room, base, horizon, stale) -> tuple[_Candidate, int] | None:
-        """The trial of the group with the actor on standby that ``_readmission`` names, weighed
-        at the collective's best case (the lower confidence bound of what it adds): what only
-        a trial can teach is a collective never measured, e.g. the head's own all-reduce once
-        a far host's link was all the group ever showed. Measured once, its sd is small and
-        the best case is the case. (A group tried and undone is not tried again until a
-        change of speed: the next actor on standby may be.)"""
-        def may_try(rank: int) -> bool:
-            grown = sorted([*ranks.tolist(), rank])
-            return self._trials.may_try(tuple(grown), self._m.last_change(grown))
-
-        back = self._readmission(ranks, stale, may_try) if len(ranks) < self.world else None
-        collective = None if back is None else self._collective_saving(ranks, np.append(ranks, back))
-        if collective is None:
-            return None
-        added = max(-collective[0] - z_above((1.0 - self.config.confidence) / 2) * math.sqrt(collective[1]), 0.0)
-        there_and_back = 2 * self._m.regroup_cost_s() + self._m.move_cost_s()
-        if horizon * (base.mean - added) <= there_and_back:
-            return None   # not even every second of the slowest's compute saved could pay
-        at = int(np.searchsorted(ranks, back))
-        group, group_room = np.insert(ranks, at, back), np.insert(room, at, self._caps[back])
-        if group_room.sum() < self.batch:
-            return None
-        group_theta = self._m.view(group)
-        new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
-        best_case = base.mean - float(np.max(finish_times(group_theta[0], group_theta[1], new))) - added
-        judged = self._trials.judged_steps(list(self._m.walls), best_case)
-        if judged is None or self._m.steady(ranks.tolist()) < self._trials.steps_at_stake(judged):
-            return None
-        worst = there_and_back + self._trials.steps_at_stake(judged) * best_case
-        lasting = self._lasting(ranks, group, base, horizon)
-        if lasting * best_case <= worst:
-            return None
-        return _Candidate(group, new, best_case, worst, lasting, reason=" (a trial: measured before it is kept)",
-                          expected=best_case), judged
-
-    def _undo_trial(self, trial_before) -> Regroup:
-        members = np.array(trial_before.before, dtype=np.int64)
-        rows = np.array(trial_before.split, dtype=np.int64)
-        self.regroups += 1
-        self._m.acted(members, rows)
-        left, joined = set(trial_before.before) - set(trial_before.group), set(trial_before.group) - set(trial_before.before)
-        reason = (f"rank(s) {','.join(str(r) for r in sorted(left))} re-admitted: the smaller group was measured slower"
-                  if left else f"rank(s) {','.join(str(r) for r in sorted(joined))} back to standby: the larger group"
-                  " was measured slower")
-        return Regroup(trial_before.before, full_split(self.world, members, rows), 0.0, 0, self._m.regroup_cost_s(),
-                       reason)
-
     def _room(self, ranks: np.ndarray, rows: np.ndarray, stale: frozenset[int]) -> np.ndarray:
         """The most rows each member may be given: its cap, or no more than now for a stale
         member (a silent actor's old figures earn it nothing) and for one never measured."""
@@ -276,7 +141,7 @@ class Rebalancer:
             held |= np.isin(ranks, np.fromiter(stale, dtype=np.int64, count=len(stale)))
         return np.where(held, np.minimum(self._caps[ranks], rows), self._caps[ranks])
 
-    def _best_move(self, ranks, rows, room, theta, base, target, horizon) -> _Candidate:
+    def _best_move(self, ranks, rows, room, theta, base, target, horizon) -> Candidate:
         """The split within the group with the largest bounded saving, among the one that
         equalises predicted times, the one that equalises them with every actor that might be
         the slowest counted as slow as the slowest, and a half or a quarter of the way to
@@ -288,10 +153,10 @@ class Rebalancer:
         savings = bounded_savings(base, ranks, theta, real, rows, self.config.confidence)
         k, cost = int(np.argmax(savings)), self._m.move_cost_s()
         if horizon * savings[k] <= cost:
-            return _Candidate(ranks, rows, float(savings[k]), cost, horizon)
+            return Candidate(ranks, rows, float(savings[k]), cost, horizon)
         new = round_split(real[k], theta[0], theta[1], room, self.batch, self.align)
         saving = float(bounded_savings(base, ranks, theta, new, rows, self.config.confidence)[0])
-        return _Candidate(ranks, new, saving if not np.array_equal(new, rows) else -math.inf, cost, horizon)
+        return Candidate(ranks, new, saving if not np.array_equal(new, rows) else -math.inf, cost, horizon)
 
     def _doubt(self, ranks, rows, theta, base) -> np.ndarray:
         """Seconds to add to each actor's time so that a split equalising the sums relieves
@@ -311,12 +176,12 @@ class Rebalancer:
         return (base.mean - finish_times(theta[0], theta[1], rows),
                 z * np.sqrt(base.var + finish_vars(theta, rows)))
 
-    def _best_regroup(self, ranks, rows, room, theta, base, target, horizon, stale) -> _Candidate | None:
+    def _best_regroup(self, ranks, rows, room, theta, base, target, horizon, stale) -> Candidate | None:
         """Standby of the member that carries least, the fastest member alone, or the
         re-admission of the fastest actor on standby: the one with the largest bounded saving
         among those that also beat the members' own best split by a regroup's cost."""
         cost, regroup = self._m.regroup_cost_s() + self._m.move_cost_s(), self._m.regroup_cost_s()
-        best: _Candidate | None = None
+        best: Candidate | None = None
         own: Slowest | None = None
         for group, group_room, collective in self._groups(ranks, rows, room, theta, base, target, horizon, cost, stale):
             if group_room.sum() < self.batch:
@@ -336,7 +201,7 @@ class Rebalancer:
                                            self.config.confidence, collective)[0])
             if lasting * beyond > regroup:
                 expected = base.mean + collective[0] - float(np.max(finish_times(group_theta[0], group_theta[1], new)))
-                best = _Candidate(group, new, saving, cost, lasting, expected=expected)
+                best = Candidate(group, new, saving, cost, lasting, expected=expected)
         return best
 
     def _lasting(self, ranks: np.ndarray, group: np.ndarray, base: Slowest, horizon: int) -> int:
@@ -426,7 +291,7 @@ class Rebalancer:
         self.moves += 1
         return Move(full_split(self.world, keep, new), 0.0, horizon, cost, "over a memory cap")
 
-    def _emit(self, chosen: _Candidate, ranks, rows, theta) -> Move | Regroup:
+    def _emit(self, chosen: Candidate, ranks, rows, theta) -> Move | Regroup:
         split, saving = full_split(self.world, chosen.members, chosen.rows), max(chosen.saving, 0.0)
         if np.array_equal(chosen.members, ranks):
             reason = self._reason(ranks, rows, theta, chosen.rows)
