@@ -35,7 +35,7 @@ class Measurements:
         # per rank, kept as lists (cheap to touch once per report) and mirrored into arrays
         # (cheap to read once per decision) whenever a step completes
         self._rows, self._settled, self._seen = [-1] * world, [0] * world, [0] * world
-        self.changed_at: list[int | None] = [None] * world   # complete steps seen at each rank's last change
+        self.changed_at = np.full(world, -1, dtype=np.int64)   # complete steps seen at each rank's last change (-1: none)
         self._fresh = [0] * world                          # steps at the latest rows still left out
         self._dirty: set[int] = set()                      # ranks fitted since the last mirror
         self.theta = np.zeros((5, world))       # each model's a, c, var a, cov ac, var c
@@ -193,8 +193,8 @@ class Measurements:
         idle = self.steps - self.seen[ranks]
         for i in np.flatnonzero((idle > 1) & self.started[ranks]).tolist():
             theta[:, i] = self.models[int(ranks[i])].state(int(idle[i]))
-        for i, rank in enumerate(ranks.tolist()):
-            kept = self._kept.get((rank, threads.get(rank))) if threads else None
+        for i, rank in enumerate(ranks.tolist() if threads and self._kept else ()):
+            kept = self._kept.get((rank, threads.get(rank)))
             if kept is not None and kept[0].started:
                 unseen = self.steps - kept[1]
                 theta[:, i] = kept[0].state(unseen if unseen > 1 else 0)
@@ -206,8 +206,9 @@ class Measurements:
 
     def last_change(self, ranks) -> int | None:
         """Complete steps seen at the latest change of speed detected among ``ranks`` (None: none ever)."""
-        seen = [at for at in (self.changed_at[r] for r in ranks) if at is not None]
-        return max(seen) if seen else None
+        at = np.fromiter(ranks, dtype=np.int64)
+        last = int(self.changed_at[at].max()) if len(at) else -1
+        return None if last < 0 else last
 
     def regime_age(self, ranks) -> int | None:
         """Steps since the latest change of speed detected among ``ranks`` (None: none ever)."""
