@@ -129,7 +129,11 @@ class ActorSchedule:
 
     def plan_for(self, step: int) -> tuple[int, list[int]] | None:
         """(version, split) of ``step``: its grant's, or a newer one the group agreed on before
-        it; None while the step is not granted."""
+        it; None while the step is not granted, and while the group re-forms: the grants held
+        then are the new group's, for steps from its rewind point, which may be behind ``step``
+        (a cut-short regroup), so none may be dropped as done."""
+        if self.next_place is not None:
+            return None
         while self.grants and self.grants[0].end_step <= step:   # grants come in step order
             self.grants.pop(0)
         if not self.grants or self.grants[0].first_step > step:

@@ -69,6 +69,21 @@ def test_standby_leaves_the_group_and_a_later_regroup_takes_the_actor_back():
     assert plan.take_place().rewind_step == 24 and plan.place.members == (0, 1) and plan.place.source == 0
 
 
+def test_the_new_groups_grants_wait_for_it_even_when_it_rewinds_behind_this_actor():
+    # at step 9 of the old group, a cut-short regroup rewinds to 0 and grants steps 0..4: asked
+    # about step 9 (the old group's next) meanwhile, they must not be dropped as done, or the
+    # new group would wait for a grant forever (seen live: both sides idle, the actor at step 0)
+    plan = schedule(rank=1)
+    plan.receive(grant(0, 12))
+    assert plan.plan_for(9) is not None
+    plan.receive(Regroup(job_id=3, generation=1, rank=1, world_size=2, rewind_step=0, source_rank=1, members=[1],
+                         threads=2))
+    plan.receive(grant(0, 4, split=[0, 8]))
+    assert plan.plan_for(9) is None and plan.plan_for(10) is None   # the old group's steps: none now
+    assert plan.take_place().rewind_step == 0
+    assert plan.plan_for(0) == (0, [0, 8])
+
+
 def test_snapshots_are_due_every_few_steps_and_kept_back_to_the_first_uncommitted_one():
     plan = schedule(snapshot_every=8)
     assert [g for g in range(1, 25) if plan.snapshot_due(g)] == [8, 16, 24]
