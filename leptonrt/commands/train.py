@@ -207,10 +207,10 @@ def _train_remote(args: argparse.Namespace, job: TrainJob, address: str) -> int:
     follow = _follow(args, label)
 
     async def submit_and_follow() -> dict:
+        log.info(f"submitting to the broker at {address}")   # what it is doing, before the first round trip
         async with connect(address, server_key=args.server_key, keys=args.keys) as broker:
             remote = await broker.submit(job)
-            log.info(f"job {remote.id} submitted to {address}" + (f" ({remote.ahead} ahead of it)" if remote.ahead
-                                                                   else ""))
+            log.info(f"job {remote.id} submitted" + (f" ({remote.ahead} ahead of it)" if remote.ahead else ""))
             try:
                 with follow:
                     async for event in remote.events():
