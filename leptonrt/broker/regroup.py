@@ -147,16 +147,17 @@ class Regrouping:
         ranks = [s.rank for s in members]
         source = next(s.rank for s in members if s.has_state)
         idle = ({s.rank for s in benched} | self._benched) - set(ranks)   # on standby (or its replacement, waiting)
+        cores = self.lending.cores(ranks, idle)
         if self.rebalancer is not None:   # before the split: it is of the threads each member will run
-            for rank, n in self.lending.threads(ranks, idle).items():
-                self.rebalancer.configure(rank, n)
+            for rank, these in cores.items():
+                self.rebalancer.configure(rank, len(these))
         self.splits.reset(rewind, split or self._split_for(ranks))
         self.last_change = Change(rewind, tuple(self.splits.current), reason)
         out: list[Effect] = []
         for slot in benched:
             slot.state = SLOT.apply(slot.state, "benched")
             out.append(Send(slot.identity, Standby(job_id=self.job.job_id, generation=self.generation)))
-        threads = self._lend(ranks, idle, out)
+        threads = self._lend(cores, out)
         fresh = {s.rank for s in members if s.state == SlotState.READY}   # new processes: a Welcome
         for slot in members:   # every member's state first: each message describes the whole new group
             event = "welcomed" if slot.state in (SlotState.READY, SlotState.STANDBY) else "regrouped"
@@ -174,11 +175,10 @@ class Regrouping:
                                   tuple(s.rank for s in joiners))))
         return out + self._grant_more(force=True)
 
-    def _lend(self, ranks: list[int], idle: set[int], out: list[Effect]) -> dict[int, int]:
-        """Pin each CPU actor to its cores in the new group (the ``idle``, on standby, lend
-        theirs to the members): a ``Pin`` for each that moves, ahead of the message that tells
-        it its threads. rank -> the threads each runs."""
-        cores = self.lending.cores(ranks, idle)
+    def _lend(self, cores: dict[int, tuple[int, ...]], out: list[Effect]) -> dict[int, int]:
+        """Pin each CPU actor to its ``cores`` in the new group (those on standby lend theirs to
+        the members): a ``Pin`` for each that moves, ahead of the message that tells it its
+        threads. rank -> the threads each runs."""
         for rank, these in cores.items():
             if self._pinned.get(rank) != these:
                 self._pinned[rank] = these

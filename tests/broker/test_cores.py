@@ -5,7 +5,7 @@ from leptonrt.broker.events import Pin, Send
 from leptonrt.broker.rebalance import Regroup as Membership
 from leptonrt.messages import Grant, Hello, Regroup, Standby, Welcome
 
-from tests.broker.test_job import make_core, Cluster, sends
+from tests.broker.test_job import Cluster, StubRebalancer, make_core, sends
 
 HOME = {0: (0,), 1: (1,), 2: (2,), 3: (3,)}
 
@@ -25,26 +25,12 @@ def test_actors_without_cores_of_their_own_neither_lend_nor_borrow():
     assert lending.cores([0, 1]) == {0: (0, 2), 2: (2,)}
 
 
-class Changes:
+class Changes(StubRebalancer):
     """A rebalancer that asks for the given membership changes, one per decision."""
 
     def __init__(self, *changes):
-        self.changes, self.configured = list(changes), []
-
-    def observe(self, rank, **_):
-        pass
-
-    def regrouped(self, cost_s):
-        pass
-
-    def set_caps(self, caps):
-        pass
-
-    def configure(self, rank, threads):
-        self.configured.append((rank, threads))
-
-    def best(self, members):
-        return None
+        super().__init__()
+        self.changes = list(changes)
 
     def decide(self, split, members, *, steps_left, stale=frozenset()):
         return self.changes.pop(0) if self.changes else None

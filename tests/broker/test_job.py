@@ -238,11 +238,11 @@ def test_a_replacement_joins_at_the_next_snapshot_boundary_without_replaying_any
     assert core.replayed_steps == 2   # the loss's replay (steps 0 and 1); the rejoin replays nothing
 
 
-class OneChange:
-    """A rebalancer that asks for one membership change once ``steps_left`` steps are left."""
+class StubRebalancer:
+    """The rebalancer's interface, doing nothing; ``configured`` records the thread counts it is told."""
 
-    def __init__(self, change, steps_left):
-        self.change, self.steps_left, self.asked = change, steps_left, False
+    def __init__(self):
+        self.configured = []
 
     def observe(self, rank, **_):
         pass
@@ -253,8 +253,19 @@ class OneChange:
     def set_caps(self, caps):
         pass
 
+    def configure(self, rank, threads):
+        self.configured.append((rank, threads))
+
     def best(self, members):
         return None
+
+
+class OneChange(StubRebalancer):
+    """A rebalancer that asks for one membership change once ``steps_left`` steps are left."""
+
+    def __init__(self, change, steps_left):
+        super().__init__()
+        self.change, self.steps_left, self.asked = change, steps_left, False
 
     def decide(self, split, members, *, steps_left, stale=frozenset()):
         if self.asked or steps_left > self.steps_left:

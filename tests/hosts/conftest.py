@@ -137,3 +137,14 @@ def hosts(_netns_allowed):
         yield Hosts(names)
     finally:
         _remove(names)
+
+
+@pytest.fixture
+def cluster(hosts, tmp_path):
+    """A head and the hosts that join it in ``hosts``' namespaces; every process stopped afterwards."""
+    from tests.hosts.cluster import Cluster   # (cluster.py imports this module's names)
+    c = Cluster(hosts, tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()

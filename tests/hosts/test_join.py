@@ -9,18 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts.cluster import Cluster
-
 pytestmark = [pytest.mark.hosts, pytest.mark.process]
-
-
-@pytest.fixture
-def cluster(hosts, tmp_path):
-    c = Cluster(hosts, tmp_path)
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def test_a_two_host_job_trains_shows_both_hosts_and_matches_the_one_host_digest(cluster):

@@ -9,18 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts.cluster import Cluster
-
 pytestmark = [pytest.mark.hosts, pytest.mark.process]
-
-
-@pytest.fixture
-def cluster(hosts, tmp_path):
-    c = Cluster(hosts, tmp_path)
-    try:
-        yield c
-    finally:
-        c.stop()
 
 
 def test_a_streaming_host_trains_what_the_per_host_cache_trains_and_holds_no_training_rows(cluster):

@@ -95,17 +95,7 @@ class Learning:
         now = float(np.max(finish_times(group_theta[0], group_theta[1], np.delete(rows, leave))))
         finish = finish_times(group_theta[0], group_theta[1], new)
         expected = collective[0] - (float(np.max(finish)) - now)
-        judged = self._trials.judged_steps(list(self._m.walls), expected)
-        if judged is None or self._m.steady(ranks.tolist()) < self._trials.steps_at_stake(judged):
-            return None   # nothing the walls could show, or not yet from walls of this group as it is now
-        # what a failed trial costs at most: there and back, and its steps as much slower
-        # as they were expected to be faster
-        worst = there_and_back + self._trials.steps_at_stake(judged) * expected
-        lasting = self._lasting(ranks, group, base, horizon)
-        if lasting * expected <= worst:
-            return None
-        return Candidate(group, new, expected, worst, lasting, reason=" (a trial: measured before it is kept)",
-                          expected=expected), judged
+        return self._as_trial(ranks, group, new, expected, there_and_back, base, horizon)
 
     def _trial_with(self, ranks, rows, room, base, horizon, stale) -> tuple[Candidate, int] | None:
         """The trial of the group with the actor on standby that ``_readmission`` names, weighed
@@ -133,15 +123,23 @@ class Learning:
         group_theta = self._view(group)
         new = best_split(group_theta[0], group_theta[1], group_room, self.batch, self.align)
         best_case = base.mean - float(np.max(finish_times(group_theta[0], group_theta[1], new))) - added
-        judged = self._trials.judged_steps(list(self._m.walls), best_case)
+        return self._as_trial(ranks, group, new, best_case, there_and_back, base, horizon)
+
+    def _as_trial(self, ranks, group, new, saving, there_and_back, base, horizon) -> tuple[Candidate, int] | None:
+        """The trial of ``group`` at split ``new``, expected to save ``saving`` a step, and the
+        steps its verdict is read from; None when the walls could not show that saving, not
+        yet from walls of the group as it is now, or when it would not pay for a failed try."""
+        judged = self._trials.judged_steps(list(self._m.walls), saving)
         if judged is None or self._m.steady(ranks.tolist()) < self._trials.steps_at_stake(judged):
             return None
-        worst = there_and_back + self._trials.steps_at_stake(judged) * best_case
+        # what a failed trial costs at most: there and back, and its steps as much slower
+        # as they were expected to be faster
+        worst = there_and_back + self._trials.steps_at_stake(judged) * saving
         lasting = self._lasting(ranks, group, base, horizon)
-        if lasting * best_case <= worst:
+        if lasting * saving <= worst:
             return None
-        return Candidate(group, new, best_case, worst, lasting, reason=" (a trial: measured before it is kept)",
-                          expected=best_case), judged
+        return Candidate(group, new, saving, worst, lasting, reason=" (a trial: measured before it is kept)",
+                         expected=saving), judged
 
     def _undo_trial(self, trial_before) -> Regroup:
         members = np.array(trial_before.before, dtype=np.int64)
