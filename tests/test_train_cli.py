@@ -96,7 +96,9 @@ def test_splits_the_actors_agree_on_before_their_grants_end_train_the_same_weigh
     result = asyncio.run(JobRunner(job, gpus="none", cpu_actors=2, core_config=far_ahead).run())
     moves = [c for c in result["split_changes"] if c["why"] == "rebalance"]
     assert moves and all(c["step"] < result["steps"] for c in moves), result["split_changes"]
-    assert any(c["split"][0] > c["split"][1] for c in moves if c["step"] > 20)   # rank 1 slowed 8x
+    # rank 1 is 8x slower from step 20: whatever noise moved before it, the split the run ends on
+    # favours rank 0 (a move before step 20 to the same split leaves none to make after it)
+    assert moves[-1]["split"][0] > moves[-1]["split"][1], result["split_changes"]
     agreed = load_file(path)
     for key, ref in single.items():
         rel = float((agreed[key] - ref).abs().max() / ref.abs().max())
