@@ -485,7 +485,7 @@ def test_a_welcome_into_a_group_it_is_not_a_member_of_raises_protocol_error(memb
 
 def test_a_regroup_whose_source_is_not_a_member_raises_protocol_error():
     fields = {"job_id": 1, "generation": 2, "rank": 1, "world_size": 3, "rewind_step": 8, "source_rank": 0,
-              "members": [1, 2], "gradient_sync": "exchange", "history": "", "threads": 0}
+              "members": [1, 2], "gradient_sync": "exchange", "history": "", "threads": 0, "cores": None}
     with pytest.raises(ProtocolError, match=re.escape("Regroup: rank 0 is not one of the members [1, 2]")):
         decode(frame_of("Regroup", fields))
     fields["source_rank"] = 1

@@ -14,6 +14,7 @@ trainer's and the group's.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -26,6 +27,7 @@ from .group import Group
 from .link import Link
 from .rows import Rows
 from .schedule import ActorSchedule
+from .spawn import pin
 from .tether import Tether
 from .trainer import Piece, Trainer
 
@@ -83,7 +85,7 @@ class JobLoop:
             if place is None:      # released while on standby: the job is over for us
                 return
             g = place.rewind_step
-            _use_threads(place.threads)   # the broker has pinned us to the cores of the new group
+            _use_cores(place.threads, tuple(place.cores or ()))   # the new group's cores and threads
             formed = self._form(g, restored=self.trainer.restore(g), history=place.history)
         self._finish()
 
@@ -139,6 +141,9 @@ class JobLoop:
         """One step: forward and backward of this actor's rows, the gradient sum, the
         optimizer. False when the group broke during it."""
         self.faults.before_step(g)
+        moved = self.plan.cores_for(g)
+        if moved is not None:   # onto other cores from this step (lent, or given back)
+            _use_cores(moved.threads, tuple(moved.cores))
         version, split = self.plan.plan_for(g)
         batch, self.next_piece = self.next_piece, None
         if batch is None or batch.step != g or batch.split != split:
@@ -327,6 +332,19 @@ class JobLoop:
         """The SIMULATED slowdown factor of this rank at step ``g`` (1.0: none)."""
         return next((s.factor for s in self.job.slowdowns if s.rank == self.rank and s.from_step <= g
                      and (s.to_step is None or g < s.to_step)), 1.0)
+
+
+def _use_cores(threads: int, cores: tuple[int, ...]) -> None:
+    """Run ``threads`` CPU threads (0: as now) on ``cores`` (empty: where we are). Fewer
+    threads before fewer cores, more cores before more threads: never more threads than
+    cores, not even for a moment (a thread pool squeezed onto fewer cores spins against
+    itself, and a step then takes tens of times longer)."""
+    if threads and threads < torch.get_num_threads():
+        _use_threads(threads)
+        pin(os.getpid(), cores)
+    else:
+        pin(os.getpid(), cores)
+        _use_threads(threads)
 
 
 def _use_threads(threads: int) -> None:

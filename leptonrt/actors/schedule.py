@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..messages import CheckpointNow, Grant, Regroup, Release, Resplit, Shutdown, Standby, Stop, Welcome
+from ..messages import CheckpointNow, Grant, Regroup, Release, Resplit, Shutdown, Standby, Stop, Threads, Welcome
 
 MAX_HELD_SPLITS = 64     # newer splits kept waiting for a vote (the grants carry every split anyway)
 REPORT_EVERY_STEPS = 64  # reports are batched, so the control plane stays cheap...
@@ -66,6 +66,7 @@ class ActorSchedule:
     checkpoint_asked: CheckpointNow | None = None
     next_place: Regroup | Standby | None = None   # the group is re-forming: leave this one
     reported_at: float = 0.0       # when reports last went out (the shell's clock, passed in)
+    threads_from: Threads | None = None   # the cores and threads the broker moves us to, from a step on
 
     @classmethod
     def from_welcome(cls, welcome: Welcome) -> "ActorSchedule":
@@ -89,6 +90,8 @@ class ActorSchedule:
             self.held[msg.version] = list(msg.split)
             while len(self.held) > MAX_HELD_SPLITS:
                 del self.held[min(self.held)]
+        elif isinstance(msg, Threads) and msg.generation == self.place.generation:
+            self.threads_from = msg
         elif isinstance(msg, Stop):
             self.stop = msg
         elif isinstance(msg, Release):
@@ -124,6 +127,15 @@ class ActorSchedule:
         self.grants.clear()
         self.held.clear()
         self.agreed = None
+        self.threads_from = None   # (a new group's message says its threads)
+
+    def cores_for(self, step: int) -> Threads | None:
+        """The cores and threads to run ``step`` on, when the broker moves us to other cores
+        from it (None: as now)."""
+        if self.threads_from is None or step < self.threads_from.from_step:
+            return None
+        moved, self.threads_from = self.threads_from, None
+        return moved
 
     # -- steps ------------------------------------------------------------------------------
 

@@ -7,6 +7,12 @@ idle cores, and run a thread on each, until the actor on standby is taken back. 
 this the member left after a standby kept one core of two (measured on a 2-core box,
 784-128-10 at batch 64: 1 thread 72-77K samples/s, 2 threads 87-94K).
 
+Lent cores are not always faster: a small matmul splits worse over two threads than it runs
+on one (bare PyTorch, 64-128-10 at batch 64 on the same box: 1 thread 119-132K samples/s, 2
+threads 92-97K). So a member may *decline* them: the rebalancer measures it on the cores
+lent, and has it give them back where its own are faster (``policy.Rebalancer``); the cores
+then stay idle.
+
 Only actors with cores of their own take part (local, pinned CPU actors); GPU actors,
 actors of other hosts and unpinned ones keep what they have.
 """
@@ -29,11 +35,13 @@ class Lending:
     def __init__(self, home: Mapping[int, tuple[int, ...]]) -> None:
         self.home = {rank: tuple(cores) for rank, cores in home.items() if cores}
 
-    def cores(self, members: Collection[int], idle: Collection[int] | None = None) -> dict[int, tuple[int, ...]]:
+    def cores(self, members: Collection[int], idle: Collection[int] | None = None,
+              declined: Collection[int] = ()) -> dict[int, tuple[int, ...]]:
         """rank -> its cores (every rank of ``home``) while ``members`` form the group and the
-        ranks ``idle`` (on standby; by default every other rank) lend theirs. A rank neither
-        (a replacement starting, say) keeps its own."""
-        inside = sorted(r for r in self.home if r in members)
+        ranks ``idle`` (on standby; by default every other rank) lend theirs to the members
+        that have not ``declined`` them. A rank neither (a replacement starting, say) keeps
+        its own."""
+        inside = sorted(r for r in self.home if r in members and r not in declined)
         idle = [r for r in self.home if r not in members] if idle is None else idle
         out = dict(self.home)
         if not inside:
@@ -44,6 +52,7 @@ class Lending:
             out[rank] = out[rank] + (core,)
         return out
 
-    def threads(self, members: Collection[int], idle: Collection[int] | None = None) -> dict[int, int]:
+    def threads(self, members: Collection[int], idle: Collection[int] | None = None,
+                declined: Collection[int] = ()) -> dict[int, int]:
         """rank -> the threads it runs (one per core), as ``cores`` says."""
-        return {rank: len(cores) for rank, cores in self.cores(members, idle).items()}
+        return {rank: len(cores) for rank, cores in self.cores(members, idle, declined).items()}

@@ -81,6 +81,7 @@ class JobFigures:
             "samples_per_s": self.n_train * len(steady) / seconds if seconds > 0 else None,
             "rebalances": sum(c.why == "rebalance" for c in changes),
             "regroups": self.regroups,
+            "cores_changes": self.cores_changes,
             "replayed_steps": self.replayed_steps,
             "history_digest": self.ledger.digest(),
             "split_changes": [{"step": c.first, "split": list(c.split), "why": c.why} for c in changes],

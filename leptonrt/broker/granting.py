@@ -3,7 +3,9 @@
 Members train only steps they were granted, a window ahead (``grants.Grants`` says how far),
 each grant naming the split its steps use. The rebalancer is asked at most every
 ``plan_every_s``: a Move becomes a new split version (``Resplit``, voted on by the members
-in their gradient sum); a change of membership is ``regroup.Regrouping``'s to carry out.
+in their gradient sum); Cores move members onto other cores (``Pin``) and tell them their
+threads (``Threads``) from the next step not yet granted; a change of membership is
+``regroup.Regrouping``'s to carry out.
 
 ``Granting`` is a part of ``JobCore`` (``job.py``), like ``Regrouping``: it works on the state
 ``JobCore.__init__`` sets up.
@@ -11,10 +13,10 @@ in their gradient sum); a change of membership is ``regroup.Regrouping``'s to ca
 
 from __future__ import annotations
 
-from ..messages import Grant, Resplit
+from ..messages import Grant, Resplit, Threads
 from .events import Effect, Emit, Send, SplitChanged
 from .lifecycle import JobState
-from .rebalance import Move, Regroup as Membership
+from .rebalance import Cores, Move, Regroup as Membership
 from .stats import Change
 
 
@@ -51,12 +53,33 @@ class Granting:
                                           stale=stale)
         if isinstance(decision, Move):
             return self._move(decision)
+        if isinstance(decision, Cores):
+            return self._recore(decision)
         if isinstance(decision, Membership):
             self._change = decision
             if self._cut_short_pays(decision):
                 return self._reform_now(now)
             return self._schedule_boundary()
         return []
+
+    def _recore(self, decision: Cores) -> list[Effect]:
+        """Members onto the cores ``decision`` says, from the first step not yet granted: each
+        that moves is told its cores and threads (and moves itself there before that step);
+        the rebalancer's models switch when that step is committed (``_commit``), so no step
+        on the old cores is read as one on the new."""
+        self._declined = frozenset(decision.declined)
+        ranks = [s.rank for s in self.roster.members()]
+        cores = self.lending.cores(ranks, self._benched - set(ranks), self._declined)
+        out: list[Effect] = []
+        moved = self._lend(cores, set(ranks), out)
+        at = self.grants.granted
+        out += [Send(s.identity, Threads(job_id=self.job.job_id, generation=self.generation, from_step=at,
+                                         threads=len(cores[s.rank]), cores=list(cores[s.rank])))
+                for s in self.roster.members() if s.rank in moved]
+        self._recored = (at, {rank: len(these) for rank, these in cores.items()})
+        self.cores_changes += 1
+        self.last_change = Change(at, tuple(self.splits.current), decision.reason)
+        return out
 
     def _move(self, move: Move) -> list[Effect]:
         before = self.splits.current

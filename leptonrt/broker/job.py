@@ -101,6 +101,10 @@ class JobCore(JobFigures, Granting, Regrouping):
         # the cores of pinned CPU actors: those on standby lend theirs to the members
         self.lending = lending if lending is not None else Lending({})
         self._pinned = dict(self.lending.home)  # rank -> the cores it runs on now
+        # ranks that take no lent cores: every one, until the rebalancer has a member try them
+        self._declined: frozenset[int] = frozenset(self.lending.home)
+        self._recored: tuple[int, dict[int, int]] | None = None   # (from step, threads) of Cores not yet in force
+        self.cores_changes = 0                  # Cores decided (members moved onto other cores)
         self._formed_at: float | None = None    # when the last planned regroup began (its cost is measured)
         self._planned_at = -math.inf
         self._restarts = RestartBudget(config.max_restarts, config.restart_window_s)
@@ -304,6 +308,9 @@ class JobCore(JobFigures, Granting, Regrouping):
     def _commit(self, now: float) -> None:
         members = [s.rank for s in self.roster.members()]
         for done in self.ledger.advance(members):
+            if self._recored is not None and done.step >= self._recored[0] and self.rebalancer is not None:
+                self.rebalancer.formed(self._recored[1], self._declined)   # from this step on, the new cores
+                self._recored = None
             self.tally.committed(done.stats)
             self.step_ms.add(1000 * max(stat.step_s for stat in done.stats.values()))
             if self.rebalancer is not None:

@@ -147,43 +147,47 @@ class Regrouping:
         ranks = [s.rank for s in members]
         source = next(s.rank for s in members if s.has_state)
         idle = ({s.rank for s in benched} | self._benched) - set(ranks)   # on standby (or its replacement, waiting)
-        cores = self.lending.cores(ranks, idle)
+        cores = self.lending.cores(ranks, idle, self._declined)
+        self._recored = None   # (the Regroup says each member's threads)
         if self.rebalancer is not None:   # before the split: it is of the threads each member will run
-            for rank, these in cores.items():
-                self.rebalancer.configure(rank, len(these))
+            self.rebalancer.formed({rank: len(these) for rank, these in cores.items()}, self._declined)
         self.splits.reset(rewind, split or self._split_for(ranks))
         self.last_change = Change(rewind, tuple(self.splits.current), reason)
         out: list[Effect] = []
         for slot in benched:
             slot.state = SLOT.apply(slot.state, "benched")
             out.append(Send(slot.identity, Standby(job_id=self.job.job_id, generation=self.generation)))
-        threads = self._lend(cores, out)
         fresh = {s.rank for s in members if s.state == SlotState.READY}   # new processes: a Welcome
+        moved = self._lend(cores, {s.rank for s in members} - fresh, out)
         for slot in members:   # every member's state first: each message describes the whole new group
             event = "welcomed" if slot.state in (SlotState.READY, SlotState.STANDBY) else "regrouped"
             slot.state = SLOT.apply(slot.state, event)
             slot.last_step, slot.last_heard = rewind - 1, now   # forming a group: its own clock of silence
         for slot in members:
-            n = threads.get(slot.rank, slot.threads)
+            n = len(cores[slot.rank]) if slot.rank in cores else slot.threads
             out.append(Send(slot.identity, self._welcome(slot, source, n) if slot.rank in fresh else Regroup(
                 job_id=self.job.job_id, generation=self.generation, rank=slot.rank, world_size=len(self.roster),
                 rewind_step=rewind, source_rank=source, members=ranks, gradient_sync=self.roster.gradient_sync(),
-                history=self.ledger.digest(), threads=n)))
+                history=self.ledger.digest(), threads=n, cores=list(cores[slot.rank]) if slot.rank in moved else None)))
         if benched:
             out.append(Emit(Benched(rewind, tuple(s.rank for s in benched), tuple(ranks), reason)))
         out.append(Emit(Recovered(self.generation, rewind, self.replayed_steps, tuple(ranks),
                                   tuple(s.rank for s in joiners))))
         return out + self._grant_more(force=True)
 
-    def _lend(self, cores: dict[int, tuple[int, ...]], out: list[Effect]) -> dict[int, int]:
-        """Pin each CPU actor to its ``cores`` in the new group (those on standby lend theirs to
-        the members): a ``Pin`` for each that moves, ahead of the message that tells it its
-        threads. rank -> the threads each runs."""
+    def _lend(self, cores: dict[int, tuple[int, ...]], told: set[int], out: list[Effect]) -> set[int]:
+        """Each CPU actor onto its ``cores`` (those on standby lend theirs to the members): the
+        ranks that move. A member ``told`` (by its Regroup or Threads) moves itself, between two
+        steps, its threads in order; any other (on standby, or a new process before its
+        Welcome: idle either way) is moved by a ``Pin``."""
+        moved = set()
         for rank, these in cores.items():
             if self._pinned.get(rank) != these:
                 self._pinned[rank] = these
-                out.append(Pin(self.roster.ranked()[rank].actor_id, these))
-        return {rank: len(these) for rank, these in cores.items()}
+                moved.add(rank)
+                if rank not in told:
+                    out.append(Pin(self.roster.ranked()[rank].actor_id, these))
+        return moved
 
     def _split_for(self, ranks: list[int]) -> list[int]:
         """A new group's split: the rebalancer's best guess when it has measured every member,

@@ -139,7 +139,7 @@ class JobRunner:
         world, n_train = pool.world, data.x_train.shape[0]   # never 0: the loaders refuse an empty training split
         split = initial_split(job, world)
         lending = pool.lending()   # the cores of actors on standby go to the members
-        rebalancer = Rebalancer(world, job.batch_size, align=job.align, threads_in=lending.threads,
+        rebalancer = Rebalancer(world, job.batch_size, align=job.align, lending=lending,
                                 hosts=[pool.host_of(a) for a in pool.ids]) if job.planned and world > 1 else None
         start_step, prior, resume_from, history = await self._resume_point()
         job_id = pool.next_job_id()

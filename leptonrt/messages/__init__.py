@@ -28,7 +28,7 @@ from leptonrt.errors import InternalError, ProtocolError
 from leptonrt.wire import Limits, describe, record_from_map, record_to_map, rules, unpack
 
 from .actors import (Hello, Welcome, Grant, Reports, EpochResult, Stop, Finished, Failure, Heartbeat,
-    GroupFailed, Resplit, Regroup, Standby, CheckpointNow, Checkpointed, Adopt, Release, Shutdown,
+    GroupFailed, Resplit, Threads, Regroup, Standby, CheckpointNow, Checkpointed, Adopt, Release, Shutdown,
     StoreRequest, StoreReply)
 from .cachefill import (BATCH_FRAME, BATCH_WINDOW, CACHE_ARRAYS, CACHE_CHUNK, CACHE_WINDOW, BatchCredit,
     BatchRows, CacheArray, CacheChunk, CacheCredit, CacheDone, CacheHave, CacheOffer, CacheRefused)
@@ -40,13 +40,13 @@ from .rows import PIECE_BYTES, ROWS_LIMITS, PieceRows, PieceWanted
 from .records import (ACTOR_LIMITS, CLIENT_LIMITS, MAX_REPORT_STEPS, SERVICE_LIMITS, WEIGHTS_CHUNK,
                       ArrayRef, DatasetInfo, JobSpec, StepStat)
 
-VERSION = 3
+VERSION = 4
 
 __all__ = ["Accepted", "Acknowledged", "ActorExited", "Adopt", "BatchCredit", "BatchRows", "CacheArray", "CacheChunk",
            "CacheCredit", "CacheDone", "CacheHave", "CacheOffer", "CacheRefused", "CancelRequest", "CheckpointNow",
            "Checkpointed", "EpochResult", "Failure", "Finished", "Grant", "GroupFailed", "Heartbeat", "Hello",
            "HostActor", "HostBeat", "HostBye", "HostDataset", "HostHello", "HostRefused", "HostWelcome", "Join", "Joined",
-           "JobUpdate", "KillActor", "PieceRows", "PieceWanted", "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby",
+           "JobUpdate", "KillActor", "PieceRows", "PieceWanted", "Regroup", "Rejected", "Release", "Reports", "Resplit", "Shutdown", "Standby", "Threads",
            "StartActor", "StatusReply",
            "StatusRequest", "Stop", "StopRequest", "StoreReply", "StoreRequest", "Submit", "Weights",
            "Welcome", "ACTOR_LIMITS", "BATCH_FRAME", "BATCH_WINDOW", "CACHE_ARRAYS", "CACHE_CHUNK", "CACHE_WINDOW",
@@ -56,7 +56,7 @@ __all__ = ["Accepted", "Acknowledged", "ActorExited", "Adopt", "BatchCredit", "B
 
 
 Message = Union[
-    Hello, Welcome, Grant, Resplit, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, GroupFailed, Regroup,
+    Hello, Welcome, Grant, Resplit, Threads, Reports, EpochResult, Stop, Finished, Failure, Heartbeat, GroupFailed, Regroup,
     Standby, CheckpointNow, Checkpointed, Adopt, Release, Shutdown, StoreRequest, StoreReply,
     Submit, Accepted, Rejected, JobUpdate, Weights, StatusRequest, StatusReply, StopRequest, CancelRequest,
     Acknowledged, CacheOffer, CacheHave, CacheCredit, CacheChunk, CacheDone, CacheRefused,

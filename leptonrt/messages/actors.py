@@ -162,6 +162,18 @@ class Resplit:
 
 
 @dataclass(frozen=True, slots=True)
+class Threads:
+    """Broker -> one member: from step ``from_step`` on, run this many CPU threads on these
+    cores (lent by actors on standby, or given back). The step it names was not granted when
+    this was sent, so every step the broker sees from it on ran on them."""
+    job_id: int = required(min=0)
+    generation: int = required(min=0)  # the group it is for
+    from_step: int = required(min=0)  # the first step to run on them
+    threads: int = required(min=1, max=4096)  # torch intra-op threads
+    cores: list[int] = required(min_len=1, max_len=4096, item_min=0)  # the cores to run on
+
+
+@dataclass(frozen=True, slots=True)
 class Regroup:
     """Broker -> surviving actors: form the group again and go on from ``rewind_step``."""
     job_id: int = required(min=0)
@@ -174,6 +186,7 @@ class Regroup:
     gradient_sync: str = given("allreduce", choices=_SYNCS)  # how the new group sums gradients
     history: str = given("", max_len=64)  # hex digest of the committed history before rewind_step
     threads: int = given(0, min=0, max=4096)  # CPU threads to run from now (cores lent or given back); 0: as before
+    cores: list[int] | None = given(None, min_len=1, max_len=4096, item_min=0)  # the cores to run on from now; None: where it is
 
     def check(self) -> None:
         """The receiver and the source must both be in the new group."""

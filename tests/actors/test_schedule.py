@@ -2,7 +2,7 @@
 with no torch, no sockets and no clock (the replacement of building an Actor by hand)."""
 
 from leptonrt.actors.schedule import ActorSchedule, Place
-from leptonrt.messages import CheckpointNow, Grant, Regroup, Release, Resplit, Shutdown, Standby, Stop
+from leptonrt.messages import CheckpointNow, Grant, Regroup, Release, Resplit, Shutdown, Standby, Stop, Threads
 
 
 def schedule(rank=0, members=(0, 1), generation=0, snapshot_every=8, checkpoint_every=0):
@@ -43,6 +43,21 @@ def test_splits_held_for_a_vote_are_bounded():
     for version in range(1, 200):
         plan.receive(Resplit(job_id=3, generation=0, version=version, split=[3, 1]))
     assert len(plan.held) == 64 and min(plan.held) == 136
+
+
+def test_other_cores_are_taken_from_the_step_the_broker_names_and_a_regroup_voids_them():
+    plan = schedule()
+    plan.receive(grant(0, 8))
+    plan.receive(Threads(job_id=3, generation=1, from_step=8, threads=2, cores=[0, 1]))   # another group's
+    assert plan.cores_for(8) is None
+    plan.receive(Threads(job_id=3, generation=0, from_step=8, threads=2, cores=[0, 1]))
+    assert plan.cores_for(7) is None
+    moved = plan.cores_for(8)
+    assert (moved.threads, moved.cores) == (2, [0, 1]) and plan.cores_for(9) is None   # once
+    plan.receive(Threads(job_id=3, generation=0, from_step=16, threads=1, cores=[0]))
+    plan.receive(Regroup(job_id=3, generation=1, rank=0, world_size=2, rewind_step=8, source_rank=0, members=[0]))
+    plan.take_place()
+    assert plan.cores_for(16) is None   # the new group's Regroup says its cores
 
 
 def test_a_regroup_breaks_the_group_voids_its_grants_and_gives_the_new_place():

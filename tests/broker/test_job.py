@@ -253,8 +253,9 @@ class StubRebalancer:
     def set_caps(self, caps):
         pass
 
-    def configure(self, rank, threads):
-        self.configured.append((rank, threads))
+    def formed(self, threads, declined=()):
+        self.configured += sorted(threads.items())
+        self.declined = frozenset(declined)
 
     def best(self, members):
         return None
@@ -375,23 +376,12 @@ from leptonrt.broker.rebalance import Move  # noqa: E402
 from leptonrt.broker.stats import Change  # noqa: E402
 
 
-class MovesOnce:
+class MovesOnce(StubRebalancer):
     """A rebalancer that decides one move, to (3, 1), and then nothing."""
 
     def __init__(self):
+        super().__init__()
         self.moved = False
-
-    def set_caps(self, caps):
-        pass
-
-    def observe(self, rank, **measured):
-        pass
-
-    def regrouped(self, seconds):
-        pass
-
-    def best(self, ranks):
-        return None
 
     def decide(self, split, members, steps_left, stale):
         if self.moved:

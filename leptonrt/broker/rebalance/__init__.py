@@ -6,7 +6,7 @@ Pure: imports neither zmq, asyncio, torch nor time. ``Rebalancer`` is what the b
 
 from .config import RebalanceConfig
 from .model import CollectiveModel, CostModel
-from .policy import Move, RankStatistics, RebalanceStatistics, Rebalancer, Regroup
+from .policy import Cores, Move, RankStatistics, RebalanceStatistics, Rebalancer, Regroup
 
-__all__ = ["CollectiveModel", "CostModel", "Move", "RankStatistics", "RebalanceConfig", "RebalanceStatistics",
+__all__ = ["CollectiveModel", "CostModel", "Cores", "Move", "RankStatistics", "RebalanceConfig", "RebalanceStatistics",
            "Rebalancer", "Regroup"]

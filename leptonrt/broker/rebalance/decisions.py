@@ -30,6 +30,18 @@ class Regroup:
 
 
 @dataclass(frozen=True)
+class Cores:
+    """The same group and split, with a member on other cores: those of actors on standby
+    given back, or taken again (``broker.cores``)."""
+
+    declined: tuple[int, ...]     # members to run on their own cores only, lent none, ascending
+    saving_s: float               # confidence-bounded saving per step it was judged on (s)
+    horizon: int                  # steps it was weighed over
+    cost_s: float                 # the cost of acting it beat (s): a move's
+    reason: str                   # short, for people: "rank 0 gives back the cores lent to it"
+
+
+@dataclass(frozen=True)
 class RankStatistics:
     """What the rebalancer knows of one actor's compute."""
 

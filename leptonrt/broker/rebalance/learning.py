@@ -26,6 +26,7 @@ class Candidate:
     horizon: int = 0              # steps it is weighed over
     reason: str = ""              # what to add to the decision's reason
     expected: float = 0.0         # expected saving per step (s), where it differs from the bound
+    declined: frozenset[int] | None = None   # members to run on their own cores only (None: as now)
 
     def net(self) -> float:
         """Seconds it is expected to save at least, over its horizon, net of its cost."""

@@ -35,6 +35,7 @@ class Measurements:
         # per rank, kept as lists (cheap to touch once per report) and mirrored into arrays
         # (cheap to read once per decision) whenever a step completes
         self._rows, self._settled, self._seen = [-1] * world, [0] * world, [0] * world
+        self._on_threads = [0] * world                     # steps fitted since each rank's threads last changed
         self.changed_at = np.full(world, -1, dtype=np.int64)   # complete steps seen at each rank's last change (-1: none)
         self._fresh = [0] * world                          # steps at the latest rows still left out
         self._dirty: set[int] = set()                      # ranks fitted since the last mirror
@@ -79,6 +80,7 @@ class Measurements:
             model.age(idle - 1)    # steps it took no part in, or whose times were left out
         model.update(rows, compute_s)
         self._settled[rank] += 1
+        self._on_threads[rank] += 1
         self._seen[rank] = self.steps
         if model.changed():
             self.news[rank] = model.last_change
@@ -124,7 +126,7 @@ class Measurements:
         model, seen = self._kept.pop((rank, threads), (None, self.steps))
         self.models[rank] = model or CostModel(self.config.forgetting, self.config.false_alarm)
         self.threads[rank], self._seen[rank] = threads, seen
-        self._rows[rank], self._settled[rank] = -1, 0   # its next steps are fresh
+        self._rows[rank], self._settled[rank], self._on_threads[rank] = -1, 0, 0   # its next steps are fresh
         self._dirty.add(rank)
 
     # -- the costs of acting ----------------------------------------------------------
@@ -199,6 +201,17 @@ class Measurements:
                 unseen = self.steps - kept[1]
                 theta[:, i] = kept[0].state(unseen if unseen > 1 else 0)
         return theta
+
+    def on_threads(self, rank: int) -> int:
+        """Steps of ``rank`` fitted since its threads last changed."""
+        return self._on_threads[rank]
+
+    def ran_with(self, rank: int, threads: int) -> bool:
+        """Whether ``rank`` was measured running ``threads`` threads (now, or a model kept)."""
+        if self.threads[rank] == threads:
+            return bool(self.models[rank].started)
+        kept = self._kept.get((rank, threads))
+        return kept is not None and kept[0].started
 
     def predict(self, rank: int, rows: float) -> float:
         """The mean compute seconds of ``rank`` at ``rows``, aged like ``view``."""

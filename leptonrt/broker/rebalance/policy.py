@@ -17,46 +17,59 @@ candidate extrapolates, e.g. far from the rows an actor has trained, while its f
 never told from its cost per row. So a first move may go only a half or a quarter of the way,
 and each move teaches the slope; and undoing a move needs evidence (hysteresis). What the
 bound cannot act on yet is learnt by probes and trials (``learning.py``).
+
+Where actors on standby lend their cores (``broker.cores``), what a member runs on is a
+decision too: a member on lent cores is measured there (a model per thread count), and a
+change of Cores that gives them back, or takes them again, is weighed by the same rule, its
+saving read from the model of the threads it would run, its cost a move's (the member
+changes its threads between two steps; the group is not re-formed).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
+from ..cores import Lending
 from .bound import Slowest, bounded_savings, slowest, z_above
 from .config import RebalanceConfig
-from .decisions import Move, RankStatistics, RebalanceStatistics, Regroup
+from .decisions import Cores, Move, RankStatistics, RebalanceStatistics, Regroup
 from .leavers import leavers
 from .measure import Measurements
 from .split import (best_split, equalise_measured, finish_times, finish_vars, full_split, round_split,
                     rows_within)
+from .lent import LentCores
 from .learning import Candidate, Learning
 from .trial import Trials
 
-__all__ = ["Move", "RankStatistics", "RebalanceConfig", "RebalanceStatistics", "Rebalancer", "Regroup"]
+__all__ = ["Cores", "Move", "RankStatistics", "RebalanceConfig", "RebalanceStatistics", "Rebalancer", "Regroup"]
 
 
-class Rebalancer(Learning):
+class Rebalancer(Learning, LentCores):
     """Per-actor cost models, the collective's cost, and the one decision rule."""
 
     def __init__(self, world: int, batch: int, *, align: int = 1,
                  caps: Sequence[int | None] | None = None,
                  config: RebalanceConfig = RebalanceConfig(),
-                 threads_in: Callable[[Sequence[int]], dict[int, int]] | None = None,
+                 lending: Lending | None = None,
                  hosts: Sequence[str] | None = None) -> None:
-        # ``threads_in(members)``: rank -> the CPU threads it would run were ``members`` the
-        # group (cores of actors on standby are lent: see ``broker.cores``); None: fixed.
+        # ``lending``: the cores of actors on standby go to the members that have not declined
+        # them (``broker.cores``), who run a thread on each; None: every rank's threads fixed.
         # ``hosts``: each rank's host, for the collective's cost by the hosts a group spans
         # (a far host's link costs everyone); None: every rank on this one
         if hosts is not None and len(hosts) != world:
             raise ValueError(f"{len(hosts)} hosts for {world} ranks")
         self.world, self.batch, self.align, self.config = world, batch, align, config
-        self._threads_in = threads_in
+        self._lending = lending if lending is not None and lending.home else None
+        # members that run on their own cores only: everyone, until lent cores are tried
+        self.declined: frozenset[int] = frozenset(self._lending.home if self._lending is not None else ())
+        self._asked: frozenset[int] | None = None     # ...as Cores decided and not yet in force ask
         self._hosts = list(hosts) if hosts is not None else None
         self._m = Measurements(world, config, hosts)
+        for rank, cores in (self._lending.home.items() if self._lending is not None else ()):
+            self._m.configure(rank, len(cores))   # each starts on its own cores
         self.set_caps(caps if caps is not None else [None] * world)
         self.moves = self.regroups = 0
         self._trials = Trials()
@@ -74,13 +87,21 @@ class Rebalancer(Learning):
         """The measured wall cost of the last regroup (s)."""
         self._m.regrouped(cost_s)
 
-    def configure(self, rank: int, threads: int) -> None:
-        """``rank`` runs ``threads`` CPU threads from now: its model becomes the one of them."""
-        self._m.configure(rank, threads)
+    def formed(self, threads: Mapping[int, int], declined: Collection[int] = ()) -> None:
+        """From the next step reported on, each rank of ``threads`` runs that many CPU threads
+        (its model becomes the one of them), the ranks ``declined`` taking no lent cores: a
+        group formed, or Cores decided came into force."""
+        for rank, n in threads.items():
+            self._m.configure(rank, n)
+        self.declined, self._asked = frozenset(declined), None
 
-    def _view(self, group: np.ndarray) -> np.ndarray:
-        """The members of a candidate ``group`` as they would run in it."""
-        return self._m.view(group, self._threads_in(group.tolist()) if self._threads_in else None)
+    def _view(self, group: np.ndarray, declined: frozenset[int] | None = None) -> np.ndarray:
+        """The members of a candidate ``group`` as they would run in it (with ``declined``, by
+        default the ranks that decline lent cores now)."""
+        if self._lending is None:
+            return self._m.view(group)
+        declined = self.declined if declined is None else declined
+        return self._m.view(group, self._lending.threads(group.tolist(), declined=declined))
 
     def set_caps(self, caps: Sequence[int | None]) -> None:
         """Rows that fit on each device (None: not tracked; 0: never a member)."""
@@ -100,8 +121,8 @@ class Rebalancer(Learning):
         return full_split(self.world, ranks, best_split(theta[0], theta[1], caps, self.batch, self.align))
 
     def decide(self, split: Sequence[int], members: Sequence[int], *, steps_left: int,
-               stale: frozenset[int] = frozenset()) -> Move | Regroup | None:
-        """A Move, a Regroup, or None to keep the current split and group. ``split`` is the one
+               stale: frozenset[int] = frozenset()) -> Move | Regroup | Cores | None:
+        """A Move, a Regroup, Cores, or None to keep the current split, group and cores. ``split`` is the one
         last decided: until the members' latest steps show it, None. ``stale``: ranks not heard
         from lately (never given more rows, never re-admitted)."""
         ranks = np.array(sorted(members), dtype=np.int64)
@@ -126,6 +147,9 @@ class Rebalancer(Learning):
             regroup = self._best_regroup(ranks, rows, room, theta, base, target, horizon, stale)
             if regroup is not None and regroup.net() > chosen.net():
                 chosen = regroup
+            cores = self._best_cores(ranks, rows, base, horizon)
+            if cores is not None and cores.net() > chosen.net():
+                chosen = cores
         if chosen.net() <= 0:
             chosen = self._probe(ranks, rows, room, theta, base, target, horizon) \
                 or self._trial(ranks, rows, room, theta, base, target, horizon, stale)
@@ -236,7 +260,7 @@ class Rebalancer(Learning):
             stay[leave] = False
             rest = ranks[stay]
             others = float(np.max(finish[stay]))    # they only gain their rows...
-            if self._threads_in is not None:   # ...and the cores they lend them
+            if self._lending is not None:   # ...and the cores they lend them
                 lent = self._view(rest)
                 others = min(others, float(np.max(finish_times(lent[0], lent[1], target[stay]))))
             if (collective := collective_if_worth(rest, base.mean - others)) is not None:
@@ -291,8 +315,15 @@ class Rebalancer(Learning):
         self.moves += 1
         return Move(full_split(self.world, keep, new), 0.0, horizon, cost, "over a memory cap")
 
-    def _emit(self, chosen: Candidate, ranks, rows, theta) -> Move | Regroup:
+    def _emit(self, chosen: Candidate, ranks, rows, theta) -> Move | Regroup | Cores:
         split, saving = full_split(self.world, chosen.members, chosen.rows), max(chosen.saving, 0.0)
+        if chosen.declined is not None:
+            gave, took = sorted(chosen.declined - self.declined), sorted(self.declined - chosen.declined)
+            reason = (f"rank {gave[0]} gives back the cores lent to it" if gave else
+                      f"rank {took[0]} takes the cores of those on standby")
+            self._asked = chosen.declined
+            self._m.acted(chosen.members, chosen.rows)
+            return Cores(tuple(sorted(chosen.declined)), saving, chosen.horizon, chosen.cost, reason + chosen.reason)
         if np.array_equal(chosen.members, ranks):
             reason = self._reason(ranks, rows, theta, chosen.rows)
             self.moves += 1

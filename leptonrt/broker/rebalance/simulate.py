@@ -30,7 +30,7 @@ from typing import Callable
 
 import numpy as np
 
-from .policy import Move, RebalanceConfig, Rebalancer, Regroup
+from .policy import Cores, Move, RebalanceConfig, Rebalancer, Regroup
 from .split import best_split, finish_times, round_split
 from ..cores import Lending
 
@@ -93,6 +93,8 @@ class Verdict:
     decision_ms_p50: float | None       # median wall ms of decide (only with a timer)
     moves: int
     regroups: int
+    cores_changes: int            # members moved onto other cores (lending only)
+    declined_final: tuple[int, ...]   # members on their own cores only at the end (lending only)
     steps: int
     members_final: tuple[int, ...]
     split_final: tuple[int, ...]
@@ -143,11 +145,12 @@ class _Truth:
         link = float(self.link[spanned].max()) if len(spanned) > 1 else 0.0
         return self.s.latency_s + self.s.per_member_s * size + link
 
-    def lent(self, members: np.ndarray) -> np.ndarray:
-        """Per actor, the factor its compute is divided by while ``members`` form the group."""
+    def lent(self, members: np.ndarray, declined=()) -> np.ndarray:
+        """Per actor, the factor its compute is divided by while ``members`` form the group and
+        those ``declined`` take no lent cores."""
         if not self.s.lent_speedup:
             return np.ones(self.n)
-        threads = self.lending.threads(members.tolist())
+        threads = self.lending.threads(members.tolist(), declined=declined)
         return np.array([self.s.lent_speedup ** (threads[r] - 1) for r in range(self.n)])
 
 
@@ -157,25 +160,28 @@ class _Oracle:
     def __init__(self, truth: _Truth, caps: np.ndarray) -> None:
         self.truth, self.caps = truth, caps
         self._key: bytes | None = None
-        self._best: tuple[np.ndarray, np.ndarray] | None = None
+        self._best: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def best(self, speed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def best(self, speed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The best group, its split, and each member's factor from lent cores."""
         key = speed.tobytes()
         if key != self._key:
             self._key, self._best = key, self._search(self.truth.a * speed, self.truth.c * speed)
         return self._best  # type: ignore[return-value]
 
-    def _search(self, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, a: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         s, eligible = self.truth.s, np.flatnonzero(self.caps > 0)
         best, best_t = None, np.inf
         for group in self._groups(a, c, eligible):
             if self.caps[group].sum() < s.batch:
                 continue
-            lent = self.truth.lent(group)[group]
-            rows = best_split(a[group] / lent, c[group] / lent, self.caps[group], s.batch, s.align)
-            t = float(np.max(finish_times(a[group] / lent, c[group] / lent, rows))) + self.truth.collective(group)
-            if t < best_t:
-                best, best_t = (group, rows), t
+            # lent cores taken by every member, or declined by every member (with lending)
+            for declined in ((), tuple(group.tolist())) if s.lent_speedup else ((),):
+                lent = self.truth.lent(group, declined)[group]
+                rows = best_split(a[group] / lent, c[group] / lent, self.caps[group], s.batch, s.align)
+                t = float(np.max(finish_times(a[group] / lent, c[group] / lent, rows))) + self.truth.collective(group)
+                if t < best_t:
+                    best, best_t = (group, rows, lent), t
         return best  # type: ignore[return-value]
 
     @staticmethod
@@ -198,7 +204,7 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
     n = truth.n
     caps = np.array([s.batch if cap is None else cap for cap in (s.caps or [None] * n)], dtype=np.int64)
     reb = Rebalancer(n, s.batch, align=s.align, caps=s.caps, config=config,
-                     threads_in=truth.lending.threads if s.lent_speedup else None,
+                     lending=truth.lending if s.lent_speedup else None,
                      hosts=[f"host{h}" for h in s.hosts] if s.hosts else None)
     oracle = _Oracle(truth, caps)
     members = np.flatnonzero(caps > 0)
@@ -207,31 +213,33 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
                                    np.ones(len(members)), caps[members], s.batch, s.align)
     even = running.copy()
     decided, decided_members = running.copy(), members.copy()
-    pending: list[tuple[int, np.ndarray, np.ndarray, bool]] = []
+    # members running on their own cores only, now and as decided: every one, until tried
+    declined = decided_declined = tuple(range(n)) if s.lent_speedup else ()
+    pending: list[tuple[int, np.ndarray, np.ndarray, bool, tuple[int, ...]]] = []
     grew = np.full(n, -10 ** 9)
     walls, oracle_walls, even_walls = (np.zeros(s.steps) for _ in range(3))
     singles = np.zeros((n, s.steps))
     durations: list[float] = []
-    decisions = moves = regroups = 0
+    decisions = moves = regroups = cores = 0
     watch = next((ch for ch in s.changes if ch.factor == 2.0 and ch.steps is None and ch.ramp == 0), None)
     detect: int | None = None
     needed = False   # whether the watched slowdown calls for an answer (it may not: caps)
-    alone = np.array([truth.lent(np.array([r]))[r] for r in range(n)])   # an actor alone: on every core
+    # an actor alone: on every core, or on its own where that is faster (the best single actor)
+    alone = np.array([max(truth.lent(np.array([r]))[r], 1.0) for r in range(n)])
     for t in range(s.steps):
         extra = 0.0
         while pending and pending[0][0] <= t:
-            _, new_members, new_rows, regroup = pending.pop(0)
+            _, new_members, new_rows, kind, new_declined = pending.pop(0)
             grew[new_rows > running] = t
-            running, members = new_rows, new_members
-            if regroup:
+            running, members, declined = new_rows, new_members, new_declined
+            if kind is Regroup:
                 extra += s.regroup_s
                 reb.regrouped(s.regroup_s)
-                if s.lent_speedup:
-                    for rank, k in truth.lending.threads(members.tolist()).items():
-                        reb.configure(rank, k)
+            if kind is not Move and s.lent_speedup:   # (a move keeps every member's cores)
+                reb.formed(truth.lending.threads(members.tolist(), declined=declined), declined)
         speed, noise = truth.speed(t), truth.noise(t)
         a, c = truth.a * speed, truth.c * speed
-        lent = truth.lent(members)   # (the oracle's and the baselines' groups lend as theirs would)
+        lent = truth.lent(members, declined)   # (the oracle's and the baselines' groups lend as theirs would)
         coll_noise = max(1.0 + 0.05 * rng.standard_normal(), 0.5)
         fresh = np.where(t - grew < s.fresh_steps, 1.0 + s.fresh_slow, 1.0)
         compute = finish_times(a, c, running) * noise * fresh / lent
@@ -242,7 +250,7 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
             reb.observe(rank, rows=int(running[rank]), compute_s=float(compute[rank]),
                         collective_s=coll + slowest - float(compute[rank]),
                         step_s=slowest + coll + s.optimizer_s, group_size=len(members))
-        group, rows = oracle.best(speed)
+        group, rows, oracle_lent = oracle.best(speed)
         full = np.zeros(n, dtype=np.int64)
         full[group] = rows
         if watch is not None and t == watch.step:
@@ -250,7 +258,7 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
             # for the new costs (with caps, the oracle may have nothing better to do)
             kept = float(finish_times(a, c, decided)[decided_members].max()) + truth.collective(decided_members)
             needed = kept > 1.05 * (float(finish_times(a, c, full).max()) + truth.collective(group))
-        oracle_walls[t] = float((finish_times(a, c, full) * noise / truth.lent(group))[group].max()) \
+        oracle_walls[t] = float((finish_times(a, c, full)[group] * noise[group] / oracle_lent).max()) \
             + truth.collective(group) * coll_noise + s.optimizer_s
         even_walls[t] = float((finish_times(a, c, even) * noise).max()) \
             + truth.collective(np.flatnonzero(even > 0)) * coll_noise + s.optimizer_s
@@ -263,15 +271,17 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
             continue
         decisions += 1
         new_members = np.array(decision.members if isinstance(decision, Regroup) else decided_members)
-        new_rows = np.array(decision.split, dtype=np.int64)
+        new_rows = decided if isinstance(decision, Cores) else np.array(decision.split, dtype=np.int64)
         if needed and detect is None and t >= watch.step and \
                 (new_rows[watch.rank] < decided[watch.rank] or watch.rank not in new_members):
             detect = t - watch.step + 1
         moves += isinstance(decision, Move)
         regroups += isinstance(decision, Regroup)
+        cores += isinstance(decision, Cores)
         decided, decided_members = new_rows, new_members
-        pending.append((t + 1 + int(rng.integers(s.lag[0], s.lag[1] + 1)), new_members, new_rows,
-                        isinstance(decision, Regroup)))
+        decided_declined = decision.declined if isinstance(decision, Cores) else decided_declined
+        pending.append((t + 1 + int(rng.integers(s.lag[0], s.lag[1] + 1)), new_members, new_rows, type(decision),
+                        decided_declined))
     half = slice(s.steps // 2, None)
     best_single = int(np.argmin(singles.sum(axis=1)))
     return Verdict(
@@ -281,7 +291,7 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
         detect_answered=None if not needed else detect is not None,
         false_moves_per_10k=decisions * 10_000 / s.steps if s.pure_noise else None,
         decision_ms_p50=float(np.median(durations)) * 1e3 if durations else None,
-        moves=moves, regroups=regroups, steps=s.steps,
+        moves=moves, regroups=regroups, cores_changes=cores, declined_final=tuple(decided_declined), steps=s.steps,
         members_final=tuple(int(r) for r in decided_members), split_final=tuple(int(r) for r in decided),
         speed_vs_single=float(singles[best_single, half].sum() / walls[half].sum()),
         speed_vs_even=float(even_walls[half].sum() / walls[half].sum()),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from leptonrt.broker.cores import Lending
-from leptonrt.broker.rebalance import Move, RebalanceConfig, Rebalancer, Regroup
+from leptonrt.broker.rebalance import Cores, Move, RebalanceConfig, Rebalancer, Regroup
 
 
 class Group:
@@ -19,20 +19,22 @@ class Group:
         # members, and a member with k cores runs lent_speedup ** (k - 1) times faster
         self.lending = Lending({r: (r,) for r in range(len(costs))}) if lent_speedup else None
         self.speedup, self.threads = lent_speedup, {r: 1 for r in range(len(costs))}
-        self.reb = Rebalancer(len(costs), batch, align=align, caps=caps, config=config,
-                              threads_in=self.lending.threads if self.lending else None)
+        self.reb = Rebalancer(len(costs), batch, align=align, caps=caps, config=config, lending=self.lending)
         self.members = list(members if members is not None else range(len(costs)))
         if split is None:
             split = [0] * len(costs)
             for i, rank in enumerate(self.members):
                 split[rank] = batch // len(self.members) + (i < batch % len(self.members))
         self.split, self.regroup_s, self.decisions, self.stale = list(split), regroup_s, [], frozenset()
+        self.declined = tuple(range(len(costs)))   # members on their own cores only (all, until tried)
+        self.lent_steps = 0   # steps a member ran on lent cores
 
     def slow(self, rank, factor):
         self.costs[rank] = [x * factor for x in self.costs[rank]]
 
     def run(self, steps, steps_left=10_000):
         for _ in range(steps):
+            self.lent_steps += any(n > 1 for r, n in self.threads.items() if r in self.members)
             compute = {r: (self.costs[r][0] + self.costs[r][1] * self.split[r]) * (1 + self.cv * self.rng.standard_normal())
                        / (self.speedup or 1.0) ** (self.threads[r] - 1) if self.split[r] > 0 else 0.0
                        for r in self.members}
@@ -45,14 +47,16 @@ class Group:
             decision = self.reb.decide(self.split, self.members, steps_left=steps_left, stale=self.stale)
             if decision is not None:
                 self.decisions.append(decision)
-                self.split = list(decision.split)
+                if isinstance(decision, Cores):
+                    self.declined = decision.declined
+                else:
+                    self.split = list(decision.split)
                 if isinstance(decision, Regroup):
                     self.members = list(decision.members)
                     self.reb.regrouped(self.regroup_s)
-                    if self.lending:
-                        self.threads = self.lending.threads(self.members)
-                        for rank, n in self.threads.items():
-                            self.reb.configure(rank, n)
+                if isinstance(decision, (Regroup, Cores)) and self.lending:
+                    self.threads = self.lending.threads(self.members, declined=self.declined)
+                    self.reb.formed(self.threads, self.declined)
         return self
 
 
@@ -173,6 +177,20 @@ def test_a_member_lent_the_cores_of_one_on_standby_is_judged_as_it_would_run_in_
     group.run(300)
     back = [d for d in group.decisions if isinstance(d, Regroup) and len(d.members) == 2]
     assert back and group.members == [1 - slowed] and group.threads == {slowed: 1, 1 - slowed: 2}
+
+
+def test_a_member_slower_on_lent_cores_gives_them_back_and_keeps_its_own():
+    # a small matmul splits worse over two threads than it runs on one: lent cores slow the
+    # member left alone 1.3x; measured there, it gives them back, once, and runs on its own
+    group = Group(TINY, 64, collective_s=2e-3, lent_speedup=1 / 1.3).run(3000)
+    changes = [d for d in group.decisions if not isinstance(d, Move)]
+    assert [type(d) for d in changes[:3]] == [Regroup, Cores, Cores], [d.reason for d in changes]
+    alone = group.members[0]
+    assert changes[1].reason.startswith(f"rank {alone} takes the cores") and alone not in changes[1].declined
+    assert changes[2].reason.startswith(f"rank {alone} gives back the cores lent") and alone in changes[2].declined
+    assert group.threads == {0: 1, 1: 1}
+    # it tries the lent core again now and then (what it measured there fades), briefly
+    assert group.lent_steps < 0.15 * 3000
 
 
 def test_a_stale_actor_on_standby_is_not_readmitted():

@@ -40,6 +40,21 @@ def test_a_job_whose_collective_costs_more_than_a_second_actor_saves_runs_on_one
         assert verdict.speed_vs_single >= 0.95
 
 
+def test_lent_cores_are_kept_where_they_are_faster_and_given_back_where_slower():
+    faster = simulate(scenarios.mlp784_b64_lent(steps=1200), seed=0)
+    assert not set(faster.declined_final) & set(faster.members_final) and faster.speed_vs_single >= 0.95
+    # the README job runs 1.3x slower on two threads: the member gives the lent core back, and
+    # does within 5% as well as when nothing is lent, over seeds (trying the lent core again,
+    # as what was measured there fades, costs a few steps each time; stuck there through a
+    # change of speed, more)
+    ratios = []
+    for seed in range(3):
+        slower, unlent = simulate(scenarios.digits_b64_lent(), seed=seed), simulate(scenarios.digits_b64(), seed=seed)
+        assert set(slower.members_final) <= set(slower.declined_final) and slower.cores_changes >= 2
+        ratios.append(slower.speed_vs_oracle / unlent.speed_vs_oracle)
+    assert sorted(ratios)[1] >= 0.95, ratios
+
+
 def test_a_compute_bound_job_with_a_straggler_keeps_both_near_two_thirds():
     verdict = simulate(scenarios.straggler_b1024(), seed=0)
     assert verdict.members_final == (0, 1)
