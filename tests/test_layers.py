@@ -60,7 +60,7 @@ def test_actors_do_not_import_the_broker():
 
 
 @pytest.mark.parametrize("module", ["leptonrt.client", "leptonrt.cli", "leptonrt.commands.train", "leptonrt.commands.serve",
-                                    "leptonrt.control", "leptonrt.daemon"])
+                                    "leptonrt.control", "leptonrt.daemon", "leptonrt.broker.probe"])
 def test_a_client_imports_no_torch(module):
     """`status`, `top` and `train --connect` answer without loading torch (seconds of imports)."""
     code = f"import sys, {module}\nprint('torch' in sys.modules)"

@@ -7,9 +7,11 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
+import zmq
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.process
@@ -296,3 +298,43 @@ def test_a_local_run_says_first_what_it_starts_and_its_own_process_never_loads_p
     assert proc.returncode == 0, said
     assert said.decode().splitlines()[0] == "leptonrt: loading digits; starting 1 CPU actor"
     assert "torch loaded: False" in out   # the broker (this process) never needed it: the actors have it
+
+
+def test_a_job_for_a_running_broker_says_first_where_it_goes_and_loads_none_of_the_broker(tmp_path):
+    # a stand-in broker on the default socket: it answers status and refuses the job; the
+    # command's first line names it, and finding it loaded no broker (numpy, pyarrow: 0.3 s)
+    from leptonrt import messages
+    from leptonrt.broker.stats import Snapshot
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    address = f"ipc://{runtime}/broker.sock"
+    snapshot = Snapshot(address=address, started_at=0.0, now=0.0, state="serving", job=None).to_dict()
+    answers = {messages.StatusRequest: messages.StatusReply(snapshot=snapshot),
+               messages.Submit: messages.Rejected(message="this broker takes no jobs", exit_code=75)}
+    code = ("import sys; from leptonrt.cli import main; code = main(sys.argv[1:]); loaded = ('torch', 'numpy', "
+            "'leptonrt.broker.service'); print('loaded:', [m for m in loaded if m in sys.modules]); sys.exit(code)")
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind(address)
+    proc = None
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", code, "train", "--dataset", "digits", "--epochs", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=dict(os.environ, LEPTONRT_RUNTIME_DIR=str(runtime)))
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if router.poll(100):
+                peer, frame = router.recv_multipart()
+                request = messages.decode(frame, messages.CLIENT_LIMITS)
+                router.send_multipart([peer, messages.encode(answers[type(request)])])
+        out, err = proc.communicate(timeout=1)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        router.close(linger=0)
+        ctx.term()
+    assert proc.returncode == 75, err
+    assert err.splitlines() == [f"leptonrt: submitting to the broker at {address}",
+                                "leptonrt: this broker takes no jobs"]
+    assert "loaded: []" in out

@@ -33,21 +33,21 @@ from typing import Callable
 import zmq
 
 from .. import messages
-from ..errors import ConfigError, InternalError, LeptonError, ProtocolError
-from ..messages import (SERVICE_LIMITS, WEIGHTS_CHUNK, Accepted, Acknowledged, CancelRequest, Join, Joined, JobUpdate,
-                        Rejected, StatusReply, StatusRequest, StopRequest, Submit, Weights)
+from ..errors import ConfigError, InternalError, LeptonError
+from ..messages import (WEIGHTS_CHUNK, Accepted, Acknowledged, CancelRequest, Join, Joined, JobUpdate, Rejected,
+                        StatusReply, StopRequest, Submit, Weights)
 from ..config import TrainJob
 from ..wire import Plain
 from .address import check_listen, ipc_path
 from .channel import Channel, PeerGone
 from .embedded import Broker, BrokerClosed, Job
 from .gate import Gate, GateConfig, Verdict
+from .probe import probe
 from .events import ActorLost, EpochEvent, Progress, Recovered, SplitChanged
 from .supervise import supervise
 
 log = logging.getLogger("leptonrt.service")
 
-PROBE_MS = 500         # how long a stale-socket probe waits for an answer
 BATCH = 64             # messages handled before the loop is handed back
 SNAPSHOT_EVERY_S = 0.25   # a status reply is at most this old
 RESTARTS = 5           # the serving loop may die this often...
@@ -55,35 +55,6 @@ RESTART_WINDOW_S = 60.0   # ...within this long before the service counts as bro
 SEND_PATIENCE_S = 30.0    # a client that reads nothing for this long loses its stream
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KINDS = {EpochEvent: "epoch", Progress: "progress", SplitChanged: "split", ActorLost: "lost", Recovered: "recovered"}
-
-
-async def probe(address: str, wait_ms: int = PROBE_MS) -> dict | None:
-    """The snapshot of a broker answering at ``address``, or None if none answers."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, SERVICE_LIMITS.frame_bytes)
-    try:
-        sock.connect(address)
-        sock.send(messages.encode(StatusRequest()))
-        deadline = time.monotonic() + wait_ms / 1000
-        while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(max(int(left * 1000), 1)):
-                break
-            try:
-                msg = messages.decode(sock.recv(), SERVICE_LIMITS)
-            except ProtocolError:
-                continue
-            if isinstance(msg, StatusReply):
-                return dict(msg.snapshot)
-            if isinstance(msg, Rejected):
-                return {"rejected": msg.message}
-        return None
-    except zmq.ZMQError:
-        return None
-    finally:
-        sock.close(linger=0)
-        ctx.term()
 
 
 @dataclass

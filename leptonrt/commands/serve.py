@@ -24,7 +24,7 @@ def up(args: argparse.Namespace) -> int:
         load_keypair(args.keys)   # no keys, or unsafe ones: refused now, before any actor starts
     _refuse_if_served(addresses)
     if args.detach:
-        from ..broker.service import probe
+        from ..broker.probe import probe
         from ..daemon import detach
         argv = [a for a in args.argv if a != "--detach"]
         return detach(argv, addresses[0], lambda address: run_async(probe(address)))
@@ -34,7 +34,7 @@ def up(args: argparse.Namespace) -> int:
 def _refuse_if_served(addresses: list[str]) -> None:
     """One broker per socket: a second `up` is refused before it starts anything."""
     from ..broker.address import ipc_path
-    from ..broker.service import probe
+    from ..broker.probe import probe
     for address in addresses:
         path = ipc_path(address)
         if path is not None and path.exists() and run_async(probe(address)) is not None:

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     else:   # a running `leptonrt up` takes the job; otherwise it runs here
         default = default_address()
         if ipc_path(default).exists():
-            from ..broker.service import probe
+            from ..broker.probe import probe
             if run_async(probe(default)) is not None:
                 address = default
     job = _job_from(args, remote=address is not None)
