@@ -36,10 +36,13 @@ def test_two_cpu_actors_reach_95_percent_on_digits(leptonrt_cli, tmp_path, no_le
     assert f"rebalances {result['rebalances']}  regroups {result['regroups']}" in done, done
     # a member trains a share; one the rebalancer put on standby trains none (and says so)
     assert all((a["share"] > 0) == a["in_group"] and a["in_group"] != a["standby"] for a in result["actors"])
-    # each actor has a core of its own (pinned, 1 thread); one on standby lends its core to the member
+    # each actor has a core of its own (pinned, 1 thread); one on standby may lend its core to the
+    # member, which tries it and keeps it only where measured faster: an actor out of the group
+    # runs 1 thread, a member 1 or 2, and 2 only after a change of cores
     if len(os.sched_getaffinity(0)) >= 2:
-        standby = any(a["standby"] for a in result["actors"])
-        assert sorted(a["threads"] for a in result["actors"]) == ([1, 2] if standby else [1, 1])
+        threads = sorted((a["in_group"], a["threads"]) for a in result["actors"])
+        assert threads in ([(True, 1), (True, 1)], [(False, 1), (True, 1)], [(False, 1), (True, 2)]), threads
+        assert result["cores_changes"] > 0 or threads[-1][1] == 1
 
 
 def _weights(leptonrt_cli, tmp_path, name, *args):
