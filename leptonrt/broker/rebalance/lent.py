@@ -16,6 +16,7 @@ from .split import finish_times, finish_vars
 from .trial import MIN_JUDGED
 
 _NORMAL = NormalDist()
+TRIED = " (a trial: measured before it is kept)"   # what a try adds to its decision's reason
 
 
 class LentCores:
@@ -39,38 +40,43 @@ class LentCores:
         best, cost = None, self._m.move_cost_s()
         lasting = self._lasting(ranks, ranks, base, horizon)
         for declined, rank, threads in self._other_cores(ranks):
-            if not self._m.ran_with(rank, threads):
-                if not self._judged(ranks):
-                    continue
-                now = self._m.threads[rank] or 1
-                at = int(np.flatnonzero(ranks == rank)[0])
-                finish = finish_times(*self._m.view(ranks)[:2], rows)
-                alone = finish[at] * min(now / threads, 1.0)
-                best_case = base.mean - float(max(np.max(np.delete(finish, at), initial=0.0), alone))
-                worst = 2 * cost + self._trials.steps_at_stake(MIN_JUDGED) * best_case
-                if lasting * best_case <= worst:
-                    continue
-                chosen = Candidate(ranks, rows, best_case, worst, lasting, " (a trial: measured before it is kept)",
-                                   declined=declined)
+            if self._m.ran_with(rank, threads):
+                chosen = self._known_cores(ranks, rows, base, declined, lasting, cost)
             else:
-                theta = self._view(ranks, declined)
-                saving = float(bounded_savings(base, ranks, theta, rows, rows, self.config.confidence)[0])
-                chosen = Candidate(ranks, rows, saving, cost, lasting, declined=declined)
-                if lasting * saving <= cost:
-                    if not self._judged(ranks):
-                        continue
-                    after = finish_times(theta[0], theta[1], rows)
-                    slowest_after = int(np.argmax(after))
-                    mean = base.mean - float(after[slowest_after])
-                    sd = math.sqrt(base.var + float(finish_vars(theta, rows)[slowest_after]))
-                    paid = self._try_pays(mean, sd, lasting, cost)
-                    if paid is None:
-                        continue
-                    chosen = Candidate(ranks, rows, paid[0], paid[1], lasting, " (a trial: measured before it is kept)",
-                                       declined=declined)
-            if best is None or chosen.net() > best.net():
+                chosen = self._new_cores(ranks, rows, base, declined, rank, threads, lasting, cost)
+            if chosen is not None and (best is None or chosen.net() > best.net()):
                 best = chosen
         return best
+
+    def _known_cores(self, ranks, rows, base, declined, lasting, cost) -> Candidate | None:
+        """Other cores the member ran on before: the bounded saving, or else a try when it
+        pays (``_try_pays``)."""
+        theta = self._view(ranks, declined)
+        saving = float(bounded_savings(base, ranks, theta, rows, rows, self.config.confidence)[0])
+        if lasting * saving > cost:
+            return Candidate(ranks, rows, saving, cost, lasting, declined=declined)
+        if not self._judged(ranks):
+            return None
+        after = finish_times(theta[0], theta[1], rows)
+        slowest = int(np.argmax(after))
+        mean = base.mean - float(after[slowest])
+        paid = self._try_pays(mean, math.sqrt(base.var + float(finish_vars(theta, rows)[slowest])), lasting, cost)
+        return None if paid is None else Candidate(ranks, rows, paid[0], paid[1], lasting, TRIED, declined=declined)
+
+    def _new_cores(self, ranks, rows, base, declined, rank, threads, lasting, cost) -> Candidate | None:
+        """Cores the member never ran on: a try, at the best case (its compute divided by the
+        ratio of the cores), when that pays for a failed one (see ``_best_cores``)."""
+        if not self._judged(ranks):
+            return None
+        at = int(np.flatnonzero(ranks == rank)[0])
+        theta = self._m.view(ranks)
+        finish = finish_times(theta[0], theta[1], rows)
+        alone = finish[at] * min((self._m.threads[rank] or 1) / threads, 1.0)
+        best_case = base.mean - float(max(np.max(np.delete(finish, at), initial=0.0), alone))
+        worst = 2 * cost + self._trials.steps_at_stake(MIN_JUDGED) * best_case
+        if lasting * best_case <= worst:
+            return None
+        return Candidate(ranks, rows, best_case, worst, lasting, TRIED, declined=declined)
 
     def _judged(self, ranks: np.ndarray) -> bool:
         """Whether every member was measured on the cores it runs on now for as many steps as a
