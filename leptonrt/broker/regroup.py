@@ -16,6 +16,7 @@ from ..batches import share_among
 from ..messages import Regroup, Standby, Welcome
 from .events import ActorLost, Benched, Effect, Emit, Pin, Recovered, Respawn, Send
 from .lifecycle import SLOT, JobState, SlotState
+from .rebalance.when import cut_short_pays
 from .roster import Slot
 from .stats import Change
 
@@ -77,8 +78,7 @@ class Regrouping:
         replacement that said hello, or with the members the rebalancer chose)."""
         if self.state != JobState.RUNNING or self.grants.boundary is not None:
             return []
-        every = self.config.snapshot_every
-        at = max(-(-self.grants.granted // every) * every, self.group_start)
+        at = self._boundary_after_grants()
         if at < self.total_steps:   # otherwise the job ends first, and the change with it
             self.grants.boundary = at
         else:
@@ -87,20 +87,20 @@ class Regrouping:
 
     def _cut_short_pays(self, change) -> bool:
         """Whether a membership change should re-form the group now, from the newest
-        snapshot, rather than once the old group has trained what it was granted.
-
-        Waiting forgoes the change's saving on every step granted and not yet committed;
-        cutting short throws away the steps since the snapshot and trains them again on the
-        new group, whose step is the measured one less that saving. The change itself was
-        decided on a bounded saving; when to make it is a choice between two costs of the
-        same change, so it is made on the expected saving (``change.expected_s``). One with
-        none expected (a trial undone, a memory cap) waits."""
-        step_s, saving = self.grants.step_s, change.expected_s
-        if not self.config.cut_short or step_s is None or saving <= 0:
+        snapshot, rather than once the old group has trained what it was granted
+        (``rebalance.when``)."""
+        if not self.config.cut_short:
             return False
-        waiting = self.grants.granted - (self.committed() + 1)
+        # the old group trains on to the snapshot boundary after its grants (or the job's end)
+        waiting = min(self._boundary_after_grants(), self.total_steps) - (self.committed() + 1)
         replay = self.committed() + 1 - self._rewind_floor()
-        return replay * max(step_s - saving, 0.0) < waiting * saving
+        return cut_short_pays(self.grants.step_s, change.expected_s, waiting, replay)
+
+    def _boundary_after_grants(self) -> int:
+        """The first snapshot boundary at or after the steps granted: where the group re-forms
+        when it waits for them."""
+        every = self.config.snapshot_every
+        return max(-(-self.grants.granted // every) * every, self.group_start)
 
     def _reform_now(self, now: float) -> list[Effect]:
         """Re-form at the newest snapshot: members leave the old group at their next step

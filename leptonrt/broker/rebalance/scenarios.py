@@ -115,6 +115,16 @@ def digits_b64_lent(steps: int = 690) -> Scenario:
     return replace(digits_b64(steps), case="digits-b64-lent", lent_speedup=1 / 1.3)
 
 
+def pair_slowed_b256(steps: int = 1500) -> Scenario:
+    """Two actors at batch 256 (0.5 ms + 10 us a row, a 1.2 ms collective, regroups of 20 ms)
+    until rank 1 becomes 2x slower at step 300: the pair's best split then runs 3.7 ms a step
+    and rank 0 alone 3.3, so standby saves about a tenth of a step. A small saving against the
+    steps a regroup replays when cut short: whether waiting for the boundary pays depends on
+    the window and the snapshots."""
+    s = _pair("pair-slowed-b256", 0.5e-3, 10e-6, 256, steps, optimizer_s=0.2e-3, collective_s=1.2e-3)
+    return replace(s, regroup_s=0.02, changes=(Change(300, 1, 2.0),), persistent_change=True)
+
+
 def _pair(case: str, a: float, c: float, batch: int, steps: int, *, optimizer_s: float,
           collective_s: float = 2.0e-3, cv: float = 0.10) -> Scenario:
     return Scenario(case=case, a=(a, a), c=(c, c), batch=batch, steps=steps, cv=(cv, cv), spike_p=0.01,

@@ -32,6 +32,7 @@ import numpy as np
 
 from .policy import Cores, Move, RebalanceConfig, Rebalancer, Regroup
 from .split import best_split, finish_times, round_split
+from .when import cut_short_pays
 from ..cores import Lending
 
 
@@ -67,7 +68,11 @@ class Scenario:
     hosts: tuple[int, ...] = ()   # ...plus the slowest link_s of the hosts it spans, when they are two or
     link_s: tuple[float, ...] = ()   # more: each actor's host (empty: all on one) and each host's link (s)
     optimizer_s: float = 0.2e-3   # the optimizer step, every member, every step
-    lag: tuple[int, int] = (3, 6)   # a decision takes effect this many steps later (uniform, inclusive)
+    lag: tuple[int, int] = (3, 6)   # a decision takes effect this many steps later (uniform, inclusive)...
+    window: int = 0               # ...but with steps granted this far ahead (0: no window), a regroup
+    snapshot_every: int = 8       # waits for the snapshot boundary after them, or is made at once from the
+    cut_short: bool | None = None  # newest snapshot, its steps since trained again: as ``when`` says (None),
+                                  # always (True) or never (False); no decision is made while one waits
     fresh_steps: int = 2          # the first steps at a larger share...
     fresh_slow: float = 0.10      # ...run this much slower
     regroup_s: float = 0.3        # wall seconds a regroup costs
@@ -206,6 +211,7 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
     reb = Rebalancer(n, s.batch, align=s.align, caps=s.caps, config=config,
                      lending=truth.lending if s.lent_speedup else None,
                      hosts=[f"host{h}" for h in s.hosts] if s.hosts else None)
+    reb.regrouped(s.regroup_s)   # forming the first group: the broker's first measurement of a regroup
     oracle = _Oracle(truth, caps)
     members = np.flatnonzero(caps > 0)
     running = np.zeros(n, dtype=np.int64)
@@ -215,7 +221,7 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
     decided, decided_members = running.copy(), members.copy()
     # members running on their own cores only, now and as decided: every one, until tried
     declined = decided_declined = tuple(range(n)) if s.lent_speedup else ()
-    pending: list[tuple[int, np.ndarray, np.ndarray, bool, tuple[int, ...]]] = []
+    pending: list[tuple[int, np.ndarray, np.ndarray, type, tuple[int, ...], int]] = []   # ..., steps replayed
     grew = np.full(n, -10 ** 9)
     walls, oracle_walls, even_walls = (np.zeros(s.steps) for _ in range(3))
     singles = np.zeros((n, s.steps))
@@ -227,9 +233,10 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
     # an actor alone: on every core, or on its own where that is faster (the best single actor)
     alone = np.array([max(truth.lent(np.array([r]))[r], 1.0) for r in range(n)])
     for t in range(s.steps):
-        extra = 0.0
+        extra, replayed = 0.0, 0
         while pending and pending[0][0] <= t:
-            _, new_members, new_rows, kind, new_declined = pending.pop(0)
+            _, new_members, new_rows, kind, new_declined, replay = pending.pop(0)
+            replayed += replay
             grew[new_rows > running] = t
             running, members, declined = new_rows, new_members, new_declined
             if kind is Regroup:
@@ -245,7 +252,7 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
         compute = finish_times(a, c, running) * noise * fresh / lent
         slowest = float(compute[members].max())
         coll = truth.collective(members) * coll_noise
-        walls[t] = slowest + coll + s.optimizer_s + extra
+        walls[t] = (slowest + coll + s.optimizer_s) * (1 + replayed) + extra   # (replayed steps: as this one)
         for rank in members[np.argsort(compute[members])].tolist():
             reb.observe(rank, rows=int(running[rank]), compute_s=float(compute[rank]),
                         collective_s=coll + slowest - float(compute[rank]),
@@ -263,6 +270,8 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
         even_walls[t] = float((finish_times(a, c, even) * noise).max()) \
             + truth.collective(np.flatnonzero(even > 0)) * coll_noise + s.optimizer_s
         singles[:, t] = np.where(caps >= s.batch, (a + c * s.batch) * noise / alone, np.inf) + s.optimizer_s
+        if s.window and any(kind is Regroup for _, _, _, kind, _, _ in pending):
+            continue   # a regroup waits for its boundary: the broker decides nothing meanwhile
         started = timer() if timer else 0.0
         decision = reb.decide(decided.tolist(), decided_members.tolist(), steps_left=s.steps - t - 1)
         if timer:
@@ -280,8 +289,11 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
         cores += isinstance(decision, Cores)
         decided, decided_members = new_rows, new_members
         decided_declined = decision.declined if isinstance(decision, Cores) else decided_declined
-        pending.append((t + 1 + int(rng.integers(s.lag[0], s.lag[1] + 1)), new_members, new_rows, type(decision),
-                        decided_declined))
+        at, replay = t + 1 + int(rng.integers(s.lag[0], s.lag[1] + 1)), 0
+        if isinstance(decision, Regroup) and s.window:
+            at, replay = _regroup_at(s, t, float(np.mean(walls[max(t - 9, 0):t + 1])), decision.expected_s)
+        pending.append((at, new_members, new_rows, type(decision), decided_declined, replay))
+        pending.sort(key=lambda p: p[0])
     half = slice(s.steps // 2, None)
     best_single = int(np.argmin(singles.sum(axis=1)))
     return Verdict(
@@ -297,3 +309,12 @@ def simulate(s: Scenario, seed: int = 0, *, config: RebalanceConfig = RebalanceC
         speed_vs_even=float(even_walls[half].sum() / walls[half].sum()),
         speed_vs_oracle=float(oracle_walls[half].sum() / walls[half].sum()),
         run_vs_single=float(singles[best_single].sum() / walls.sum()))
+
+
+def _regroup_at(s: Scenario, t: int, step_s: float, saving_s: float) -> tuple[int, int]:
+    """(the step a regroup decided at step ``t`` takes effect, the steps trained again): with
+    ``s.window`` steps granted ahead, at the snapshot boundary after them, or cut short at the
+    next step, from the newest snapshot."""
+    replay, boundary = (t + 1) % s.snapshot_every, -(-(t + 1 + s.window) // s.snapshot_every) * s.snapshot_every
+    short = cut_short_pays(step_s, saving_s, boundary - (t + 1), replay) if s.cut_short is None else s.cut_short
+    return (t + 2, replay) if short else (boundary, 0)

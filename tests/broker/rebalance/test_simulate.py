@@ -5,6 +5,8 @@ Targets: regret at most 3% of the oracle's step time over a run with persistent 
 pure noise (here: none in the shorter runs); the membership cases of the 2-core box.
 """
 
+from dataclasses import replace
+
 import pytest
 
 from leptonrt.broker.rebalance import RebalanceConfig, scenarios
@@ -53,6 +55,19 @@ def test_lent_cores_are_kept_where_they_are_faster_and_given_back_where_slower()
         assert set(slower.members_final) <= set(slower.declined_final) and slower.cores_changes >= 2
         ratios.append(slower.speed_vs_oracle / unlent.speed_vs_oracle)
     assert sorted(ratios)[1] >= 0.95, ratios
+
+
+@pytest.mark.parametrize("build, window, every", [(scenarios.far_slow_link, 256, 8),
+                                                   (scenarios.pair_slowed_b256, 64, 8),
+                                                   (scenarios.pair_slowed_b256, 4, 64)])
+def test_a_regroup_is_cut_short_exactly_when_replaying_costs_less_than_waiting(build, window, every):
+    # steps granted far ahead and frequent snapshots: cutting short pays, for a large saving or
+    # a small one; few granted and rare snapshots, for a small saving: waiting for the boundary
+    # pays. Each time the rule (``when.py``) does at least as well as the better of always and never.
+    base = replace(build(steps=1500), window=window, snapshot_every=every)
+    regret = {cut: sum(simulate(replace(base, cut_short=cut), seed=seed).regret_frac for seed in range(3)) / 3
+              for cut in (None, True, False)}
+    assert regret[None] <= min(regret[True], regret[False]) + 1e-3, regret
 
 
 def test_a_compute_bound_job_with_a_straggler_keeps_both_near_two_thirds():
