@@ -114,7 +114,7 @@ def main() -> None:
             lines.append({"case": f"cut-short-{base.case}-w{window}-s{every}", "n_actors": len(base.a),
                           "window": window, "snapshot_every": every, "regret_decided": regret["None"],
                           "regret_always": regret["True"], "regret_never": regret["False"]})
-        print(json.dumps(lines[-1]), flush=True)
+            print(json.dumps(lines[-1]), flush=True)
     print(json.dumps({"summary": True, "wall_s": round(time.perf_counter() - started, 1),
                       "targets": _targets(lines, sizes)}), flush=True)
 
@@ -123,7 +123,7 @@ def _targets(lines: list[dict], sizes: list[int]) -> dict:
     by = {line["case"]: line for line in lines}
     met: dict[str, bool] = {}
     for n in sizes:
-        changes = [line for line in lines if line["n_actors"] == n and line["persistent_change"]
+        changes = [line for line in lines if line["n_actors"] == n and line.get("persistent_change")
                    and line["case"].startswith(("slowdown", "changes"))]
         met[f"regret<=0.03 N={n}"] = all(line["regret_frac"] <= 0.03 for line in changes)
         met[f"detect<=10 N={n}"] = all(line["detect_answered"] and line["detect_steps"] <= 10
