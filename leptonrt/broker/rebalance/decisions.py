@@ -37,7 +37,7 @@ class Cores:
     declined: tuple[int, ...]     # members to run on their own cores only, lent none, ascending
     saving_s: float               # confidence-bounded saving per step it was judged on (s)
     horizon: int                  # steps it was weighed over
-    cost_s: float                 # the cost of acting it beat (s): a move's
+    cost_s: float                 # the cost of acting it beat (s): moving onto other cores, or a try's
     reason: str                   # short, for people: "rank 0 gives back the cores lent to it"
 
 

@@ -10,7 +10,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .bound import bounded_savings
+from .bound import bounded_savings, slowest
 from .learning import Candidate
 from .split import finish_times, finish_vars
 from .trial import MIN_JUDGED
@@ -24,11 +24,14 @@ class LentCores:
 
     def _best_cores(self, ranks, rows, base, horizon) -> Candidate | None:
         """The same members at the same split, one of them on the other cores it could run on
-        (``_other_cores``): the one with the largest bounded saving over the horizon beyond a
-        move's cost (a member's threads change between two steps, and its first steps on new
-        cores are as slow as a move's).
+        (``_other_cores``): the one with the largest bounded saving over the horizon beyond
+        what moving onto other cores costs (a member's threads change between two steps; its
+        first steps there run slow, measured as a move's are, a move's prior until then).
 
-        The bound needs a model of the member on those cores at these rows, and a fair one:
+        Cores change more than compute (the optimizer's step runs on them too, and the broker
+        shares the machine), so this is judged by a model of each member's own part of the step:
+        all of it but the wait for the others and the collective. The bound needs a model of
+        the member on those cores at these rows, and a fair one:
         one measured while the actors shared the machine in a larger group looks slower than
         the member alone is. So other cores are also *tried*: cores never run on, at their
         best case (compute scaling with the cores: more cannot do better), against going there
@@ -37,40 +40,43 @@ class LentCores:
         what trying them is expected to gain pays for what it is expected to lose, the saving
         read as Gaussian from the two models (``_try_pays``). Once tried, the member is measured
         on both, alone, at these rows, and the bound decides."""
-        best, cost = None, self._m.move_cost_s()
+        own = self._m.own_view(ranks)
+        if own is None:
+            return None
+        base = slowest(ranks, own, rows)   # what the cores change: each member's own part of the step
+        best, cost = None, self._m.cores_cost_s()
         lasting = self._lasting(ranks, ranks, base, horizon)
         for declined, rank, threads in self._other_cores(ranks):
-            if self._m.ran_with(rank, threads):
-                chosen = self._known_cores(ranks, rows, base, declined, lasting, cost)
+            other = self._m.own_view(ranks, self._lending.threads(ranks.tolist(), declined=declined))
+            if other is not None:
+                chosen = self._known_cores(ranks, rows, base, other, declined, lasting, cost)
             else:
-                chosen = self._new_cores(ranks, rows, base, declined, rank, threads, lasting, cost)
+                chosen = self._new_cores(ranks, rows, base, own, declined, rank, threads, lasting, cost)
             if chosen is not None and (best is None or chosen.net() > best.net()):
                 best = chosen
         return best
 
-    def _known_cores(self, ranks, rows, base, declined, lasting, cost) -> Candidate | None:
-        """Other cores the member ran on before: the bounded saving, or else a try when it
-        pays (``_try_pays``)."""
-        theta = self._view(ranks, declined)
+    def _known_cores(self, ranks, rows, base, theta, declined, lasting, cost) -> Candidate | None:
+        """Other cores the member ran on before (``theta``: the members' own parts of the
+        step there): the bounded saving, or else a try when it pays (``_try_pays``)."""
         saving = float(bounded_savings(base, ranks, theta, rows, rows, self.config.confidence)[0])
         if lasting * saving > cost:
             return Candidate(ranks, rows, saving, cost, lasting, declined=declined)
         if not self._judged(ranks):
             return None
         after = finish_times(theta[0], theta[1], rows)
-        slowest = int(np.argmax(after))
-        mean = base.mean - float(after[slowest])
-        paid = self._try_pays(mean, math.sqrt(base.var + float(finish_vars(theta, rows)[slowest])), lasting, cost)
+        slowest_then = int(np.argmax(after))
+        mean = base.mean - float(after[slowest_then])
+        paid = self._try_pays(mean, math.sqrt(base.var + float(finish_vars(theta, rows)[slowest_then])), lasting, cost)
         return None if paid is None else Candidate(ranks, rows, paid[0], paid[1], lasting, TRIED, declined=declined)
 
-    def _new_cores(self, ranks, rows, base, declined, rank, threads, lasting, cost) -> Candidate | None:
-        """Cores the member never ran on: a try, at the best case (its compute divided by the
-        ratio of the cores), when that pays for a failed one (see ``_best_cores``)."""
+    def _new_cores(self, ranks, rows, base, own, declined, rank, threads, lasting, cost) -> Candidate | None:
+        """Cores the member never ran on: a try, at the best case (its own part of the step
+        divided by the ratio of the cores), when that pays for a failed one (``_best_cores``)."""
         if not self._judged(ranks):
             return None
         at = int(np.flatnonzero(ranks == rank)[0])
-        theta = self._m.view(ranks)
-        finish = finish_times(theta[0], theta[1], rows)
+        finish = finish_times(own[0], own[1], rows)
         alone = finish[at] * min((self._m.threads[rank] or 1) / threads, 1.0)
         best_case = base.mean - float(max(np.max(np.delete(finish, at), initial=0.0), alone))
         worst = 2 * cost + self._trials.steps_at_stake(MIN_JUDGED) * best_case

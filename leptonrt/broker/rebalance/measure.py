@@ -24,13 +24,19 @@ SETTLED_STEPS = 4    # the steps after those, whose median is what a decision's 
 class Measurements:
     """The models the policy decides with, kept up to date from step reports."""
 
-    def __init__(self, world: int, config: RebalanceConfig, hosts: Sequence[str] | None = None) -> None:
+    def __init__(self, world: int, config: RebalanceConfig, hosts: Sequence[str] | None = None,
+                 lending: bool = False) -> None:
         self.config = config
+        self._lending = lending   # whether members may run on other cores (then their own part is modelled)
         self.models = [CostModel(config.forgetting, config.false_alarm) for _ in range(world)]
         # each rank's model is of the threads it runs now; a model of other threads it ran
         # with before is kept, with the complete steps seen at its last fit, for when it does again
         self.threads: list[int | None] = [None] * world
         self._kept: dict[tuple[int, int | None], tuple[CostModel, int]] = {}
+        # and per (rank, threads), a model of its own part of the step (all of it but the wait
+        # for the others and the collective: compute and the optimizer, what its cores change),
+        # with the complete steps seen at its last fit: what choosing its cores is judged by
+        self._own: dict[tuple[int, int | None], tuple[CostModel, int]] = {}
         self.collective = CollectiveModel(config.forgetting, hosts)   # by size and hosts spanned
         # per rank, kept as lists (cheap to touch once per report) and mirrored into arrays
         # (cheap to read once per decision) whenever a step completes
@@ -55,6 +61,8 @@ class Measurements:
         self._probe_split: dict[int, int] = {}            # ...at the split it decided
         self._move_costs = [config.move_cost_steps, 1.0]   # [sum in steps, count]: the prior is one
         self._regroup_prior = config.regroup_cost_s
+        self._cores_probe: list[float] | None = None        # wall times of the steps on new cores
+        self._cores_costs = [config.move_cost_steps, 1.0]   # [sum in steps, count]: a move's prior
         self._regroup_costs = [0.0, 0]                      # [sum in s, count]: measured only
 
     def observe(self, rank: int, rows: int, compute_s: float, collective_s: float, step_s: float,
@@ -67,6 +75,8 @@ class Measurements:
                 self._fresh[rank] -= 1
             else:
                 self._fit(rank, rows, compute_s)
+                if self._lending:
+                    self._fit_own(rank, rows, max(step_s - collective_s, 0.0))
         if rank in self._round:
             self._round.clear()    # a member's next step before the others' reports: start over
         self._round[rank] = (rows, collective_s, step_s)
@@ -85,6 +95,28 @@ class Measurements:
         if model.changed():
             self.news[rank] = model.last_change
             self.changed_at[rank] = self.steps
+
+    def _fit_own(self, rank: int, rows: int, own_s: float) -> None:
+        key = (rank, self.threads[rank])
+        model, seen = self._own.get(key, (None, self.steps))
+        if model is None:
+            model = CostModel(self.config.forgetting, self.config.false_alarm)
+        elif self.steps - seen > 1:
+            model.age(self.steps - seen - 1)
+        model.update(rows, own_s)
+        self._own[key] = (model, self.steps)
+
+    def own_view(self, ranks: np.ndarray, threads: dict[int, int] | None = None) -> np.ndarray | None:
+        """(a, c, var a, cov, var c) x len(ranks) of the members' own part of the step, each at
+        the threads ``threads`` says (by default the ones it runs now), aged like ``view``;
+        None while a member has no such model."""
+        theta = np.zeros((5, len(ranks)))
+        for i, rank in enumerate(ranks.tolist()):
+            model, seen = self._own.get((rank, (threads or {}).get(rank, self.threads[rank])), (None, 0))
+            if model is None or not model.started:
+                return None
+            theta[:, i] = model.state(max(self.steps - seen - 1, 0))
+        return theta
 
     def _mirror(self) -> None:
         """Copy what changed since the last mirror into the arrays the policy reads."""
@@ -113,6 +145,8 @@ class Measurements:
         self._mirror()
         if self._probe is not None:
             self._measure(wall, {rank: rows for rank, (rows, _, _) in reports.items()})
+        if self._cores_probe is not None:
+            self._measure_cores(wall)
 
     def configure(self, rank: int, threads: int) -> None:
         """``rank`` runs ``threads`` CPU threads from now (cores lent or given back): another
@@ -152,6 +186,27 @@ class Measurements:
             self._move_costs[0] += max(lost, 0.0) / settled
             self._move_costs[1] += 1
         self._probe = None
+
+    def cores_changed(self) -> None:
+        """Members run on other cores from the next step: measure what their first steps lose
+        (a thread pool resized, caches cold), as a move's cost is measured."""
+        self._cores_probe = []
+
+    def _measure_cores(self, wall: float) -> None:
+        self._cores_probe.append(wall)
+        if len(self._cores_probe) < FRESH_STEPS + SETTLED_STEPS:
+            return
+        settled = float(np.median(self._cores_probe[FRESH_STEPS:]))
+        if settled > 0:
+            self._cores_costs[0] += max(sum(self._cores_probe[:FRESH_STEPS]) - FRESH_STEPS * settled, 0.0) / settled
+            self._cores_costs[1] += 1
+        self._cores_probe = None
+
+    def cores_cost_s(self) -> float:
+        """What moving members onto other cores costs (s): the mean of its measurements in
+        steps, a move's prior included, at the current step's length."""
+        steps, n = self._cores_costs
+        return steps / n * self.step_s
 
     def regrouped(self, cost_s: float) -> None:
         if cost_s >= 0:
@@ -205,13 +260,6 @@ class Measurements:
     def on_threads(self, rank: int) -> int:
         """Steps of ``rank`` fitted since its threads last changed."""
         return self._on_threads[rank]
-
-    def ran_with(self, rank: int, threads: int) -> bool:
-        """Whether ``rank`` was measured running ``threads`` threads (now, or a model kept)."""
-        if self.threads[rank] == threads:
-            return bool(self.models[rank].started)
-        kept = self._kept.get((rank, threads))
-        return kept is not None and kept[0].started
 
     def predict(self, rank: int, rows: float) -> float:
         """The mean compute seconds of ``rank`` at ``rows``, aged like ``view``."""

@@ -67,7 +67,7 @@ class Rebalancer(Learning, LentCores):
         self.declined: frozenset[int] = frozenset(self._lending.home if self._lending is not None else ())
         self._asked: frozenset[int] | None = None     # ...as Cores decided and not yet in force ask
         self._hosts = list(hosts) if hosts is not None else None
-        self._m = Measurements(world, config, hosts)
+        self._m = Measurements(world, config, hosts, lending=self._lending is not None)
         for rank, cores in (self._lending.home.items() if self._lending is not None else ()):
             self._m.configure(rank, len(cores))   # each starts on its own cores
         self.set_caps(caps if caps is not None else [None] * world)
@@ -91,8 +91,11 @@ class Rebalancer(Learning, LentCores):
         """From the next step reported on, each rank of ``threads`` runs that many CPU threads
         (its model becomes the one of them), the ranks ``declined`` taking no lent cores: a
         group formed, or Cores decided came into force."""
+        moved = [rank for rank, n in threads.items() if self._m.threads[rank] not in (None, n)]
         for rank, n in threads.items():
             self._m.configure(rank, n)
+        if moved and self._asked is not None:   # Cores in force (a regroup's cost is its own)
+            self._m.cores_changed()
         self.declined, self._asked = frozenset(declined), None
 
     def _view(self, group: np.ndarray, declined: frozenset[int] | None = None) -> np.ndarray:
@@ -322,7 +325,7 @@ class Rebalancer(Learning, LentCores):
             reason = (f"rank {gave[0]} gives back the cores lent to it" if gave else
                       f"rank {took[0]} takes the cores of those on standby")
             self._asked = chosen.declined
-            self._m.acted(chosen.members, chosen.rows)
+            self._m.news.clear()   # (what it costs is measured once it is in force: ``formed``)
             return Cores(tuple(sorted(chosen.declined)), saving, chosen.horizon, chosen.cost, reason + chosen.reason)
         if np.array_equal(chosen.members, ranks):
             reason = self._reason(ranks, rows, theta, chosen.rows)
