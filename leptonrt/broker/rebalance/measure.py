@@ -101,10 +101,16 @@ class Measurements:
         model, seen = self._own.get(key, (None, self.steps))
         if model is None:
             model = CostModel(self.config.forgetting, self.config.false_alarm)
-        elif self.steps - seen > 1:
-            model.age(self.steps - seen - 1)
+        elif self._own_unseen(rank, seen) > 1:
+            model.age(self._own_unseen(rank, seen) - 1)
         model.update(rows, own_s)
         self._own[key] = (model, self.steps)
+
+    def _own_unseen(self, rank: int, seen: int) -> int:
+        """The steps a model of ``rank``'s own part last fitted after ``seen`` complete steps has
+        aged by: what it measured on other cores fades only once a change of speed of the
+        member is detected since (until then nothing says that what it measured there moved)."""
+        return self.steps - seen if self.changed_at[rank] > seen else 0
 
     def own_view(self, ranks: np.ndarray, threads: dict[int, int] | None = None) -> np.ndarray | None:
         """(a, c, var a, cov, var c) x len(ranks) of the members' own part of the step, each at
@@ -115,7 +121,7 @@ class Measurements:
             model, seen = self._own.get((rank, (threads or {}).get(rank, self.threads[rank])), (None, 0))
             if model is None or not model.started:
                 return None
-            theta[:, i] = model.state(max(self.steps - seen - 1, 0))
+            theta[:, i] = model.state(max(self._own_unseen(rank, seen) - 1, 0))
         return theta
 
     def _mirror(self) -> None:
