@@ -148,8 +148,12 @@ def normalise(where: str, x_tr: np.ndarray, x_te: np.ndarray) -> tuple[np.ndarra
     else:
         shift = x_tr.mean(axis=0, dtype=np.float64).astype(np.float32)
         std = x_tr.std(axis=0, dtype=np.float64)
-        # A constant feature carries no signal; dividing by 1 leaves it at 0 instead of NaN.
-        scale = np.where(std == 0, 1.0, std).astype(np.float32)
+        # A feature constant to float32 (a spread float32 cannot hold, or below the resolution
+        # of its values) carries no signal; dividing by 1 leaves it near 0 instead of blowing
+        # its rounding up to infinity.
+        resolution = np.finfo(np.float32).eps * np.abs(x_tr).max(axis=0)
+        flat = (std < np.finfo(np.float32).tiny) | (std <= resolution)
+        scale = np.where(flat, 1.0, std).astype(np.float32)
     out = tuple((x.astype(np.float32) - shift) / scale for x in (x_tr, x_te))
     if not all(np.isfinite(z).all() for z in out):
         raise data_error(where, "x values overflow float32 after normalising")

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from leptonrt.data import tables
@@ -172,6 +172,7 @@ def tables_of_numbers(draw):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(table=tables_of_numbers(), as_parquet=st.booleans())
+@example(table=({"f0": [0.0, 0.0, 0.0, 1.401298464324817e-45]}, [0, 0, 0, 1]), as_parquet=False)   # found by CI
 def test_any_numeric_table_comes_back_as_its_values_and_labels(tmp_path, table, as_parquet):
     columns, labels = table
     if as_parquet:
