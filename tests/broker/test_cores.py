@@ -63,7 +63,9 @@ def _take(*declined):
                  reason="rank 0 takes the cores of those on standby" if not declined else "rank 0 gives back")
 
 
-def test_a_standby_lends_nothing_until_the_member_takes_the_cores_and_a_readmission_takes_them_back():
+def _pair_with_rank_1_going_to_standby():
+    """Two pinned CPU actors, one core each, whose rebalancer puts rank 1 on standby at the
+    next report: (rebalancer, core, cluster), before rank 1's report that triggers it."""
     reb = Changes()
     core = make_core(2, epochs=6, window=8, snapshot_every=4, rebalancer=reb, lending=Lending({0: (0,), 1: (1,)}))
     cluster = Cluster(core, 2)
@@ -71,6 +73,11 @@ def test_a_standby_lends_nothing_until_the_member_takes_the_cores_and_a_readmiss
     cluster.report(0, *range(8))
     reb.changes.append(_change((0,), (4, 0), "rank 1 to standby"))
     cluster.now = 1.0
+    return reb, core, cluster
+
+
+def test_a_standby_lends_nothing_until_the_member_takes_the_cores_and_a_readmission_takes_them_back():
+    reb, core, cluster = _pair_with_rank_1_going_to_standby()
     out = cluster.report(1, *range(8))
     assert sends(out, Standby) and [(r.rank, r.threads, r.cores) for r in sends(out, Regroup)] == [(0, 1, None)]
     assert not [e for e in out if isinstance(e, Pin)]
@@ -100,13 +107,7 @@ def test_a_standby_lends_nothing_until_the_member_takes_the_cores_and_a_readmiss
 
 
 def test_a_member_that_gives_back_its_lent_cores_is_told_its_own_from_an_ungranted_step():
-    reb = Changes()
-    core = make_core(2, epochs=6, window=8, snapshot_every=4, rebalancer=reb, lending=Lending({0: (0,), 1: (1,)}))
-    cluster = Cluster(core, 2)
-    cluster.start()
-    cluster.report(0, *range(8))
-    reb.changes.append(_change((0,), (4, 0), "rank 1 to standby"))
-    cluster.now = 1.0
+    reb, core, cluster = _pair_with_rank_1_going_to_standby()
     cluster.report(1, *range(8))
     reb.changes.append(_take())
     cluster.now = 2.0
