@@ -7,6 +7,7 @@ training progress back:
     python examples/embedded_server.py &
     python examples/embedded_server.py ask 'train digits 5'    # a client: dataset spec, epochs
     python examples/embedded_server.py ask jobs
+    python examples/embedded_server.py ask log                  # what the broker did lately
 
 (``nc -U PATH`` works as a client too, where it is installed.)
 
@@ -30,7 +31,7 @@ def socket_path():
     return runtime_dir() / "example.sock"
 
 
-USAGE = b"usage: 'train SPEC [EPOCHS]' or 'jobs'\n"
+USAGE = b"usage: 'train SPEC [EPOCHS]', 'jobs' or 'log'\n"
 
 
 async def handle(broker: leptonrt.Broker, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -49,6 +50,8 @@ async def handle(broker: leptonrt.Broker, reader: asyncio.StreamReader, writer: 
             writer.write((json.dumps(await job.result()) + "\n").encode())
         elif words == ["jobs"]:
             writer.write("".join(f"job {j.id} {j.state} {j.spec.dataset}\n" for j in broker.jobs()).encode())
+        elif words == ["log"]:
+            writer.write("".join(f"{event.text}\n" for event in broker.log).encode())
         else:
             writer.write(USAGE)
     except leptonrt.LeptonError as exc:

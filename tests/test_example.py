@@ -28,7 +28,8 @@ def ask(path: Path, line: str, timeout: float = 120) -> list[str]:
 @pytest.mark.process
 def test_the_embedded_server_trains_on_request_and_stops_cleanly(private_runtime_dir, no_leftovers):
     path = private_runtime_dir / "example.sock"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    # SIGABRT dumps the server's stacks, should it ever fail to stop
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -43,7 +44,7 @@ def test_the_embedded_server_trains_on_request_and_stops_cleanly(private_runtime
         result = json.loads(lines[3])
         assert result["epochs"] == 2 and len(result["history_digest"]) == 64
         assert ask(path, "jobs") == ["job 1 done digits"]
-        usage = ["usage: 'train SPEC [EPOCHS]' or 'jobs'"]
+        usage = ["usage: 'train SPEC [EPOCHS]', 'jobs' or 'log'"]
         assert ask(path, "fly me to the moon") == usage and ask(path, "train digits many") == usage
         # a client that hangs up mid-job: its job goes on, and the server says nothing of it
         with socket.socket(socket.AF_UNIX) as s:
@@ -55,10 +56,16 @@ def test_the_embedded_server_trains_on_request_and_stops_cleanly(private_runtime
         assert client.returncode == 0 and client.stdout.startswith("job 1 done digits\njob 2 ")
         deadline = time.monotonic() + 120
         while ask(path, "jobs")[-1] != "job 2 done digits":
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, (ask(path, "jobs"), ask(path, "log"))
             time.sleep(0.2)
+        assert "job 2 finished" in "\n".join(ask(path, "log"))
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        try:
+            out, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, _ = proc.communicate(timeout=30)
+            pytest.fail(f"the server did not stop on SIGINT within 60 s:\n{out}")
     assert not path.exists()
     assert "Traceback" not in out

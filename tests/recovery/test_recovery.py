@@ -185,11 +185,14 @@ def test_resume_refuses_a_checkpoint_of_a_different_job(tmp_path, leptonrt_cli_m
     assert out.returncode == 78 and "different job" in out.stderr
 
 
-def test_stopping_a_job_keeps_a_checkpoint_at_the_boundary_and_resume_finishes_it_exactly(tmp_path, straight,
+def test_stopping_a_job_keeps_a_checkpoint_at_the_boundary_and_resume_finishes_it_exactly(tmp_path, straight_long,
                                                                                         no_leftovers):
     from leptonrt import Interrupted
     ckpt, save = tmp_path / "ckpt", tmp_path / "w.safetensors"
-    spec = dict(dataset="synthetic:3000,16,3", hidden=(16,), batch_size=64, epochs=2, checkpoint_dir=str(ckpt))
+    # the actors stop at the end of the steps they were granted, up to 256 ahead: the job is
+    # long enough (912 steps) that a stop at step 20 comes before its end is granted
+    spec = dict(dataset="synthetic:3000,16,3", hidden=(16,), batch_size=64, epochs=LONG_EPOCHS,
+                checkpoint_dir=str(ckpt), rebalance=False)
 
     async def stop_midway():
         async with Broker(gpus="none", cpu_actors=2) as broker:
@@ -208,5 +211,5 @@ def test_stopping_a_job_keeps_a_checkpoint_at_the_boundary_and_resume_finishes_i
     message = asyncio.run(stop_midway())
     assert "checkpoint written to" in message and "--resume" in message
     result = asyncio.run(resume())
-    assert result["epochs"] == 2
-    assert same_run(save, straight, digest=result["history_digest"])
+    assert result["epochs"] == LONG_EPOCHS
+    assert same_run(save, straight_long, digest=result["history_digest"])
