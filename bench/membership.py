@@ -19,6 +19,12 @@ what it does later is), the per-round ratios
 one actor on standby. Targets: ``planned/single >= 0.95`` on the first three jobs,
 ``planned/even >= 1.0`` on the README's job, and no standby on the straggler job.
 
+Single runs here swing by 2x, so each median ratio comes with a distribution-free interval
+(order statistics: at least 95% coverage, the exact figure beside it; with 5 rounds or fewer
+it is the whole range) and a verdict: ``met`` when all of the interval reaches the target,
+``not met`` when none of it does, ``undetermined`` when the noise leaves both open (run
+more rounds).
+
     python bench/membership.py [--rounds 3] [--actors 2]
 """
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -39,6 +46,24 @@ JOBS = {
     "straggler_b1024_simulated": ["--dataset", "synthetic:40000,784,10", "--hidden", "256", "--batch-size", "1024",
                                   "--epochs", "3", "--simulate-slowdown", "1=2"],
 }
+
+
+TARGETS = {"single": 0.95, "even": 1.0}
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(low, high, coverage): order statistics bracketing the median with at least ``level``
+    coverage (the whole range when no narrower pair reaches it), whatever the distribution."""
+    xs, n = sorted(values), len(values)
+    tail = lambda k: sum(math.comb(n, i) for i in range(k)) / 2 ** n   # P(Binomial(n, 1/2) < k)
+    k = 1
+    while k + 1 <= n // 2 and 1 - 2 * tail(k + 1) >= level:
+        k += 1
+    return xs[k - 1], xs[n - k], 1 - 2 * tail(k)
+
+
+def verdict(low: float, high: float, target: float) -> str:
+    return "met" if low >= target else "not met" if high < target else "undetermined"
 
 
 def run(job: list[str], actors: int, extra: list[str], out: Path) -> dict:
@@ -81,6 +106,10 @@ def main() -> None:
                     ratios = [p / b for p, b in zip(speeds["planned"], speeds[base])]
                     line[f"planned_over_{base}"] = [round(x, 3) for x in ratios]
                     line[f"planned_over_{base}_median"] = round(statistics.median(ratios), 3)
+                    low, high, coverage = median_interval(ratios)
+                    line[f"planned_over_{base}_interval"] = [round(low, 3), round(high, 3), round(coverage, 3)]
+                    if name != "straggler_b1024_simulated" and (base == "single" or name == "readme_digits_b64"):
+                        line[f"planned_over_{base}_target"] = verdict(low, high, TARGETS[base])
             print(json.dumps(line), flush=True)
 
 
